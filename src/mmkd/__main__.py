@@ -1,0 +1,5 @@
+import sys
+
+from mmkd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,345 @@
+"""Typed configuration: dataclasses, YAML recipes, dotted command-line overrides, one validation pass.
+
+A run's configuration is built in three layers, each overriding the one before:
+defaults (the dataclasses below) -> a YAML recipe (`--config FILE`) -> command-line flags
+(`--optim.lr 1e-4`, or the short forms such as `--lr`). `validate()` then reports every
+problem at once, each naming the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmkd.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # CSV/JSONL file, or webdataset shards (a .tar, a folder of .tar, a glob, a {000..009} pattern)
+    format: str = "auto"  # auto | csv | jsonl | webdataset
+    image_key: str = "image"  # column / json key holding the image path (CSV/JSONL)
+    caption_key: str = "caption"  # column / json key holding the caption; for webdataset the key inside the .json
+    id_key: str = "sample_id"  # optional column with a stable sample id (defaults to the row number / tar key)
+    modality_key: str = "modality"  # optional column naming the sample's modality
+    num_workers: int = 0  # DataLoader worker processes per rank
+    max_image_pixels: int = 64_000_000  # larger images are skipped as decompression bombs
+    max_skipped_fraction: float = 0.5  # stop the run when more than this share of samples is unreadable
+    image_only_path: str = ""  # stage 2 only: images without captions (folder or CSV) for decision distillation
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mmkd-tiny-vit"  # open_clip model name, a model-config JSON file, or an mmkd built-in tiny config
+    init: str = ""  # initial weights: a checkpoint/run dir, .safetensors, or .pt/.bin (opened with weights_only=True)
+    hf_text_path: str = ""  # local folder of the HF text model (config + tokenizer) for HF text towers
+    context_length: int = 0  # 0 keeps the model config's context length
+    grad_checkpointing: bool = False
+    pad_to_longest: bool = True  # pad each text batch to its longest caption instead of the full context
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 2000
+    schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    fused: bool = False  # fused AdamW (CUDA only)
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/pretrain"
+    epochs: int = 1
+    max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
+    batch_size: int = 32  # global batch size (all ranks, all accumulation micro-steps)
+    accum_steps: int = 1  # gradient accumulation micro-steps per optimiser step
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    log_every: int = 10  # steps between metric lines
+    save_every: int = 0  # steps between checkpoints (0: only at the end of each epoch and of the run)
+    keep_checkpoints: int = 2  # how many step checkpoints to keep
+    resume: str = ""  # "" | latest | a checkpoint directory
+    compile: bool = False  # torch.compile the model
+    max_bad_steps: int = 5  # stop after this many consecutive non-finite losses (saving first)
+    progress: bool = True  # progress bar
+
+
+@dataclass
+class DistillConfig:
+    store: str = ""  # feature store directory
+    alignment: str = ""  # alignment weights (default: STORE/alignment.safetensors)
+    target_space: str = "projection"  # projection | adaptor | relational | decision
+    policy: str = "random-available"  # random-available | mean-available | score-weighted | modality
+    exclude_teachers: list[str] = field(default_factory=list)
+    lambda_fd: float = 50.0
+    lambda_icl: float = 1.0
+    lambda_kl: float = 0.0
+    lambda_decision: float = 0.0
+    normalize_targets: bool = True  # the paper's released code does not normalise FD targets
+    learnable_icl_temperature: bool = True  # the paper fixes it
+    icl_temperature: float = 0.07
+    kl_temperature: float = 0.05
+    modality_routes: dict[str, list[str]] = field(default_factory=dict)  # modality -> teachers (policy=modality)
+    decision_vocab: str = ""  # YAML: modality -> class prompts, for decision distillation
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+# Short flags for the options people set most.
+FLAG_ALIASES: dict[str, str] = {
+    "data": "data.path",
+    "model": "model.name",
+    "init": "model.init",
+    "out": "train.out",
+    "epochs": "train.epochs",
+    "batch-size": "train.batch_size",
+    "lr": "optim.lr",
+    "resume": "train.resume",
+    "seed": "train.seed",
+    "max-steps": "train.max_steps",
+    "store": "distill.store",
+    "device": "train.device",
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.format": ("auto", "csv", "jsonl", "webdataset"),
+    "optim.schedule": ("cosine", "constant"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("auto", "fp32", "bf16"),
+    "distill.target_space": ("projection", "adaptor", "relational", "decision"),
+    "distill.policy": ("random-available", "mean-available", "score-weighted", "modality"),
+}
+
+
+def _field_type(cls, name: str):
+    return typing.get_type_hints(cls)[name]
+
+
+def _parse_value(text: Any, typ, key: str, problems: list[str]):
+    """Convert a YAML or command-line value to the field's type; record a problem on failure."""
+    origin = typing.get_origin(typ)
+    try:
+        if typ is bool:
+            if isinstance(text, bool):
+                return text
+            s = str(text).strip().lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(text, bool):
+                raise ValueError
+            if isinstance(text, float) and not text.is_integer():
+                raise ValueError
+            return int(str(text).replace("_", "")) if not isinstance(text, (int, float)) else int(text)
+        if typ is float:
+            if isinstance(text, bool):
+                raise ValueError
+            return float(text)
+        if typ is str:
+            return "" if text is None else str(text)
+        if origin is list:
+            if isinstance(text, list):
+                return [str(t) for t in text]
+            return [t for t in str(text).split(",") if t]
+        if origin is dict:
+            if isinstance(text, dict):
+                return text
+            loaded = yaml.safe_load(str(text))
+            if not isinstance(loaded, dict):
+                raise ValueError
+            return loaded
+    except (TypeError, ValueError):
+        pass
+    type_name = getattr(typ, "__name__", str(typ))
+    problems.append(f"{key}: {text!r} is not a valid {type_name}")
+    return None
+
+
+def _all_keys(cfg: Config) -> list[str]:
+    return [f"{s.name}.{f.name}" for s in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, s.name))]
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any], problems: list[str], source: str = "") -> None:
+    """Set dotted keys on `cfg`; unknown keys and bad types are added to `problems`."""
+    keys = _all_keys(cfg)
+    for key, raw in overrides.items():
+        section_name, _, name = key.partition(".")
+        if key not in keys:
+            hint = difflib.get_close_matches(key, keys, n=1)
+            where = f" (in {source})" if source else ""
+            problems.append(f"{key}{where}: unknown key" + (f"; did you mean {hint[0]}?" if hint else ""))
+            continue
+        section = getattr(cfg, section_name)
+        value = _parse_value(raw, _field_type(type(section), name), key, problems)
+        if value is not None:
+            setattr(section, name, value)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and "." not in key and k in {f.name for f in dataclasses.fields(Config)}:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"--config: file {str(path)!r} does not exist"])
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([f"--config: {path} is not valid YAML: {e}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"--config: {path} must hold a mapping of sections (data, model, optim, train, distill)"])
+    return _flatten(data)
+
+
+def parse_cli_overrides(tokens: list[str], problems: list[str]) -> dict[str, str]:
+    """Parse `--a.b VALUE`, `--a.b=VALUE` and short aliases (`--lr 1e-4`) into dotted keys."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--"):
+            problems.append(f"{tok}: unexpected argument; options look like --section.key VALUE")
+            i += 1
+            continue
+        name, eq, value = tok[2:].partition("=")
+        if not eq:
+            if i + 1 < len(tokens) and not (tokens[i + 1].startswith("--") and len(tokens[i + 1]) > 2):
+                value = tokens[i + 1]
+                i += 1
+            else:
+                value = "true"  # a bare flag switches a boolean on
+        key = FLAG_ALIASES.get(name, name.replace("-", "_") if "." not in name else _dash_key(name))
+        out[key] = value
+        i += 1
+    return out
+
+
+def _dash_key(name: str) -> str:
+    section, _, key = name.partition(".")
+    return f"{section}.{key.replace('-', '_')}"
+
+
+def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
+    """Every problem of a resolved config, each naming the key, the value and what is allowed."""
+    problems: list[str] = []
+
+    def check(key: str, ok: bool, allowed: str):
+        if not ok:
+            section, name = key.split(".")
+            problems.append(f"{key}: {getattr(getattr(cfg, section), name)!r} is not allowed; {allowed}")
+
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        check(key, getattr(getattr(cfg, section), name) in choices, f"choose one of {', '.join(choices)}")
+    check("data.path", bool(cfg.data.path), "give the training data with --data PATH (CSV, JSONL or .tar shards)")
+    check("data.num_workers", cfg.data.num_workers >= 0, "use 0 or more")
+    check("data.max_skipped_fraction", 0.0 <= cfg.data.max_skipped_fraction <= 1.0, "use a fraction in [0, 1]")
+    check("model.name", bool(cfg.model.name), "give a model name or config file with --model")
+    check("model.context_length", cfg.model.context_length >= 0, "use 0 (model default) or a positive length")
+    check("optim.lr", cfg.optim.lr > 0 and math.isfinite(cfg.optim.lr), "use a positive learning rate")
+    check("optim.weight_decay", cfg.optim.weight_decay >= 0, "use 0 or more")
+    check("optim.beta1", 0 <= cfg.optim.beta1 < 1, "use a value in [0, 1)")
+    check("optim.beta2", 0 <= cfg.optim.beta2 < 1, "use a value in [0, 1)")
+    check("optim.eps", cfg.optim.eps > 0, "use a positive value")
+    check("optim.warmup_steps", cfg.optim.warmup_steps >= 0, "use 0 or more")
+    check("optim.min_lr_ratio", 0 <= cfg.optim.min_lr_ratio <= 1, "use a fraction in [0, 1]")
+    check("optim.grad_clip", cfg.optim.grad_clip >= 0, "use 0 (off) or a positive norm")
+    check("train.epochs", cfg.train.epochs >= 1, "use 1 or more")
+    check("train.max_steps", cfg.train.max_steps >= 0, "use 0 (all epochs) or a positive step count")
+    check("train.batch_size", cfg.train.batch_size >= 2, "use 2 or more (contrastive loss needs negatives)")
+    check("train.accum_steps", cfg.train.accum_steps >= 1, "use 1 or more")
+    if cfg.train.batch_size >= 2 and cfg.train.accum_steps >= 1 and cfg.train.batch_size % cfg.train.accum_steps:
+        problems.append(
+            f"train.batch_size: {cfg.train.batch_size} is not divisible by train.accum_steps "
+            f"({cfg.train.accum_steps}); choose a batch size that is a multiple of it"
+        )
+    check("train.log_every", cfg.train.log_every >= 1, "use 1 or more")
+    check("train.save_every", cfg.train.save_every >= 0, "use 0 (epoch ends only) or a positive step count")
+    check("train.keep_checkpoints", cfg.train.keep_checkpoints >= 1, "use 1 or more")
+    check("train.max_bad_steps", cfg.train.max_bad_steps >= 1, "use 1 or more")
+    if stage == "distill":
+        check("distill.store", bool(cfg.distill.store), "give the feature store with --store PATH")
+        for key in ("lambda_fd", "lambda_icl", "lambda_kl", "lambda_decision"):
+            check(f"distill.{key}", getattr(cfg.distill, key) >= 0, "use 0 (off) or a positive weight")
+        check("distill.icl_temperature", cfg.distill.icl_temperature > 0, "use a positive temperature")
+        check("distill.kl_temperature", cfg.distill.kl_temperature > 0, "use a positive temperature")
+        if cfg.distill.policy == "modality" and not cfg.distill.modality_routes:
+            problems.append("distill.modality_routes: {} is not allowed; policy 'modality' needs a mapping "
+                            "modality -> [teachers] (set it in the YAML recipe)")
+    return problems
+
+
+def build_config(config_file: str | None, cli_tokens: list[str], stage: str = "pretrain",
+                 base: dict[str, Any] | None = None) -> Config:
+    """Defaults -> `base` -> YAML recipe -> command line, then validate; raise ConfigError listing all problems."""
+    cfg = Config()
+    problems: list[str] = []
+    if base:
+        apply_overrides(cfg, base, problems, "defaults")
+    if config_file:
+        apply_overrides(cfg, load_yaml(config_file), problems, str(config_file))
+    apply_overrides(cfg, parse_cli_overrides(cli_tokens, problems), problems)
+    if not problems:
+        problems = validate(cfg, stage)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    cfg = Config()
+    problems: list[str] = []
+    apply_overrides(cfg, _flatten(d), problems, "saved config")
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def save_yaml(cfg: Config, path: str | Path) -> None:
+    from mmkd.utils.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+__all__ = [
+    "Config", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "DistillConfig",
+    "build_config", "validate", "to_dict", "from_dict", "save_yaml", "load_yaml", "apply_overrides",
+]
+_ = types  # keep import for typing helpers on older Pythons

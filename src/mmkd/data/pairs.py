@@ -1,0 +1,342 @@
+"""Image-text pairs from CSV/JSONL files or webdataset tar shards, as one random-access dataset.
+
+Every source is turned into an index of records (`PairRecord`) so that all formats share one
+sampler: a seeded permutation per epoch, split across ranks, which is what makes mid-epoch
+resume exact. Tar shards are indexed once (member offsets) and read by seeking, so a sample is
+found in O(1) without unpacking the shard.
+
+A sample that cannot be read is not an error: `load_sample` returns a `Skip` carrying the
+reason (missing file, unreadable image, decompression bomb, empty caption, ...) and the
+collate function drops it and counts it.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import re
+import tarfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from mmkd.errors import UsageError
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
+
+# Skip reasons (fixed names: they appear in summary.json).
+MISSING_FILE = "missing_file"
+UNREADABLE_IMAGE = "unreadable_image"
+DECOMPRESSION_BOMB = "decompression_bomb"
+EMPTY_CAPTION = "empty_caption"
+BAD_CAPTION_ENCODING = "bad_caption_encoding"
+MISSING_IMAGE = "missing_image"
+BAD_TAR_MEMBER = "bad_tar_member"
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """Where one sample lives. `image` is a file path, or (tar path, offset, size) for shards."""
+
+    sample_id: str
+    image: str | tuple[str, int, int] | None
+    caption: str | tuple[str, int, int] | None  # text, or a tar member (txt/json) to read
+    modality: str = ""
+    caption_json_key: str = ""  # when `caption` is a tar .json member: the key holding the caption
+
+
+@dataclass(frozen=True)
+class Skip:
+    reason: str
+    sample_id: str = ""
+
+
+def detect_format(path: str) -> str:
+    p = path.lower()
+    if p.endswith(".csv") or p.endswith(".tsv"):
+        return "csv"
+    if p.endswith(".jsonl") or p.endswith(".json"):
+        return "jsonl"
+    if p.endswith(".tar") or "{" in p or "*" in p or os.path.isdir(path):
+        return "webdataset"
+    raise UsageError(
+        f"--data: cannot tell the format of {path!r}; use a .csv, .jsonl, .tar (or a folder of .tar shards), "
+        f"or set --data.format csv|jsonl|webdataset"
+    )
+
+
+def expand_shards(spec: str) -> list[str]:
+    """A .tar file, a folder of .tar, a glob, or a brace range `shard-{000..009}.tar`. No `pipe:` URLs."""
+    if spec.startswith("pipe:") or "://" in spec:
+        raise UsageError(f"--data: {spec!r} is a URL or pipe; mmkd reads local shards only (download them first)")
+    if os.path.isdir(spec):
+        shards = sorted(str(p) for p in Path(spec).glob("*.tar"))
+    else:
+        import braceexpand
+
+        shards = []
+        for part in braceexpand.braceexpand(spec):
+            shards.extend(sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part])
+    missing = [s for s in shards if not os.path.isfile(s)]
+    if not shards or missing:
+        raise UsageError(f"--data: no shard files found for {spec!r}" + (f" (missing: {missing[:3]})" if missing else ""))
+    return shards
+
+
+def read_table(path: Path, fmt: str) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise UsageError(f"--data: file {str(path)!r} does not exist")
+    if fmt == "csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
+            return list(csv.DictReader(f, dialect=dialect))
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UsageError(f"--data: {path}:{line_no} is not valid JSON ({e.msg})") from None
+    return rows
+
+
+def index_table(path: str, fmt: str, image_key: str, caption_key: str, id_key: str, modality_key: str) -> list[PairRecord]:
+    """Records of a CSV/JSONL file; image paths are relative to the file's folder."""
+    table_path = Path(path)
+    rows = read_table(table_path, fmt)
+    if rows:
+        missing = [k for k in (image_key, caption_key) if k not in rows[0]]
+        if missing:
+            raise UsageError(
+                f"--data: {path} has no column(s) {missing}; it has {sorted(rows[0])}. "
+                f"Set --data.image_key / --data.caption_key to the right names"
+            )
+    root = table_path.parent
+    records = []
+    for i, row in enumerate(rows):
+        image = row.get(image_key)
+        image_path = str(root / image) if image else None
+        records.append(PairRecord(
+            sample_id=str(row.get(id_key) or i),
+            image=image_path,
+            caption=row.get(caption_key) or "",
+            modality=str(row.get(modality_key) or ""),
+        ))
+    return records
+
+
+_KEY_RE = re.compile(r"^(.*?)\.([^/]*)$")
+
+
+def index_shards(shards: list[str], caption_key: str) -> tuple[list[PairRecord], Counter]:
+    """Records of webdataset shards: members grouped by key (name up to the first dot of the basename)."""
+    records: list[PairRecord] = []
+    broken: Counter = Counter()
+    for shard in shards:
+        groups: dict[str, dict[str, tuple[str, int, int]]] = {}
+        order: list[str] = []
+        try:
+            with tarfile.open(shard, "r:") as tf:
+                for member in tf:
+                    if not member.isfile():
+                        continue
+                    dirname, base = os.path.split(member.name)
+                    key, _, ext = base.partition(".")
+                    key = f"{dirname}/{key}" if dirname else key
+                    if key not in groups:
+                        groups[key] = {}
+                        order.append(key)
+                    groups[key][ext.lower()] = (shard, member.offset_data, member.size)
+        except (tarfile.TarError, OSError, EOFError):
+            # A truncated/corrupt shard: keep the members indexed before the damage.
+            broken[BAD_TAR_MEMBER] += 1
+        shard_name = Path(shard).stem
+        for key in order:
+            members = groups[key]
+            image = next((members[e] for e in IMAGE_EXTS if e in members), None)
+            if "txt" in members:
+                caption, json_key = members["txt"], ""
+            elif "json" in members:
+                caption, json_key = members["json"], caption_key
+            else:
+                caption, json_key = None, ""
+            records.append(PairRecord(sample_id=f"{shard_name}/{key}", image=image, caption=caption,
+                                      caption_json_key=json_key))
+    return records, broken
+
+
+def index_source(path: str, fmt: str = "auto", image_key: str = "image", caption_key: str = "caption",
+                 id_key: str = "sample_id", modality_key: str = "modality") -> tuple[list[PairRecord], Counter]:
+    """All records of a data source, plus shard-level problems found while indexing."""
+    if not path:
+        raise UsageError("--data: no training data given; pass --data PATH (CSV, JSONL or .tar shards)")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt in ("csv", "jsonl"):
+        return index_table(path, fmt, image_key, caption_key, id_key, modality_key), Counter()
+    if fmt == "webdataset":
+        return index_shards(expand_shards(path), caption_key if caption_key != "caption" else "caption")
+    raise UsageError(f"--data.format: {fmt!r} is not allowed; choose auto, csv, jsonl or webdataset")
+
+
+def _read_member(ref: tuple[str, int, int]) -> bytes:
+    shard, offset, size = ref
+    with open(shard, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise EOFError("tar member is truncated")
+    return data
+
+
+def decode_image(data_or_path: bytes | str, max_pixels: int):
+    """Open an image as RGB; grayscale, palette and RGBA are converted. Raises on bad bytes."""
+    from PIL import Image
+
+    src = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
+    with Image.open(src) as img:
+        if img.width * img.height > max_pixels:
+            raise _Bomb()
+        img.load()
+        if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return img.convert("RGB")
+
+
+class _Bomb(Exception):
+    pass
+
+
+def read_caption(record: PairRecord) -> str | Skip:
+    cap = record.caption
+    if isinstance(cap, tuple):
+        try:
+            raw = _read_member(cap)
+        except (OSError, EOFError):
+            return Skip(BAD_TAR_MEMBER, record.sample_id)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Skip(BAD_CAPTION_ENCODING, record.sample_id)
+        if record.caption_json_key:
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError:
+                return Skip(BAD_TAR_MEMBER, record.sample_id)
+            text = _find_caption(obj, record.caption_json_key)
+        cap = text
+    if not isinstance(cap, str) or not cap.strip():
+        return Skip(EMPTY_CAPTION, record.sample_id)
+    return cap.strip()
+
+
+def _find_caption(obj: Any, key: str) -> str:
+    """The caption inside a BIOMEDICA-style JSON record: `key`, else common names."""
+    if not isinstance(obj, dict):
+        return ""
+    for k in (key, "caption", "txt", "text"):
+        v = obj.get(k)
+        if isinstance(v, str) and v.strip():
+            return v
+    return ""
+
+
+def load_image(record: PairRecord, max_pixels: int):
+    """PIL RGB image of a record, or a Skip with the reason."""
+    from PIL import Image
+
+    if record.image is None:
+        return Skip(MISSING_IMAGE, record.sample_id)
+    try:
+        if isinstance(record.image, tuple):
+            data: bytes | str = _read_member(record.image)
+        else:
+            if not os.path.isfile(record.image):
+                return Skip(MISSING_FILE, record.sample_id)
+            data = record.image
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return decode_image(data, max_pixels)
+    except (_Bomb, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return Skip(DECOMPRESSION_BOMB, record.sample_id)
+    except EOFError:
+        return Skip(BAD_TAR_MEMBER if isinstance(record.image, tuple) else UNREADABLE_IMAGE, record.sample_id)
+    except (OSError, ValueError, SyntaxError):
+        return Skip(UNREADABLE_IMAGE, record.sample_id)
+
+
+class PairDataset:
+    """Random-access image-text pairs. `dataset[i]` is a dict with `image` (transformed tensor),
+    `caption` (str), `index`, `sample_id`, `modality` — or a `Skip`.
+    """
+
+    def __init__(self, records: list[PairRecord], image_transform: Callable | None = None,
+                 max_image_pixels: int = 64_000_000):
+        self.records = records
+        self.image_transform = image_transform
+        self.max_image_pixels = max_image_pixels
+
+    @classmethod
+    def from_config(cls, data_cfg, image_transform: Callable | None = None) -> tuple["PairDataset", Counter]:
+        records, index_skips = index_source(data_cfg.path, data_cfg.format, data_cfg.image_key,
+                                            data_cfg.caption_key, data_cfg.id_key, data_cfg.modality_key)
+        if not records:
+            raise UsageError(f"--data: {data_cfg.path!r} holds no samples")
+        return cls(records, image_transform, data_cfg.max_image_pixels), index_skips
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | Skip:
+        record = self.records[index]
+        caption = read_caption(record)
+        if isinstance(caption, Skip):
+            return caption
+        image = load_image(record, self.max_image_pixels)
+        if isinstance(image, Skip):
+            return image
+        if self.image_transform is not None:
+            image = self.image_transform(image)
+        return {"image": image, "caption": caption, "index": index, "sample_id": record.sample_id,
+                "modality": record.modality}
+
+
+@dataclass
+class Batch:
+    """A collated batch. Fixed keys; `skipped` counts the dropped samples by reason."""
+
+    images: Any  # [B, 3, H, W] float tensor
+    captions: list[str]
+    indices: Any  # [B] long tensor: positions in the dataset
+    sample_ids: list[str]
+    modalities: list[str]
+    skipped: Counter
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def collate_pairs(items: list[dict[str, Any] | Skip]) -> Batch:
+    import torch
+
+    good = [it for it in items if not isinstance(it, Skip)]
+    skipped = Counter(it.reason for it in items if isinstance(it, Skip))
+    if good:
+        images = torch.stack([it["image"] for it in good])
+    else:
+        images = torch.empty(0)
+    return Batch(
+        images=images,
+        captions=[it["caption"] for it in good],
+        indices=torch.tensor([it["index"] for it in good], dtype=torch.long),
+        sample_ids=[it["sample_id"] for it in good],
+        modalities=[it["modality"] for it in good],
+        skipped=skipped,
+    )

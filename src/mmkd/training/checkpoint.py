@@ -1,0 +1,185 @@
+"""Checkpoints: a folder per step, written whole under a temporary name and renamed into place.
+
+    RUN/checkpoints/step_00000120/
+        open_clip_config.json         model + preprocess config (open_clip `local-dir:` layout)
+        open_clip_model.safetensors   student weights
+        extra.safetensors             other trainable modules (e.g. distillation heads), optional
+        optimizer.safetensors         optimiser tensors; param groups in train_state.json
+        train_state.json              step, data position, scheduler, counters, RNG states, config
+
+The rename of the folder is the commit: a crash leaves at most a `.tmp-*` folder, which
+`latest_checkpoint` never picks and the next save removes. Nothing here is a pickle.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmkd.utils.io import atomic_write_json, fsync_dir, read_json
+
+STATE_FILE = "train_state.json"
+MODEL_FILE = "open_clip_model.safetensors"
+CONFIG_FILE = "open_clip_config.json"
+OPTIM_FILE = "optimizer.safetensors"
+EXTRA_FILE = "extra.safetensors"
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / STATE_FILE).is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("_")[1]))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for idx, pstate in state_dict["state"].items():
+        for name, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{name}"] = value.detach().cpu()
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(meta.get("scalars", {}).items()):
+        idx, _, name = key.partition(".")
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "python": _py_state_to_json(random.getstate()),
+        "numpy": _np_state_to_json(np.random.get_state()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
+    random.setstate(_py_state_from_json(state["python"]))
+    np.random.set_state(_np_state_from_json(state["numpy"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+                                      for s in state["cuda"]])
+
+
+def _py_state_to_json(s):
+    return [s[0], list(s[1]), s[2]]
+
+
+def _py_state_from_json(s):
+    return (s[0], tuple(s[1]), s[2])
+
+
+def _np_state_to_json(s):
+    return [s[0], s[1].tolist(), int(s[2]), int(s[3]), float(s[4])]
+
+
+def _np_state_from_json(s):
+    return (s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4])
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, open_clip_config: dict,
+                    optimizer: torch.optim.Optimizer | None, train_state: dict[str, Any],
+                    extra_modules: dict[str, torch.nn.Module] | None = None, keep: int = 2,
+                    tokenizer_dir: str | None = None) -> Path:
+    """Write a checkpoint folder atomically and prune old ones (keeping `keep`)."""
+    from mmkd.utils.io import atomic_save_safetensors
+
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    final = root / f"step_{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step:08d}-", dir=root))
+    try:
+        atomic_save_safetensors(tmp / MODEL_FILE, _unshared(model.state_dict()))
+        atomic_write_json(tmp / CONFIG_FILE, open_clip_config)
+        if extra_modules:
+            extra = {f"{name}.{k}": v for name, m in extra_modules.items() for k, v in m.state_dict().items()}
+            if extra:
+                atomic_save_safetensors(tmp / EXTRA_FILE, extra)
+        state = dict(train_state)
+        state["step"] = step
+        state["rng"] = rng_state()
+        if optimizer is not None:
+            tensors, meta = _flatten_optimizer(optimizer.state_dict())
+            atomic_save_safetensors(tmp / OPTIM_FILE, tensors)
+            state["optimizer"] = meta
+        if tokenizer_dir:
+            for f in Path(tokenizer_dir).iterdir():
+                if f.is_file() and (f.name.startswith("tokenizer") or f.name in ("vocab.txt", "special_tokens_map.json",
+                                                                                  "config.json", "merges.txt", "vocab.json")):
+                    shutil.copy2(f, tmp / f.name)
+        atomic_write_json(tmp / STATE_FILE, state)
+        fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _unshared(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors sharing memory; give each its own storage."""
+    seen: dict[int, str] = {}
+    out = {}
+    for k, v in state_dict.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        out[k] = v.clone() if ptr in seen and ptr != -1 else v
+        seen.setdefault(ptr, k)
+    return out
+
+
+def load_checkpoint(ckpt: str | Path, model: torch.nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    extra_modules: dict[str, torch.nn.Module] | None = None,
+                    restore_rng: bool = False) -> dict[str, Any]:
+    """Load what is given from a checkpoint folder; returns its train_state dict."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(ckpt)
+    state = read_json(ckpt / STATE_FILE)
+    if model is not None:
+        model.load_state_dict(load_file(str(ckpt / MODEL_FILE)), strict=True)
+    if extra_modules and (ckpt / EXTRA_FILE).is_file():
+        extra = load_file(str(ckpt / EXTRA_FILE))
+        for name, m in extra_modules.items():
+            prefix = f"{name}."
+            m.load_state_dict({k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)}, strict=True)
+    if optimizer is not None and "optimizer" in state:
+        optimizer.load_state_dict(_unflatten_optimizer(load_file(str(ckpt / OPTIM_FILE)), state["optimizer"]))
+    if restore_rng:
+        set_rng_state(state["rng"])
+    return state
