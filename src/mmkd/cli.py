@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         build_parser().error(f"unknown command {name!r}; choose from: {', '.join(COMMANDS)}")
     module, parser = _command_parser(name)
-    args = parser.parse_args(rest)
+    if getattr(module, "ACCEPTS_OVERRIDES", False):  # dotted config overrides: --optim.lr 1e-4
+        args, args._rest = parser.parse_known_args(rest)
+    else:
+        args = parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
     except UsageError as e:

@@ -1,0 +1,39 @@
+"""Gathering features across ranks, with gradient, for batches of unequal size.
+
+Legend: B local batch, N global batch (sum of B over ranks), D embedding dim.
+
+Ranks may hold different numbers of samples (unreadable samples are dropped), so each rank
+pads to the largest local batch, all-gathers with autograd (the backward sums every rank's
+gradient into the owner's rows), and drops the padding. With the full loss computed on every
+rank and DDP averaging gradients, the update equals a single process on the global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def gather_sizes(local_size: int, world_size: int, device: torch.device) -> list[int]:
+    if world_size == 1:
+        return [local_size]
+    size = torch.tensor([local_size], device=device, dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(world_size)]
+    dist.all_gather(sizes, size)
+    return [int(s.item()) for s in sizes]
+
+
+def gather_with_grad(feats_BD: torch.Tensor, rank: int, world_size: int,
+                     sizes: list[int] | None = None) -> tuple[torch.Tensor, int]:
+    """Concatenate every rank's rows in rank order -> (feats_ND, offset of this rank's rows)."""
+    if world_size == 1:
+        return feats_BD, 0
+    import torch.distributed.nn as dist_nn
+
+    sizes = sizes or gather_sizes(feats_BD.shape[0], world_size, feats_BD.device)
+    max_size = max(sizes)
+    pad = max_size - feats_BD.shape[0]
+    padded = torch.cat([feats_BD, feats_BD.new_zeros(pad, *feats_BD.shape[1:])]) if pad else feats_BD
+    parts = dist_nn.all_gather(padded)
+    gathered = torch.cat([part[:n] for part, n in zip(parts, sizes)])
+    return gathered, sum(sizes[:rank])

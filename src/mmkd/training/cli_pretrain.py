@@ -1,0 +1,35 @@
+"""`mmkd pretrain`: stage 1, CLIP pretraining of the student on image-text pairs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+ACCEPTS_OVERRIDES = True
+DESCRIPTION = """Stage 1: CLIP pretraining of the student on image-text pairs.
+
+Symmetric InfoNCE over the global batch (features gathered across processes), learnable logit
+scale clamped at ln 100, AdamW with warm-up and cosine decay, bf16 autocast on CUDA. Writes
+RUN/config.yaml, metrics.jsonl, TensorBoard scalars, checkpoints/ and summary.json.
+
+Example:
+  mmkd pretrain --data pairs.csv --model mmkd-tiny-vit --out runs/s1 --epochs 5 --batch-size 64 --lr 5e-4
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmkd.training.cli_common import add_run_arguments
+
+    add_run_arguments(parser, "pretrain")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmkd.training.cli_common import config_from_args
+    from mmkd.training.loop import fit
+    from mmkd.training.stage1 import ClipTask
+
+    cfg = config_from_args(args, getattr(args, "_rest", []), stage="pretrain")
+    summary = fit(cfg, ClipTask)
+    print(json.dumps({k: summary[k] for k in ("num_steps", "num_samples_seen", "num_skipped_samples", "final_loss",
+                                              "samples_per_s")}, indent=None))
+    return 0

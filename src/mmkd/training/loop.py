@@ -1,0 +1,404 @@
+"""One training loop for both stages: `fit(cfg, task)`.
+
+A `Task` supplies the trainable module (the student, plus any heads) and the loss; the loop
+owns everything else: data order, accumulation, mixed precision, DDP, clipping, the lr rule,
+non-finite-loss handling, logging, checkpoints, resume and the final summary.
+
+Position bookkeeping: `step` counts global batches consumed (optimiser steps attempted). The
+data position follows from it — epoch = step // steps_per_epoch — so a resumed run reads the
+same samples in the same order as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from mmkd.config import Config, save_yaml, to_dict
+from mmkd.data.pairs import Batch, PairDataset, collate_pairs
+from mmkd.data.sampler import ResumableBatchSampler
+from mmkd.errors import DataError, UsageError
+from mmkd.models.student import Student, create_student
+from mmkd.training import checkpoint as ckpt_io
+from mmkd.training.optim import build_optimizer, lr_at, set_lr
+from mmkd.training.telemetry import MetricsLogger, Throughput
+from mmkd.utils import dist as dist_utils
+from mmkd.utils.io import atomic_write_json
+
+
+class Task(Protocol):
+    """What a training stage defines. `module` is what gets optimised (and wrapped in DDP)."""
+
+    name: str
+    module: torch.nn.Module
+
+    def losses(self, outputs: dict[str, torch.Tensor], batch: Batch, rank: int, world_size: int) -> dict[str, torch.Tensor]:
+        """Named loss terms; the weighted total is under "loss"."""
+
+    def extra_modules(self) -> dict[str, torch.nn.Module]:
+        """Trainable modules saved beside the student (extra.safetensors)."""
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        """Extra JSON saved in train_state.json (e.g. the teachers of a distillation)."""
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    num_optimizer_steps: int = 0
+    num_samples_seen: int = 0
+    num_bad_steps: int = 0
+    consecutive_bad_steps: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    last_loss: float = float("nan")
+    terms: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "num_optimizer_steps": self.num_optimizer_steps,
+                "num_samples_seen": self.num_samples_seen, "num_bad_steps": self.num_bad_steps,
+                "consecutive_bad_steps": self.consecutive_bad_steps, "skipped": dict(self.skipped),
+                "last_loss": self.last_loss}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "RunState":
+        return cls(step=d["step"], num_optimizer_steps=d["num_optimizer_steps"],
+                   num_samples_seen=d["num_samples_seen"], num_bad_steps=d["num_bad_steps"],
+                   consecutive_bad_steps=d.get("consecutive_bad_steps", 0), skipped=Counter(d.get("skipped", {})),
+                   last_loss=d.get("last_loss", float("nan")))
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT ask the loop to save a checkpoint and exit cleanly at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def autocast_context(device_type: str, precision: str):
+    if precision == "bf16" or (precision == "auto" and device_type == "cuda"):
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def trim_padding(tokens: torch.Tensor, model: torch.nn.Module, pad_id: int = 0) -> torch.Tensor:
+    """Cut a token batch to its longest sequence where the text tower allows shorter inputs.
+
+    open_clip's `CLIP` text tower adds a fixed-size positional table and cannot; `CustomTextCLIP`
+    towers (open_clip TextTransformer, HF encoders) can. Trailing padding changes no output.
+    """
+    from open_clip.model import CustomTextCLIP
+
+    if not isinstance(model, CustomTextCLIP) or tokens.ndim != 2:
+        return tokens
+    nonpad = (tokens != pad_id).any(dim=0).nonzero()
+    longest = int(nonpad.max().item()) + 1 if nonpad.numel() else 1
+    return tokens[:, :longest]
+
+
+def resolve_resume(cfg: Config) -> Path | None:
+    resume = cfg.train.resume
+    if not resume:
+        return None
+    if resume == "latest":
+        return ckpt_io.latest_checkpoint(cfg.train.out)  # none yet: start fresh
+    path = Path(resume)
+    if not (path / ckpt_io.STATE_FILE).is_file():
+        raise UsageError(f"--resume: {resume!r} is not a checkpoint folder (no {ckpt_io.STATE_FILE}); "
+                         f"use 'latest' or a RUN/checkpoints/step_* folder")
+    return path
+
+
+def check_resume_compatible(saved: dict[str, Any], cfg: Config) -> None:
+    """Refuse a resume whose model or data order would differ from the saved run."""
+    old = saved.get("config", {})
+    problems = []
+    for section, key in (("model", "name"), ("train", "batch_size"), ("train", "accum_steps"), ("train", "seed"),
+                         ("data", "path")):
+        a, b = old.get(section, {}).get(key), getattr(getattr(cfg, section), key)
+        if a is not None and a != b:
+            problems.append(f"{section}.{key}: the checkpoint has {a!r}, this run {b!r}")
+    if problems:
+        raise UsageError("cannot resume with a different configuration: " + "; ".join(problems)
+                         + ". Use the saved run's settings or start a new --out folder")
+
+
+def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any]:
+    """Train `make_task(student, cfg, device)` under `cfg`; returns the summary (also RUN/summary.json)."""
+    device_type = dist_utils.pick_device(cfg.train.device)
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--train.device: 'cuda' was asked for but no GPU is visible; use --device cpu or auto")
+    info = dist_utils.init_distributed(device_type)
+    device = torch.device(f"cuda:{info.local_rank}" if device_type == "cuda" else "cpu")
+    micro_global = cfg.train.batch_size // cfg.train.accum_steps
+    if micro_global % info.world_size:
+        raise UsageError(f"--train.batch_size: {cfg.train.batch_size} / accum_steps {cfg.train.accum_steps} = "
+                         f"{micro_global} is not divisible by the {info.world_size} processes; pick a multiple")
+    run_dir = Path(cfg.train.out)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+
+    torch.manual_seed(cfg.train.seed)
+    if student is None:
+        student = create_student(cfg.model.name, cfg.model.init, cfg.model.hf_text_path, cfg.model.context_length,
+                                 seed=cfg.train.seed)
+    if cfg.model.grad_checkpointing:
+        student.model.set_grad_checkpointing(True)
+    task = make_task(student, cfg, device)
+    module = task.module.to(device)
+
+    dataset, index_skips = PairDataset.from_config(cfg.data, student.train_transform)
+    sampler = ResumableBatchSampler(len(dataset), micro_global, info.rank, info.world_size, cfg.train.seed)
+    steps_per_epoch = sampler.batches_per_epoch // cfg.train.accum_steps
+    if steps_per_epoch == 0:
+        raise UsageError(f"--batch-size: {cfg.train.batch_size} is larger than the dataset ({len(dataset)} samples); "
+                         f"use a smaller batch")
+    total_steps = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+
+    optimizer = build_optimizer(module, cfg.optim, device_type)
+    # Shard-level problems found while indexing are counted once, on rank 0.
+    state = RunState(skipped=Counter(index_skips) if info.is_main else Counter())
+    resume_from = resolve_resume(cfg)
+    if resume_from is not None:
+        saved = ckpt_io.load_checkpoint(resume_from, student.model, optimizer, task.extra_modules(), restore_rng=True)
+        check_resume_compatible(saved, cfg)
+        state = RunState.from_json(saved["run_state"])
+        if not info.is_main:  # rank 0 carries the merged skip counts of the saved run
+            state.skipped = Counter()
+    module = module.to(device)
+    train_module: torch.nn.Module = module
+    if info.distributed:
+        train_module = torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[info.local_rank] if device_type == "cuda" else None)
+    if cfg.train.compile:
+        train_module = torch.compile(train_module)
+
+    logger = MetricsLogger(run_dir, enabled=info.is_main)
+    throughput = Throughput()
+    tokenizer = student.tokenizer
+    pad_id = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None) or 0
+
+    def save(reason: str) -> Path | None:
+        path = None
+        run_state = state.to_json()
+        run_state["skipped"] = _merged_skips(state.skipped, info.world_size)
+        if info.is_main:
+            path = ckpt_io.save_checkpoint(
+                run_dir, state.step, student.model, student.open_clip_config(), optimizer,
+                {"run_state": run_state, "config": to_dict(cfg), "reason": reason, "task": task.name,
+                 **task.checkpoint_info()},
+                extra_modules=task.extra_modules(), keep=cfg.train.keep_checkpoints)
+        dist_utils.barrier()
+        return path
+
+    progress = None
+    if info.is_main and cfg.train.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total_steps, initial=state.step, desc=f"{task.name}", unit="step", dynamic_ncols=True)
+
+    stopped_by_signal = False
+    module.train()
+    with _StopFlag() as stop:
+        while state.step < total_steps:
+            epoch, step_in_epoch = divmod(state.step, steps_per_epoch)
+            sampler.set_position(epoch, step_in_epoch * cfg.train.accum_steps)
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pairs,
+                                                 num_workers=cfg.data.num_workers,
+                                                 pin_memory=device_type == "cuda")
+            batches = iter(loader)
+            while state.step < total_steps and (state.step // steps_per_epoch) == epoch:
+                lr = lr_at(state.step, total_steps, cfg.optim)
+                set_lr(optimizer, lr)
+                optimizer.zero_grad(set_to_none=True)
+                terms_sum: dict[str, float] = {}
+                finite = True
+                step_samples = 0
+                for micro in range(cfg.train.accum_steps):
+                    throughput.waited()
+                    batch: Batch = next(batches)
+                    state.skipped.update(batch.skipped)
+                    sync = micro == cfg.train.accum_steps - 1 or not info.distributed
+                    ctx = contextlib.nullcontext() if sync else train_module.no_sync()
+                    with ctx:
+                        images = batch.images.to(device, non_blocking=True)
+                        tokens = tokenizer(batch.captions) if len(batch) else torch.zeros(0, student.context_length,
+                                                                                          dtype=torch.long)
+                        if cfg.model.pad_to_longest:
+                            tokens = trim_padding(tokens, student.model, pad_id)
+                        tokens = tokens.to(device, non_blocking=True)
+                        with autocast_context(device_type, cfg.train.precision):
+                            outputs = train_module(images, tokens)
+                        terms = task.losses(outputs, batch, info.rank, info.world_size)
+                        loss = terms["loss"] / cfg.train.accum_steps
+                        loss.backward()
+                    for k, v in terms.items():
+                        terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / cfg.train.accum_steps
+                    step_samples += len(batch)
+                finite = _all_finite(terms_sum["loss"], info.world_size, device)
+                if finite:
+                    if cfg.optim.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.grad_clip)
+                    optimizer.step()
+                    _clamp_logit_scale(student.model)
+                    state.num_optimizer_steps += 1
+                    state.consecutive_bad_steps = 0
+                else:
+                    optimizer.zero_grad(set_to_none=True)  # weights and optimiser state stay as they were
+                    state.num_bad_steps += 1
+                    state.consecutive_bad_steps += 1
+                state.step += 1
+                state.num_samples_seen += _global_count(step_samples, info.world_size, device)
+                state.last_loss = terms_sum["loss"]
+                state.terms = terms_sum
+                throughput.computed(step_samples * info.world_size)
+                _check_skip_fraction(state, cfg)
+                if state.step % cfg.train.log_every == 0 or state.step == total_steps:
+                    tp = throughput.summary()
+                    logger.log(state.step, {**{f"loss/{k}": v for k, v in terms_sum.items()}, "lr": lr,
+                                            "epoch": epoch, "samples_per_s": tp["samples_per_s"],
+                                            "data_wait_fraction": tp["data_wait_fraction"],
+                                            "logit_scale": float(_logit_scale(student.model))})
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{terms_sum['loss']:.4f}",
+                                         sps=f"{throughput.summary()['samples_per_s']:.0f}")
+                if state.consecutive_bad_steps >= cfg.train.max_bad_steps:
+                    save("non-finite loss")
+                    raise DataError(f"the loss was not finite for {state.consecutive_bad_steps} steps in a row "
+                                    f"(train.max_bad_steps={cfg.train.max_bad_steps}); a checkpoint was saved at "
+                                    f"step {state.step}. Lower --lr or check the data, then resume")
+                end_of_epoch = state.step % steps_per_epoch == 0
+                if (cfg.train.save_every and state.step % cfg.train.save_every == 0) or end_of_epoch \
+                        or state.step == total_steps:
+                    save("periodic" if not end_of_epoch else "epoch")
+                if _stop_requested(stop, info.world_size, device):
+                    save("signal")
+                    stopped_by_signal = True
+                    break
+            del batches, loader
+            if stopped_by_signal:
+                break
+    if progress is not None:
+        progress.close()
+    logger.close()
+    summary = _summary(state, throughput, total_steps, stopped_by_signal, task, info, device)
+    if info.is_main:
+        atomic_write_json(run_dir / "summary.json", summary)
+    dist_utils.barrier()
+    return summary
+
+
+def _all_finite(value: float, world_size: int, device) -> bool:
+    ok = math.isfinite(value)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if ok else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        ok = bool(flag.item() > 0)
+    return ok
+
+
+def _global_count(n: int, world_size: int, device) -> int:
+    if world_size == 1:
+        return n
+    import torch.distributed as dist
+
+    t = torch.tensor([n], device=device, dtype=torch.long)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def _stop_requested(stop: _StopFlag, world_size: int, device) -> bool:
+    if world_size == 1:
+        return stop.requested
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if stop.requested else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _logit_scale(model) -> torch.Tensor:
+    return model.logit_scale.detach().exp().mean()
+
+
+@torch.no_grad()
+def _clamp_logit_scale(model) -> None:
+    model.logit_scale.clamp_(0, math.log(100))
+
+
+def _check_skip_fraction(state: RunState, cfg: Config) -> None:
+    skipped = sum(state.skipped.values())
+    total = skipped + state.num_samples_seen
+    if total >= 50 and skipped / total > cfg.data.max_skipped_fraction:
+        raise DataError(
+            f"{skipped} of {total} samples could not be read ({dict(state.skipped)}), more than "
+            f"data.max_skipped_fraction={cfg.data.max_skipped_fraction}; fix the data or raise the cap")
+
+
+def _merged_skips(skipped: Counter, world_size: int) -> dict[str, int]:
+    """Sum the per-rank skip counters (each rank counts the samples it read)."""
+    if world_size == 1:
+        return dict(skipped)
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, dict(skipped))
+    merged: Counter = Counter()
+    for g in gathered:
+        merged.update(g)
+    return dict(merged)
+
+
+def _summary(state: RunState, throughput: Throughput, total_steps: int, stopped: bool, task, info, device) -> dict:
+    skipped = _merged_skips(state.skipped, info.world_size)
+    tp = throughput.summary()
+    return {
+        "task": task.name,
+        "num_steps": state.step,
+        "num_optimizer_steps": state.num_optimizer_steps,
+        "total_steps": total_steps,
+        "completed": state.step >= total_steps,
+        "stopped_by_signal": stopped,
+        "num_samples_seen": state.num_samples_seen,
+        "num_skipped_samples": skipped,
+        "num_skipped_total": sum(skipped.values()),
+        "num_bad_steps": state.num_bad_steps,
+        "final_loss": state.last_loss,
+        "final_terms": state.terms,
+        "samples_per_s": tp["samples_per_s"],
+        "data_wait_fraction": tp["data_wait_fraction"],
+        "wall_s": tp["wall_s"],
+        "world_size": info.world_size,
+    }
+
+
+_ = os
