@@ -22,6 +22,8 @@ def clip_loss(image_BD: torch.Tensor, text_BD: torch.Tensor, logit_scale: torch.
     sizes = gather_sizes(image_BD.shape[0], world_size, image_BD.device) if world_size > 1 else None
     image_ND, _ = gather_with_grad(image_BD, rank, world_size, sizes)
     text_ND, _ = gather_with_grad(text_BD, rank, world_size, sizes)
+    if image_ND.shape[0] < 2:  # no negatives (e.g. a batch of unreadable samples): a zero loss, same graph
+        return {"clip": (image_ND.sum() + text_ND.sum()) * 0.0 + logit_scale * 0.0}
     logits_NN = logit_scale * image_ND @ text_ND.T
     labels = torch.arange(logits_NN.shape[0], device=logits_NN.device)
     loss = (F.cross_entropy(logits_NN, labels) + F.cross_entropy(logits_NN.T, labels)) / 2

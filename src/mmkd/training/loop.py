@@ -202,6 +202,8 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
     logger = MetricsLogger(run_dir, enabled=info.is_main)
     throughput = Throughput()
     tokenizer = student.tokenizer
+    size = student.preprocess_cfg["size"]
+    image_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
     pad_id = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None) or 0
 
     def save(reason: str) -> Path | None:
@@ -244,17 +246,23 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
                     throughput.waited()
                     batch: Batch = next(batches)
                     state.skipped.update(batch.skipped)
+                    _check_skip_fraction(state, cfg)
                     sync = micro == cfg.train.accum_steps - 1 or not info.distributed
                     ctx = contextlib.nullcontext() if sync else train_module.no_sync()
                     with ctx:
-                        images = batch.images.to(device, non_blocking=True)
-                        tokens = tokenizer(batch.captions) if len(batch) else torch.zeros(0, student.context_length,
-                                                                                          dtype=torch.long)
+                        # A micro-batch whose samples were all unreadable still runs one blank sample through
+                        # the model (so every rank takes part in the collectives) and then drops its outputs.
+                        empty = len(batch) == 0
+                        images = torch.zeros(1, 3, *image_hw) if empty else batch.images
+                        images = images.to(device, non_blocking=True)
+                        tokens = tokenizer(["-"] if empty else batch.captions)
                         if cfg.model.pad_to_longest:
                             tokens = trim_padding(tokens, student.model, pad_id)
                         tokens = tokens.to(device, non_blocking=True)
                         with autocast_context(device_type, cfg.train.precision):
                             outputs = train_module(images, tokens)
+                        if empty:  # per-sample outputs are the tensors with ndim >= 2
+                            outputs = {k: v[:0] if v.ndim >= 2 else v for k, v in outputs.items()}
                         terms = task.losses(outputs, batch, info.rank, info.world_size)
                         loss = terms["loss"] / cfg.train.accum_steps
                         loss.backward()
@@ -278,7 +286,6 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
                 state.last_loss = terms_sum["loss"]
                 state.terms = terms_sum
                 throughput.computed(step_samples * info.world_size)
-                _check_skip_fraction(state, cfg)
                 if state.step % cfg.train.log_every == 0 or state.step == total_steps:
                     tp = throughput.summary()
                     logger.log(state.step, {**{f"loss/{k}": v for k, v in terms_sum.items()}, "lr": lr,
@@ -358,7 +365,7 @@ def _clamp_logit_scale(model) -> None:
 def _check_skip_fraction(state: RunState, cfg: Config) -> None:
     skipped = sum(state.skipped.values())
     total = skipped + state.num_samples_seen
-    if total >= 50 and skipped / total > cfg.data.max_skipped_fraction:
+    if total >= 32 and skipped / total > cfg.data.max_skipped_fraction:
         raise DataError(
             f"{skipped} of {total} samples could not be read ({dict(state.skipped)}), more than "
             f"data.max_skipped_fraction={cfg.data.max_skipped_fraction}; fix the data or raise the cap")
