@@ -231,6 +231,8 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
         while state.step < total_steps:
             epoch, step_in_epoch = divmod(state.step, steps_per_epoch)
             sampler.set_position(epoch, step_in_epoch * cfg.train.accum_steps)
+            if hasattr(task, "set_epoch"):
+                task.set_epoch(epoch)
             loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pairs,
                                                  num_workers=cfg.data.num_workers,
                                                  pin_memory=device_type == "cuda")

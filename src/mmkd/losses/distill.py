@@ -1,0 +1,79 @@
+"""Distillation losses. Pure functions: tensors in, named terms out; weights are applied by the caller.
+
+Legend: B rows, E student embedding dim, D a teacher's dim (targets are in the same space as the
+student features they are compared with), T teachers.
+
+- `feature_distillation` (FD): mean squared error between student features and targets.
+- `interactive_contrastive` (ICL): student image vs teacher text and student text vs teacher
+  image, InfoNCE with the matching pair as the positive.
+- `relational_kl`: KL from the teacher's in-batch image->text (and text->image) similarity
+  distribution to the student's; each side stays in its own space, so no projection is needed.
+- `decision_kl`: KL from a teacher's distribution over a set of class prompts to the student's.
+All take per-row weights `w_B` (0 drops a row) and return a scalar averaged over weighted rows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _weighted_mean(values_B: torch.Tensor, w_B: torch.Tensor) -> torch.Tensor:
+    total = w_B.sum()
+    if total <= 0:
+        return values_B.sum() * 0.0
+    return (values_B * w_B).sum() / total
+
+
+def feature_distillation(student_BE: torch.Tensor, target_BE: torch.Tensor, w_B: torch.Tensor) -> torch.Tensor:
+    """Per-row MSE (mean over dims) between student features and targets, weighted over rows."""
+    per_row = ((student_BE - target_BE.to(student_BE.dtype)) ** 2).mean(dim=-1)
+    return _weighted_mean(per_row, w_B)
+
+
+def _info_nce_rows(a_BE: torch.Tensor, b_BE: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
+    logits = a_BE @ b_BE.T / temperature
+    labels = torch.arange(a_BE.shape[0], device=a_BE.device)
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def interactive_contrastive(student_image_BE: torch.Tensor, student_text_BE: torch.Tensor,
+                            teacher_image_BE: torch.Tensor, teacher_text_BE: torch.Tensor,
+                            temperature: torch.Tensor | float, w_B: torch.Tensor) -> torch.Tensor:
+    """ICL over the rows with w > 0: student image -> teacher texts, student text -> teacher images."""
+    keep = w_B > 0
+    if keep.sum() < 2:
+        return (student_image_BE.sum() + student_text_BE.sum()) * 0.0
+    si, st = student_image_BE[keep], student_text_BE[keep]
+    ti, tt = teacher_image_BE[keep].to(si.dtype), teacher_text_BE[keep].to(si.dtype)
+    per_row = (_info_nce_rows(si, tt, temperature) + _info_nce_rows(st, ti, temperature)) / 2
+    return _weighted_mean(per_row, w_B[keep])
+
+
+def _kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    p = F.softmax(teacher_logits, dim=-1)
+    return (p * (F.log_softmax(teacher_logits, dim=-1) - F.log_softmax(student_logits, dim=-1))).sum(dim=-1)
+
+
+def relational_kl(student_image_BE: torch.Tensor, student_text_BE: torch.Tensor,
+                  teacher_image_BD: torch.Tensor, teacher_text_BD: torch.Tensor,
+                  temperature: float, w_B: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of in-batch similarity distributions (both directions) over rows with w > 0."""
+    keep = w_B > 0
+    if keep.sum() < 2:
+        return (student_image_BE.sum() + student_text_BE.sum()) * 0.0
+    si, st = student_image_BE[keep], student_text_BE[keep]
+    ti, tt = teacher_image_BD[keep].float(), teacher_text_BD[keep].float()
+    s_logits = si @ st.T / temperature
+    t_logits = ti @ tt.T / temperature
+    per_row = (_kl_rows(t_logits, s_logits) + _kl_rows(t_logits.T, s_logits.T)) / 2
+    return _weighted_mean(per_row, w_B[keep])
+
+
+def decision_kl(student_image_BE: torch.Tensor, student_classes_CE: torch.Tensor,
+                teacher_probs_BC: torch.Tensor, temperature: float, w_B: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of class distributions; the student uses its own image and text towers."""
+    s_logp = F.log_softmax(student_image_BE @ student_classes_CE.T / temperature, dim=-1)
+    p = teacher_probs_BC.to(s_logp.dtype)
+    per_row = (p * (torch.log(p.clamp_min(1e-12)) - s_logp)).sum(dim=-1)
+    return _weighted_mean(per_row, w_B)

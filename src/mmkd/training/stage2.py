@@ -1,0 +1,214 @@
+"""Stage 2: multi-teacher distillation into the student, from a feature store.
+
+Legend: B rows, E student dim, D_t teacher t's dim, T teachers.
+
+Loss = CLIP + lambda_fd * FD + lambda_icl * ICL + lambda_kl * relational KL, where for each
+row the policy gives teacher weights w_BT and each teacher's terms are averaged over the rows
+it teaches. Target spaces (`distill.target_space`):
+  projection  teacher features mapped into the student space by the alignment autoencoder
+              (or the store's precomputed projections, as the authors' features carry);
+  adaptor     a trainable linear head per teacher maps the student features into that
+              teacher's own space (AM-RADIO style); FD/ICL are computed there;
+  relational  no targets: KL between in-batch similarity distributions (always available
+              with lambda_kl > 0; in this space FD/ICL are off).
+Rows with no available teacher get the CLIP loss only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmkd.errors import UsageError
+from mmkd.losses.contrastive import clip_loss
+from mmkd.losses.distill import feature_distillation, interactive_contrastive, relational_kl
+from mmkd.training.policies import teacher_weights
+
+
+class DistillForward(nn.Module):
+    """Student forward plus the trainable distillation parameters (adaptor heads, ICL temperature)."""
+
+    def __init__(self, model: nn.Module, heads: dict[str, nn.Module], log_icl_temperature: torch.Tensor,
+                 learnable_temperature: bool):
+        super().__init__()
+        self.model = model
+        self.heads = nn.ModuleDict(heads)
+        if learnable_temperature:
+            self.log_icl_temperature = nn.Parameter(log_icl_temperature)
+        else:
+            self.register_buffer("log_icl_temperature", log_icl_temperature)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        image = self.model.encode_image(images, normalize=True).float()
+        text = self.model.encode_text(tokens, normalize=True).float()
+        out = {"image": image, "text": text, "logit_scale": self.model.logit_scale.exp().float(),
+               "icl_temperature": self.log_icl_temperature.exp()}
+        for t, head in self.heads.items():  # heads are applied here so DDP sees their use
+            out[f"head_image:{t}"] = F.normalize(head(image), dim=-1)
+            out[f"head_text:{t}"] = F.normalize(head(text), dim=-1)
+        return out
+
+
+class DistillTask:
+    name = "distill"
+
+    def __init__(self, student, cfg, device):
+        from mmkd.data.feature_store import FeatureStore
+        from mmkd.data.pairs import index_source
+
+        d = cfg.distill
+        self.cfg = cfg
+        self.device = device
+        self.store = FeatureStore(d.store)
+        unknown = [t for t in d.exclude_teachers if t not in self.store.teachers]
+        if unknown:
+            raise UsageError(f"--distill.exclude_teachers: {unknown} not in the store; it has {self.store.teachers}")
+        self.teachers = [t for t in self.store.teachers if t not in d.exclude_teachers]
+        if not self.teachers:
+            raise UsageError("--distill.exclude_teachers: every teacher is excluded; keep at least one")
+        self.space = d.target_space
+        if self.space == "decision":
+            raise UsageError("--distill.target_space: 'decision' is not available in this version; "
+                             "use projection, adaptor or relational")
+        embed_dim = student.embed_dim
+        # Preflight: every training sample has a store row.
+        records, _ = index_source(cfg.data.path, cfg.data.format, cfg.data.image_key, cfg.data.caption_key,
+                                  cfg.data.id_key, cfg.data.modality_key)
+        missing = []
+        rows = np.empty(len(records), dtype=np.int64)
+        for i, r in enumerate(records):
+            try:
+                rows[i] = self.store.row_of(r.sample_id)
+            except KeyError:
+                missing.append(r.sample_id)
+        if missing:
+            raise UsageError(f"--store: {len(missing)} of {len(records)} training samples have no row in "
+                             f"{self.store.path} (e.g. {missing[:3]}); extract features for this data with "
+                             f"`mmkd extract --data {cfg.data.path} ...`")
+        self.row_of_index = rows
+        self.alignment = None
+        self.precomputed = False
+        if self.space == "projection":
+            from mmkd.models.alignment import alignment_paths, load_alignment
+
+            weights, _ = alignment_paths(d.store, d.alignment)
+            if not d.alignment and not weights.is_file() and all(
+                    self.store.has_array(t, "projected_image") for t in self.teachers):
+                self.precomputed = True  # the authors' projected features, imported with the store
+            else:
+                self.alignment = load_alignment(weights, self.store).to(device)
+                for p in self.alignment.parameters():
+                    p.requires_grad_(False)
+                if self.alignment.latent_dim != embed_dim:
+                    raise UsageError(f"alignment latent dim {self.alignment.latent_dim} != student embed dim "
+                                     f"{embed_dim}; rerun `mmkd align --store {d.store} --latent-dim {embed_dim}`")
+        heads = {}
+        if self.space == "adaptor":
+            heads = {t: nn.Linear(embed_dim, self.store.embed_dim(t)) for t in self.teachers}
+        self.module = DistillForward(student.model, heads, torch.tensor(float(np.log(d.icl_temperature))),
+                                     d.learnable_icl_temperature)
+        self.kinds = ("projected_image", "projected_text") if self.precomputed else ("image", "text")
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Random teacher draws change with the epoch (and never with the number of processes)."""
+        self.epoch = epoch
+
+    # ---- targets ------------------------------------------------------------------------------
+    def _batch_features(self, batch) -> tuple[dict[str, Any], np.ndarray, torch.Tensor]:
+        rows = self.row_of_index[batch.indices.numpy()]
+        feats = self.store.rows(rows, kinds=self.kinds + (("score",) if self.cfg.distill.policy == "score-weighted"
+                                                          else ()), teachers=self.teachers)
+        d = self.cfg.distill
+        w = teacher_weights(d.policy, feats["available"],
+                            scores_BT=np.stack([feats["score"][t] for t in self.teachers], 1) if "score" in feats else None,
+                            seed=self.cfg.train.seed, epoch=self.epoch, indices_B=batch.indices.numpy(),
+                            modalities_B=batch.modalities, routes=d.modality_routes, teachers=self.teachers)
+        return feats, rows, torch.from_numpy(w).to(self.device)
+
+    def _targets(self, feats, t: str) -> tuple[torch.Tensor, torch.Tensor]:
+        img = torch.from_numpy(feats[self.kinds[0]][t].astype(np.float32)).to(self.device)
+        txt = torch.from_numpy(feats[self.kinds[1]][t].astype(np.float32)).to(self.device)
+        if self.alignment is not None:
+            with torch.no_grad():
+                img, txt = self.alignment.encode(t, img, "image"), self.alignment.encode(t, txt, "text")
+        if self.cfg.distill.normalize_targets:
+            img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+        return img, txt
+
+    # ---- the loss -----------------------------------------------------------------------------
+    def losses(self, outputs, batch, rank: int, world_size: int) -> dict[str, torch.Tensor]:
+        d = self.cfg.distill
+        terms = clip_loss(outputs["image"], outputs["text"], outputs["logit_scale"], rank, world_size)
+        zero = outputs["image"].sum() * 0.0
+        fd_total, icl_total, kl_total = zero, zero, zero
+        if len(batch):
+            feats, _, w_BT = self._batch_features(batch)
+            num_taught = (w_BT.sum(dim=1) > 0).sum().clamp_min(1)
+            for j, t in enumerate(self.teachers):
+                w_B = w_BT[:, j]
+                if float(w_B.sum()) == 0:
+                    continue
+                share = w_B.sum() / num_taught  # this teacher's share of the taught rows
+                if self.space == "adaptor":
+                    s_img, s_txt = outputs[f"head_image:{t}"], outputs[f"head_text:{t}"]
+                else:
+                    s_img, s_txt = outputs["image"], outputs["text"]
+                if self.space in ("projection", "adaptor") and (d.lambda_fd > 0 or d.lambda_icl > 0):
+                    t_img, t_txt = self._targets(feats, t)
+                    fd = feature_distillation(s_img, t_img, w_B) + feature_distillation(s_txt, t_txt, w_B)
+                    icl = interactive_contrastive(s_img, s_txt, t_img, t_txt, outputs["icl_temperature"], w_B)
+                    fd_total = fd_total + share * fd
+                    icl_total = icl_total + share * icl
+                    terms[f"fd:{t}"], terms[f"icl:{t}"] = fd.detach(), icl.detach()
+                if d.lambda_kl > 0:
+                    raw_img = torch.from_numpy(feats[self.kinds[0]][t].astype(np.float32)).to(self.device)
+                    raw_txt = torch.from_numpy(feats[self.kinds[1]][t].astype(np.float32)).to(self.device)
+                    # Relational KL uses every row the teacher may teach (the in-batch distribution
+                    # needs several rows), not only the rows the policy drew for it.
+                    avail_B = torch.from_numpy(feats["available"][:, j].astype(np.float32)).to(self.device)
+                    kl = relational_kl(outputs["image"], outputs["text"], raw_img, raw_txt, d.kl_temperature, avail_B)
+                    kl_total = kl_total + kl / len(self.teachers)
+                    terms[f"kl:{t}"] = kl.detach()
+        terms["fd"], terms["icl"], terms["kl"] = fd_total, icl_total, kl_total
+        # Zero-weighted use of every output keeps DDP's gradient bookkeeping whole when a batch has
+        # no row for some teacher (its head and the ICL temperature then get a zero gradient).
+        unused = sum(v.sum() for v in outputs.values()) * 0.0
+        terms["loss"] = (terms["clip"] + d.lambda_fd * fd_total + d.lambda_icl * icl_total
+                         + d.lambda_kl * kl_total + unused)
+        return terms
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {"distill": self.module.heads} if len(self.module.heads) else {}
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        teachers = []
+        for t in self.teachers:
+            prov = self.store.provenance(t)
+            teachers.append({"name": t, "embed_dim": self.store.embed_dim(t), "spec": prov.get("spec"),
+                             "licence": prov.get("licence") or _registry_licence(t)})
+        d = self.cfg.distill
+        return {"distill": {"store": str(Path(d.store).resolve()), "teachers": teachers, "target_space": self.space,
+                            "policy": d.policy, "lambda_fd": d.lambda_fd, "lambda_icl": d.lambda_icl,
+                            "lambda_kl": d.lambda_kl, "normalize_targets": d.normalize_targets,
+                            "learnable_icl_temperature": d.learnable_icl_temperature}}
+
+
+def _registry_licence(name: str) -> str | None:
+    try:
+        from mmkd.teachers import registry
+
+        for attr in ("TEACHERS", "REGISTRY"):
+            reg = getattr(registry, attr, None)
+            if isinstance(reg, dict):
+                for key, rec in reg.items():
+                    if key.lower() == name.lower() or getattr(rec, "name", "").lower() == name.lower():
+                        return getattr(rec, "licence", None) or getattr(rec, "license", None)
+    except Exception:  # the registry is optional metadata here
+        return None
+    return None

@@ -1,0 +1,89 @@
+"""Losses and policies against naive references on seeded tensors."""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmkd.losses.contrastive import clip_loss
+from mmkd.losses.distill import decision_kl, feature_distillation, interactive_contrastive, relational_kl
+from mmkd.training.policies import mean_available, random_available, score_weighted, teacher_weights, uniform_draws
+
+
+def _feats(b, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(b, d, generator=g), dim=-1)
+
+
+def test_clip_loss_matches_naive_loop():
+    img, txt, scale = _feats(6, 8, 0), _feats(6, 8, 1), torch.tensor(10.0)
+    got = clip_loss(img, txt, scale)["clip"]
+    logits = scale * img @ txt.T
+    i2t = -sum(math.log(torch.softmax(logits[i], 0)[i]) for i in range(6)) / 6
+    t2i = -sum(math.log(torch.softmax(logits[:, i], 0)[i]) for i in range(6)) / 6
+    assert abs(got.item() - (i2t + t2i) / 2) < 1e-5
+
+
+def test_feature_distillation_weighted_mse():
+    s, t = _feats(5, 4, 2), _feats(5, 4, 3)
+    w = torch.tensor([1.0, 0.0, 2.0, 0.0, 1.0])
+    ref = sum(w[i] * ((s[i] - t[i]) ** 2).mean() for i in range(5)) / w.sum()
+    assert torch.allclose(feature_distillation(s, t, w), ref)
+    assert feature_distillation(s, t, torch.zeros(5)).item() == 0.0
+
+
+def test_icl_matches_naive_and_ignores_zero_weight_rows():
+    si, st, ti, tt = (_feats(5, 4, k) for k in range(4))
+    w = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0])
+    keep = [0, 1, 3, 4]
+    tau = 0.1
+    ref = 0.0
+    for a, i in enumerate(keep):
+        l1 = -torch.log_softmax(torch.stack([si[i] @ tt[j] for j in keep]) / tau, 0)[a]
+        l2 = -torch.log_softmax(torch.stack([st[i] @ ti[j] for j in keep]) / tau, 0)[a]
+        ref += (l1 + l2) / 2
+    ref /= len(keep)
+    assert torch.allclose(interactive_contrastive(si, st, ti, tt, tau, w), ref, atol=1e-5)
+
+
+def test_relational_kl_is_zero_for_identical_geometry_and_positive_otherwise():
+    img, txt = _feats(6, 8, 4), _feats(6, 8, 5)
+    w = torch.ones(6)
+    q = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))[0]
+    assert relational_kl(img, txt, img @ q, txt @ q, 0.1, w).item() < 1e-5  # rotated teacher: same relations
+    kl = relational_kl(img, txt, _feats(6, 8, 6), _feats(6, 8, 7), 0.1, w)
+    p = torch.softmax((_feats(6, 8, 6) @ _feats(6, 8, 7).T) / 0.1, 1)
+    logq = torch.log_softmax(img @ txt.T / 0.1, 1)
+    ref_i2t = (p * (p.log() - logq)).sum(1).mean()
+    assert kl.item() > 0 and kl.item() > 0.2 * ref_i2t.item()
+
+
+def test_decision_kl_matches_reference():
+    img, classes = _feats(4, 8, 8), _feats(3, 8, 9)
+    p = torch.softmax(torch.randn(4, 3, generator=torch.Generator().manual_seed(1)), 1)
+    got = decision_kl(img, classes, p, 0.05, torch.ones(4))
+    ref = F.kl_div(torch.log_softmax(img @ classes.T / 0.05, 1), p, reduction="batchmean")
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_random_available_picks_only_available_teachers_uniformly():
+    avail = np.array([[1, 0, 1, 1]] * 3000 + [[0, 0, 0, 0]], dtype=bool)
+    w = random_available(avail, uniform_draws(0, 0, np.arange(len(avail))))
+    assert (w[:-1].sum(1) == 1).all() and w[-1].sum() == 0
+    assert (w[:, 1] == 0).all()
+    share = w[:-1].mean(0)
+    assert np.allclose(share[[0, 2, 3]], 1 / 3, atol=0.03)
+    w2 = random_available(avail, uniform_draws(0, 1, np.arange(len(avail))))
+    assert (w != w2).any(), "draws must change with the epoch"
+
+
+def test_mean_and_score_weighted_and_modality_policies():
+    avail = np.array([[1, 1, 0], [0, 0, 0], [1, 1, 1]], dtype=bool)
+    assert np.allclose(mean_available(avail), [[0.5, 0.5, 0], [0, 0, 0], [1 / 3] * 3])
+    scores = np.array([[1.0, 0.0, 9.0], [0, 0, 0], [0.0, 0.0, 0.0]])
+    w = score_weighted(avail, scores, temperature=1.0)
+    assert np.allclose(w[0], [math.e / (1 + math.e), 1 / (1 + math.e), 0]) and w[1].sum() == 0
+    w = teacher_weights("modality", avail, modalities_B=["ct", "ct", "xray"], routes={"ct": ["b"]},
+                        teachers=["a", "b", "c"])
+    assert np.allclose(w, [[0, 1, 0], [0, 0, 0], [1 / 3] * 3])
