@@ -11,7 +11,7 @@ _LAZY = {
     "load_teacher": "mmkd.teachers:load_teacher",
     "create_student": "mmkd.models.student:create_student",
     "FeatureStore": "mmkd.data.feature_store:FeatureStore",
-    "zero_shot": "mmkd.evaluation.zero_shot:zero_shot",
+    "zero_shot": "mmkd.export.inference:zero_shot",
 }
 
 __all__ = ["__version__", *_LAZY]

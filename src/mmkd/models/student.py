@@ -151,6 +151,10 @@ def create_student(name: str = "mmkd-tiny-vit", init: str = "", hf_text_path: st
                    context_length: int = 0, seed: int | None = None) -> Student:
     """Build a student from a config name (see module doc), optionally loading initial weights."""
     model_cfg, preprocess_overrides = resolve_model_config(name)
+    bundled = Path(name[len("local-dir:"):] if name.startswith("local-dir:") else name)
+    recorded = model_cfg.get("text_cfg", {}).get("hf_model_name") or ""
+    if not hf_text_path and (bundled / "config.json").is_file() and not (Path(recorded) / "config.json").is_file():
+        hf_text_path = str(bundled)  # a moved checkpoint/export carries the HF config and tokenizer itself
     model_cfg = apply_hf_text_path(model_cfg, hf_text_path)
     if context_length:
         model_cfg["text_cfg"]["context_length"] = context_length

@@ -30,25 +30,32 @@ from mmkd.losses.distill import feature_distillation, interactive_contrastive, r
 from mmkd.training.policies import teacher_weights
 
 
-class DistillForward(nn.Module):
-    """Student forward plus the trainable distillation parameters (adaptor heads, ICL temperature)."""
+class DistillExtras(nn.Module):
+    """The trainable distillation parameters saved beside the student: adaptor heads, ICL temperature."""
 
-    def __init__(self, model: nn.Module, heads: dict[str, nn.Module], log_icl_temperature: torch.Tensor,
-                 learnable_temperature: bool):
+    def __init__(self, heads: dict[str, nn.Module], log_icl_temperature: torch.Tensor, learnable_temperature: bool):
         super().__init__()
-        self.model = model
         self.heads = nn.ModuleDict(heads)
         if learnable_temperature:
             self.log_icl_temperature = nn.Parameter(log_icl_temperature)
         else:
             self.register_buffer("log_icl_temperature", log_icl_temperature)
 
+
+class DistillForward(nn.Module):
+    """Student forward plus the distillation heads, as one module for DDP."""
+
+    def __init__(self, model: nn.Module, extras: DistillExtras):
+        super().__init__()
+        self.model = model
+        self.extras = extras
+
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         image = self.model.encode_image(images, normalize=True).float()
         text = self.model.encode_text(tokens, normalize=True).float()
         out = {"image": image, "text": text, "logit_scale": self.model.logit_scale.exp().float(),
-               "icl_temperature": self.log_icl_temperature.exp()}
-        for t, head in self.heads.items():  # heads are applied here so DDP sees their use
+               "icl_temperature": self.extras.log_icl_temperature.exp()}
+        for t, head in self.extras.heads.items():  # heads are applied here so DDP sees their use
             out[f"head_image:{t}"] = F.normalize(head(image), dim=-1)
             out[f"head_text:{t}"] = F.normalize(head(text), dim=-1)
         return out
@@ -110,8 +117,8 @@ class DistillTask:
         heads = {}
         if self.space == "adaptor":
             heads = {t: nn.Linear(embed_dim, self.store.embed_dim(t)) for t in self.teachers}
-        self.module = DistillForward(student.model, heads, torch.tensor(float(np.log(d.icl_temperature))),
-                                     d.learnable_icl_temperature)
+        self.module = DistillForward(student.model, DistillExtras(
+            heads, torch.tensor(float(np.log(d.icl_temperature))), d.learnable_icl_temperature))
         self.kinds = ("projected_image", "projected_text") if self.precomputed else ("image", "text")
         self.epoch = 0
 
@@ -184,7 +191,7 @@ class DistillTask:
         return terms
 
     def extra_modules(self) -> dict[str, nn.Module]:
-        return {"distill": self.module.heads} if len(self.module.heads) else {}
+        return {"distill": self.module.extras}
 
     def checkpoint_info(self) -> dict[str, Any]:
         teachers = []

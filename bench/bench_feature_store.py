@@ -1,0 +1,89 @@
+"""Random batches of 256 rows: FeatureStore (memmap) against the authors' per-sample pickles.
+
+Baseline (MMKD-CLIP's released code): one `clips_output.pt` per sample holding every
+teacher's image and text embedding, read with torch.load (here weights_only=True) per sample.
+Both layouts hold the same features (8 teachers, dims as in the paper) and are read warm
+from the page cache, so the ratio measures the format, not the disk.
+
+Usage: python bench/bench_feature_store.py [--samples 3000] [--batches 20]
+Prints `RATIO feature_store_vs_pickle: <x> (target >= 1000x)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmkd.data.feature_store import FeatureStore, FeatureStoreWriter, TeacherEntry
+
+TEACHERS = {"BMCA": 768, "BiomedCLIP": 512, "UniMedCLIP": 512, "PMCCLIP": 768, "QuiltNet": 512,
+            "GenMedClip": 512, "PLIP": 512, "PUBMEDCLIP": 512}
+BATCH = 256
+
+
+def build(root: Path, num_samples: int) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    feats = {t: (rng.standard_normal((num_samples, d)).astype(np.float16),
+                 rng.standard_normal((num_samples, d)).astype(np.float16)) for t, d in TEACHERS.items()}
+    ids = [f"s{i}" for i in range(num_samples)]
+    entries = [TeacherEntry(t, d, {"weights": {t: t}}) for t, d in TEACHERS.items()]
+    writer = FeatureStoreWriter.open(root / "store", ids, entries, chunk_rows=1024)
+    for c in range(writer.num_chunks):
+        a, b = writer.chunk_bounds(c)
+        for t in TEACHERS:
+            writer.write_chunk(c, t, {"image": feats[t][0][a:b], "text": feats[t][1][a:b],
+                                      "available": np.ones(b - a, bool), "score": np.zeros(b - a, np.float32)})
+    writer.finalize()
+    pickles = root / "pickles"
+    for i in range(num_samples):
+        folder = pickles / ids[i]
+        folder.mkdir(parents=True)
+        torch.save({f"{t}_{k}": torch.from_numpy(feats[t][j][i].astype(np.float32))
+                    for t in TEACHERS for j, k in enumerate(("img", "txt"))}, folder / "clips_output.pt")
+    return root / "store", pickles
+
+
+def read_pickles(pickles: Path, ids: list[str], rows: np.ndarray) -> dict[str, torch.Tensor]:
+    samples = [torch.load(pickles / ids[r] / "clips_output.pt", weights_only=True) for r in rows]
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=3000)
+    parser.add_argument("--batches", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        store_path, pickles = build(Path(tmp), args.samples)
+        store = FeatureStore(store_path)
+        ids = store.sample_ids
+        rng = np.random.default_rng(1)
+        batches = [rng.choice(args.samples, BATCH, replace=False) for _ in range(args.batches)]
+        read_pickles(pickles, ids, batches[0])  # warm both caches
+        store.rows(batches[0])
+        t0 = time.perf_counter()
+        for rows in batches:
+            base = read_pickles(pickles, ids, rows)
+        t_pickle = (time.perf_counter() - t0) / len(batches)
+        repeats = 50
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            for rows in batches:
+                got = store.rows(rows)
+        t_store = (time.perf_counter() - t0) / (len(batches) * repeats)
+        last = batches[-1]
+        assert np.array_equal(got["image"]["PLIP"], base["PLIP_img"].numpy().astype(np.float16)), "layouts disagree"
+        print(f"pickle per sample: {t_pickle * 1e3:8.2f} ms / batch of {BATCH} ({BATCH / t_pickle:,.0f} rows/s)")
+        print(f"FeatureStore.rows: {t_store * 1e3:8.3f} ms / batch of {BATCH} ({BATCH / t_store:,.0f} rows/s)")
+        print(f"RATIO feature_store_vs_pickle: {t_pickle / t_store:.0f}x (target >= 1000x)")
+        del last
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,434 @@
+"""The teacher-feature store: per-teacher memmapped arrays, a manifest, crash-safe chunked writes.
+
+Legend: N samples (rows), T teachers, D a teacher's embedding dim, B rows asked for at once.
+
+Layout of a store directory (format version 1)::
+
+    manifest.json                 format_version, dtype, num_samples, chunk_rows, teachers (name,
+                                  embed_dim, provenance, fingerprint, arrays), chunks (sha256 of
+                                  every committed chunk of every array), complete, summary
+    sample_ids.json               [N] sample ids; row i is dataset record i
+    teachers/<name>/image.npy     [N, D] float16, L2-normalised image embeddings
+    teachers/<name>/text.npy      [N, D] float16, L2-normalised caption embeddings
+    teachers/<name>/available.npy [N] bool: may this teacher teach this sample
+    teachers/<name>/score.npy     [N] float32 availability score (NaN where none was computed)
+    teachers/<name>/<extra>.npy   optional, e.g. projected_image/projected_text [N, P] float16
+    teachers/<name>/chunks/CCCCCC.json   one commit record per written chunk
+
+Every `.npy` is created at full size up front and written in place; a chunk of rows
+[c * chunk_rows, (c + 1) * chunk_rows) becomes visible only when its commit record appears,
+which is written (temporary name, fsync, rename) after the rows were flushed to disk. A
+crash therefore leaves either a committed chunk or an invisible one that a rerun rewrites,
+and the finished store has exactly the rows of an uninterrupted run. Ranks of a distributed
+run write disjoint chunks of the same files. Reads are O(1) per row through `numpy.memmap`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from mmkd.errors import UsageError
+from mmkd.utils.io import atomic_write_json, read_json
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SAMPLE_IDS = "sample_ids.json"
+FEATURE_DTYPE = "float16"
+DEFAULT_CHUNK_ROWS = 1024
+CORE_KINDS = ("image", "text", "available", "score")
+# Test-only: seconds to sleep between flushing a chunk's rows and committing them, so that a
+# crash test can kill the writer inside that window.
+_TEST_COMMIT_DELAY_S = float(os.environ.get("MMKD_TEST_COMMIT_DELAY_S", "0") or 0)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+
+
+@dataclass
+class TeacherEntry:
+    """What the store records about one teacher. `extra_dims` adds [N, dim] float16 arrays."""
+
+    name: str
+    embed_dim: int
+    provenance: dict[str, Any] = field(default_factory=dict)
+    extra_dims: dict[str, int] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # e.g. the availability rule used
+
+    @property
+    def fingerprint(self) -> str:
+        return provenance_fingerprint(self.provenance, self.embed_dim)
+
+    def array_specs(self, num_samples: int) -> dict[str, dict[str, Any]]:
+        specs = {
+            "image": {"shape": [num_samples, self.embed_dim], "dtype": FEATURE_DTYPE},
+            "text": {"shape": [num_samples, self.embed_dim], "dtype": FEATURE_DTYPE},
+            "available": {"shape": [num_samples], "dtype": "bool"},
+            "score": {"shape": [num_samples], "dtype": "float32"},
+        }
+        for kind, dim in self.extra_dims.items():
+            specs[kind] = {"shape": [num_samples, int(dim)], "dtype": FEATURE_DTYPE}
+        for kind, spec in specs.items():
+            spec["file"] = f"teachers/{self.name}/{kind}.npy"
+        return specs
+
+
+def provenance_fingerprint(provenance: dict[str, Any], embed_dim: int) -> str:
+    """Hash of what decides a teacher's outputs: weights checksums, preprocessing, tokenizer, dim.
+
+    Library versions and paths are left out on purpose: moving the weights or upgrading
+    numpy does not make stored features stale; different weights or preprocessing do.
+    """
+    keyed = {"embed_dim": int(embed_dim)}
+    for key in ("weights", "preprocess", "tokenizer"):
+        keyed[key] = provenance.get(key)
+    blob = json.dumps(keyed, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _ids_digest(sample_ids: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for sid in sample_ids:
+        h.update(sid.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _open_npy(path: Path, mode: str):
+    return np.load(path, mmap_mode=mode)
+
+
+def num_chunks(num_samples: int, chunk_rows: int) -> int:
+    return math.ceil(num_samples / chunk_rows)
+
+
+def chunk_bounds(chunk: int, num_samples: int, chunk_rows: int) -> tuple[int, int]:
+    start = chunk * chunk_rows
+    return start, min(start + chunk_rows, num_samples)
+
+
+class FeatureStore:
+    """Read a feature store. Arrays are memmapped: nothing is loaded until rows are indexed.
+
+    `image_features(name)` / `text_features(name)`: [N, D] float16 memmaps, row i = sample i.
+    `available`: [N, T] bool (T in `teachers` order). `rows(indices)` fetches a batch.
+    """
+
+    def __init__(self, path: str | os.PathLike, allow_partial: bool = False):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise UsageError(f"feature store {str(self.path)!r} has no {MANIFEST}; create it with `mmkd extract` "
+                             f"or `mmkd import-features`")
+        self.manifest: dict[str, Any] = read_json(manifest_path)
+        version = self.manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise UsageError(f"feature store {str(self.path)!r} has format version {version}; this mmkd reads "
+                             f"version {FORMAT_VERSION}. Re-extract or upgrade mmkd")
+        if not self.manifest.get("complete") and not allow_partial:
+            raise UsageError(f"feature store {str(self.path)!r} is incomplete (an extraction was interrupted); "
+                             f"rerun the same `mmkd extract`/`import-features` command to finish it")
+        self.num_samples: int = int(self.manifest["num_samples"])
+        self.teachers: list[str] = [t["name"] for t in self.manifest["teachers"]]
+        self._entries = {t["name"]: t for t in self.manifest["teachers"]}
+        self._arrays: dict[tuple[str, str], np.memmap] = {}
+        self._sample_ids: list[str] | None = None
+        self._row_of: dict[str, int] | None = None
+        self._available: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r}, num_samples={self.num_samples}, teachers={self.teachers})"
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    # ---- per-teacher arrays -------------------------------------------------------------
+    def _entry(self, name: str) -> dict[str, Any]:
+        if name not in self._entries:
+            raise UsageError(f"teacher {name!r} is not in the feature store {str(self.path)!r}; "
+                             f"it has: {', '.join(self.teachers)}")
+        return self._entries[name]
+
+    def array(self, name: str, kind: str) -> np.memmap:
+        """Any per-teacher array (`image`, `text`, `available`, `score`, or an extra such as
+        `projected_image`), memmapped read-only."""
+        key = (name, kind)
+        if key not in self._arrays:
+            arrays = self._entry(name)["arrays"]
+            if kind not in arrays:
+                raise UsageError(f"teacher {name!r} has no {kind!r} array in {str(self.path)!r}; "
+                                 f"it has: {', '.join(arrays)}")
+            self._arrays[key] = _open_npy(self.path / arrays[kind]["file"], "r")
+        return self._arrays[key]
+
+    def has_array(self, name: str, kind: str) -> bool:
+        return kind in self._entry(name)["arrays"]
+
+    def image_features(self, name: str) -> np.memmap:
+        return self.array(name, "image")
+
+    def text_features(self, name: str) -> np.memmap:
+        return self.array(name, "text")
+
+    def scores(self, name: str) -> np.memmap:
+        return self.array(name, "score")
+
+    def embed_dim(self, name: str) -> int:
+        return int(self._entry(name)["embed_dim"])
+
+    def provenance(self, name: str) -> dict[str, Any]:
+        return self._entry(name).get("provenance", {})
+
+    @property
+    def available(self) -> np.ndarray:
+        """[N, T] bool, columns in `teachers` order (built once from the per-teacher columns)."""
+        if self._available is None:
+            cols = [np.asarray(self.array(t, "available")) for t in self.teachers]
+            self._available = np.stack(cols, axis=1) if cols else np.zeros((self.num_samples, 0), bool)
+        return self._available
+
+    # ---- sample ids ---------------------------------------------------------------------
+    @property
+    def sample_ids(self) -> list[str]:
+        if self._sample_ids is None:
+            self._sample_ids = read_json(self.path / SAMPLE_IDS)
+        return self._sample_ids
+
+    def row_of(self, sample_id: str) -> int:
+        """The row holding `sample_id` (KeyError if absent)."""
+        if self._row_of is None:
+            lookup: dict[str, int] = {}
+            for row, sid in enumerate(self.sample_ids):
+                lookup.setdefault(sid, row)
+            self._row_of = lookup
+        return self._row_of[sample_id]
+
+    def rows_of(self, sample_ids: Iterable[str]) -> np.ndarray:
+        return np.array([self.row_of(s) for s in sample_ids], dtype=np.int64)
+
+    # ---- batched reads ------------------------------------------------------------------
+    def rows(self, indices: Sequence[int] | np.ndarray, kinds: Sequence[str] = ("image", "text"),
+             teachers: Sequence[str] | None = None) -> dict[str, Any]:
+        """Features of a batch of rows: `{kind: {teacher: [B, D] float16}, "available": [B, T] bool}`.
+
+        Rows are read in sorted order (sequential on disk) and returned in the order asked.
+        """
+        idx_B = np.asarray(indices, dtype=np.int64)
+        if idx_B.size and (idx_B.min() < 0 or idx_B.max() >= self.num_samples):
+            raise IndexError(f"row indices must lie in [0, {self.num_samples}); got {idx_B.min()}..{idx_B.max()}")
+        order = np.argsort(idx_B, kind="stable")
+        sorted_idx = idx_B[order]
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        names = list(teachers or self.teachers)
+        out: dict[str, Any] = {}
+        for kind in kinds:
+            out[kind] = {t: np.asarray(self.array(t, kind)[sorted_idx])[inverse] for t in names}
+        out["available"] = np.stack([np.asarray(self.array(t, "available")[sorted_idx])[inverse] for t in names],
+                                    axis=1) if names else np.zeros((idx_B.size, 0), bool)
+        return out
+
+    # ---- integrity ----------------------------------------------------------------------
+    def verify(self) -> list[str]:
+        """Recompute every chunk checksum; returns the problems found (empty when intact)."""
+        problems = []
+        for rec in self.manifest.get("chunks", []):
+            start, stop = rec["start"], rec["stop"]
+            for kind, digest in rec["sha256"].items():
+                data = np.ascontiguousarray(self.array(rec["teacher"], kind)[start:stop])
+                if hashlib.sha256(data.tobytes()).hexdigest() != digest:
+                    problems.append(f"{rec['teacher']}/{kind} rows {start}:{stop}: checksum mismatch")
+        return problems
+
+
+class FeatureStoreWriter:
+    """Create, resume or extend a store, write chunks atomically, and finish it.
+
+    `FeatureStoreWriter.open(path, sample_ids, teachers, chunk_rows)` validates everything
+    before any row is written: the sample ids must be those of the existing store, and a
+    teacher already in it must have the same dim and fingerprint (weights, preprocessing,
+    tokenizer) and settings. New teachers are added. Only one process (rank 0) should call
+    `open` with `create=True`; other ranks open after it with `create=False`.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path = path
+        self.manifest = manifest
+        self.num_samples = int(manifest["num_samples"])
+        self.chunk_rows = int(manifest["chunk_rows"])
+        self._entries = {t["name"]: t for t in manifest["teachers"]}
+        self._maps: dict[tuple[str, str], np.memmap] = {}
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, sample_ids: Sequence[str], teachers: Sequence[TeacherEntry],
+             chunk_rows: int = DEFAULT_CHUNK_ROWS, create: bool = True, extra_manifest: dict | None = None
+             ) -> "FeatureStoreWriter":
+        path = Path(path)
+        if not sample_ids:
+            raise UsageError("the dataset holds no samples; nothing to write into a feature store")
+        for entry in teachers:
+            if not _NAME_RE.match(entry.name):
+                raise UsageError(f"--teacher: name {entry.name!r} is not usable as a store name; use letters, "
+                                 f"digits, '_', '-', '.' (up to 64 characters)")
+        manifest_path = path / MANIFEST
+        if manifest_path.is_file():
+            manifest = read_json(manifest_path)
+            _check_compatible(path, manifest, sample_ids, teachers)
+            new = [t for t in teachers if t.name not in {e["name"] for e in manifest["teachers"]}]
+            if new and not create:
+                raise RuntimeError("teachers missing from the store; rank 0 must open it first")
+            if new:
+                for entry in new:
+                    manifest["teachers"].append(_make_teacher(path, entry, manifest["num_samples"]))
+                manifest["complete"] = False
+                atomic_write_json(path / MANIFEST, manifest)
+            return cls(path, manifest)
+        if not create:
+            raise RuntimeError(f"{path} has no manifest; rank 0 must create the store first")
+        if path.exists() and any(path.iterdir()):
+            raise UsageError(f"--out: {str(path)!r} exists and is not a feature store; choose an empty or new folder")
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path / SAMPLE_IDS, list(sample_ids), indent=None)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "dtype": FEATURE_DTYPE,
+            "num_samples": len(sample_ids),
+            "sample_ids_sha256": _ids_digest(sample_ids),
+            "chunk_rows": int(chunk_rows),
+            "complete": False,
+            "teachers": [_make_teacher(path, t, len(sample_ids)) for t in teachers],
+            "chunks": [],
+            **(extra_manifest or {}),
+        }
+        atomic_write_json(path / MANIFEST, manifest)
+        return cls(path, manifest)
+
+    @property
+    def num_chunks(self) -> int:
+        return num_chunks(self.num_samples, self.chunk_rows)
+
+    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        return chunk_bounds(chunk, self.num_samples, self.chunk_rows)
+
+    def _record_path(self, teacher: str, chunk: int) -> Path:
+        return self.path / "teachers" / teacher / "chunks" / f"{chunk:06d}.json"
+
+    def committed(self, teacher: str) -> set[int]:
+        folder = self.path / "teachers" / teacher / "chunks"
+        if not folder.is_dir():
+            return set()
+        return {int(p.name[:6]) for p in folder.iterdir() if p.name.endswith(".json") and p.name[:6].isdigit()}
+
+    def pending(self, teachers: Sequence[str]) -> dict[int, list[str]]:
+        """chunk -> the teachers (of `teachers`) that still lack it."""
+        done = {t: self.committed(t) for t in teachers}
+        out: dict[int, list[str]] = {}
+        for c in range(self.num_chunks):
+            missing = [t for t in teachers if c not in done[t]]
+            if missing:
+                out[c] = missing
+        return out
+
+    def _map(self, teacher: str, kind: str) -> np.memmap:
+        key = (teacher, kind)
+        if key not in self._maps:
+            spec = self._entries[teacher]["arrays"][kind]
+            self._maps[key] = _open_npy(self.path / spec["file"], "r+")
+        return self._maps[key]
+
+    def write_chunk(self, chunk: int, teacher: str, arrays: dict[str, np.ndarray],
+                    record_extra: dict[str, Any] | None = None) -> None:
+        """Write rows of `chunk` for `teacher` and commit them. `arrays` must hold every array
+        kind of the teacher with exactly the chunk's row count."""
+        start, stop = self.chunk_bounds(chunk)
+        kinds = self._entries[teacher]["arrays"]
+        if set(arrays) != set(kinds):
+            raise ValueError(f"{teacher}: chunk arrays {sorted(arrays)} != store arrays {sorted(kinds)}")
+        digests = {}
+        for kind, spec in kinds.items():
+            data = np.ascontiguousarray(arrays[kind], dtype=spec["dtype"])
+            if list(data.shape) != [stop - start, *spec["shape"][1:]]:
+                raise ValueError(f"{teacher}/{kind}: chunk {chunk} has shape {data.shape}, "
+                                 f"expected {[stop - start, *spec['shape'][1:]]}")
+            target = self._map(teacher, kind)
+            target[start:stop] = data
+            target.flush()  # msync: the rows are on disk before the record that makes them visible
+            digests[kind] = hashlib.sha256(data.tobytes()).hexdigest()
+        if _TEST_COMMIT_DELAY_S:  # test hook: widen the window between rows on disk and their commit
+            time.sleep(_TEST_COMMIT_DELAY_S)
+        record = {"teacher": teacher, "chunk": chunk, "start": start, "stop": stop, "sha256": digests,
+                  **(record_extra or {})}
+        atomic_write_json(self._record_path(teacher, chunk), record, indent=None)
+
+    def records(self, teacher: str) -> list[dict[str, Any]]:
+        return [read_json(self._record_path(teacher, c)) for c in sorted(self.committed(teacher))]
+
+    def finalize(self, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Check every chunk of every teacher is committed, then mark the manifest complete."""
+        chunks, missing = [], []
+        for name in self._entries:
+            recs = self.records(name)
+            got = {r["chunk"] for r in recs}
+            missing += [f"{name}:{c}" for c in range(self.num_chunks) if c not in got]
+            chunks += [{k: r[k] for k in ("teacher", "chunk", "start", "stop", "sha256")} for r in recs]
+        if missing:
+            raise RuntimeError(f"cannot finish the store: uncommitted chunks {missing[:10]}")
+        self.manifest["chunks"] = chunks
+        self.manifest["complete"] = True
+        if summary:
+            self.manifest.setdefault("summary", {}).update(summary)
+        atomic_write_json(self.path / MANIFEST, self.manifest)
+        return self.manifest
+
+
+def _make_teacher(path: Path, entry: TeacherEntry, num_samples: int) -> dict[str, Any]:
+    specs = entry.array_specs(num_samples)
+    for kind, spec in specs.items():
+        file = path / spec["file"]
+        file.parent.mkdir(parents=True, exist_ok=True)
+        if not file.exists():
+            arr = np.lib.format.open_memmap(file, mode="w+", dtype=spec["dtype"], shape=tuple(spec["shape"]))
+            if kind == "score":
+                arr[:] = np.nan
+            arr.flush()
+            del arr
+    return {"name": entry.name, "embed_dim": int(entry.embed_dim), "fingerprint": entry.fingerprint,
+            "provenance": entry.provenance, "settings": entry.settings, "arrays": specs}
+
+
+def _check_compatible(path: Path, manifest: dict[str, Any], sample_ids: Sequence[str],
+                      teachers: Sequence[TeacherEntry]) -> None:
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UsageError(f"--out: {str(path)!r} has store format {manifest.get('format_version')}, "
+                         f"this mmkd writes {FORMAT_VERSION}; write to a new folder")
+    if manifest["num_samples"] != len(sample_ids) or manifest["sample_ids_sha256"] != _ids_digest(sample_ids):
+        raise UsageError(f"--out: the store {str(path)!r} was made from a different dataset "
+                         f"({manifest['num_samples']} samples, other sample ids); write to a new folder")
+    existing = {t["name"]: t for t in manifest["teachers"]}
+    problems = []
+    for entry in teachers:
+        old = existing.get(entry.name)
+        if old is None:
+            continue
+        if int(old["embed_dim"]) != int(entry.embed_dim):
+            problems.append(f"teacher {entry.name!r} has embedding dim {entry.embed_dim}, but the store holds "
+                            f"{old['embed_dim']}-dim features for it")
+            continue
+        if old["fingerprint"] != entry.fingerprint:
+            changed = [k for k in ("weights", "preprocess", "tokenizer")
+                       if old.get("provenance", {}).get(k) != entry.provenance.get(k)]
+            problems.append(f"teacher {entry.name!r} differs from the one that wrote the store "
+                            f"({', '.join(changed) or 'provenance'} changed)")
+        elif old.get("settings", {}) != entry.settings:
+            problems.append(f"teacher {entry.name!r} was extracted with settings {old.get('settings')}, "
+                            f"now {entry.settings}")
+    if problems:
+        raise UsageError(f"--out: refusing to write into {str(path)!r}: " + "; ".join(problems)
+                         + ". Use the original teachers and options, another --teacher name, or a new --out folder")

@@ -1,0 +1,94 @@
+"""`mmkd eval`: evaluate one or more models on the datasets of a catalog."""
+
+from __future__ import annotations
+
+import argparse
+
+from mmkd.errors import UsageError
+
+DESCRIPTION = """Evaluate CLIP models on the datasets of a catalog, with one code path for every model.
+
+Each (model, dataset, task) writes OUT/<model>/<dataset>__<task>.json with the metrics
+(accuracy, balanced_accuracy, auroc, f1, precision, recall, i2t_recall@k, t2i_recall@k, c_index),
+their 95 % bootstrap CIs, the prompts, split sizes, seed and the model's provenance. Image and text
+features are cached per (model, dataset, split), so a second run encodes nothing.
+Turn the results into tables and plots with `mmkd report OUT`.
+
+examples:
+  mmkd eval --model runs/distill --tasks zero-shot,linear-probe --datasets real_mini
+  mmkd eval --model local-dir:exports/student --model hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 \\
+            --tasks zero-shot,retrieval --datasets my_catalog.yaml --out results/
+Built-in catalogs: real_mini (the images shipped with mmkd), public_biomedical (layouts of the
+common public sets; download them yourself)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", required=True, metavar="SPEC",
+                        help="a model to evaluate: an mmkd checkpoint or run folder, an open_clip local-dir:/hf-hub: "
+                             "spec or name+weights, a transformers CLIP/SigLIP folder (anything mmkd.load_model "
+                             "accepts); repeat for several models")
+    parser.add_argument("--name", action="append", default=None, metavar="NAME",
+                        help="the name results are filed under, one per --model in the same order (default: the "
+                             "folder or spec name)")
+    parser.add_argument("--tasks", default="zero-shot,linear-probe,retrieval",
+                        help="comma-separated tasks: zero-shot, linear-probe, retrieval, vqa, mil-classification, "
+                             "survival; each dataset runs the ones it lists (default: %(default)s)")
+    parser.add_argument("--datasets", required=True, metavar="CATALOG",
+                        help="catalog YAML (a `datasets:` mapping name -> tasks, format, path, ...), or the name of a "
+                             "built-in catalog (real_mini, public_biomedical)")
+    parser.add_argument("--only", default="", metavar="NAMES",
+                        help="comma-separated dataset names of the catalog to run (default: all)")
+    parser.add_argument("--out", default="eval_results", metavar="DIR", help="results folder (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of splits, subsamples and bootstrap (default: 0)")
+    parser.add_argument("--num-bootstrap", type=int, default=1000,
+                        help="stratified bootstrap resamples for the 95%% CIs; 0 turns CIs off (default: 1000)")
+    parser.add_argument("--cache-dir", default=None, metavar="DIR",
+                        help="feature cache folder (default: OUT/.feature_cache)")
+    parser.add_argument("--no-cache", action="store_true", help="keep features in memory only; write no cache files")
+    parser.add_argument("--batch-size", type=int, default=64, help="images/texts per encoder call (default: 64)")
+    parser.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default: 0)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+
+
+def _device(spec: str) -> str:
+    if spec != "auto":
+        return spec
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmkd.evaluation.runner import FeatureCache, evaluate, load_catalog
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise UsageError("--tasks: empty; give e.g. zero-shot,linear-probe,retrieval")
+    if args.name and len(args.name) != len(args.model):
+        raise UsageError(f"--name: given {len(args.name)} time(s) for {len(args.model)} --model(s); give one per model "
+                         f"or none")
+    if args.num_bootstrap < 0:
+        raise UsageError(f"--num-bootstrap: {args.num_bootstrap} is negative; use 0 to turn CIs off")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size: {args.batch_size} must be at least 1")
+    entries = load_catalog(args.datasets)  # fail on catalog problems before loading any model
+    only = [n.strip() for n in args.only.split(",") if n.strip()] or None
+    names = args.name or [None] * len(args.model)
+    cache_root = None if args.no_cache else Path(args.cache_dir or Path(args.out) / ".feature_cache")
+    device = _device(args.device)
+    from mmkd import load_model
+
+    for spec, name in zip(args.model, names):
+        model = load_model(spec, device=device, name=name)
+        model_name = name or getattr(model, "name", None) or Path(spec).name
+        cache = FeatureCache(cache_root, batch_size=args.batch_size, num_workers=args.workers)
+        records = evaluate(model, entries, tasks, args.out, seed=args.seed, num_bootstrap=args.num_bootstrap,
+                           cache=cache, model_name=model_name, only=only)
+        for r in records:
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in r["metrics"].items() if v is not None)
+            print(f"{model_name}  {r['dataset']}  {r['task']}: {shown}")
+        print(f"{model_name}: {len(records)} result(s) in {args.out} (feature cache: {cache.hits} hit(s), "
+              f"{cache.misses} encoded)")
+    return 0

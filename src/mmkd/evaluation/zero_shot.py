@@ -1,0 +1,92 @@
+"""Zero-shot classification: image features against class prompt embeddings.
+
+Legend: N images, C classes, D embedding dim.
+
+Class embedding = mean of the normalised embeddings of the class's prompts, renormalised
+(`prompts.class_embeddings`). Class probabilities = softmax(LOGIT_SCALE · cosine); AUROC uses
+them, the prediction is their argmax. LOGIT_SCALE is CLIP's trained maximum (100), fixed so that
+every model is scored the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmkd.errors import UsageError
+from mmkd.evaluation.prompts import DEFAULT_TEMPLATES, class_embeddings, class_prompts
+
+LOGIT_SCALE = 100.0
+
+
+def zero_shot_probs(image_feats_ND: torch.Tensor, class_feats_CD: torch.Tensor,
+                    logit_scale: float = LOGIT_SCALE) -> torch.Tensor:
+    """[N, C] class probabilities from normalised image and class embeddings."""
+    return (logit_scale * image_feats_ND.float() @ class_feats_CD.float().T).softmax(dim=-1)
+
+
+def zero_shot(model, images, classnames: list[str], templates: list[str] | None = None,
+              batch_size: int = 64) -> torch.Tensor:
+    """[N, C] zero-shot class probabilities for PIL images (or a preprocessed [N, 3, H, W] tensor)."""
+    from mmkd.evaluation.encode import encode_images
+
+    class_feats_CD = class_embeddings(model, classnames, templates or DEFAULT_TEMPLATES, batch_size)
+    if isinstance(images, torch.Tensor):
+        feats_ND = torch.nn.functional.normalize(model.encode_image(images).float(), dim=-1)
+    else:
+        class _Pil:
+            def __init__(self, items):
+                self.items = list(items)
+
+            def __len__(self):
+                return len(self.items)
+
+            def load(self, i):
+                return self.items[i].convert("RGB")
+
+        feats_ND = encode_images(model, _Pil(images), batch_size)
+    return zero_shot_probs(feats_ND, class_feats_CD)
+
+
+def run(model, entry, *, seed: int, cache, num_bootstrap: int) -> dict:
+    """Zero-shot metrics on the entry's evaluation split (test by default)."""
+    from mmkd.evaluation.datasets import load_classification, pick_split
+    from mmkd.evaluation.encode import texts_fingerprint
+    from mmkd.evaluation.metrics import bootstrap_classification_ci, classification_metrics
+
+    data = load_classification(entry)
+    if not data.named:
+        raise UsageError(f"datasets.{entry.name}.classnames: zero-shot needs class names (the labels are integers); "
+                         f"list one name per label in the catalog")
+    split = pick_split(list(data.splits), entry.split, entry.name)
+    labeled = data.splits[split]
+    if len(labeled) == 0:
+        raise UsageError(f"dataset {entry.name}: split {split!r} has no images")
+    templates = list(entry.templates or DEFAULT_TEMPLATES)
+    prompts = class_prompts(data.classnames, templates)
+    image_feats_ND = cache.image_features(model, entry.name, split, labeled.images)
+    class_feats_CD = cache.get_or_compute(
+        (cache.model_key(model), entry.name, "zero-shot.classes"),
+        lambda: {"features": class_embeddings(model, data.classnames, templates, cache.batch_size)},
+        fingerprint=texts_fingerprint([p for per_class in prompts for p in per_class]))["features"]
+    probs_NC = zero_shot_probs(image_feats_ND, class_feats_CD).numpy()
+    y_true = labeled.labels
+    metrics = classification_metrics(y_true, probs_NC)
+    ci = bootstrap_classification_ci(y_true, probs_NC, num_bootstrap, seed)
+    from sklearn.metrics import confusion_matrix
+
+    return {
+        "metrics": metrics,
+        "ci": ci,
+        "prompts": {c: p for c, p in zip(data.classnames, prompts)},
+        "split_sizes": {name: len(s) for name, s in data.splits.items()},
+        "details": {
+            "split": split,
+            "classnames": data.classnames,
+            "templates": templates,
+            "logit_scale": LOGIT_SCALE,
+            "class_counts": np.bincount(y_true, minlength=len(data.classnames)).tolist(),
+            "confusion_matrix": confusion_matrix(y_true, probs_NC.argmax(1),
+                                                 labels=list(range(len(data.classnames)))).tolist(),
+        },
+    }

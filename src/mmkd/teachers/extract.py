@@ -1,0 +1,258 @@
+"""One pass over an image-text dataset that encodes every sample with every teacher.
+
+Legend: B batch rows, n readable rows of a chunk, D a teacher's embedding dim.
+
+Each image is decoded once and handed to every teacher's own preprocessing; captions go to
+every teacher's own tokenizer. Rows are processed chunk by chunk (`chunk_rows` consecutive
+dataset records); model batches never straddle a chunk, so a chunk's features do not depend
+on how many processes ran or where a previous run stopped. Under torchrun, chunk c belongs to
+rank c % world_size; all ranks write into the same store files (disjoint rows), rank 0 creates
+and finishes the store. Row i is dataset record i, always: an unreadable sample keeps its row
+with zero features and is unavailable for every teacher.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from mmkd.data.feature_store import FeatureStore, FeatureStoreWriter, TeacherEntry
+from mmkd.data.pairs import PairRecord, Skip, load_image, read_caption
+from mmkd.errors import UsageError
+from mmkd.models.adapter import ClipEncoder
+from mmkd.teachers import availability
+from mmkd.utils.dist import DistInfo
+
+
+@dataclass
+class ExtractOptions:
+    batch_size: int = 64
+    chunk_rows: int = 1024
+    availability: str = "rank"
+    candidates: int = 10
+    threshold: float = 0.25
+    seed: int = 0
+    num_workers: int = 0
+    max_image_pixels: int = 64_000_000
+    shared_decode: bool = True  # False decodes the image once per teacher (the benchmark's baseline)
+    progress: bool = True
+
+    def settings(self) -> dict[str, Any]:
+        """What changes stored rows besides the teacher itself (checked when resuming)."""
+        return {"availability": self.availability, "candidates": int(self.candidates),
+                "threshold": float(self.threshold) if self.availability == "threshold" else None,
+                "seed": int(self.seed)}
+
+
+class _RowsDataset(torch.utils.data.Dataset):
+    """Row -> (row, caption | None, {teacher: pixels_3HW} | None, skip reason | None)."""
+
+    def __init__(self, records: Sequence[PairRecord], preprocess: dict[str, Any], max_pixels: int,
+                 shared_decode: bool):
+        self.records = records
+        self.preprocess = preprocess
+        self.max_pixels = max_pixels
+        self.shared_decode = shared_decode
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, row: int):
+        record = self.records[row]
+        caption = read_caption(record)
+        if isinstance(caption, Skip):
+            return row, None, None, caption.reason
+        image = load_image(record, self.max_pixels)
+        if isinstance(image, Skip):
+            return row, None, None, image.reason
+        pixels = {}
+        for name, preprocess in self.preprocess.items():
+            if not self.shared_decode and pixels:
+                image = load_image(record, self.max_pixels)
+            pixels[name] = preprocess(image)
+        return row, caption, pixels, None
+
+
+class _ChunkBatches(torch.utils.data.Sampler):
+    """Batches of consecutive rows that never cross a chunk boundary."""
+
+    def __init__(self, bounds: list[tuple[int, int]], batch_size: int):
+        self.bounds = bounds
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        for start, stop in self.bounds:
+            for s in range(start, stop, self.batch_size):
+                yield list(range(s, min(s + self.batch_size, stop)))
+
+    def __len__(self) -> int:
+        return sum(-(-(stop - start) // self.batch_size) for start, stop in self.bounds)
+
+
+def _identity(batch):
+    return batch
+
+
+class _ChunkBuffer:
+    """Features of one chunk as they arrive, then availability and the arrays to commit."""
+
+    def __init__(self, start: int, stop: int, dims: dict[str, int]):
+        self.start, self.stop = start, stop
+        n = stop - start
+        self.image = {t: np.zeros((n, d), np.float32) for t, d in dims.items()}
+        self.text = {t: np.zeros((n, d), np.float32) for t, d in dims.items()}
+        self.readable = np.zeros(n, bool)
+        self.skipped: dict[int, str] = {}
+        self.filled = 0
+
+    def complete(self) -> bool:
+        return self.filled == self.stop - self.start
+
+    def arrays(self, teacher: str, opts: ExtractOptions, chunk: int) -> dict[str, np.ndarray]:
+        n = self.stop - self.start
+        ok = self.readable
+        img, txt = self.image[teacher][ok], self.text[teacher][ok]
+        score = np.full(n, np.nan, np.float32)
+        avail = np.zeros(n, bool)
+        if ok.any():
+            margins = availability.rank_margins(img, txt, opts.candidates, opts.seed, chunk)
+            own = availability.own_similarity(img, txt)
+            score[ok] = margins
+            avail[ok] = availability.decide(opts.availability, margins, own, opts.threshold)
+        return {"image": self.image[teacher].astype(np.float16), "text": self.text[teacher].astype(np.float16),
+                "available": avail, "score": score}
+
+
+def _sync_error(dist_info: DistInfo, message: str | None) -> None:
+    """Rank 0's set-up error (or None) reaches every rank, so none waits forever at a barrier."""
+    if dist_info.distributed:
+        import torch.distributed as dist
+
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        message = box[0]
+    if message:
+        raise UsageError(message)
+
+
+def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], out: str,
+                     opts: ExtractOptions, dist_info: DistInfo = DistInfo(),
+                     extra_manifest: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Fill (or resume) the store at `out`. Returns the summary on rank 0, None elsewhere."""
+    from mmkd.utils.dist import barrier
+
+    if opts.availability not in availability.RULES:
+        raise UsageError(f"--availability: {opts.availability!r} is not a rule; choose from {availability.RULES}")
+    sample_ids = [r.sample_id for r in records]
+    entries = [TeacherEntry(name, int(enc.embed_dim), dict(enc.provenance), settings=opts.settings())
+               for name, enc in teachers.items()]
+    writer = None
+    if dist_info.is_main:
+        try:
+            writer = FeatureStoreWriter.open(out, sample_ids, entries, chunk_rows=opts.chunk_rows, create=True,
+                                             extra_manifest=extra_manifest)
+            error = None
+        except UsageError as e:
+            error = str(e)
+        _sync_error(dist_info, error)
+    else:
+        _sync_error(dist_info, None)
+        writer = FeatureStoreWriter.open(out, sample_ids, entries, chunk_rows=opts.chunk_rows, create=False)
+
+    names = list(teachers)
+    pending = writer.pending(names)
+    mine = [c for c in sorted(pending) if c % dist_info.world_size == dist_info.rank]
+    bounds = [writer.chunk_bounds(c) for c in mine]
+    dataset = _RowsDataset(records, {t: enc.preprocess for t, enc in teachers.items()}, opts.max_image_pixels,
+                           opts.shared_decode)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=_ChunkBatches(bounds, opts.batch_size),
+                                         num_workers=opts.num_workers, collate_fn=_identity)
+    bars = _progress_bars(names, sum(b - a for a, b in bounds), opts.progress and dist_info.is_main)
+    dims = {t: int(enc.embed_dim) for t, enc in teachers.items()}
+    chunk_of_start = {writer.chunk_bounds(c)[0]: c for c in mine}
+    buffer: _ChunkBuffer | None = None
+    chunk = -1
+    for batch in loader:
+        first_row = batch[0][0]
+        if buffer is None:
+            chunk = chunk_of_start[first_row]
+            buffer = _ChunkBuffer(*writer.chunk_bounds(chunk), dims)
+        _encode_batch(batch, teachers, buffer, bars)
+        if buffer.complete():
+            for teacher in pending[chunk]:
+                writer.write_chunk(chunk, teacher, buffer.arrays(teacher, opts, chunk),
+                                   record_extra={"skipped": {str(r): why for r, why in buffer.skipped.items()}})
+            buffer = None
+    for bar in bars.values():
+        bar.close()
+    barrier()
+    if not dist_info.is_main:
+        return None
+    return finish_store(writer)
+
+
+def _encode_batch(batch, teachers: dict[str, ClipEncoder], buffer: _ChunkBuffer, bars) -> None:
+    good = [(row, caption, pixels) for row, caption, pixels, _ in batch if caption is not None]
+    for row, _, _, reason in batch:
+        if reason is not None:
+            buffer.skipped[row] = reason
+    buffer.filled += len(batch)
+    if not good:
+        return
+    local = np.array([row - buffer.start for row, _, _ in good])
+    buffer.readable[local] = True
+    captions = [caption for _, caption, _ in good]
+    for name, enc in teachers.items():
+        pixels_B3HW = torch.stack([pixels[name] for _, _, pixels in good])
+        buffer.image[name][local] = enc.encode_image(pixels_B3HW).float().cpu().numpy()
+        buffer.text[name][local] = enc.encode_text(captions).float().cpu().numpy()
+        if name in bars:
+            bars[name].update(len(good))
+
+
+def _progress_bars(names: list[str], total: int, enabled: bool) -> dict[str, Any]:
+    if not enabled:
+        return {}
+    from tqdm import tqdm
+
+    width = max(len(n) for n in names)
+    return {n: tqdm(total=total, desc=f"{n:<{width}}", unit="rows", position=i, leave=True, mininterval=1.0)
+            for i, n in enumerate(names)}
+
+
+def finish_store(writer: FeatureStoreWriter) -> dict[str, Any]:
+    """Mark the store complete and attach per-teacher statistics and the skip counts."""
+    skipped: dict[str, int] = {}
+    first = next(iter(writer.manifest["teachers"]))["name"]
+    for rec in writer.records(first):
+        for reason in rec.get("skipped", {}).values():
+            skipped[reason] = skipped.get(reason, 0) + 1
+    store = FeatureStore(writer.path, allow_partial=True)
+    summary = {"teachers": teacher_table(store), "skipped": skipped}
+    writer.finalize(summary)
+    return summary
+
+
+def teacher_table(store: FeatureStore) -> dict[str, dict[str, float]]:
+    """Per teacher: rows, share of rows available, mean availability score (readable rows)."""
+    table = {}
+    for name in store.teachers:
+        avail = np.asarray(store.array(name, "available"))
+        scores = np.asarray(store.scores(name), dtype=np.float64)
+        finite = scores[np.isfinite(scores)]
+        table[name] = {"rows": int(store.num_samples), "available": int(avail.sum()),
+                       "share_available": float(avail.mean()) if avail.size else 0.0,
+                       "mean_score": float(finite.mean()) if finite.size else float("nan")}
+    return table
+
+
+def format_table(table: dict[str, dict[str, float]]) -> str:
+    width = max([len("teacher"), *map(len, table)])
+    lines = [f"{'teacher':<{width}}  {'rows':>8}  {'available':>9}  {'mean score':>10}"]
+    for name, row in table.items():
+        lines.append(f"{name:<{width}}  {row['rows']:>8d}  {row['share_available']:>9.1%}  {row['mean_score']:>10.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,156 @@
+"""Convert the MMKD-CLIP authors' per-sample feature folders into a feature store.
+
+Authors' layout (see tests/data/mmkd-reference/README.md)::
+
+    ROOT/meta.jsonl                     one JSON per sample: id, imgpath, txt, available_clips
+    ROOT/<dir of imgpath>/clips_output.pt           {"<Teacher>_img": [d], "<Teacher>_txt": [d]}
+    ROOT/<dir of imgpath>/clips_project_output.pt   same keys, projected to 512 dims
+
+The `.pt` files are pickles: they are opened with `torch.load(weights_only=True)` only, so a
+forged file cannot run code; such a sample keeps its row, unavailable for every teacher.
+Raw features become each teacher's `image`/`text`; projected ones its `projected_image`/
+`projected_text` (precomputed alignment targets); `available_clips` the availability. The
+import streams meta.jsonl chunk by chunk and resumes like `mmkd extract`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from mmkd.data.feature_store import FeatureStore, FeatureStoreWriter, TeacherEntry
+from mmkd.errors import UsageError
+
+# The authors' teacher keys and raw dims (README of the reference data).
+AUTHOR_TEACHERS: dict[str, int] = {"BMCA": 768, "BiomedCLIP": 512, "UniMedCLIP": 512, "PMCCLIP": 768,
+                                   "QuiltNet": 512, "GenMedClip": 512, "PLIP": 512, "PUBMEDCLIP": 512}
+PROJECTED_DIM = 512
+RAW_FILE = "clips_output.pt"
+PROJECTED_FILE = "clips_project_output.pt"
+
+
+def _meta_lines(meta: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(meta, encoding="utf-8") as f:
+        row = 0
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield row, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"ROOT: {meta}:{line_no} is not valid JSON ({e.msg})") from None
+            row += 1
+
+
+def _load_pt(path: Path) -> dict[str, Any] | str:
+    """The tensor dict of a `.pt` file, or the reason it cannot be used."""
+    import torch
+
+    if not path.is_file():
+        return "missing_features"
+    try:
+        with warnings.catch_warnings():  # pickle-protocol notices: the file is refused or read, either way
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:  # forged/corrupt pickle: never retried without weights_only
+        return "unsafe_or_unreadable_features"
+    if not isinstance(obj, dict):
+        return "unsafe_or_unreadable_features"
+    return obj
+
+
+def import_author_features(root: str | os.PathLike, out: str | os.PathLike, chunk_rows: int = 1024,
+                           teachers: dict[str, int] | None = None, projected_dim: int = PROJECTED_DIM,
+                           progress: bool = True) -> dict[str, Any]:
+    """Write (or resume) a store from the authors' layout. Returns the summary."""
+    root = Path(root)
+    meta = root / "meta.jsonl"
+    if not meta.is_file():
+        raise UsageError(f"ROOT: {str(root)!r} has no meta.jsonl; pass the folder that holds meta.jsonl and features/")
+    teachers = dict(teachers or AUTHOR_TEACHERS)
+    sample_ids = [str(m.get("id", row)) for row, m in _meta_lines(meta)]
+    provenance = {"weights": {"source": "MMKD-CLIP authors' released features"}, "preprocess": "authors' pipeline",
+                  "tokenizer": "authors' pipeline", "imported_from": str(root.resolve())}
+    entries = [TeacherEntry(name, dim, provenance, extra_dims={"projected_image": projected_dim,
+                                                                "projected_text": projected_dim},
+                            settings={"availability": "available_clips"}) for name, dim in teachers.items()]
+    writer = FeatureStoreWriter.open(out, sample_ids, entries, chunk_rows=chunk_rows,
+                                     extra_manifest={"source": {"authors_features": str(root)}})
+    pending = writer.pending(list(teachers))
+    problems: Counter = Counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(sample_ids), desc="import", unit="rows", mininterval=1.0)
+    chunk, buf = -1, None
+    for row, record in _meta_lines(meta):
+        c = row // writer.chunk_rows
+        if bar is not None:
+            bar.update(1)
+        if c not in pending:
+            continue
+        if c != chunk:
+            chunk, buf = c, _Chunk(writer, c, teachers, projected_dim)
+        buf.add(row, record, root, problems)
+        if row == buf.stop - 1:
+            for name in pending[c]:
+                writer.write_chunk(c, name, buf.arrays[name], record_extra={"problems": dict(buf.problems)})
+    if bar is not None:
+        bar.close()
+    store_problems: Counter = Counter()
+    for rec in writer.records(next(iter(teachers))):
+        store_problems.update(rec.get("problems", {}))
+    store = FeatureStore(writer.path, allow_partial=True)
+    from mmkd.teachers.extract import teacher_table
+
+    summary = {"teachers": teacher_table(store), "problems": dict(store_problems)}
+    writer.finalize(summary)
+    return summary
+
+
+class _Chunk:
+    def __init__(self, writer: FeatureStoreWriter, chunk: int, teachers: dict[str, int], projected_dim: int):
+        self.start, self.stop = writer.chunk_bounds(chunk)
+        n = self.stop - self.start
+        self.teachers = teachers
+        self.problems: Counter = Counter()
+        self.arrays = {t: {"image": np.zeros((n, d), np.float16), "text": np.zeros((n, d), np.float16),
+                           "projected_image": np.zeros((n, projected_dim), np.float16),
+                           "projected_text": np.zeros((n, projected_dim), np.float16),
+                           "available": np.zeros(n, bool), "score": np.full(n, np.nan, np.float32)}
+                       for t, d in teachers.items()}
+
+    def add(self, row: int, record: dict[str, Any], root: Path, problems: Counter) -> None:
+        i = row - self.start
+        folder = root / Path(record.get("imgpath", "")).parent
+        raw = _load_pt(folder / RAW_FILE)
+        projected = _load_pt(folder / PROJECTED_FILE)
+        for got in (raw, projected):
+            if isinstance(got, str):
+                self.problems[got] += 1
+                problems[got] += 1
+                return
+        listed = set(record.get("available_clips") or [])
+        for name, dim in self.teachers.items():
+            keys = [f"{name}_img", f"{name}_txt"]
+            if not all(k in raw for k in keys):
+                if name in listed:
+                    self.problems["listed_but_missing"] += 1
+                continue
+            img, txt = (raw[k].detach().float().reshape(-1).numpy() for k in keys)
+            if img.shape[0] != dim or txt.shape[0] != dim:
+                raise UsageError(f"ROOT: sample {record.get('id')!r}: teacher {name} has {img.shape[0]}-dim features, "
+                                 f"expected {dim}; pass --teacher-dims {name}={img.shape[0]} if that is right")
+            arrays = self.arrays[name]
+            arrays["image"][i], arrays["text"][i] = img, txt
+            if all(k in projected for k in keys):
+                arrays["projected_image"][i] = projected[keys[0]].float().reshape(-1).numpy()
+                arrays["projected_text"][i] = projected[keys[1]].float().reshape(-1).numpy()
+            arrays["available"][i] = name in listed

@@ -1,0 +1,140 @@
+"""Stage 2 end to end on a store written through the real FeatureStoreWriter."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from helpers import COLORS, SHAPES, make_pairs
+from mmkd.data.feature_store import FeatureStoreWriter, TeacherEntry
+from mmkd.data.pairs import index_source
+from mmkd.training.checkpoint import latest_checkpoint
+
+CLASSES = [f"a {c} {s}" for c in COLORS for s in SHAPES]
+
+
+def write_store(table, store, dims=(48, 80), seed=0):
+    """Two 'teachers' that know the classes: class prototypes in their own random bases, plus noise.
+    Teacher 0 is available on colours red/green only, teacher 1 everywhere."""
+    records, _ = index_source(str(table))
+    rng = np.random.default_rng(seed)
+    n = len(records)
+    entries = [TeacherEntry(f"t{k}", d, provenance={"weights": {"w": f"t{k}-{d}"}}) for k, d in enumerate(dims)]
+    w = FeatureStoreWriter.open(store, [r.sample_id for r in records], entries, chunk_rows=16)
+    captions = [r.caption for r in records]
+    for k, (entry, d) in enumerate(zip(entries, dims)):
+        protos = rng.normal(size=(len(CLASSES), d))
+        labels = np.array([CLASSES.index(c) for c in captions])
+        img = protos[labels] + 0.3 * rng.normal(size=(n, d))
+        txt = protos[labels] + 0.1 * rng.normal(size=(n, d))
+        img /= np.linalg.norm(img, axis=1, keepdims=True)
+        txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+        avail = np.array([("red" in c or "green" in c) if k == 0 else True for c in captions])
+        for c in range(w.num_chunks):
+            a, b = w.chunk_bounds(c)
+            w.write_chunk(c, entry.name, {"image": img[a:b], "text": txt[a:b], "available": avail[a:b],
+                                          "score": np.ones(b - a, np.float32)})
+    w.finalize()
+    return store
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    table = make_pairs(root / "data", n=64)
+    store = write_store(table, root / "store")
+    s1 = run_cli("pretrain", "--data", str(table), "--out", str(root / "s1"), "--batch-size", "16", "--epochs", "2",
+                 "--lr", "1e-3", "--optim.warmup_steps", "2", "--train.progress", "false")
+    assert s1.returncode == 0, s1.stderr
+    return root, table, store
+
+
+def _distill(root, table, store, out, *extra):
+    return run_cli("distill", "--data", str(table), "--store", str(store), "--init", str(root / "s1"),
+                   "--out", str(out), "--batch-size", "16", "--epochs", "4", "--lr", "1e-3",
+                   "--train.log_every", "1", "--train.progress", "false", *extra)
+
+
+def _terms(run_dir, key):
+    return [json.loads(x)[f"loss/{key}"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("space,extra", [("projection", []), ("adaptor", []),
+                                         ("relational", ["--distill.lambda_kl", "1.0"])])
+def test_distillation_terms_fall(setup, space, extra):
+    root, table, store = setup
+    if space == "projection" and not (store / "alignment.safetensors").exists():
+        r = run_cli("align", "--store", str(store), "--latent-dim", "64", "--steps", "150")
+        assert r.returncode == 0, r.stderr
+        assert "mean cosine" in r.stdout
+    out = root / f"s2-{space}"
+    r = _distill(root, table, store, out, "--distill.target_space", space, "--distill.lambda_fd", "50", *extra)
+    assert r.returncode == 0, r.stderr[-2000:]
+    key = "kl" if space == "relational" else "fd"
+    values = _terms(out, key)
+    assert np.mean(values[-3:]) < 0.85 * np.mean(values[:3]), values
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(k.startswith(f"loss/{key}:t1") for k in lines[-1]), "per-teacher terms are logged"
+    state = json.loads((latest_checkpoint(out) / "train_state.json").read_text())
+    assert [t["name"] for t in state["distill"]["teachers"]] == ["t0", "t1"]
+
+
+def test_excluded_teacher_gets_no_terms(setup):
+    root, table, store = setup
+    out = root / "s2-loo"
+    r = _distill(root, table, store, out, "--distill.target_space", "adaptor", "--exclude-teacher", "t1",
+                 "--max-steps", "3")
+    assert r.returncode == 0, r.stderr
+    keys = set().union(*[json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()])
+    assert "loss/fd:t0" in keys and not any(k.startswith("loss/fd:t1") for k in keys)
+
+
+def test_preflight_refuses_a_store_missing_samples(setup, tmp_path):
+    root, table, store = setup
+    other = make_pairs(tmp_path / "other", n=70)  # ids s00064.. are not in the store
+    r = run_cli("distill", "--data", str(other), "--store", str(store), "--init", str(root / "s1"),
+                "--out", str(tmp_path / "x"), "--batch-size", "16", "--train.progress", "false",
+                "--distill.target_space", "adaptor")
+    assert r.returncode == 2 and "have no row" in r.stderr and "mmkd extract" in r.stderr
+
+
+def test_preflight_refuses_stale_alignment(setup, tmp_path):
+    root, table, store = setup
+    r = run_cli("distill", "--data", str(table), "--store", str(store), "--init", str(root / "s1"),
+                "--out", str(tmp_path / "x"), "--batch-size", "16", "--train.progress", "false",
+                "--distill.alignment", str(tmp_path / "none.safetensors"))
+    assert r.returncode == 2 and "mmkd align" in r.stderr
+
+
+def test_distill_resume_after_sigkill_equals_uninterrupted(setup):
+    root, table, store = setup
+    args = ["--distill.target_space", "adaptor", "--train.save_every", "2", "--seed", "5"]
+    ref = _distill(root, table, store, root / "ref", *args)
+    assert ref.returncode == 0, ref.stderr
+    out = root / "killed"
+    cmd = [sys.executable, "-m", "mmkd", "distill", "--data", str(table), "--store", str(store), "--init",
+           str(root / "s1"), "--out", str(out), "--batch-size", "16", "--epochs", "4", "--lr", "1e-3",
+           "--train.log_every", "1", "--train.progress", "false", *args]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step_00000006").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists()
+    r = run_cli("distill", "--data", str(table), "--store", str(store), "--init", str(root / "s1"),
+                "--out", str(out), "--batch-size", "16", "--epochs", "4", "--lr", "1e-3", "--train.log_every", "1",
+                "--train.progress", "false", "--resume", "latest", *args)
+    assert r.returncode == 0, r.stderr
+    for f in ("open_clip_model.safetensors", "extra.safetensors", "optimizer.safetensors"):
+        a = load_file(str(latest_checkpoint(root / "ref") / f))
+        b = load_file(str(latest_checkpoint(out) / f))
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, f

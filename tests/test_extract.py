@@ -1,0 +1,253 @@
+"""`mmkd extract`: stored features equal the libraries' own outputs, availability, crash
+safety under SIGKILL, distributed extraction, and refusal of changed teachers."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mmkd.data.feature_store import FeatureStore
+from mmkd.data.pairs import index_source
+from mmkd.errors import UsageError
+from mmkd.teachers import load_teacher
+from mmkd.teachers.availability import rank_margins
+from mmkd.teachers.extract import ExtractOptions, extract_features
+from mmkd.teachers.testing import make_hf_clip_teacher, make_open_clip_teacher, make_pairs_csv
+
+from conftest import run_cli
+
+BROKEN = (5, 18)
+KINDS = ("image", "text", "available", "score")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("extract")
+    csv = make_pairs_csv(root / "data", num_samples=30, broken=BROKEN)
+    oc = make_open_clip_teacher(root / "oc", seed=3)
+    oc2 = make_open_clip_teacher(root / "oc2", seed=4, embed_dim=24, image_size=24)
+    return {"root": root, "csv": csv, "oc": oc, "oc2": oc2}
+
+
+def _extract(csv, teachers, out, **opts):
+    records, _ = index_source(str(csv))
+    loaded = {name: load_teacher(spec, name=name) for name, spec in teachers.items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same as the subprocess runs (OMP_NUM_THREADS=1): bitwise-comparable stores
+    try:
+        return extract_features(records, loaded, str(out), ExtractOptions(progress=False, **opts))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(world):
+    """An uninterrupted single-process run: the store every other run must equal."""
+    out = world["root"] / "reference"
+    _extract(world["csv"], {"a": f"local-dir:{world['oc']}", "b": f"local-dir:{world['oc2']}"}, out,
+             chunk_rows=4, batch_size=3, candidates=4)
+    return out
+
+
+def assert_same_store(path, ref_path):
+    store, ref = FeatureStore(path), FeatureStore(ref_path)
+    assert store.teachers == ref.teachers and store.sample_ids == ref.sample_ids
+    for name in ref.teachers:
+        for kind in KINDS:
+            np.testing.assert_array_equal(store.array(name, kind), ref.array(name, kind), err_msg=f"{name}/{kind}")
+    assert store.manifest["chunks"] == ref.manifest["chunks"]
+    assert store.verify() == []
+
+
+def test_stored_features_equal_the_libraries_outputs(world, tmp_path):
+    import open_clip
+    import transformers
+
+    hf_dir = make_hf_clip_teacher(tmp_path / "hf", seed=5)
+    out = tmp_path / "store"
+    summary = _extract(world["csv"], {"oc": f"local-dir:{world['oc']}", "hf": f"hf:{hf_dir}"}, out,
+                       chunk_rows=8, batch_size=5, candidates=5)
+    store = FeatureStore(out)
+    records, _ = index_source(str(world["csv"]))
+    assert store.sample_ids == [r.sample_id for r in records] and store.num_samples == 30
+    good = [i for i in range(30) if i not in BROKEN]
+    images = [Image.open(records[i].image).convert("RGB") for i in good]
+    captions = [records[i].caption for i in good]
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{world['oc']}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{world['oc']}")
+    with torch.no_grad():
+        ref_img = F.normalize(model.eval().encode_image(torch.stack([preprocess(im) for im in images])), dim=-1)
+        ref_txt = F.normalize(model.encode_text(tokenizer(captions)), dim=-1)
+    np.testing.assert_allclose(store.image_features("oc")[good].astype(np.float32), ref_img.numpy(), atol=1e-3)
+    np.testing.assert_allclose(store.text_features("oc")[good].astype(np.float32), ref_txt.numpy(), atol=1e-3)
+
+    hf = transformers.CLIPModel.from_pretrained(str(hf_dir)).eval()
+    processor = transformers.CLIPImageProcessor.from_pretrained(str(hf_dir))
+    tok = transformers.CLIPTokenizer.from_pretrained(str(hf_dir))
+    with torch.no_grad():
+        img = hf.get_image_features(**processor(images=images, return_tensors="pt"))
+        txt = hf.get_text_features(**tok(captions, padding=True, truncation=True, max_length=24, return_tensors="pt"))
+    ref_img = F.normalize(getattr(img, "pooler_output", img), dim=-1).numpy()
+    ref_txt = F.normalize(getattr(txt, "pooler_output", txt), dim=-1).numpy()
+    np.testing.assert_allclose(store.image_features("hf")[good].astype(np.float32), ref_img, atol=1e-3)
+    np.testing.assert_allclose(store.text_features("hf")[good].astype(np.float32), ref_txt, atol=1e-3)
+    # float16 rounding, not a looser match: the error is at most half an ulp of float16
+    assert np.abs(store.image_features("hf")[good].astype(np.float32) - ref_img).max() <= 2 ** -11
+
+    # unreadable samples keep their rows: zero features, unavailable for every teacher
+    for name in ("oc", "hf"):
+        assert not store.image_features(name)[list(BROKEN)].any()
+        assert np.isnan(store.scores(name)[list(BROKEN)]).all()
+    assert not store.available[list(BROKEN)].any()
+    assert summary["skipped"] == {"unreadable_image": 2}
+    assert summary["teachers"]["oc"]["rows"] == 30
+
+
+def test_rank_availability_is_the_stored_margin(reference, world):
+    store = FeatureStore(reference)
+    records, _ = index_source(str(world["csv"]))
+    for name in store.teachers:
+        score, avail = np.asarray(store.scores(name)), np.asarray(store.array(name, "available"))
+        readable = ~np.isnan(score)
+        assert readable.sum() == 30 - len(BROKEN)
+        np.testing.assert_array_equal(avail, readable & (score > 0))
+        assert 0 < avail.sum() < readable.sum()  # a random tiny teacher gets some samples right, not all
+        # recompute chunk 1 (rows 4..7, one broken) from the stored features: same candidates, same margin
+        rows = [i for i in range(4, 8) if i not in BROKEN]
+        img = store.image_features(name)[rows].astype(np.float32)
+        txt = store.text_features(name)[rows].astype(np.float32)
+        np.testing.assert_allclose(rank_margins(img, txt, 4, seed=0, chunk=1), score[rows], atol=5e-3)
+
+
+def test_threshold_and_always_rules(world, tmp_path):
+    _extract(world["csv"], {"a": f"local-dir:{world['oc']}"}, tmp_path / "always", chunk_rows=16,
+             availability="always")
+    store = FeatureStore(tmp_path / "always")
+    assert store.available[:, 0].sum() == 30 - len(BROKEN)
+    _extract(world["csv"], {"a": f"local-dir:{world['oc']}"}, tmp_path / "thr", chunk_rows=16,
+             availability="threshold", threshold=0.05)
+    store = FeatureStore(tmp_path / "thr")
+    img, txt = (store.array("a", k).astype(np.float32) for k in ("image", "text"))
+    cos = (img * txt).sum(1)
+    good = np.array([i not in BROKEN for i in range(30)])
+    away = np.abs(cos - 0.05) > 2e-3  # the rule ran on float32 features; skip the float16 rounding band
+    np.testing.assert_array_equal(store.available[away, 0], (good & (cos >= 0.05))[away])
+    assert 0 < store.available[:, 0].sum() < good.sum()
+
+
+def _digest(path: Path):
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_changed_weights_or_dimension_is_refused_before_any_row(world, reference, tmp_path):
+    before = _digest(reference)
+    records, _ = index_source(str(world["csv"]))
+    changed = make_open_clip_teacher(tmp_path / "changed", seed=99)  # same architecture, other weights
+    with pytest.raises(UsageError, match="weights changed"):
+        extract_features(records, {"a": load_teacher(f"local-dir:{changed}")}, str(reference),
+                         ExtractOptions(progress=False, chunk_rows=4, batch_size=3, candidates=4))
+    wrong_dim = make_open_clip_teacher(tmp_path / "wide", seed=3, embed_dim=64)
+    with pytest.raises(UsageError, match="embedding dim 64"):
+        extract_features(records, {"b": load_teacher(f"local-dir:{wrong_dim}")}, str(reference),
+                         ExtractOptions(progress=False, chunk_rows=4, batch_size=3, candidates=4))
+    with pytest.raises(UsageError, match="settings"):
+        extract_features(records, {"a": load_teacher(f"local-dir:{world['oc']}")}, str(reference),
+                         ExtractOptions(progress=False, chunk_rows=4, batch_size=3, candidates=7))
+    assert _digest(reference) == before
+
+
+def test_resume_rewrites_only_uncommitted_chunks(world, reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "resumed"
+    shutil.copytree(reference, out)
+    # simulate a crash: chunks 2 and 7 of teacher a (and 7 of b) never committed, their rows half-written
+    for teacher, chunk in (("a", 2), ("a", 7), ("b", 7)):
+        (out / "teachers" / teacher / "chunks" / f"{chunk:06d}.json").unlink()
+    arr = np.load(out / "teachers" / "a" / "image.npy", mmap_mode="r+")
+    arr[8:12] = 0.5
+    arr.flush()
+    del arr
+    _extract(world["csv"], {"a": f"local-dir:{world['oc']}", "b": f"local-dir:{world['oc2']}"}, out,
+             chunk_rows=4, batch_size=3, candidates=4)
+    assert_same_store(out, reference)
+
+
+def _count_records(store: Path, teacher: str) -> int:
+    folder = store / "teachers" / teacher / "chunks"
+    return len(list(folder.glob("*.json"))) if folder.is_dir() else 0
+
+
+def _extract_cmd(world, out):
+    return [sys.executable, "-m", "mmkd", "extract", "--data", str(world["csv"]), "--out", str(out),
+            "--teacher", f"a=local-dir:{world['oc']}", "--teacher", f"b=local-dir:{world['oc2']}",
+            "--chunk-rows", "4", "--batch-size", "3", "--candidates", "4", "--no-progress"]
+
+
+@pytest.mark.slow  # three extraction subprocesses: about a minute here
+def test_sigkill_at_several_points_then_rerun_gives_the_uninterrupted_store(world, reference, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MMKD_TEST_COMMIT_DELAY_S": "0.4"}
+    for kill_after in (2, 5):  # kill inside the commit window after this many chunks of teacher "a"
+        proc = subprocess.Popen(_extract_cmd(world, out), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        deadline = time.time() + 240
+        while _count_records(out, "a") < kill_after and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # now inside the next chunk's delay: rows on disk, record not yet written
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        with pytest.raises(UsageError, match="incomplete"):
+            FeatureStore(out)
+        assert kill_after <= _count_records(out, "a") < 8
+    done = run_cli(*_extract_cmd(world, out)[3:])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "share" not in done.stderr and "teacher" in done.stdout and "mean score" in done.stdout
+    assert_same_store(out, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_two_processes_equal_one_process(world, reference, tmp_path):
+    out = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", *_extract_cmd(world, out)[2:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_store(out, reference)
+    # both ranks wrote: chunks alternate between them, and every chunk was committed once
+    assert _count_records(out, "a") == 8
+
+
+def test_cli_recipe_prints_the_table_and_usage_errors(world, tmp_path, capsys):
+    from mmkd.cli import main
+
+    recipe = tmp_path / "extract.yaml"
+    out = tmp_path / "r"
+    recipe.write_text(f"data: {world['csv']}\nout: {out}\nteachers:\n  a: local-dir:{world['oc']}\n"
+                      f"chunk_rows: 16\navailability: always\n")
+    assert main(["extract", "--config", str(recipe), "--no-progress"]) == 0
+    printed = capsys.readouterr()
+    assert "mean score" in printed.out and "a " in printed.out and "unreadable_image" in printed.err
+    assert FeatureStore(out).manifest["teachers"][0]["settings"]["availability"] == "always"
+    assert main(["extract", "--config", str(recipe), "--teacher", "zz=local-dir:/does/not/exist"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["extract", "--teacher", "a=x"]) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and "--out" in err
+    assert main(["extract", "--data", str(world["csv"]), "--out", str(tmp_path / "o"), "--teacher", "mystery"]) == 2
+    assert "not a known teacher" in capsys.readouterr().err

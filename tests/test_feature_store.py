@@ -1,0 +1,172 @@
+"""Feature store: round trip, chunk commits, integrity checks, refusal of stale teachers."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import mmkd
+from mmkd.data.feature_store import (FeatureStore, FeatureStoreWriter, TeacherEntry, chunk_bounds, num_chunks)
+from mmkd.errors import UsageError
+
+PROV_A = {"weights": {"a.safetensors": "aa" * 32}, "preprocess": {"size": 32}, "tokenizer": {"context_length": 16}}
+PROV_B = {"weights": {"b.safetensors": "bb" * 32}, "preprocess": {"size": 64}, "tokenizer": {"context_length": 77}}
+
+
+def _random_chunk(rng, n, dim, extra=0):
+    feats = rng.standard_normal((n, dim)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    out = {"image": feats, "text": np.roll(feats, 1, axis=1), "available": rng.random(n) > 0.3,
+           "score": rng.standard_normal(n).astype(np.float32)}
+    if extra:
+        out["projected_image"] = rng.standard_normal((n, extra)).astype(np.float32)
+    return out
+
+
+def _write_store(path, num_samples=23, chunk_rows=5, seed=0):
+    ids = [f"id-{i}" for i in range(num_samples)]
+    entries = [TeacherEntry("alpha", 8, PROV_A), TeacherEntry("beta", 12, PROV_B, extra_dims={"projected_image": 4})]
+    writer = FeatureStoreWriter.open(path, ids, entries, chunk_rows=chunk_rows)
+    rng = np.random.default_rng(seed)
+    expected = {e.name: [] for e in entries}
+    for c in range(writer.num_chunks):
+        start, stop = writer.chunk_bounds(c)
+        for e in entries:
+            arrays = _random_chunk(rng, stop - start, e.embed_dim, extra=4 if e.extra_dims else 0)
+            writer.write_chunk(c, e.name, arrays)
+            expected[e.name].append(arrays)
+    writer.finalize()
+    merged = {name: {k: np.concatenate([a[k] for a in chunks]) for k in chunks[0]} for name, chunks in expected.items()}
+    return ids, merged
+
+
+def _tree_digest(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_round_trip_reads_what_was_written(tmp_path):
+    ids, expected = _write_store(tmp_path / "store")
+    store = mmkd.FeatureStore(tmp_path / "store")
+    assert store.teachers == ["alpha", "beta"]
+    assert store.num_samples == 23 and store.sample_ids == ids
+    img = store.image_features("beta")
+    assert isinstance(img, np.memmap) and img.dtype == np.float16 and img.shape == (23, 12)
+    np.testing.assert_array_equal(img, expected["beta"]["image"].astype(np.float16))
+    np.testing.assert_array_equal(store.text_features("alpha"), expected["alpha"]["text"].astype(np.float16))
+    np.testing.assert_array_equal(store.array("beta", "projected_image"),
+                                  expected["beta"]["projected_image"].astype(np.float16))
+    np.testing.assert_array_equal(store.scores("alpha"), expected["alpha"]["score"])
+    assert store.available.shape == (23, 2) and store.available.dtype == bool
+    np.testing.assert_array_equal(store.available[:, 1], expected["beta"]["available"])
+    assert store.manifest["complete"] and store.manifest["dtype"] == "float16"
+    assert len(store.manifest["chunks"]) == 2 * num_chunks(23, 5)
+    assert store.verify() == []
+
+
+def test_rows_returns_a_batch_in_the_order_asked(tmp_path):
+    _, expected = _write_store(tmp_path / "store")
+    store = FeatureStore(tmp_path / "store")
+    idx = np.array([17, 2, 2, 22, 0, 9])
+    batch = store.rows(idx)
+    np.testing.assert_array_equal(batch["image"]["alpha"], expected["alpha"]["image"][idx].astype(np.float16))
+    np.testing.assert_array_equal(batch["text"]["beta"], expected["beta"]["text"][idx].astype(np.float16))
+    np.testing.assert_array_equal(batch["available"], store.available[idx])
+    assert store.row_of("id-9") == 9
+    np.testing.assert_array_equal(store.rows_of(["id-3", "id-0"]), [3, 0])
+    with pytest.raises(IndexError):
+        store.rows([23])
+
+
+def test_verify_finds_a_flipped_byte(tmp_path):
+    _write_store(tmp_path / "store")
+    file = tmp_path / "store" / "teachers" / "alpha" / "image.npy"
+    data = bytearray(file.read_bytes())
+    data[-3] ^= 0xFF  # last chunk
+    file.write_bytes(bytes(data))
+    problems = FeatureStore(tmp_path / "store").verify()
+    assert len(problems) == 1 and "alpha/image rows 20:23" in problems[0]
+
+
+def test_incomplete_store_is_not_opened_by_default(tmp_path):
+    ids = [str(i) for i in range(10)]
+    writer = FeatureStoreWriter.open(tmp_path / "s", ids, [TeacherEntry("alpha", 8, PROV_A)], chunk_rows=4)
+    writer.write_chunk(1, "alpha", _random_chunk(np.random.default_rng(0), 4, 8))
+    with pytest.raises(UsageError, match="incomplete"):
+        FeatureStore(tmp_path / "s")
+    assert FeatureStore(tmp_path / "s", allow_partial=True).num_samples == 10
+    reopened = FeatureStoreWriter.open(tmp_path / "s", ids, [TeacherEntry("alpha", 8, PROV_A)], chunk_rows=4)
+    assert reopened.pending(["alpha"]) == {0: ["alpha"], 2: ["alpha"]}
+    with pytest.raises(RuntimeError, match="uncommitted"):
+        reopened.finalize()
+
+
+@pytest.mark.parametrize("change", ["weights", "preprocess", "dim", "settings", "sample_ids"])
+def test_changed_teacher_or_data_is_refused_and_nothing_is_written(tmp_path, change):
+    ids, _ = _write_store(tmp_path / "store")
+    before = _tree_digest(tmp_path / "store")
+    prov = json.loads(json.dumps(PROV_A))
+    dim, settings_, new_ids = 8, {}, ids
+    if change == "weights":
+        prov["weights"]["a.safetensors"] = "cc" * 32
+    elif change == "preprocess":
+        prov["preprocess"]["size"] = 48
+    elif change == "dim":
+        dim = 16
+    elif change == "settings":
+        settings_ = {"candidates": 3}
+    else:
+        new_ids = ids[:-1] + ["other"]
+    with pytest.raises(UsageError, match="refusing|different dataset") as err:
+        FeatureStoreWriter.open(tmp_path / "store", new_ids, [TeacherEntry("alpha", dim, prov, settings=settings_)])
+    if change in ("weights", "preprocess"):
+        assert f"{change} changed" in str(err.value)
+    assert _tree_digest(tmp_path / "store") == before
+
+
+def test_provenance_versions_do_not_make_a_teacher_stale(tmp_path):
+    ids, _ = _write_store(tmp_path / "store")
+    prov = {**PROV_A, "versions": {"torch": "9.9"}, "spec": "moved/elsewhere"}
+    writer = FeatureStoreWriter.open(tmp_path / "store", ids, [TeacherEntry("alpha", 8, prov)])
+    assert writer.pending(["alpha"]) == {}
+
+
+def test_adding_a_teacher_to_a_finished_store(tmp_path):
+    ids, expected = _write_store(tmp_path / "store")
+    writer = FeatureStoreWriter.open(tmp_path / "store", ids, [TeacherEntry("gamma", 6, PROV_B)])
+    assert sorted(writer.pending(["alpha", "beta", "gamma"])) == list(range(writer.num_chunks))
+    assert all(v == ["gamma"] for v in writer.pending(["alpha", "beta", "gamma"]).values())
+    rng = np.random.default_rng(5)
+    for c in range(writer.num_chunks):
+        start, stop = writer.chunk_bounds(c)
+        writer.write_chunk(c, "gamma", _random_chunk(rng, stop - start, 6))
+    writer.finalize()
+    store = FeatureStore(tmp_path / "store")
+    assert store.teachers == ["alpha", "beta", "gamma"] and store.available.shape == (23, 3)
+    np.testing.assert_array_equal(store.image_features("alpha"), expected["alpha"]["image"].astype(np.float16))
+    assert store.verify() == []
+
+
+def test_not_a_store_and_bad_names(tmp_path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("hi")
+    with pytest.raises(UsageError, match="not a feature store"):
+        FeatureStoreWriter.open(tmp_path / "junk", ["a"], [TeacherEntry("alpha", 8, PROV_A)])
+    with pytest.raises(UsageError, match="manifest"):
+        FeatureStore(tmp_path / "junk")
+    with pytest.raises(UsageError, match="name"):
+        FeatureStoreWriter.open(tmp_path / "new", ["a"], [TeacherEntry("../evil", 8, PROV_A)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(num_samples=st.integers(1, 500), chunk_rows=st.integers(1, 64))
+def test_chunks_cover_every_row_exactly_once(num_samples, chunk_rows):
+    covered = np.zeros(num_samples, int)
+    for c in range(num_chunks(num_samples, chunk_rows)):
+        start, stop = chunk_bounds(c, num_samples, chunk_rows)
+        assert 0 < stop - start <= chunk_rows
+        covered[start:stop] += 1
+    assert (covered == 1).all()
