@@ -138,3 +138,35 @@ def test_distill_resume_after_sigkill_equals_uninterrupted(setup):
         a = load_file(str(latest_checkpoint(root / "ref") / f))
         b = load_file(str(latest_checkpoint(out) / f))
         assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, f
+
+
+def test_decision_distillation_on_image_only_samples(tmp_path):
+    """A teacher that knows the classes labels uncaptioned images; the student's class distribution
+    (its own image tower against its own prompt embeddings) learns the teacher's."""
+    table = make_pairs(tmp_path / "data", n=48)
+    common = ["--batch-size", "16", "--train.progress", "false", "--optim.warmup_steps", "2"]
+    t = run_cli("pretrain", "--data", str(table), "--out", str(tmp_path / "teacher"), "--epochs", "10",
+                "--lr", "2e-3", *common)
+    assert t.returncode == 0, t.stderr
+    teacher = latest_checkpoint(tmp_path / "teacher")  # a checkpoint folder is an open_clip local-dir
+    r = run_cli("extract", "--data", str(table), "--teacher", f"T=local-dir:{teacher}",
+                "--out", str(tmp_path / "store"), "--availability", "always", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    make_pairs(tmp_path / "unpaired", n=32, seed=9)
+    rows = ["image,modality,sample_id"] + [f"img/{i:05d}.png,toy,u{i}" for i in range(32)]
+    (tmp_path / "unpaired" / "images.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "vocab.yaml").write_text(
+        "toy:\n  classnames: [" + ", ".join(f"'{c}'" for c in CLASSES) + "]\n  templates: ['{}']\n")
+    s1 = run_cli("pretrain", "--data", str(table), "--out", str(tmp_path / "s1"), "--epochs", "1", "--lr", "1e-4",
+                 *common)
+    assert s1.returncode == 0, s1.stderr
+    out = tmp_path / "s2"
+    r = run_cli("distill", "--data", str(table), "--store", str(tmp_path / "store"), "--init", str(tmp_path / "s1"),
+                "--out", str(out), "--epochs", "8", "--lr", "1e-3", "--train.log_every", "1", *common,
+                "--distill.target_space", "decision", "--distill.lambda_decision", "1",
+                "--data.image_only_path", str(tmp_path / "unpaired" / "images.csv"),
+                "--distill.decision_vocab", str(tmp_path / "vocab.yaml"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    values = _terms(out, "decision")
+    assert np.mean(values[-4:]) < 0.7 * np.mean(values[:4]), values
+    assert (out / "decision_targets.safetensors").is_file()

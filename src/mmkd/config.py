@@ -95,7 +95,10 @@ class DistillConfig:
     icl_temperature: float = 0.07
     kl_temperature: float = 0.05
     modality_routes: dict[str, list[str]] = field(default_factory=dict)  # modality -> teachers (policy=modality)
-    decision_vocab: str = ""  # YAML: modality -> class prompts, for decision distillation
+    decision_vocab: str = ""  # YAML: modality -> {classnames, templates}, for decision distillation
+    decision_temperature: float = 0.05  # tau of teacher and student class distributions
+    decision_batch_size: int = 0  # image-only samples per micro-batch (0: same as the pair micro-batch)
+    decision_teachers: dict[str, str] = field(default_factory=dict)  # teacher -> spec (default: store provenance)
 
 
 @dataclass
@@ -296,6 +299,13 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
             check(f"distill.{key}", getattr(cfg.distill, key) >= 0, "use 0 (off) or a positive weight")
         check("distill.icl_temperature", cfg.distill.icl_temperature > 0, "use a positive temperature")
         check("distill.kl_temperature", cfg.distill.kl_temperature > 0, "use a positive temperature")
+        check("distill.decision_temperature", cfg.distill.decision_temperature > 0, "use a positive temperature")
+        check("distill.decision_batch_size", cfg.distill.decision_batch_size >= 0, "use 0 (pair batch) or more")
+        if cfg.distill.lambda_decision > 0 or cfg.distill.target_space == "decision":
+            check("data.image_only_path", bool(cfg.data.image_only_path),
+                  "decision distillation needs --data.image_only_path IMAGES.csv (columns image, modality)")
+            check("distill.decision_vocab", bool(cfg.distill.decision_vocab),
+                  "decision distillation needs --distill.decision_vocab VOCAB.yaml (modality -> classnames, templates)")
         if cfg.distill.policy == "modality" and not cfg.distill.modality_routes:
             problems.append("distill.modality_routes: {} is not allowed; policy 'modality' needs a mapping "
                             "modality -> [teachers] (set it in the YAML recipe)")

@@ -183,6 +183,9 @@ class FeatureStore:
     def embed_dim(self, name: str) -> int:
         return int(self._entry(name)["embed_dim"])
 
+    def manifest_entry(self, name: str) -> dict[str, Any]:
+        return self._entry(name)
+
     def provenance(self, name: str) -> dict[str, Any]:
         return self._entry(name).get("provenance", {})
 
@@ -366,6 +369,23 @@ class FeatureStoreWriter:
         record = {"teacher": teacher, "chunk": chunk, "start": start, "stop": stop, "sha256": digests,
                   **(record_extra or {})}
         atomic_write_json(self._record_path(teacher, chunk), record, indent=None)
+
+    def rewrite_kind(self, chunk: int, teacher: str, kind: str, data: np.ndarray) -> None:
+        """Replace one array of a committed chunk (e.g. availability under a new rule) and its checksum."""
+        start, stop = self.chunk_bounds(chunk)
+        spec = self._entries[teacher]["arrays"][kind]
+        data = np.ascontiguousarray(data, dtype=spec["dtype"])
+        target = self._map(teacher, kind)
+        target[start:stop] = data
+        target.flush()
+        path = self._record_path(teacher, chunk)
+        record = read_json(path)
+        record["sha256"][kind] = hashlib.sha256(data.tobytes()).hexdigest()
+        atomic_write_json(path, record, indent=None)
+
+    def mark_incomplete(self) -> None:
+        self.manifest["complete"] = False
+        atomic_write_json(self.path / MANIFEST, self.manifest)
 
     def records(self, teacher: str) -> list[dict[str, Any]]:
         return [read_json(self._record_path(teacher, c)) for c in sorted(self.committed(teacher))]

@@ -71,18 +71,19 @@ def format_table(result: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from mmkd.errors import UsageError
-    from mmkd.evaluation.prompts import read_templates
 
-    labels = parse_labels(args.labels)
-    for path in args.images:
+    for path in args.images:  # before any heavy import, so the message comes fast
         if not Path(path).is_file():
             raise UsageError(f"--image: file {path!r} does not exist; check the path")
+    labels = parse_labels(args.labels)
     if args.top < 0:
         raise UsageError(f"--top: {args.top} is negative; use 0 (all labels) or a positive K")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size: {args.batch_size} must be at least 1")
     templates = None
     if args.templates:
+        from mmkd.evaluation.prompts import read_templates
+
         try:
             templates = read_templates(args.templates)
         except UsageError as e:

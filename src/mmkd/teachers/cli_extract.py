@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed of the candidate draw (default: 0)")
     parser.add_argument("--workers", type=int, default=None, help="data-loading worker processes (default: 0)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--reapply-availability", action="store_true",
+                        help="only decide availability again in the finished store --out, by --availability "
+                             "(and --threshold), from the stored scores and features; no teacher is run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -116,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     from mmkd.teachers.registry import find_known
     from mmkd.utils.dist import destroy, init_distributed, pick_device
 
+    if args.reapply_availability:
+        return _reapply(args)
     opts = _options(args)
     device = pick_device(opts["device"])
     dist_info = init_distributed(device.split(":")[0])
@@ -150,4 +155,16 @@ def run(args: argparse.Namespace) -> int:
         if skipped:
             print(f"unreadable samples (kept as unavailable rows): {json.dumps(skipped)}", file=sys.stderr)
         print(f"feature store: {opts['out']}")
+    return 0
+
+
+def _reapply(args: argparse.Namespace) -> int:
+    from mmkd.teachers.extract import format_table, reapply_availability
+
+    if not args.out:
+        raise UsageError("--out: give the feature store whose availability to re-decide")
+    rule = args.availability or "rank"
+    threshold = args.threshold if args.threshold is not None else _DEFAULTS["threshold"]
+    summary = reapply_availability(args.out, rule, threshold)
+    print(format_table(summary["teachers"]))
     return 0

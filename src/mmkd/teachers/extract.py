@@ -237,6 +237,39 @@ def finish_store(writer: FeatureStoreWriter) -> dict[str, Any]:
     return summary
 
 
+def reapply_availability(path: str, rule: str, threshold: float = 0.25) -> dict[str, Any]:
+    """Decide availability again from the stored scores and features, without re-extracting.
+
+    Readable rows are those with non-zero features (unreadable ones are all-zero). A rerun
+    after a crash finishes the job (the store reads as incomplete until then).
+    """
+    from pathlib import Path
+
+    if rule not in availability.RULES:
+        raise UsageError(f"--availability: {rule!r} is not a rule; choose from {availability.RULES}")
+    store = FeatureStore(path, allow_partial=True)
+    writer = FeatureStoreWriter(Path(path), store.manifest)
+    if rule == "rank":
+        no_scores = [t for t in store.teachers if store.manifest_entry(t).get("settings", {}).get("candidates") is None]
+        if no_scores:
+            raise UsageError(f"--availability rank: teachers {no_scores} have no stored rank scores (imported "
+                             f"features); use threshold or always, or re-extract them")
+    writer.mark_incomplete()
+    for name in store.teachers:
+        for chunk in range(writer.num_chunks):
+            start, stop = writer.chunk_bounds(chunk)
+            img = np.asarray(store.image_features(name)[start:stop], dtype=np.float32)
+            txt = np.asarray(store.text_features(name)[start:stop], dtype=np.float32)
+            readable = np.abs(img).sum(axis=1) > 0
+            scores = np.asarray(store.scores(name)[start:stop])
+            avail = readable & availability.decide(rule, scores, availability.own_similarity(img, txt), threshold)
+            writer.rewrite_kind(chunk, name, "available", avail)
+        entry = writer._entries[name]
+        entry["settings"] = {**entry.get("settings", {}), "availability": rule,
+                             "threshold": float(threshold) if rule == "threshold" else None}
+    return finish_store(writer)
+
+
 def teacher_table(store: FeatureStore) -> dict[str, dict[str, float]]:
     """Per teacher: rows, share of rows available, mean availability score (readable rows)."""
     table = {}

@@ -49,6 +49,9 @@ class Task(Protocol):
     def checkpoint_info(self) -> dict[str, Any]:
         """Extra JSON saved in train_state.json (e.g. the teachers of a distillation)."""
 
+    # Optional hooks: set_epoch(epoch); extra_inputs(micro_position, dist_info, device) -> kwargs for
+    # the module's forward. Outputs "image", "text" and "head_*" are per pair sample.
+
 
 @dataclass
 class RunState:
@@ -261,10 +264,13 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
                         if cfg.model.pad_to_longest:
                             tokens = trim_padding(tokens, student.model, pad_id)
                         tokens = tokens.to(device, non_blocking=True)
+                        extra = {}
+                        if hasattr(task, "extra_inputs"):  # e.g. image-only samples of decision distillation
+                            extra = task.extra_inputs(state.step * cfg.train.accum_steps + micro, info, device)
                         with autocast_context(device_type, cfg.train.precision):
-                            outputs = train_module(images, tokens)
-                        if empty:  # per-sample outputs are the tensors with ndim >= 2
-                            outputs = {k: v[:0] if v.ndim >= 2 else v for k, v in outputs.items()}
+                            outputs = train_module(images, tokens, **extra)
+                        if empty:  # drop the blank sample's pair outputs (image, text, head_*)
+                            outputs = {k: v[:0] if _is_pair_output(k) else v for k, v in outputs.items()}
                         terms = task.losses(outputs, batch, info.rank, info.world_size)
                         loss = terms["loss"] / cfg.train.accum_steps
                         loss.backward()
@@ -322,6 +328,10 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
         atomic_write_json(run_dir / "summary.json", summary)
     dist_utils.barrier()
     return summary
+
+
+def _is_pair_output(key: str) -> bool:
+    return key in ("image", "text") or key.startswith("head_")
 
 
 def _all_finite(value: float, world_size: int, device) -> bool:

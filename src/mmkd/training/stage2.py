@@ -10,7 +10,11 @@ it teaches. Target spaces (`distill.target_space`):
   adaptor     a trainable linear head per teacher maps the student features into that
               teacher's own space (AM-RADIO style); FD/ICL are computed there;
   relational  no targets: KL between in-batch similarity distributions (always available
-              with lambda_kl > 0; in this space FD/ICL are off).
+              with lambda_kl > 0; in this space FD/ICL are off);
+  decision    no feature targets either: only the decision term (below) and the KL term.
+Decision distillation (lambda_decision > 0, any space): on image-only samples, the student's
+image-vs-class-prompt distribution learns each teacher's zero-shot distribution (see
+mmkd.training.decision).
 Rows with no available teacher get the CLIP loss only.
 """
 
@@ -50,11 +54,20 @@ class DistillForward(nn.Module):
         self.model = model
         self.extras = extras
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        image = self.model.encode_image(images, normalize=True).float()
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, decision_images: torch.Tensor | None = None,
+                prompt_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        n = images.shape[0]
+        if decision_images is not None:  # one pass of the image tower for pairs and image-only samples
+            all_images = self.model.encode_image(torch.cat([images, decision_images]), normalize=True).float()
+            image = all_images[:n]
+        else:
+            image = self.model.encode_image(images, normalize=True).float()
         text = self.model.encode_text(tokens, normalize=True).float()
         out = {"image": image, "text": text, "logit_scale": self.model.logit_scale.exp().float(),
                "icl_temperature": self.extras.log_icl_temperature.exp()}
+        if decision_images is not None:
+            out["decision_image"] = all_images[n:]
+            out["prompts"] = self.model.encode_text(prompt_tokens, normalize=True).float()
         for t, head in self.extras.heads.items():  # heads are applied here so DDP sees their use
             out[f"head_image:{t}"] = F.normalize(head(image), dim=-1)
             out[f"head_text:{t}"] = F.normalize(head(text), dim=-1)
@@ -79,9 +92,6 @@ class DistillTask:
         if not self.teachers:
             raise UsageError("--distill.exclude_teachers: every teacher is excluded; keep at least one")
         self.space = d.target_space
-        if self.space == "decision":
-            raise UsageError("--distill.target_space: 'decision' is not available in this version; "
-                             "use projection, adaptor or relational")
         embed_dim = student.embed_dim
         # Preflight: every training sample has a store row.
         records, _ = index_source(cfg.data.path, cfg.data.format, cfg.data.image_key, cfg.data.caption_key,
@@ -121,6 +131,27 @@ class DistillTask:
             heads, torch.tensor(float(np.log(d.icl_temperature))), d.learnable_icl_temperature))
         self.kinds = ("projected_image", "projected_text") if self.precomputed else ("image", "text")
         self.epoch = 0
+        self.decision = None
+        if d.lambda_decision > 0 or self.space == "decision":
+            from mmkd.training.decision import DecisionTargets, teacher_specs_from_store
+            from mmkd.utils.dist import env_dist_info
+
+            specs = teacher_specs_from_store(self.store, self.teachers, d.decision_teachers)
+            self.decision = DecisionTargets(cfg, specs, d.modality_routes, Path(cfg.train.out), student, device,
+                                            is_main=env_dist_info().is_main)
+            size = student.preprocess_cfg["size"]
+            self.image_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+            self._decision_rows = None
+
+    def extra_inputs(self, position: int, info, device) -> dict[str, torch.Tensor]:
+        if self.decision is None:
+            return {}
+        micro = self.cfg.train.batch_size // self.cfg.train.accum_steps
+        per_rank = (self.cfg.distill.decision_batch_size or micro) // info.world_size or 1
+        rows = self.decision.rows_for(position, per_rank, info.rank, info.world_size)
+        images, weights = self.decision.load_images(rows, self.image_hw)
+        self._decision_rows = (rows, weights)
+        return {"decision_images": images.to(device), "prompt_tokens": self.decision.prompt_tokens.to(device)}
 
     def set_epoch(self, epoch: int) -> None:
         """Random teacher draws change with the epoch (and never with the number of processes)."""
@@ -182,12 +213,16 @@ class DistillTask:
                     kl = relational_kl(outputs["image"], outputs["text"], raw_img, raw_txt, d.kl_temperature, avail_B)
                     kl_total = kl_total + kl / len(self.teachers)
                     terms[f"kl:{t}"] = kl.detach()
-        terms["fd"], terms["icl"], terms["kl"] = fd_total, icl_total, kl_total
+        decision_total = zero
+        if self.decision is not None and "decision_image" in outputs:
+            rows, weights = self._decision_rows
+            decision_total = self.decision.loss(outputs["decision_image"], outputs["prompts"], rows, weights)
+        terms["fd"], terms["icl"], terms["kl"], terms["decision"] = fd_total, icl_total, kl_total, decision_total
         # Zero-weighted use of every output keeps DDP's gradient bookkeeping whole when a batch has
         # no row for some teacher (its head and the ICL temperature then get a zero gradient).
         unused = sum(v.sum() for v in outputs.values()) * 0.0
         terms["loss"] = (terms["clip"] + d.lambda_fd * fd_total + d.lambda_icl * icl_total
-                         + d.lambda_kl * kl_total + unused)
+                         + d.lambda_kl * kl_total + d.lambda_decision * decision_total + unused)
         return terms
 
     def extra_modules(self) -> dict[str, nn.Module]:
@@ -202,7 +237,7 @@ class DistillTask:
         d = self.cfg.distill
         return {"distill": {"store": str(Path(d.store).resolve()), "teachers": teachers, "target_space": self.space,
                             "policy": d.policy, "lambda_fd": d.lambda_fd, "lambda_icl": d.lambda_icl,
-                            "lambda_kl": d.lambda_kl, "normalize_targets": d.normalize_targets,
+                            "lambda_kl": d.lambda_kl, "lambda_decision": d.lambda_decision, "normalize_targets": d.normalize_targets,
                             "learnable_icl_temperature": d.learnable_icl_temperature}}
 
 

@@ -155,6 +155,9 @@ def default_swin_config():
 def build_model(vision: str, bert_config, swin_config=None, pad_token_id: int = 0) -> MedClip:
     if vision not in ("swin", "resnet50"):
         raise UsageError(f"{TEACHER}: vision={vision!r}; choose swin (MedCLIP-ViT) or resnet50 (MedCLIP-ResNet)")
+    if bert_config.num_hidden_layers < 2:
+        raise UsageError(f"{TEACHER}: the text model has {bert_config.num_hidden_layers} layer(s); MedCLIP pools "
+                         f"hidden layers 1, 2 and the last, so it needs at least 2 (Bio_ClinicalBERT has 12)")
     return MedClip(vision, bert_config, swin_config or default_swin_config(), pad_token_id)
 
 
