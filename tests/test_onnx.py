@@ -64,6 +64,7 @@ def test_onnx_export_of_an_hf_bert_student_matches_pytorch(tmp_path):
     _check_towers_against_open_clip(out, TEXTS)
 
 
+@pytest.mark.slow  # the same export as above, through a subprocess
 def test_cli_export_onnx(tmp_path):
     from conftest import run_cli
 

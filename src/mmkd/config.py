@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,4 +351,3 @@ __all__ = [
     "Config", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "DistillConfig",
     "build_config", "validate", "to_dict", "from_dict", "save_yaml", "load_yaml", "apply_overrides",
 ]
-_ = types  # keep import for typing helpers on older Pythons

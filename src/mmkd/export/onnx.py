@@ -111,7 +111,7 @@ def export_onnx(folder: str | Path, opset: int = DEFAULT_OPSET, tolerance: float
                          "dtype": "int64"},
         "output": "embedding [batch, D], L2-normalised",
         "preprocess": {k: (list(v) if isinstance(v, tuple) else v) for k, v in pp.items()},
-        "logit_scale": float(model.logit_scale.exp()),
+        "logit_scale": float(model.logit_scale.detach().exp()),
         "opset": opset,
         "parity": {"image_max_abs_diff": image_diff, "text_max_abs_diff": text_diff, "tolerance": tolerance,
                    "passed": image_diff <= tolerance and text_diff <= tolerance},

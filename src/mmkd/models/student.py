@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,5 +180,3 @@ def create_student(name: str = "mmkd-tiny-vit", init: str = "", hf_text_path: st
 def num_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-_ = os

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -224,5 +223,3 @@ def teacher_specs_from_store(store, teachers: list[str], overrides: dict[str, st
                          f"record; give them with --distill.decision_teachers '{{NAME: SPEC}}'")
     return specs
 
-
-_ = Any

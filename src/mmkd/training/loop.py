@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 from collections import Counter
 from dataclasses import dataclass, field
@@ -419,5 +418,3 @@ def _summary(state: RunState, throughput: Throughput, total_steps: int, stopped:
         "world_size": info.world_size,
     }
 
-
-_ = os
