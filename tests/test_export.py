@@ -150,6 +150,9 @@ def test_moved_hf_export_loads_after_relink(tmp_path):
     moved = tmp_path / "elsewhere" / "model"
     moved.parent.mkdir()
     shutil.move(str(tmp_path / "first"), str(moved))
+    from mmkd.models.loading import load_model
+
+    assert load_model(str(moved)).embed_dim == 64  # mmkd itself finds the config.json bundled in the folder
     relink(moved)
     assert json.loads((moved / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]["hf_model_name"] == \
         str(moved.resolve())
@@ -241,11 +244,20 @@ def test_stage1_card_says_not_distilled_and_has_no_licence_claims(tmp_path):
 @pytest.mark.parametrize("licence, rank", [
     ("MIT", 0), ("Apache-2.0", 0), ("CC0-1.0", 0), ("CC-BY-4.0", 1), ("CC BY-SA 4.0", 2), ("GPL-3.0", 2),
     ("CC-BY-NC-4.0", 3), ("research only", 3), ("CC BY-NC-SA 4.0", 4), ("cc-by-nc-nd-3.0", 4),
-    ("", 5), (None, 5), ("unknown", 5), ("limited use", 5), ("proprietary", 5)])
+    ("", 5), (None, 5), ("unknown", 5), ("limited use", 5), ("proprietary", 5),
+    ("MIT (research use; see model card)", 3), ("unknown (see the authors' release)", 5)])
 def test_licence_rank(licence, rank):
     from mmkd.export.licences import licence_rank
 
     assert licence_rank(licence) == rank
+
+
+def test_teacher_without_a_recorded_licence_gets_the_registry_one():
+    from mmkd.export.model_card import teachers_of
+
+    teachers = teachers_of({"distill": {"teachers": [{"name": "biomedclip", "embed_dim": 512}, "NoSuchTeacher"]}})
+    assert teachers[0]["licence"].startswith("MIT")  # BiomedCLIP in mmkd.teachers.registry
+    assert teachers[1]["name"] == "NoSuchTeacher" and teachers[1]["licence"] is None
 
 
 def test_most_restrictive_picks_all_sources_at_the_top_rank():
@@ -285,3 +297,16 @@ def test_overwrite_refuses_a_folder_that_is_not_an_export(tmp_path):
     export(run_dir, out, verify=False)
     export(run_dir, out, overwrite=True, verify=False)  # an earlier export may be replaced
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_hf_export_can_name_a_hub_id_for_publishing(tmp_path):
+    from mmkd.export.exporter import export
+
+    bert = build_tiny_bert(tmp_path / "tiny-bert")
+    hub_id = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+    manifest = export(make_run(tmp_path, "mmkd-tiny-vit-hf", hf_text_path=bert), tmp_path / "pub",
+                      hf_model_name=hub_id)
+    text_cfg = json.loads((tmp_path / "pub" / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
+    assert text_cfg["hf_model_name"] == hub_id == text_cfg["hf_tokenizer_name"]
+    assert manifest["parity"]["passed"]  # checked offline with the config.json shipped in the folder
+    assert (tmp_path / "pub" / "config.json").is_file()

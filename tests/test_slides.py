@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +161,7 @@ def test_read_table_and_errors(tmp_path):
         read_slides_table(bad / "slides.csv")
 
 
-def test_embeddings_cached_per_slide_keyed_by_model(tmp_path, tiny_model):
+def test_embeddings_cached_per_slide_keyed_by_model(tmp_path, tiny_model, monkeypatch):
     from safetensors import safe_open
 
     from mmkd.evaluation.runner import FeatureCache
@@ -184,13 +185,18 @@ def test_embeddings_cached_per_slide_keyed_by_model(tmp_path, tiny_model):
 
     # a fresh cache object on the same folder hits the disk without opening the slide again
     again = FeatureCache(tmp_path / "cache")
-    (root / "big.png").rename(root / "moved.png")
-    (root / "moved.png").rename(root / "big.png")  # same bytes and mtime
-    assert np.allclose(embed_slide(tiny_model, big, tiling, again, "toy")["features"], out["features"])
-    assert (again.hits, again.misses) == (1, 0)
+    with monkeypatch.context() as m:
+        m.setattr("mmkd.evaluation.slides.open_patches", lambda *a: pytest.fail("a cache hit opened the slide"))
+        assert np.allclose(embed_slide(tiny_model, big, tiling, again, "toy")["features"], out["features"])
+        assert (again.hits, again.misses) == (1, 0)
+    # a changed slide file is a new fingerprint: encoded again
+    stat = (root / "big.png").stat()
+    os.utime(root / "big.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    embed_slide(tiny_model, big, tiling, again, "toy")
+    assert again.misses == 1
     # other tiling settings are another cache entry
     embed_slide(tiny_model, big, TilingConfig(tile_size=TILE, min_tissue_fraction=0.8), again, "toy")
-    assert again.misses == 1
+    assert again.misses == 2
 
 
 def test_bad_tiling_option_names_the_key():

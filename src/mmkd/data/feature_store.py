@@ -25,6 +25,7 @@ run write disjoint chunks of the same files. Reads are O(1) per row through `num
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -295,7 +296,7 @@ class FeatureStoreWriter:
             return cls(path, manifest)
         if not create:
             raise RuntimeError(f"{path} has no manifest; rank 0 must create the store first")
-        if path.exists() and any(path.iterdir()):
+        if path.exists() and not all(_creation_leftover(p) for p in path.iterdir()):
             raise UsageError(f"--out: {str(path)!r} exists and is not a feature store; choose an empty or new folder")
         path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path / SAMPLE_IDS, list(sample_ids), indent=None)
@@ -408,6 +409,27 @@ class FeatureStoreWriter:
         return self.manifest
 
 
+def _creation_leftover(p: Path) -> bool:
+    """What an interrupted creation of a store (killed, or a full disk, before its manifest was
+    written) leaves behind; a rerun may start over in such a folder."""
+    return p.name in (SAMPLE_IDS, "teachers") or (p.name.startswith(".") and p.name.endswith(".tmp"))
+
+
+def _reserve_space(file: Path) -> None:
+    """Allocate a new (sparse) array file's blocks now. Rows are written through a memmap, where a
+    full disk would kill the process with SIGBUS; reserving the space turns that into an ENOSPC
+    OSError here, before any row is written."""
+    fd = os.open(file, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # filesystems without fallocate
+            file.unlink(missing_ok=True)
+            raise
+    finally:
+        os.close(fd)
+
+
 def _make_teacher(path: Path, entry: TeacherEntry, num_samples: int) -> dict[str, Any]:
     specs = entry.array_specs(num_samples)
     for kind, spec in specs.items():
@@ -415,6 +437,7 @@ def _make_teacher(path: Path, entry: TeacherEntry, num_samples: int) -> dict[str
         file.parent.mkdir(parents=True, exist_ok=True)
         if not file.exists():
             arr = np.lib.format.open_memmap(file, mode="w+", dtype=spec["dtype"], shape=tuple(spec["shape"]))
+            _reserve_space(file)
             if kind == "score":
                 arr[:] = np.nan
             arr.flush()

@@ -70,10 +70,15 @@ def detect_format(path: str) -> str:
     )
 
 
-def expand_shards(spec: str) -> list[str]:
-    """A .tar file, a folder of .tar, a glob, or a brace range `shard-{000..009}.tar`. No `pipe:` URLs."""
+def _refuse_urls(spec: str) -> None:
+    """`pipe:` specs would run a shell command and URLs fetch remote bytes: only local files are read."""
     if spec.startswith("pipe:") or "://" in spec:
         raise UsageError(f"--data: {spec!r} is a URL or pipe; mmkd reads local shards only (download them first)")
+
+
+def expand_shards(spec: str) -> list[str]:
+    """A .tar file, a folder of .tar, a glob, or a brace range `shard-{000..009}.tar`. No `pipe:` URLs."""
+    _refuse_urls(spec)
     if os.path.isdir(spec):
         shards = sorted(str(p) for p in Path(spec).glob("*.tar"))
     else:
@@ -91,12 +96,14 @@ def expand_shards(spec: str) -> list[str]:
 def read_table(path: Path, fmt: str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UsageError(f"--data: file {str(path)!r} does not exist")
+    # Bytes that are not UTF-8 are kept as surrogate escapes: the row stays (image paths are still the
+    # file's bytes) and `read_caption` skips a caption holding them as bad_caption_encoding.
     if fmt == "csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
             return list(csv.DictReader(f, dialect=dialect))
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for line_no, line in enumerate(f, 1):
             if line.strip():
                 try:
@@ -176,6 +183,7 @@ def index_source(path: str, fmt: str = "auto", image_key: str = "image", caption
     """All records of a data source, plus shard-level problems found while indexing."""
     if not path:
         raise UsageError("--data: no training data given; pass --data PATH (CSV, JSONL or .tar shards)")
+    _refuse_urls(path)
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt in ("csv", "jsonl"):
         return index_table(path, fmt, image_key, caption_key, id_key, modality_key), Counter()
@@ -234,6 +242,10 @@ def read_caption(record: PairRecord) -> str | Skip:
         cap = text
     if not isinstance(cap, str) or not cap.strip():
         return Skip(EMPTY_CAPTION, record.sample_id)
+    try:
+        cap.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate escapes of bytes that were not UTF-8 (see read_table)
+        return Skip(BAD_CAPTION_ENCODING, record.sample_id)
     return cap.strip()
 
 

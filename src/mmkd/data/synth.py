@@ -9,7 +9,14 @@ Four procedural modalities with their own look and four classes each (the first 
 
 (the class names above are the `label` values of every CSV). Each image is drawn with numpy
 from a key derived from the seed, so one seed gives byte-identical files; captions say what
-was planted (finding, count, size, side, region), see `synth_text`.
+was planted (finding, count, size, side, region), see `synth_text`. `difficulty` (default 0.5)
+fades the findings and adds noise: at 32 px a linear model on raw pixels gets roughly 0.55-0.75
+accuracy per modality, so there is real work left for a ViT.
+
+Python API: `generate(out_dir, seed=0, size=32, quick=False, ...) -> SynthCorpus` (with
+`.catalog`, `.pairs_csv`, `.shards`, `.pairs()` -> DataFrame); `synth_render.render_sample`
+draws single images in memory; `synth_splits` selects the pairs each model of the demo sees;
+`synth_io.merge_catalogs` joins this catalog with the real-mini one (`real_corpus`).
 
 Output layout (all paths inside tables are relative to the table's own folder; the catalog's
 paths are relative to the catalog):
@@ -22,7 +29,9 @@ paths are relative to the catalog):
       train/
         pairs.csv            image, caption, sample_id, modality, label   (training image-text pairs)
         planted.csv          sample_id, image, modality, label, finding, count, size_mm, size_word, side,
-                             region, extent  (what was drawn: the ground truth behind each caption)
+                             region, extent, key  (what was drawn: the ground truth behind each caption;
+                             render_sample(modality, finding, size, parse_key(key), difficulty=...)
+                             redraws the image)
         images/<modality>/<sample_id>.png
         shards/shard-000000.tar ...   the same pairs as webdataset shards: <id>.png, <id>.txt, <id>.json
       eval/<modality>/       held-out images (never in train/), one folder per modality
@@ -31,17 +40,18 @@ paths are relative to the catalog):
         retrieval.csv        image, caption, sample_id, modality, label  (several captions per image)
         classnames.txt       one class name per line, in label_id order
         templates.txt        zero-shot prompt templates, one per line, "{}" marks the class name
-        planted.csv          ground truth of every eval image of the modality (for analysis/tests)
+        planted.csv          ground truth of every eval image of the modality (columns as in train/)
         images/*.png
       eval/vqa/
         vqa.jsonl            {"image", "question", "answer", "answer_type": closed|open,
                               "split": train|val|test, "question_type", "modality", "sample_id", "qid"}
+        planted.csv          ground truth of every VQA image
         images/*.png
       eval/slides/
         slides.csv           slide_id, path (folder of patch PNGs), label (benign|carcinoma),
                              time (months), event (1 death, 0 censored), patient_id
         truth.csv            slide_id, tumour_share, num_patches, num_tumour_patches (not for models)
-        patches.csv          slide_id, patch, pattern (the planted pattern of every patch)
+        patches.csv          slide_id, patch, pattern, key (the planted pattern of every patch)
         patches/<slide_id>/patch_000.png ...
 
 catalog.yaml entries (`datasets:` name -> entry):
@@ -74,10 +84,11 @@ from mmkd.errors import UsageError
 from mmkd.utils.io import atomic_write_json, atomic_write_text
 
 FORMAT_VERSION = 1
+DEFAULT_DIFFICULTY = 0.5
 PAIR_COLUMNS = ["image", "caption", "sample_id", "modality", "label"]
 LABEL_COLUMNS = ["image", "label", "label_id", "modality", "sample_id"]
 PLANTED_COLUMNS = ["sample_id", "image", "modality", "label", "finding", "count", "size_mm", "size_word", "side", "region",
-                   "extent"]
+                   "extent", "key"]
 # Section codes: part of every image key, so that no two sections ever share an image.
 _TRAIN, _PROBE, _RETRIEVAL, _VQA, _SLIDES = 1, 2, 3, 4, 5
 _PROBE_SPLITS = ("train", "val", "test")
@@ -110,16 +121,17 @@ class _Job:
     key: tuple[int, ...]
 
 
-def _render_chunk(root: str, size: int, jobs: list[_Job]) -> list[dict]:
+def _render_chunk(root: str, size: int, difficulty: float, jobs: list[_Job]) -> list[dict]:
     out = []
     for job in jobs:
-        image, planted = render_sample(job.modality, job.finding, size, job.key)
+        image, planted = render_sample(job.modality, job.finding, size, job.key, difficulty=difficulty)
         save_png(Path(root) / job.path, image)
         out.append(planted.as_dict())
     return out
 
 
-def _render_all(root: Path, size: int, jobs: list[_Job], workers: int, progress: bool) -> list[Planted]:
+def _render_all(root: Path, size: int, difficulty: float, jobs: list[_Job], workers: int,
+                progress: bool) -> list[Planted]:
     """Render and save every job (in parallel when it pays); Planted records (without masks) in job order."""
     from tqdm import tqdm
 
@@ -132,12 +144,13 @@ def _render_all(root: Path, size: int, jobs: list[_Job], workers: int, progress:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for part in pool.map(_render_chunk, [str(root)] * len(chunks), [size] * len(chunks), chunks):
+            n = len(chunks)
+            for part in pool.map(_render_chunk, [str(root)] * n, [size] * n, [difficulty] * n, chunks):
                 results.extend(part)
                 bar.update(len(part))
     else:
         for c in chunks:
-            results.extend(_render_chunk(str(root), size, c))
+            results.extend(_render_chunk(str(root), size, difficulty, c))
             bar.update(len(c))
     bar.close()
     return [Planted(**r) for r in results]
@@ -157,12 +170,22 @@ def _balanced(modality: str, per_class: int, prefix: str, key_head: tuple[int, .
     return out
 
 
-def _planted_row(sample_id: str, image: str, p: Planted) -> dict:
+def key_text(key: tuple[int, ...]) -> str:
+    """The `key` column of planted tables: `render_sample(modality, finding, size, parse_key(text))` redraws the image."""
+    return "-".join(str(int(k)) for k in key)
+
+
+def parse_key(text: str) -> tuple[int, ...]:
+    return tuple(int(k) for k in str(text).split("-"))
+
+
+def _planted_row(sample_id: str, image: str, p: Planted, key: tuple[int, ...]) -> dict:
     return {"sample_id": sample_id, "image": image, **p.as_dict(), "finding": p.label,
-            "label": synth_text.CLASSNAMES[p.modality][p.label]}
+            "label": synth_text.CLASSNAMES[p.modality][p.label], "key": key_text(key)}
 
 
-def check_args(size: int, train_per_class: int | None, seed: int, workers: int | None) -> None:
+def check_args(size: int, train_per_class: int | None, seed: int, workers: int | None,
+               difficulty: float = DEFAULT_DIFFICULTY) -> None:
     """Usage errors name the option, the bad value and what is allowed."""
     if not 16 <= size <= 512:
         raise UsageError(f"--size: {size} is out of range; use an image side between 16 and 512 pixels (default 32)")
@@ -170,6 +193,9 @@ def check_args(size: int, train_per_class: int | None, seed: int, workers: int |
         raise UsageError(f"--train-per-class: {train_per_class} is out of range; use 1 to 100000 images per class")
     if seed < 0:
         raise UsageError(f"--seed: {seed} is negative; use a seed >= 0")
+    if not 0.0 <= difficulty <= 1.0:
+        raise UsageError(f"--difficulty: {difficulty} is outside [0, 1]; 0 draws findings at full contrast with "
+                         f"little noise, 1 at half contrast with three times the noise (default {DEFAULT_DIFFICULTY})")
     if workers is not None and workers < 1:
         raise UsageError(f"--workers: {workers} must be at least 1")
 
@@ -206,8 +232,13 @@ class SynthCorpus:
         return df
 
 
-def _prepare_out(root: Path, params: dict, overwrite: bool) -> SynthCorpus | None:
-    """An existing finished corpus with the same parameters is reused; anything else needs an empty folder."""
+def _prepare_out(root: Path, params: dict, overwrite: bool, generator: str = "mmkd synth",
+                 extra_outputs: tuple[str, ...] = ()) -> SynthCorpus | None:
+    """An existing finished corpus with the same parameters is reused; anything else needs an empty folder.
+
+    An unfinished or (with `overwrite`) different corpus of the same generator is removed first:
+    only the paths this module writes, never other files of the folder.
+    """
     manifest_path = root / "manifest.json"
     if manifest_path.is_file():
         try:
@@ -216,12 +247,13 @@ def _prepare_out(root: Path, params: dict, overwrite: bool) -> SynthCorpus | Non
             old = {}
         if old.get("complete") and old.get("params") == params and not overwrite:
             return SynthCorpus(root)
-        if old.get("generator") != "mmkd synth":
-            raise UsageError(f"--out: {root} holds a manifest.json not written by mmkd synth; choose another folder")
+        if old.get("generator") != generator:
+            raise UsageError(f"--out: {root} holds a manifest.json not written by {generator}; choose another folder")
         if old.get("complete") and not overwrite:
             raise UsageError(f"--out: {root} already holds a corpus made with other parameters ({old.get('params')}); "
                              f"pass --overwrite to replace it, or choose another folder")
-        for name in ("train", "eval", "catalog.yaml", "decision_vocab.yaml", "README.md", "manifest.json"):
+        for name in ("train", "eval", "catalog.yaml", "decision_vocab.yaml", "README.md", "manifest.json",
+                     *extra_outputs):
             target = root / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -233,17 +265,20 @@ def _prepare_out(root: Path, params: dict, overwrite: bool) -> SynthCorpus | Non
 
 
 def generate(out_dir: str | os.PathLike, seed: int = 0, size: int = 32, train_per_class: int | None = None,
-             quick: bool = False, workers: int | None = None, overwrite: bool = False,
-             progress: bool = True) -> SynthCorpus:
+             quick: bool = False, difficulty: float | None = None, workers: int | None = None, overwrite: bool = False,
+             progress: bool = True, sizes: SynthSizes | None = None) -> SynthCorpus:
     """Write the synthetic corpus into `out_dir` (layout in the module docstring) and return it.
 
     Deterministic in (seed, size, counts): the same arguments give byte-identical files.
     A finished corpus with the same arguments is reused as it is; `overwrite` replaces one
     made with other arguments. `workers` processes render images (default: up to 4 CPUs).
+    `difficulty` in [0, 1] fades findings and adds noise (see `synth_render.render_sample`).
+    `sizes` sets every count explicitly (overrides `quick` and `train_per_class`).
     """
-    check_args(size, train_per_class, seed, workers)
-    sizes = SynthSizes.default(quick, train_per_class)
-    params = {"seed": seed, "size": size, "quick": quick, **{k: list(v) if isinstance(v, tuple) else v
+    difficulty = DEFAULT_DIFFICULTY if difficulty is None else float(difficulty)
+    check_args(size, train_per_class, seed, workers, difficulty)
+    sizes = sizes or SynthSizes.default(quick, train_per_class)
+    params = {"seed": seed, "size": size, "quick": quick, "difficulty": difficulty, **{k: list(v) if isinstance(v, tuple) else v
                                                             for k, v in sizes.__dict__.items()}}
     root = Path(out_dir)
     existing = _prepare_out(root, params, overwrite)
@@ -273,9 +308,9 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: int = 32, train_pe
     cohort = synth_slides.plan_cohort(seed, sizes.num_slides, sizes.patches_per_slide)
     for s_idx, slide in enumerate(cohort):
         jobs.extend(_Job(f"eval/slides/patches/{slide.slide_id}/patch_{p:03d}.png", "histopathology", pattern,
-                         (seed, _SLIDES, s_idx, p)) for p, pattern in enumerate(slide.patterns))
+                         slide_key(seed, s_idx, p)) for p, pattern in enumerate(slide.patterns))
 
-    planted_list = _render_all(root, size, jobs, workers, progress)
+    planted_list = _render_all(root, size, difficulty, jobs, workers, progress)
     planted_by_path = {job.path: p for job, p in zip(jobs, planted_list)}
 
     def planted_of(folder: str, sid: str) -> Planted:
@@ -286,7 +321,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: int = 32, train_pe
     for m in MODALITIES:
         catalog.update(_write_modality_eval(root, m, plan, planted_of, sizes.captions_per_image))
     catalog.update(_write_vqa(root, plan, planted_of))
-    catalog.update(_write_slides(root, cohort))
+    catalog.update(_write_slides(root, cohort, seed))
     write_catalog(root / "catalog.yaml", catalog,
                   header=f"Datasets of the synthetic corpus (mmkd synth, seed {seed}, {size} px). Paths are relative "
                          f"to this file.\nTask names: zero-shot, linear-probe, retrieval, vqa, mil-classification, survival.")
@@ -312,7 +347,7 @@ def _write_train(root: Path, plan, planted_of) -> None:
             image = f"images/{m}/{sid}.png"
             pairs.append({"image": image, "caption": synth_text.caption(p, _text_rng(key)), "sample_id": sid,
                           "modality": m, "label": synth_text.CLASSNAMES[m][p.label]})
-            planted_rows.append(_planted_row(sid, image, p))
+            planted_rows.append(_planted_row(sid, image, p, key))
     write_csv(root / "train" / "pairs.csv", pairs, PAIR_COLUMNS)
     write_csv(root / "train" / "planted.csv", planted_rows, PLANTED_COLUMNS)
     write_shards(root / "train" / "shards", pairs, root / "train")
@@ -324,17 +359,17 @@ def _write_modality_eval(root: Path, m: str, plan, planted_of, captions_per_imag
     planted_rows = []
     for split in _PROBE_SPLITS:
         rows = []
-        for sid, _, _ in plan[f"probe/{m}/{split}"]:
+        for sid, _, key in plan[f"probe/{m}/{split}"]:
             p = planted_of(f"eval/{m}/images", sid)
             label = synth_text.CLASSNAMES[m][p.label]
             rows.append({"image": f"images/{sid}.png", "label": label, "label_id": names.index(label),
                          "modality": m, "sample_id": sid})
-            planted_rows.append(_planted_row(sid, f"images/{sid}.png", p))
+            planted_rows.append(_planted_row(sid, f"images/{sid}.png", p, key))
         write_csv(folder / f"{split}.csv", rows, LABEL_COLUMNS)
     retrieval = []
     for sid, _, key in plan[f"retrieval/{m}"]:
         p = planted_of(f"eval/{m}/images", sid)
-        planted_rows.append(_planted_row(sid, f"images/{sid}.png", p))
+        planted_rows.append(_planted_row(sid, f"images/{sid}.png", p, key))
         for text in synth_text.distinct_captions(p, _text_rng(key), captions_per_image):
             retrieval.append({"image": f"images/{sid}.png", "caption": text, "sample_id": sid, "modality": m,
                               "label": synth_text.CLASSNAMES[m][p.label]})
@@ -353,10 +388,11 @@ def _write_modality_eval(root: Path, m: str, plan, planted_of, captions_per_imag
 
 
 def _write_vqa(root: Path, plan, planted_of) -> dict[str, dict]:
-    rows = []
+    rows, planted_rows = [], []
     for m in MODALITIES:
         for n, (sid, _, key) in enumerate(plan[f"vqa/{m}"]):
             p = planted_of("eval/vqa/images", sid)
+            planted_rows.append(_planted_row(sid, f"images/{sid}.png", p, key))
             per_class_index = n // len(MODALITIES[m])
             split = ("train", "train", "train", "val", "test")[per_class_index % 5]
             for q_idx, q in enumerate(synth_vqa.questions(p, _text_rng(key))):
@@ -364,22 +400,27 @@ def _write_vqa(root: Path, plan, planted_of) -> dict[str, dict]:
                              "answer_type": q["answer_type"], "split": split, "question_type": q["question_type"],
                              "modality": m, "sample_id": sid, "qid": f"{sid}-q{q_idx}"})
     write_jsonl(root / "eval" / "vqa" / "vqa.jsonl", rows)
+    write_csv(root / "eval" / "vqa" / "planted.csv", planted_rows, PLANTED_COLUMNS)
     return {"synth-vqa": {"tasks": ["vqa"], "format": "vqa", "path": "eval/vqa/vqa.jsonl", "modality": "multi"}}
 
 
-def _write_slides(root: Path, cohort: list[synth_slides.SlidePlan]) -> dict[str, dict]:
+def slide_key(seed: int, slide_index: int, patch_index: int) -> tuple[int, ...]:
+    return (seed, _SLIDES, slide_index, patch_index)
+
+
+def _write_slides(root: Path, cohort: list[synth_slides.SlidePlan], seed: int) -> dict[str, dict]:
     folder = root / "eval" / "slides"
     slides, truth, patches = [], [], []
-    for s in cohort:
+    for s_idx, s in enumerate(cohort):
         slides.append({"slide_id": s.slide_id, "path": f"patches/{s.slide_id}", "label": s.label, "time": s.time,
                        "event": s.event, "patient_id": s.patient_id})
         truth.append({"slide_id": s.slide_id, "tumour_share": round(s.tumour_share, 4), "num_patches": len(s.patterns),
                       "num_tumour_patches": s.patterns.count("carcinoma")})
-        patches.extend({"slide_id": s.slide_id, "patch": f"patch_{p:03d}.png", "pattern": pat}
-                       for p, pat in enumerate(s.patterns))
+        patches.extend({"slide_id": s.slide_id, "patch": f"patch_{p:03d}.png", "pattern": pat,
+                        "key": key_text(slide_key(seed, s_idx, p))} for p, pat in enumerate(s.patterns))
     write_csv(folder / "slides.csv", slides, ["slide_id", "path", "label", "time", "event", "patient_id"])
     write_csv(folder / "truth.csv", truth, ["slide_id", "tumour_share", "num_patches", "num_tumour_patches"])
-    write_csv(folder / "patches.csv", patches, ["slide_id", "patch", "pattern"])
+    write_csv(folder / "patches.csv", patches, ["slide_id", "patch", "pattern", "key"])
     return {"synth-slides": {"tasks": ["mil-classification", "survival"], "format": "slides",
                              "path": "eval/slides/slides.csv", "classnames": list(synth_slides.SLIDE_CLASSNAMES),
                              "modality": "histopathology"}}

@@ -37,9 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_labels(text: str) -> list[str]:
+    """Labels from 'a;b;c'; blank parts (a trailing ';') are dropped, duplicates and an empty list are errors."""
     from mmkd.export.inference import check_labels
 
-    return check_labels([part for part in text.split(";")] if text.strip() else [], where="--labels")
+    return check_labels([part for part in text.split(";") if part.strip()], where="--labels")
 
 
 def predict(model, image_paths: list[str], labels: list[str], templates: list[str] | None = None,
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--templates: {e}") from None
     results = predict(args.model, args.images, labels, templates, args.top, args.batch_size, args.device)
     if args.json:
-        print(json.dumps({"model": args.model, "labels": labels, "results": results}, indent=2))
+        print(json.dumps({"model": args.model, "labels": labels, "templates": templates or "default",
+                          "results": results}, indent=2))
     else:
         print("\n\n".join(format_table(r) for r in results))
     return 0

@@ -17,11 +17,15 @@ def export(checkpoint: str | Path, out: str | Path, *, name: str = "", overwrite
     """
     import shutil
 
+    from mmkd.errors import UsageError
     from mmkd.export import folder as fold
 
     out = Path(out).resolve()
     fold.check_out(out, overwrite)  # usage errors first, before the heavy imports
     source = fold.resolve_checkpoint(checkpoint)
+    for path in eval_paths or []:
+        if not Path(path).exists():
+            raise UsageError(f"--eval: {str(path)!r} does not exist; give `mmkd eval` result files or their folder")
 
     import open_clip
     import torch

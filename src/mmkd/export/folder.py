@@ -25,6 +25,7 @@ same architecture): it then loads anywhere that can fetch or has cached that con
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -160,6 +161,8 @@ def write_export(source: SourceCheckpoint, out: str | Path, hf_text_path: str = 
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
         shutil.copy2(source.checkpoint / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
+        with open(tmp / WEIGHTS_FILE, "rb+") as f:  # the rename below must not publish unflushed weights
+            os.fsync(f.fileno())
         hf_files: list[str] = []
         if is_hf_text(config["model_cfg"]):
             hf_files = _copy_hf_files(find_hf_folder(source, config["model_cfg"], hf_text_path), tmp)

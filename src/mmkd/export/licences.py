@@ -40,6 +40,8 @@ def licence_rank(licence: str | None) -> int:
     if not words or joined in ("unknown", "none", "n-a", "na", "unspecified", "other", "custom", "proprietary"):
         return 5
     tokens = set(words)
+    if tokens & {"unknown", "unspecified", "unlicensed"}:
+        return 5
     non_commercial = bool(tokens & {"nc", "noncommercial"}) or "non-commercial" in joined \
         or bool(re.search(r"research-(only|use)|academic", joined))
     share_alike = bool(tokens & {"sa", "sharealike"}) or "share-alike" in joined

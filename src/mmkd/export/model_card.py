@@ -16,6 +16,7 @@ Sources, all optional except the checkpoint's open_clip_config.json:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,27 @@ from mmkd.export.folder import CONFIG_FILE, WEIGHTS_FILE, SourceCheckpoint, is_h
 from mmkd.export.licences import RANK_LABELS, licence_rank, most_restrictive
 
 MAX_EVAL_ROWS = 60
+# Licence ids the Hugging Face Hub accepts in `license:` (the common ones); anything else is `other`.
+HUB_LICENCE_ID = re.compile(r"^(mit|apache-2\.0|bsd(-[23]-clause)?|cc0-1\.0|cc-by(-nc)?(-sa|-nd)?-[234]\.0|"
+                            r"[al]?gpl-[23]\.0|mpl-2\.0|unlicense|openrail(\+\+)?|bigscience-openrail-m|creativeml-openrail-m)$")
 
 
 def _licence_of(entry: dict[str, Any], *keys: str) -> str | None:
     for key in keys:
         if entry.get(key):
             return str(entry[key])
+    return None
+
+
+def registry_licence(name: str) -> str | None:
+    """The licence mmkd's teacher registry records for a known teacher name (case-insensitive), if any."""
+    try:
+        from mmkd.teachers.registry import KNOWN_TEACHERS
+    except ImportError:
+        return None
+    for key, info in KNOWN_TEACHERS.items():
+        if key.lower() == name.lower():
+            return f"{info.licence} (from mmkd's teacher registry)"
     return None
 
 
@@ -41,7 +57,8 @@ def teachers_of(train_state: dict[str, Any]) -> list[dict[str, Any]]:
     for t in teachers:
         t = {"name": t} if isinstance(t, str) else dict(t)
         t.setdefault("name", t.get("id") or t.get("spec") or "?")
-        t["licence"] = _licence_of(t, "licence", "license", "weights_licence", "weights_license")
+        t["licence"] = _licence_of(t, "licence", "license", "weights_licence", "weights_license") \
+            or registry_licence(str(t["name"]))
         t["data_licence"] = _licence_of(t, "data_licence", "data_license")
         out.append(t)
     return out
@@ -179,12 +196,19 @@ def _fmt(value: Any) -> str:
 
 
 def _front_matter(facts: dict[str, Any]) -> str:
+    """Hugging Face metadata; `license` is a hub licence id when the stated licence is one, else `other`."""
     ms = facts["most_restrictive"]
-    licence = facts["model_licence"] or (ms["licences"][0] if len(ms["licences"]) == 1 and ms["rank"] < 5 else "other")
-    spdx = licence.lower().replace(" ", "-") if licence_rank(licence) < 5 else "other"
-    return "\n".join(["---", "library_name: open_clip", f"license: {spdx}", "pipeline_tag: zero-shot-image-classification",
-                      "tags:", "  - clip", "  - biomedical", "  - mmkd", "  - knowledge-distillation"
-                      if facts["stage"] == "distill" else "  - contrastive-pretraining", "---", ""])
+    licence = facts["model_licence"] or (ms["licences"][0] if len(ms["licences"]) == 1 else "")
+    hub_id = re.sub(r"[\s_]+", "-", licence.strip().lower())
+    lines = ["---", "library_name: open_clip"]
+    if HUB_LICENCE_ID.match(hub_id):
+        lines.append(f"license: {hub_id}")
+    else:
+        lines += ["license: other", f"license_name: {json.dumps(licence or 'unknown')}"]
+    stage_tag = "knowledge-distillation" if facts["stage"] == "distill" else "contrastive-pretraining"
+    lines += ["pipeline_tag: zero-shot-image-classification", "tags:", "  - clip", "  - biomedical", "  - mmkd",
+              f"  - {stage_tag}", "---", ""]
+    return "\n".join(lines)
 
 
 def _licence_section(facts: dict[str, Any]) -> list[str]:

@@ -49,9 +49,11 @@ class TextTower(torch.nn.Module):
 
 
 def require_onnx() -> None:
+    import importlib
+
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
+        for module in ("onnx", "onnxruntime"):
+            importlib.import_module(module)
     except ImportError as e:
         raise UsageError(f"--onnx: the ONNX export needs the `onnx` extra ({e.name} is not installed); "
                          f"run `pip install 'mmkd[onnx]'` or leave out --onnx") from None

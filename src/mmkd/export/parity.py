@@ -31,11 +31,24 @@ def probe_image(size: int = 64):
 
 
 def load_open_clip_folder(folder: str | Path):
-    """(model, preprocess, tokenizer) exactly as a user would get them from open_clip."""
+    """(model, preprocess, tokenizer) exactly as a user would get them from open_clip.
+
+    One exception: a folder exported with a hub id as `hf_model_name` would need the network for
+    the text model's config, so its text tower is built from the config.json inside the folder
+    (the same file the hub id is declared to match).
+    """
+    import json
+
     import open_clip
 
-    name = f"local-dir:{Path(folder)}"
-    model, _, preprocess = open_clip.create_model_and_transforms(name)
+    folder = Path(folder)
+    name = f"local-dir:{folder}"
+    overrides = {}
+    text_cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"].get("text_cfg", {})
+    hf_name = text_cfg.get("hf_model_name")
+    if hf_name and not Path(hf_name).is_dir() and (folder / "config.json").is_file():
+        overrides["text_cfg"] = {**text_cfg, "hf_model_name": str(folder), "hf_model_pretrained": False}
+    model, _, preprocess = open_clip.create_model_and_transforms(name, **overrides)
     return model.eval(), preprocess, open_clip.get_tokenizer(name)
 
 

@@ -13,7 +13,9 @@ with zero features and is unavailable for every teacher.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -139,6 +141,24 @@ def _sync_error(dist_info: DistInfo, message: str | None) -> None:
         raise UsageError(message)
 
 
+class StoreWriteError(UsageError):
+    """The store could not be written (disk full, quota, read-only); committed chunks are kept."""
+
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def _store_write_errors(out: str):
+    """An OSError while writing the store becomes a message that says what happened and how to go on."""
+    try:
+        yield
+    except OSError as e:
+        where = f" ({Path(e.filename).name})" if e.filename else ""
+        raise StoreWriteError(f"could not write the feature store {out}: {e.strerror or e}{where}. Every chunk "
+                              f"committed so far is kept and nothing partial is visible; free space and rerun the "
+                              f"same command to resume") from None
+
+
 def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], out: str,
                      opts: ExtractOptions, dist_info: DistInfo = DistInfo(),
                      extra_manifest: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -153,8 +173,9 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
     writer = None
     if dist_info.is_main:
         try:
-            writer = FeatureStoreWriter.open(out, sample_ids, entries, chunk_rows=opts.chunk_rows, create=True,
-                                             extra_manifest=extra_manifest)
+            with _store_write_errors(out):
+                writer = FeatureStoreWriter.open(out, sample_ids, entries, chunk_rows=opts.chunk_rows, create=True,
+                                                 extra_manifest=extra_manifest)
             error = None
         except UsageError as e:
             error = str(e)
@@ -184,15 +205,17 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
         _encode_batch(batch, teachers, buffer, bars)
         if buffer.complete():
             for teacher in pending[chunk]:
-                writer.write_chunk(chunk, teacher, buffer.arrays(teacher, opts, chunk),
-                                   record_extra={"skipped": {str(r): why for r, why in buffer.skipped.items()}})
+                with _store_write_errors(out):
+                    writer.write_chunk(chunk, teacher, buffer.arrays(teacher, opts, chunk),
+                                       record_extra={"skipped": {str(r): why for r, why in buffer.skipped.items()}})
             buffer = None
     for bar in bars.values():
         bar.close()
     barrier()
     if not dist_info.is_main:
         return None
-    return finish_store(writer)
+    with _store_write_errors(out):
+        return finish_store(writer)
 
 
 def _encode_batch(batch, teachers: dict[str, ClipEncoder], buffer: _ChunkBuffer, bars) -> None:

@@ -11,6 +11,7 @@ texts are truncated to the model's context length (SigLIP pads to it, as it was 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,10 @@ def load_hf_clip(path_or_id: str, spec: str, device: str = "cpu", name: str | No
         model = model_cls.from_pretrained(str(folder), use_safetensors=any(f.suffix == ".safetensors" for f in files))
         image_processor = transformers.AutoImageProcessor.from_pretrained(str(folder))
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    except pickle.UnpicklingError:  # a pytorch_model.bin that is not plain tensors: refused, never retried unsafely
+        raise UsageError(f"--teacher: {spec!r}: transformers could not load {folder}: refused to load its weights, "
+                         f"they are not a plain tensor checkpoint (opened with weights_only=True only); convert "
+                         f"trusted files to model.safetensors") from None
     except (OSError, ValueError) as e:
         raise UsageError(f"--teacher: {spec!r}: transformers could not load {folder} ({str(e)[:300]})") from None
     max_positions = int(model.config.text_config.max_position_embeddings)

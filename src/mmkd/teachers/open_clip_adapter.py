@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,11 @@ def load_open_clip_dir(folder: str | Path, spec: str, device: str = "cpu", name:
             tokenizer = open_clip.tokenizer.HFTokenizer(hf_tok, context_length=context)
         else:
             tokenizer = open_clip.get_tokenizer(model_id)
+    except pickle.UnpicklingError as e:  # a .bin/.pth that is not plain tensors: refused, never retried unsafely
+        raise UsageError(f"--teacher: {spec!r}: open_clip could not load {chosen}: refused to load it, it is not a "
+                         f"plain tensor checkpoint ({str(e).splitlines()[-3 if len(str(e).splitlines()) > 3 else 0][:200]}). "
+                         f"mmkd opens .pt/.bin files with weights_only=True only; convert trusted files to "
+                         f"safetensors") from None
     except (RuntimeError, ValueError, OSError) as e:
         raise UsageError(f"--teacher: {spec!r}: open_clip could not load {folder} ({str(e)[:300]})") from None
     finally:

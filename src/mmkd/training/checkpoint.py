@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmkd.errors import UsageError
 from mmkd.utils.io import atomic_write_json, fsync_dir, read_json
 
 STATE_FILE = "train_state.json"
@@ -31,6 +32,12 @@ MODEL_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
 OPTIM_FILE = "optimizer.safetensors"
 EXTRA_FILE = "extra.safetensors"
+
+
+class CheckpointWriteError(UsageError):
+    """A checkpoint could not be written (disk full, quota, read-only folder); the previous one is intact."""
+
+    exit_code = 1
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -113,12 +120,13 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, open
     from mmkd.utils.io import atomic_save_safetensors
 
     root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step_{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step:08d}-", dir=root))
+    tmp = root / ".tmp-not-created"
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step:08d}-", dir=root))
         atomic_save_safetensors(tmp / MODEL_FILE, _unshared(model.state_dict()))
         atomic_write_json(tmp / CONFIG_FILE, open_clip_config)
         if extra_modules:
@@ -143,6 +151,15 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, open
             shutil.rmtree(final)
         os.replace(tmp, final)
         fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(run_dir)
+        kept = (f"the previous checkpoint {previous} is intact and `--resume latest` continues from it"
+                if previous is not None else "no earlier checkpoint exists")
+        raise CheckpointWriteError(
+            f"could not write checkpoint {final.name} in {root}: {e.strerror or e} "
+            f"({Path(e.filename).name if e.filename else 'while writing'}); nothing partial was kept, {kept}. "
+            f"Free space (or fix the folder's permissions) and resume") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -162,15 +179,33 @@ def _unshared(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def read_train_state(ckpt: str | Path) -> dict[str, Any]:
+    """The train_state.json of a checkpoint folder (config, counters, RNG); a damaged one is a UsageError."""
+    try:
+        return read_json(Path(ckpt) / STATE_FILE)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"checkpoint {ckpt}: {STATE_FILE} is unreadable ({e}); resume from an earlier "
+                         f"checkpoint with --resume RUN/checkpoints/step_*") from None
+
+
 def load_checkpoint(ckpt: str | Path, model: torch.nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None,
                     extra_modules: dict[str, torch.nn.Module] | None = None,
                     restore_rng: bool = False) -> dict[str, Any]:
     """Load what is given from a checkpoint folder; returns its train_state dict."""
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file as _load_file
+
+    def load_file(file: str) -> dict[str, torch.Tensor]:
+        try:
+            return _load_file(file)
+        except (SafetensorError, OSError) as e:
+            raise UsageError(f"checkpoint {ckpt}: {Path(file).name} is unreadable ({e}); it was damaged after it "
+                             f"was written. Resume from an earlier checkpoint with --resume RUN/checkpoints/step_*"
+                             ) from None
 
     ckpt = Path(ckpt)
-    state = read_json(ckpt / STATE_FILE)
+    state = read_train_state(ckpt)
     if model is not None:
         model.load_state_dict(load_file(str(ckpt / MODEL_FILE)), strict=True)
     if extra_modules and (ckpt / EXTRA_FILE).is_file():

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from mmkd.config import Config, save_yaml, to_dict
@@ -148,6 +150,45 @@ def check_resume_compatible(saved: dict[str, Any], cfg: Config) -> None:
                          + ". Use the saved run's settings or start a new --out folder")
 
 
+def check_resume_task(saved: dict[str, Any], task) -> None:
+    """Refuse to resume another stage's checkpoint, or a distillation whose teachers or target space changed."""
+    old_task = saved.get("task")
+    if old_task is not None and old_task != task.name:
+        raise UsageError(f"--resume: the checkpoint belongs to a {old_task!r} run, this is {task.name!r}; start "
+                         f"from it with --init instead, in a new --out folder")
+    if not hasattr(task, "checkpoint_info") or isinstance(task, type):  # only the stage is known yet
+        return
+    old, new = saved.get("distill") or {}, task.checkpoint_info().get("distill") or {}
+    problems = []
+    for key in ("target_space", "teachers"):
+        a, b = old.get(key), new.get(key)
+        if key == "teachers" and a is not None and b is not None:
+            a = [(t.get("name"), t.get("embed_dim")) for t in a]
+            b = [(t.get("name"), t.get("embed_dim")) for t in b]
+        if a is not None and b is not None and a != b:
+            problems.append(f"distill.{key}: the checkpoint has {a!r}, this run {b!r}")
+    if problems:
+        raise UsageError("cannot resume this distillation: " + "; ".join(problems) + ". Use the feature store and "
+                         "settings of the saved run, or start a new --out folder")
+
+
+class StorageError(UsageError):
+    """The run folder cannot be written (disk full, quota, read-only); printed without a traceback."""
+
+    exit_code = 1
+
+
+# Test-only: MMKD_TEST_NAN_AT_STEPS="3,4" makes the loss of those (0-based) steps NaN, so the
+# reliability tests exercise the real non-finite-step path without mocks. Read once per fit().
+_TEST_NAN_ENV = "MMKD_TEST_NAN_AT_STEPS"
+
+
+def _test_nan_steps() -> set[int]:
+    import os
+
+    return {int(x) for x in os.environ.get(_TEST_NAN_ENV, "").split(",") if x.strip()}
+
+
 def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any]:
     """Train `make_task(student, cfg, device)` under `cfg`; returns the summary (also RUN/summary.json)."""
     device_type = dist_utils.pick_device(cfg.train.device)
@@ -160,11 +201,21 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
         raise UsageError(f"--train.batch_size: {cfg.train.batch_size} / accum_steps {cfg.train.accum_steps} = "
                          f"{micro_global} is not divisible by the {info.world_size} processes; pick a multiple")
     run_dir = Path(cfg.train.out)
+    # A resume is checked before anything is written or loaded: an incompatible one leaves the run as it was.
+    resume_from = resolve_resume(cfg)
+    saved = ckpt_io.read_train_state(resume_from) if resume_from is not None else None
+    if saved is not None:
+        check_resume_compatible(saved, cfg)
+    if saved is not None and getattr(make_task, "name", None):
+        check_resume_task(saved, make_task)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
 
+    # Every RNG the process holds is a function of the seed, so a run's RNG state (saved in each checkpoint)
+    # does not depend on what the process did before.
     torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed % 2 ** 32)
     if student is None:
         student = create_student(cfg.model.name, cfg.model.init, cfg.model.hf_text_path, cfg.model.context_length,
                                  seed=cfg.train.seed)
@@ -186,10 +237,16 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
     optimizer = build_optimizer(module, cfg.optim, device_type)
     # Shard-level problems found while indexing are counted once, on rank 0.
     state = RunState(skipped=Counter(index_skips) if info.is_main else Counter())
-    resume_from = resolve_resume(cfg)
+    if resume_from is not None:
+        check_resume_task(saved, task)
+    if info.is_main:  # written once every check has passed: a refused resume leaves the run folder as it was
+        try:
+            save_yaml(cfg, run_dir / "config.yaml")
+        except OSError as e:
+            raise StorageError(f"--out: cannot write the run folder {run_dir}: {e.strerror or e}; free space or "
+                               f"choose another --out") from None
     if resume_from is not None:
         saved = ckpt_io.load_checkpoint(resume_from, student.model, optimizer, task.extra_modules(), restore_rng=True)
-        check_resume_compatible(saved, cfg)
         state = RunState.from_json(saved["run_state"])
         if not info.is_main:  # rank 0 carries the merged skip counts of the saved run
             state.skipped = Counter()
@@ -228,6 +285,7 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
         progress = tqdm(total=total_steps, initial=state.step, desc=f"{task.name}", unit="step", dynamic_ncols=True)
 
     stopped_by_signal = False
+    nan_steps = _test_nan_steps()
     module.train()
     with _StopFlag() as stop:
         while state.step < total_steps:
@@ -235,8 +293,12 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
             sampler.set_position(epoch, step_in_epoch * cfg.train.accum_steps)
             if hasattr(task, "set_epoch"):
                 task.set_epoch(epoch)
+            # The loader draws its worker seed from its own generator, never from the global RNG: a run resumed
+            # mid-epoch creates one more loader than an uninterrupted run, and must not shift the RNG stream
+            # that dropout and augmentations use.
+            loader_rng = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
             loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pairs,
-                                                 num_workers=cfg.data.num_workers,
+                                                 num_workers=cfg.data.num_workers, generator=loader_rng,
                                                  pin_memory=device_type == "cuda")
             batches = iter(loader)
             while state.step < total_steps and (state.step // steps_per_epoch) == epoch:
@@ -271,6 +333,8 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
                         if empty:  # drop the blank sample's pair outputs (image, text, head_*)
                             outputs = {k: v[:0] if _is_pair_output(k) else v for k, v in outputs.items()}
                         terms = task.losses(outputs, batch, info.rank, info.world_size)
+                        if state.step in nan_steps:  # test-only hook, see _test_nan_steps
+                            terms["loss"] = terms["loss"] * float("nan")
                         loss = terms["loss"] / cfg.train.accum_steps
                         loss.backward()
                     for k, v in terms.items():
@@ -324,7 +388,12 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
     logger.close()
     summary = _summary(state, throughput, total_steps, stopped_by_signal, task, info, device)
     if info.is_main:
-        atomic_write_json(run_dir / "summary.json", summary)
+        try:
+            atomic_write_json(run_dir / "summary.json", summary)
+        except OSError as e:
+            raise StorageError(f"could not write {run_dir / 'summary.json'}: {e.strerror or e}; the final checkpoint "
+                               f"{ckpt_io.latest_checkpoint(run_dir)} is complete. Free space and rerun with "
+                               f"--resume latest to write the summary") from None
     dist_utils.barrier()
     return summary
 

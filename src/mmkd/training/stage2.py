@@ -242,15 +242,10 @@ class DistillTask:
 
 
 def _registry_licence(name: str) -> str | None:
-    try:
-        from mmkd.teachers import registry
+    """The licence the teacher registry knows for `name` (case-insensitive), if any."""
+    from mmkd.teachers.registry import KNOWN_TEACHERS
 
-        for attr in ("TEACHERS", "REGISTRY"):
-            reg = getattr(registry, attr, None)
-            if isinstance(reg, dict):
-                for key, rec in reg.items():
-                    if key.lower() == name.lower() or getattr(rec, "name", "").lower() == name.lower():
-                        return getattr(rec, "licence", None) or getattr(rec, "license", None)
-    except Exception:  # the registry is optional metadata here
-        return None
+    for key, info in KNOWN_TEACHERS.items():
+        if key.lower() == name.lower():
+            return info.licence
     return None

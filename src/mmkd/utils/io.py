@@ -5,9 +5,11 @@ A reader never sees a partially written file: either the old content or the new 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,25 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+# Test-only fault injection: with MMKD_TEST_ENOSPC_AT_WRITE="N" (or "N:any-tag", the tag makes a new
+# setting restart the count) the Nth atomic write of the process fails with ENOSPC after its bytes
+# went to the temporary file, as a full disk would. Reliability tests use it to check that every
+# writer leaves the previous state intact; unset, it costs one dictionary lookup per write.
+_TEST_FAULT_ENV = "MMKD_TEST_ENOSPC_AT_WRITE"
+_test_fault = {"setting": "", "writes": 0}
+
+
+def _test_write_fault(path: Path) -> None:
+    setting = os.environ.get(_TEST_FAULT_ENV, "")
+    if setting != _test_fault["setting"]:
+        _test_fault.update(setting=setting, writes=0)
+    if not setting:
+        return
+    _test_fault["writes"] += 1
+    if _test_fault["writes"] == int(setting.split(":")[0]):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success fsync it and rename it over `path`.
@@ -44,6 +65,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _test_write_fault(path)
         with open(tmp_path, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())
@@ -77,11 +99,17 @@ def _json_default(obj: Any):
 
 def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """Save a dict of torch tensors as safetensors, atomically. Tensors are made contiguous."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # its I/O errors (disk full, ...) are not OSErrors: make them one
+            code = re.search(r"os error (\d+)", str(e))
+            number = int(code.group(1)) if code else errno.EIO
+            raise OSError(number, os.strerror(number), str(path)) from e
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

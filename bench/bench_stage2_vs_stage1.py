@@ -1,0 +1,115 @@
+"""Stage-2 (distillation) step against the stage-1 (CLIP) step: same student, batch and data.
+
+Both run through `mmkd.training.loop.fit` — `ClipTask` for stage 1, `DistillTask` for stage 2
+— on the same CSV, student config, seed, batch and number of steps. Stage 2 reads precomputed
+teacher features from a feature store written with `FeatureStoreWriter` (the paper's teacher
+set: 9 teachers, dims 768/512, about 6.6 of 9 available per sample) and uses the paper's
+defaults: random-available policy, projection targets through an alignment autoencoder,
+lambda_fd 50, lambda_icl 1. The timed window is the same steps of both (start-up and the
+final checkpoint left out); runs alternate `--repeats` times and the medians are compared.
+
+On this CPU with a tiny student the fixed per-teacher cost of stage 2 (store reads, 9
+alignment projections, FD and ICL per teacher) weighs far more than with the paper's
+ViT-B/16 + BERT-base student, whose step is about 10^4 times larger; `bench_gpu.py` measures
+that configuration.
+
+Usage: python bench/bench_stage2_vs_stage1.py [--model mmkd-demo-vit] [--batch 64] [--steps 50]
+Prints `RATIO stage2_vs_stage1_step: <stage-2 / stage-1 step time>x (target <= 1.10)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from _common import median, print_header, steady_rate, write_pairs_csv
+
+# The paper's teachers and their raw embedding dims (DESIGN.md section 1).
+PAPER_TEACHERS = {"BMCA": 768, "BiomedCLIP": 512, "UniMedCLIP": 512, "PMCCLIP": 768, "QuiltNet": 512,
+                  "GenMedClip": 512, "PLIP": 512, "PUBMEDCLIP": 512, "MedCLIP": 512}
+
+
+def write_teacher_store(csv: Path, store: Path, teachers: dict[str, int], latent_dim: int, seed: int = 0,
+                        available_share: float = 6.6 / 9, chunk_rows: int = 4096) -> Path:
+    """A complete feature store for the samples of `csv` (random unit features, random availability)
+    plus alignment weights (a randomly initialised autoencoder into `latent_dim`)."""
+    import torch
+
+    from mmkd.data.feature_store import FeatureStore, FeatureStoreWriter, TeacherEntry
+    from mmkd.data.pairs import index_source
+    from mmkd.models.alignment import WEIGHTS_FILE, AlignmentAE, save_alignment
+
+    records, _ = index_source(str(csv))
+    ids = [r.sample_id for r in records]
+    rng = np.random.default_rng(seed)
+    entries = [TeacherEntry(t, d, provenance={"weights": {t: f"bench-{t}"}}) for t, d in teachers.items()]
+    writer = FeatureStoreWriter.open(store, ids, entries, chunk_rows=chunk_rows)
+    for c in range(writer.num_chunks):
+        a, b = writer.chunk_bounds(c)
+        for t, d in teachers.items():
+            img, txt = rng.standard_normal((b - a, d)), rng.standard_normal((b - a, d))
+            writer.write_chunk(c, t, {
+                "image": img / np.linalg.norm(img, axis=1, keepdims=True),
+                "text": txt / np.linalg.norm(txt, axis=1, keepdims=True),
+                "available": rng.random(b - a) < available_share,
+                "score": np.ones(b - a, np.float32)})
+    writer.finalize()
+    torch.manual_seed(seed)
+    save_alignment(AlignmentAE(teachers, latent_dim), store / WEIGHTS_FILE, FeatureStore(store), {})
+    return store
+
+
+def run(stage: str, csv: Path, store: Path, out: Path, args) -> float:
+    from mmkd.config import build_config
+    from mmkd.training.loop import fit
+    from mmkd.training.stage1 import ClipTask
+    from mmkd.training.stage2 import DistillTask
+
+    flags = ["--data", str(csv), "--model", args.model, "--out", str(out), "--batch-size", str(args.batch),
+             "--max-steps", str(args.steps), "--optim.warmup_steps", "10", "--train.device", "cpu",
+             "--train.progress", "false", "--train.log_every", "10", "--seed", "0"]
+    if stage == "distill":
+        flags += ["--store", str(store)]
+    cfg = build_config(None, flags, stage=stage)
+    fit(cfg, DistillTask if stage == "distill" else ClipTask)
+    return steady_rate(out, args.batch, args.warmup)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="mmkd-demo-vit", help="student config")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=50, help="steps per run (a multiple of 10)")
+    parser.add_argument("--warmup", type=int, default=10, help="steps left out of the timing (a multiple of 10)")
+    parser.add_argument("--teachers", type=int, default=9, help="how many of the paper's 9 teachers the store holds")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    from mmkd.models.student import resolve_model_config
+
+    print_header("stage-2 step vs stage-1 step (same student, batch, data; teachers precomputed)")
+    teachers = dict(list(PAPER_TEACHERS.items())[:args.teachers])
+    embed_dim = int(resolve_model_config(args.model)[0]["embed_dim"])
+    s1, s2 = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        csv = write_pairs_csv(root / "data", args.batch * (args.steps + 1), image_size=32)
+        store = write_teacher_store(csv, root / "store", teachers, embed_dim)
+        print(f"store: {len(teachers)} teachers (dims {sorted(set(teachers.values()))}), "
+              f"{args.batch * (args.steps + 1)} rows, alignment latent {embed_dim}")
+        for r in range(args.repeats):
+            s1.append(run("pretrain", csv, store, root / f"s1-{r}", args))
+            s2.append(run("distill", csv, store, root / f"s2-{r}", args))
+            print(f"repeat {r}: stage 1 {s1[-1]:7.1f} samples/s, stage 2 {s2[-1]:7.1f} samples/s")
+    ratio = median(s1) / median(s2)
+    print(f"stage 1: {median(s1):7.1f} samples/s ({1000 * args.batch / median(s1):6.1f} ms/step, median)")
+    print(f"stage 2: {median(s2):7.1f} samples/s ({1000 * args.batch / median(s2):6.1f} ms/step, median)")
+    print(f"extra per step: {1000 * args.batch * (1 / median(s2) - 1 / median(s1)):.1f} ms")
+    print(f"RATIO stage2_vs_stage1_step: {ratio:.3f}x (target <= 1.10: stage-2 / stage-1 step time, "
+          f"{args.model}, {len(teachers)} teachers)")
+
+
+if __name__ == "__main__":
+    main()

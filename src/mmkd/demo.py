@@ -1,0 +1,211 @@
+"""`mmkd demo`: the whole pipeline end to end on built-in data, with a results table.
+
+real-mini + synthetic corpus -> expert teachers (open_clip and transformers formats) ->
+stage 1 (student, CLIP loss) -> feature extraction + availability -> alignment -> stage 2
+(distillation) and its control (the same steps with the CLIP loss alone) -> evaluation of
+every model on six task types -> `mmkd report`. See `demo_recipe` for what each part sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = """\
+Run the whole of mmkd on built-in data (no downloads): four real modalities shipped with mmkd
+(chest X-ray, breast ultrasound, fundus, blood cells; captions made from class names) and four
+synthetic ones (CT, brain MRI, histopathology, dermoscopy; `mmkd synth`).
+
+  1. data        both corpora; the student gets 20 % of every modality's captioned pairs, the
+                 rest of the images are image-only samples (no caption)
+  2. teachers    four experts, each trained on all pairs of its modalities (open_clip folders and
+                 one transformers CLIPModel), plus a weak generalist on 10 % of everything
+  3. stage 1     the student's CLIP pretraining on its pairs
+  4. extract     every teacher encodes the student's pairs into a feature store (+ availability)
+  5. align       the alignment autoencoder (teachers -> student space)
+  6. stage 2     distillation (default: the experts' zero-shot decisions on the image-only
+                 images, routed by modality) and the control: the same steps, CLIP loss only
+  7. evaluate    every teacher and student on zero-shot, linear probe, retrieval, VQA,
+                 MIL classification and survival; then `mmkd report`
+
+Prints a table (per-task means over datasets, and their overall mean) and where the report,
+plots and HTML page are. Rerunning on the same --out reuses every finished step.
+
+examples:
+  mmkd demo                          # about 10 minutes on 2 CPU cores; results in runs/demo
+  mmkd demo --quick --out /tmp/demo  # a small version (a couple of minutes), as the tests run it
+  mmkd demo --stage2 decision,projection,relational,adaptor --out runs/compare --seed 1
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/demo", metavar="DIR",
+                        help="folder for everything the demo writes; rerun on it to reuse finished steps "
+                             "(default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="a small version that runs in a couple of minutes")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data, splits and training (default: 0)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="steps run at the same time, each in its own process (default: 2, for 2 cores)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per step (default: CPU cores / jobs, at least 1)")
+    parser.add_argument("--stage2", default="", metavar="VARIANTS",
+                        help="comma-separated stage-2 variants to run beside the control: decision, projection, "
+                             "adaptor, relational, decision+projection (default: decision)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmkd.demo_jobs import Runner, check_out_dir
+    from mmkd.demo_recipe import make_recipe
+    from mmkd.demo_table import format_table, results, verdict
+    from mmkd.errors import UsageError
+    from mmkd.utils.io import atomic_write_json
+
+    if args.jobs < 1:
+        raise UsageError(f"--jobs: {args.jobs} must be at least 1")
+    if args.seed < 0:
+        raise UsageError(f"--seed: {args.seed} is negative; use a seed >= 0")
+    variants = tuple(v.strip() for v in args.stage2.split(",") if v.strip()) or None
+    recipe = make_recipe(quick=args.quick, seed=args.seed, variants=variants)
+    root = Path(args.out)
+    check_out_dir(root)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(root / "recipe.json", recipe.to_json())
+    started = time.perf_counter()
+    print(f"mmkd demo{' --quick' if recipe.quick else ''}: writing to {root.resolve()}")
+
+    from mmkd.demo_data import prepare
+
+    print("[1/7] data: synthetic corpus + real-mini images, student / teacher / image-only tables")
+    info = prepare(root / "data", recipe)
+    _print_counts(info)
+    _preimport()
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    runner = Runner(root, jobs=args.jobs, threads=threads)
+    plan = _plan(runner, recipe, info, root)
+    print(f"[2-7/7] {len(runner.steps)} steps, {args.jobs} at a time ({threads} thread(s) each); logs in {root / 'logs'}")
+    runner.run()
+    rows = results(runner, plan)
+    table = format_table(rows, plan)
+    atomic_write_json(root / "results.json", {"rows": rows, "recipe": recipe.to_json(),
+                                              "minutes": round((time.perf_counter() - started) / 60, 2)})
+    (root / "results.md").write_text(table + "\n")
+    print()
+    print(table)
+    print()
+    for line in verdict(rows, plan):
+        print(line)
+    report = runner.steps["report"].result or {}
+    print()
+    print(f"report: {report.get('markdown')}  (tables)")
+    print(f"        {report.get('html')}  (one page with plots)")
+    print(f"        plots in {Path(report.get('html', root)).parent / 'plots'}")
+    print(f"table:  {root / 'results.md'}; per-result JSON in {root / 'eval'}")
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min")
+    return 0
+
+
+def _preimport() -> None:
+    """Import what the steps use once here, so forked steps start without importing anything."""
+    import open_clip  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    from transformers import CLIPModel  # noqa: F401
+
+    import mmkd.evaluation.linear_probe  # noqa: F401
+    import mmkd.evaluation.mil  # noqa: F401
+    import mmkd.evaluation.retrieval  # noqa: F401
+    import mmkd.evaluation.survival  # noqa: F401
+    import mmkd.evaluation.vqa  # noqa: F401
+    import mmkd.evaluation.zero_shot  # noqa: F401
+    import mmkd.training.loop  # noqa: F401
+    import mmkd.training.stage2  # noqa: F401
+
+
+def _print_counts(info: dict[str, Any]) -> None:
+    counts = info["counts"]
+    for name in ("all_pairs", "student_pairs", "image_only"):
+        c = counts[name]
+        print(f"  {name:<22} {sum(c.values()):>6}  " + ", ".join(f"{m} {n}" for m, n in c.items()))
+    for name, c in counts.items():
+        if name.startswith("teacher-"):
+            print(f"  {name:<22} {sum(c.values()):>6}  " + ", ".join(f"{m} {n}" for m, n in c.items()))
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Add every step to the runner; returns the models to evaluate (name -> display label, kind)."""
+    from mmkd.demo_jobs import Step
+    from mmkd.demo_recipe import NEEDS_ALIGNMENT, NEEDS_IMAGE_ONLY, STAGE2_VARIANTS
+
+    paths, counts = info["paths"], info["counts"]
+    data_salt = _hash(counts)
+    abs_ = lambda p: str(Path(p).resolve())  # noqa: E731
+    models: dict[str, dict[str, Any]] = {}
+    specs: dict[str, str] = {}
+    for t in recipe.teachers:
+        export_dir = abs_(root / "teachers" / t.name)
+        specs[t.name] = f"{'hf' if t.kind == 'hf' else 'local-dir'}:{export_dir}"
+        pairs = paths[f"teacher-{t.name}"]
+        prompts = [p for m in t.modalities for p in info["class_prompts"].get(m, [])]
+        num = sum(counts[f"teacher-{t.name}"].values())
+        runner.add(Step(f"teacher-{t.name}", "mmkd.demo_steps:teacher", dict(
+            kind=t.kind, pairs_csv=abs_(pairs), run_dir=abs_(root / "runs" / f"teacher-{t.name}"),
+            export_dir=export_dir, model=t.model, epochs=t.epochs, lr=t.lr,
+            batch_size=recipe.teacher_batch_size, seed=recipe.seed, prompts=prompts),
+            clean=(str(root / "runs" / f"teacher-{t.name}"), str(root / "teachers" / t.name)),
+            weight=num * t.epochs / 1000, salt=data_salt))
+        what = ", ".join(t.modalities) if t.modalities else f"{t.fraction:.0%} of every modality"
+        models[t.name] = {"label": f"teacher {t.name} ({what})", "kind": "teacher", "step": f"teacher-{t.name}",
+                          "spec": specs[t.name]}
+    student_pairs = abs_(paths["student_pairs"])
+    num_student = sum(counts["student_pairs"].values())
+    s1 = abs_(root / "runs" / "student-stage1")
+    runner.add(Step("stage1", "mmkd.demo_steps:stage1", dict(
+        pairs_csv=student_pairs, run_dir=s1, model=recipe.student_model, epochs=recipe.stage1_epochs,
+        lr=recipe.stage1_lr, batch_size=recipe.batch_size, seed=recipe.seed),
+        clean=(s1,), weight=num_student * recipe.stage1_epochs / 1000, salt=data_salt))
+    models["student-stage1"] = {"label": "student after stage 1 (CLIP loss)", "kind": "student", "step": "stage1",
+                                "spec": s1}
+    store = abs_(root / "store")
+    teacher_steps = tuple(f"teacher-{t.name}" for t in recipe.teachers)
+    runner.add(Step("extract", "mmkd.demo_steps:extract", dict(
+        pairs_csv=student_pairs, teachers=specs, store=store),
+        deps=teacher_steps, clean=(store,), weight=num_student * len(recipe.teachers) / 2000, salt=data_salt))
+    runner.add(Step("align", "mmkd.demo_steps:align", dict(store=store, latent_dim=64, steps=300 if not recipe.quick
+                                                            else 50, seed=recipe.seed), deps=("extract",), weight=0.3))
+    shared = dict(pairs_csv=student_pairs, store=store, init=s1, steps=recipe.stage2_steps, lr=recipe.stage2_lr,
+                  batch_size=recipe.batch_size, seed=recipe.seed)
+    decision = {"data.image_only_path": abs_(paths["image_only"]), "distill.decision_vocab": abs_(paths["decision_vocab"]),
+                "distill.modality_routes": recipe.routes(), "distill.decision_temperature": recipe.decision_temperature}
+    for variant in ("control", *recipe.stage2_variants):
+        overrides = dict(STAGE2_VARIANTS[variant])
+        if variant in NEEDS_IMAGE_ONLY:
+            overrides.update(decision)
+        name = "student-control" if variant == "control" else f"student-stage2-{variant}"
+        run_dir = abs_(root / "runs" / name)
+        deps = ("stage1", "extract") + (("align",) if variant in NEEDS_ALIGNMENT else ())
+        runner.add(Step(name.replace("student-", ""), "mmkd.demo_steps:stage2",
+                        dict(shared, run_dir=run_dir, overrides=overrides), deps=deps, clean=(run_dir,),
+                        weight=recipe.stage2_steps * recipe.batch_size * (1.6 if variant in NEEDS_IMAGE_ONLY else 1)
+                        / 1000))
+        label = ("control: stage 1 + the same steps, CLIP loss only" if variant == "control"
+                 else f"student after stage 2 ({variant})")
+        models[name] = {"label": label, "kind": "control" if variant == "control" else "stage2",
+                        "step": name.replace("student-", ""), "spec": run_dir}
+    eval_dir = abs_(root / "eval")
+    catalog = abs_(paths["catalog"])
+    for name, m in models.items():
+        runner.add(Step(f"eval-{name}", "mmkd.demo_steps:evaluate", dict(
+            spec=m["spec"], name=name, catalog=catalog, out_dir=eval_dir, seed=recipe.seed,
+            num_bootstrap=recipe.num_bootstrap), deps=(m["step"],), weight=1.5, salt=data_salt))
+    runner.add(Step("report", "mmkd.demo_steps:report", dict(eval_dir=eval_dir, out=abs_(root / "report")),
+                    deps=tuple(f"eval-{n}" for n in models), weight=0.5))
+    return {"models": models}

@@ -1,0 +1,111 @@
+"""The demo's data: both corpora, who sees which pairs, the decision vocabulary and one eval catalog.
+
+`prepare(data_dir, recipe)` writes (all tables with paths relative to their own folder):
+
+    data_dir/synth/            `mmkd synth` corpus (ct, mri, histopathology, dermoscopy)
+    data_dir/real/             real-mini corpus (chest-xray, breast-ultrasound, fundus, blood-cells)
+    data_dir/all_pairs.csv     every captioned training pair of both corpora
+    data_dir/student_pairs.csv the student's stratified fraction of every modality
+    data_dir/image_only.csv    every other training image: image, modality, sample_id (no caption)
+    data_dir/teacher-<name>.csv  each teacher's pairs
+    data_dir/decision_vocab.yaml modality -> {classnames, templates} of both corpora
+    data_dir/catalog.yaml      the evaluation datasets of both corpora (six task types)
+    data_dir/data.json         counts per modality and per table
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmkd.demo_recipe import DemoRecipe
+from mmkd.utils.io import atomic_write_json, atomic_write_text
+
+
+def _relative_pairs(corpus, data_dir: Path):
+    """A corpus's training pairs with image paths relative to `data_dir`."""
+    df = corpus.pairs()
+    base = corpus.pairs_csv.parent.resolve()
+    df["image"] = [os.path.relpath(base / p, data_dir.resolve()) for p in df["image"]]
+    return df[["image", "caption", "sample_id", "modality", "label"]]
+
+
+def _merged_catalog(parts: dict[str, Path], out: Path, recipe: DemoRecipe) -> dict[str, Any]:
+    """One catalog over both corpora (paths rewritten relative to `out`), with the demo's probe settings."""
+    from mmkd.evaluation.runner import parse_catalog
+
+    datasets: dict[str, Any] = {}
+    for catalog in parts.values():
+        data = yaml.safe_load(catalog.read_text())
+        base = catalog.parent.resolve()
+        for name, entry in data["datasets"].items():
+            entry = dict(entry)
+            rel = lambda p: os.path.relpath(base / p, out.parent.resolve())  # noqa: E731
+            entry["path"] = rel(entry["path"])
+            if isinstance(entry.get("split"), dict):
+                entry["split"] = {k: rel(v) for k, v in entry["split"].items()}
+            if isinstance(entry.get("templates"), str) and (base / entry["templates"]).is_file():
+                entry["templates"] = rel(entry["templates"])
+            if "linear-probe" in entry.get("tasks", []):
+                # One training-set size and a short C grid keep eight models' probes fast.
+                entry.update({"fractions": [1.0], "shots": [], "c_grid": list(recipe.probe_c_grid)})
+            datasets[name] = entry
+    catalog = {"datasets": datasets}
+    parse_catalog(catalog, out.parent)  # fail here, not in eight evaluation steps
+    return catalog
+
+
+def prepare(data_dir: str | Path, recipe: DemoRecipe, progress: bool = True) -> dict[str, Any]:
+    """Write the demo's data (layout in the module docstring); returns the paths and counts."""
+    import pandas as pd
+
+    from mmkd.data.real_corpus import write_real_corpus
+    from mmkd.data.synth import generate
+    from mmkd.data.synth_splits import demo_split, write_pairs_csv
+
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    synth = generate(data_dir / "synth", seed=recipe.seed, size=32, train_per_class=recipe.synth_train_per_class,
+                     quick=recipe.quick, workers=2, progress=progress)
+    real = write_real_corpus(data_dir / "real", seed=recipe.seed, quick=recipe.quick,
+                             max_train_per_class=recipe.real_train_per_class, progress=progress)
+    pairs = pd.concat([_relative_pairs(synth, data_dir), _relative_pairs(real, data_dir)], ignore_index=True)
+    experts = {t.name: list(t.modalities) for t in recipe.teachers if t.modalities}
+    split = demo_split(pairs, experts, student_fraction=recipe.student_fraction, generalist_fraction=None,
+                       seed=recipe.seed)
+    tables = {"all_pairs": pairs, "student_pairs": split.student_pairs}
+    for t in recipe.teachers:
+        if t.modalities:
+            tables[f"teacher-{t.name}"] = split.experts[t.name]
+        else:  # the weak generalist: a fraction of every modality, drawn with another seed than the student's
+            from mmkd.data.synth_splits import take_fraction
+
+            tables[f"teacher-{t.name}"] = take_fraction(pairs, t.fraction, seed=recipe.seed + 7919)
+    paths = {}
+    for name, table in tables.items():
+        paths[name] = str(write_pairs_csv(table, data_dir / f"{name}.csv", data_dir))
+    paths["image_only"] = str(write_pairs_csv(split.image_only, data_dir / "image_only.csv", data_dir,
+                                              columns=["image", "modality", "sample_id"]))
+    vocab = {**yaml.safe_load((synth.root / "decision_vocab.yaml").read_text()),
+             **yaml.safe_load((real.root / "decision_vocab.yaml").read_text())}
+    atomic_write_text(data_dir / "decision_vocab.yaml", yaml.safe_dump(vocab, sort_keys=False, width=120))
+    catalog = _merged_catalog({"synth": synth.catalog, "real": real.catalog}, data_dir / "catalog.yaml", recipe)
+    atomic_write_text(data_dir / "catalog.yaml",
+                      "# The demo's evaluation datasets: mmkd synth + real-mini (captions made from class names).\n"
+                      + yaml.safe_dump(catalog, sort_keys=False, width=120))
+    counts = {name: {str(m): int(n) for m, n in table["modality"].value_counts().sort_index().items()}
+              for name, table in tables.items()}
+    counts["image_only"] = {str(m): int(n) for m, n in split.image_only["modality"].value_counts().sort_index().items()}
+    info = {"paths": {**paths, "decision_vocab": str(data_dir / "decision_vocab.yaml"),
+                      "catalog": str(data_dir / "catalog.yaml")}, "counts": counts,
+            "class_prompts": {m: [t.format(c) for c in v["classnames"] for t in v["templates"]] for m, v in vocab.items()}}
+    atomic_write_json(data_dir / "data.json", info)
+    return info
+
+
+def load_info(data_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(data_dir) / "data.json").read_text())

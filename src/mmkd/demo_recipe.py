@@ -1,0 +1,127 @@
+"""What `mmkd demo` trains: the data assignment, the teachers, the student and the stage-2 variants.
+
+One recipe for the full demo (`make demo`, about 10 minutes on 2 CPU cores) and one for
+`--quick` (tests). Everything is plain data, written to `DIR/recipe.json`; a step reruns when
+the part of the recipe it depends on changes.
+
+Modalities (the `modality` column of the corpora): synthetic `ct`, `mri`, `histopathology`,
+`dermoscopy` (`mmkd synth`) and real `chest-xray`, `breast-ultrasound`, `fundus`,
+`blood-cells` (the shipped real-mini images, captions made from class names).
+
+Teachers are experts: each sees *all* captioned pairs of its modalities, with a finer-patch
+image tower and more epochs than the student; the weak generalist sees 10 % of every
+modality. The student sees a stratified `student_fraction` of every modality's pairs; the rest
+of the images are image-only samples (no caption) that decision distillation may use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+SYNTH_MODALITIES = ("ct", "mri", "histopathology", "dermoscopy")
+REAL_MODALITIES = ("chest-xray", "breast-ultrasound", "fundus", "blood-cells")
+
+
+@dataclass(frozen=True)
+class TeacherPlan:
+    """One teacher: its name, what it sees, its format and how long it trains.
+
+    `modalities` empty means "a `fraction` of every modality" (the weak generalist).
+    `kind`: `open_clip` (trained by mmkd pretrain, exported as a `local-dir:` folder) or `hf`
+    (a transformers CLIPModel with its own word-level tokenizer, saved with save_pretrained).
+    """
+
+    name: str
+    modalities: tuple[str, ...]
+    kind: str = "open_clip"
+    model: str = "mmkd-demo-teacher"
+    epochs: int = 8
+    lr: float = 1e-3
+    fraction: float = 1.0
+
+
+# Stage-2 variants: name -> dotted overrides of `mmkd distill` (beside the shared schedule).
+# `control` is the same run with every distillation weight at 0: the CLIP loss alone.
+STAGE2_VARIANTS: dict[str, dict[str, Any]] = {
+    "control": {"distill.target_space": "relational", "distill.lambda_kl": 0.0, "distill.lambda_fd": 0.0,
+                "distill.lambda_icl": 0.0},
+    "projection": {"distill.target_space": "projection", "distill.lambda_fd": 50.0, "distill.lambda_icl": 1.0},
+    "adaptor": {"distill.target_space": "adaptor", "distill.lambda_fd": 50.0, "distill.lambda_icl": 1.0},
+    "relational": {"distill.target_space": "relational", "distill.lambda_kl": 1.0},
+    "decision": {"distill.target_space": "decision", "distill.lambda_decision": 1.0, "distill.lambda_kl": 0.0},
+    "decision+projection": {"distill.target_space": "projection", "distill.lambda_decision": 1.0,
+                            "distill.lambda_fd": 50.0, "distill.lambda_icl": 1.0},
+}
+NEEDS_IMAGE_ONLY = ("decision", "decision+projection")
+NEEDS_ALIGNMENT = ("projection", "decision+projection")
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    quick: bool = False
+    seed: int = 0
+    # data
+    synth_train_per_class: int = 300
+    real_train_per_class: int = 500
+    student_fraction: float = 0.2
+    # teachers
+    teachers: tuple[TeacherPlan, ...] = ()
+    teacher_batch_size: int = 64
+    # student
+    student_model: str = "mmkd-tiny-vit"
+    batch_size: int = 64
+    stage1_epochs: int = 15
+    stage1_lr: float = 1e-3
+    stage2_steps: int = 300
+    stage2_lr: float = 5e-4
+    stage2_variants: tuple[str, ...] = ("decision",)
+    decision_temperature: float = 0.05
+    # evaluation
+    num_bootstrap: int = 200
+    probe_c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def teacher(self, name: str) -> TeacherPlan:
+        return next(t for t in self.teachers if t.name == name)
+
+    def routes(self) -> dict[str, list[str]]:
+        """modality -> the expert teachers trained on it (decision targets come from them only)."""
+        out: dict[str, list[str]] = {}
+        for t in self.teachers:
+            for m in t.modalities:
+                out.setdefault(m, []).append(t.name)
+        return out
+
+
+def default_teachers(quick: bool) -> tuple[TeacherPlan, ...]:
+    epochs = 3 if quick else 8
+    return (
+        TeacherPlan("radiology", ("chest-xray", "breast-ultrasound", "ct"), epochs=epochs),
+        TeacherPlan("pathology", ("blood-cells", "histopathology"), epochs=epochs),
+        TeacherPlan("eye-brain", ("fundus", "mri"), kind="hf", model="hf-clip-demo", epochs=epochs),
+        TeacherPlan("dermatology", ("dermoscopy",), epochs=epochs + (1 if quick else 4)),
+        TeacherPlan("generalist-weak", (), model="mmkd-tiny-vit", epochs=epochs, fraction=0.1),
+    )
+
+
+def make_recipe(quick: bool = False, seed: int = 0, variants: tuple[str, ...] | None = None) -> DemoRecipe:
+    """The demo's recipe; `quick` is a small version that runs end to end in a couple of minutes."""
+    base = DemoRecipe(quick=quick, seed=seed, teachers=default_teachers(quick))
+    if quick:
+        base = dataclasses.replace(base, synth_train_per_class=24, real_train_per_class=40, student_fraction=0.3,
+                                   stage1_epochs=4, stage2_steps=8, batch_size=32, teacher_batch_size=32,
+                                   num_bootstrap=20)
+    if variants:
+        unknown = [v for v in variants if v not in STAGE2_VARIANTS or v == "control"]
+        if unknown:
+            from mmkd.errors import UsageError
+
+            raise UsageError(f"--stage2: {unknown} not allowed; choose from "
+                             f"{', '.join(v for v in STAGE2_VARIANTS if v != 'control')}")
+        base = dataclasses.replace(base, stage2_variants=tuple(variants))
+    return base

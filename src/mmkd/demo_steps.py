@@ -1,0 +1,152 @@
+"""The demo's steps as plain functions of JSON-able arguments (run by `demo_jobs.Runner`).
+
+Each calls the library the way a user would: the stage-1 loop, `mmkd extract` / `mmkd align`
+through the command line's own `main`, the stage-2 loop, the evaluation runner. Each returns a
+small JSON-able result that the runner stores in the step's done-marker.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+# Headline metric per task for the demo's table: one number per (model, dataset, task).
+TASK_METRIC = {
+    "zero-shot": ("balanced_accuracy",),
+    "linear-probe": ("balanced_accuracy",),
+    "retrieval": ("i2t_recall@5", "t2i_recall@5"),  # their mean
+    "vqa": ("accuracy",),
+    "mil-classification": ("auroc",),
+    "survival": ("c_index",),
+}
+TASKS = tuple(TASK_METRIC)
+
+
+def _fit(tokens: list[str], task: str) -> dict[str, Any]:
+    from mmkd.config import build_config
+    from mmkd.training.loop import fit
+
+    common = ["--train.progress", "false", "--train.keep_checkpoints", "1", "--train.log_every", "10"]
+    if task == "pretrain":
+        from mmkd.training.stage1 import ClipTask
+
+        summary = fit(build_config(None, tokens + common, stage="pretrain"), ClipTask)
+    else:
+        from mmkd.training.stage2 import DistillTask
+
+        summary = fit(build_config(None, tokens + common, stage="distill"), DistillTask)
+    if not summary.get("completed"):
+        raise RuntimeError(f"training stopped before the end: {summary}")
+    return {k: summary.get(k) for k in ("num_steps", "final_loss", "final_terms", "samples_per_s", "wall_s")}
+
+
+def teacher(kind: str, pairs_csv: str, run_dir: str, export_dir: str, model: str, epochs: int, lr: float,
+            batch_size: int, seed: int, prompts: list[str]) -> dict[str, Any]:
+    """Train one expert teacher and save it in its real format; returns {"spec", "summary"}."""
+    from mmkd.demo_teachers import train_hf_teacher, train_open_clip_teacher
+
+    if kind == "hf":
+        return train_hf_teacher(pairs_csv, export_dir, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                                extra_texts=prompts)
+    return train_open_clip_teacher(pairs_csv, run_dir, export_dir, model, epochs, lr, batch_size, seed)
+
+
+def stage1(pairs_csv: str, run_dir: str, model: str, epochs: int, lr: float, batch_size: int,
+           seed: int) -> dict[str, Any]:
+    """Stage 1: CLIP pretraining of the student on its captioned pairs."""
+    return _fit(["--data", pairs_csv, "--model", model, "--out", run_dir, "--epochs", str(epochs),
+                 "--batch-size", str(batch_size), "--lr", str(lr), "--seed", str(seed),
+                 "--optim.warmup_steps", "20", "--optim.weight_decay", "0.1"], "pretrain")
+
+
+def extract(pairs_csv: str, teachers: dict[str, str], store: str) -> dict[str, Any]:
+    """`mmkd extract`: every teacher encodes the student's pairs; availability by the rank rule."""
+    from mmkd.cli import main
+    from mmkd.data.feature_store import FeatureStore
+
+    args = ["extract", "--data", pairs_csv, "--out", store, "--availability", "rank", "--candidates", "10",
+            "--no-progress"]
+    for name, spec in teachers.items():
+        args += ["--teacher", f"{name}={spec}"]
+    code = main(args)
+    if code:
+        raise RuntimeError(f"mmkd extract exited with {code}")
+    fs = FeatureStore(store)
+    avail = fs.available
+    return {"teachers": fs.teachers, "available_fraction": {t: round(float(avail[:, j].mean()), 4)
+                                                            for j, t in enumerate(fs.teachers)}}
+
+
+def align(store: str, latent_dim: int, steps: int, seed: int) -> dict[str, Any]:
+    """`mmkd align`: the alignment autoencoder that maps every teacher into the student's space."""
+    from mmkd.cli import main
+
+    code = main(["align", "--store", store, "--latent-dim", str(latent_dim), "--steps", str(steps),
+                 "--seed", str(seed)])
+    if code:
+        raise RuntimeError(f"mmkd align exited with {code}")
+    report = json.loads((Path(store) / "alignment.json").read_text()) if (Path(store) / "alignment.json").is_file() \
+        else {}
+    return {"mean_pair_cosine": report.get("mean_pair_cosine")}
+
+
+def stage2(pairs_csv: str, store: str, init: str, run_dir: str, steps: int, lr: float, batch_size: int, seed: int,
+           overrides: dict[str, Any]) -> dict[str, Any]:
+    """Stage 2 (or its control): `steps` optimiser steps from the stage-1 student, the given distill options."""
+    from mmkd.data.pairs import index_source
+
+    num_pairs = len(index_source(pairs_csv)[0])
+    epochs = max(1, math.ceil(steps / max(1, num_pairs // batch_size)))
+    tokens = ["--data", pairs_csv, "--store", store, "--init", init, "--out", run_dir, "--epochs", str(epochs),
+              "--max-steps", str(steps), "--batch-size", str(batch_size), "--lr", str(lr), "--seed", str(seed),
+              "--optim.warmup_steps", "10", "--optim.weight_decay", "0.1"]
+    for key, value in overrides.items():
+        tokens += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return _fit(tokens, "distill")
+
+
+def evaluate(spec: str, name: str, catalog: str, out_dir: str, seed: int, num_bootstrap: int) -> dict[str, Any]:
+    """Evaluate one model on every dataset and task of the catalog; returns its headline numbers."""
+    import warnings
+
+    from mmkd import load_model
+    from mmkd.evaluation.runner import evaluate as run_eval
+
+    model = load_model(spec, name=name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        records = run_eval(model, catalog, TASKS, out_dir, seed=seed, num_bootstrap=num_bootstrap, model_name=name,
+                           cache_dir=Path(out_dir) / ".feature_cache")
+    return {"scores": headline_scores(records)}
+
+
+def headline_scores(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """task -> dataset -> the task's headline number (see TASK_METRIC)."""
+    out: dict[str, dict[str, float]] = {}
+    for r in records:
+        names = TASK_METRIC.get(r["task"])
+        if not names:
+            continue
+        values = [r["metrics"].get(m) for m in names]
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        if values:
+            out.setdefault(r["task"], {})[r["dataset"]] = float(sum(values) / len(values))
+    return out
+
+
+def summarise(scores: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per-task means over datasets, and `overall`: the mean of the per-task means."""
+    row = {t: float(sum(v.values()) / len(v)) for t, v in scores.items() if v}
+    present = [row[t] for t in TASKS if t in row]
+    row["overall"] = float(sum(present) / len(present)) if present else float("nan")
+    return row
+
+
+def report(eval_dir: str, out: str) -> dict[str, Any]:
+    """`mmkd report`: tables, plots and the HTML page of every evaluation result."""
+    from mmkd.evaluation.report import write_report
+
+    written = write_report(eval_dir, out)
+    return {k: (str(v) if not isinstance(v, list) else [str(x) for x in v]) for k, v in written.items()}
