@@ -216,8 +216,43 @@ def caption_vocabulary(captions: list[str]) -> list[str]:
     return sorted(set(words))
 
 
+def set_threads() -> int:
+    """Intra-op threads for a CPU benchmark: MMKD_BENCH_THREADS, default 1.
+
+    One thread by default because on a small shared machine OpenMP worker threads that spin
+    while other processes hold the cores make step times swing by 5-10x; ratios measured with
+    one thread are stable. Set MMKD_BENCH_THREADS=0 to keep torch's own choice.
+    """
+    import torch
+
+    n = int(os.environ.get("MMKD_BENCH_THREADS", "1"))
+    if n > 0 and not torch.cuda.is_available():
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
 def print_header(title: str) -> None:
     info = machine_info()
     print(f"# {title}")
     print(f"# machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['threads']} threads), "
           f"gpu {info['gpu']}")
+
+
+def transformer_flops(tokens: int, width: int, layers: int, mlp_ratio: float = 4.0) -> float:
+    """Forward FLOPs of one sequence through a pre-/post-norm transformer encoder (2 FLOPs per MAC).
+
+    Per layer and token: QKV and output projections 8 w^2, MLP 4 * mlp_ratio * w^2, attention
+    scores and weighted sum 4 * tokens * w. Embeddings, norms and heads are left out (< 2 %).
+    """
+    per_layer = tokens * (8 * width ** 2 + 4 * mlp_ratio * width ** 2) + 4 * tokens ** 2 * width
+    return float(layers * per_layer)
+
+
+def steady_wait_fraction(run_dir: Path, batch_size: int, skip_steps: int) -> float:
+    """Share of wall time spent waiting for data between the first logged step >= skip_steps and the last."""
+    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    first = next(r for r in lines if r["step"] >= skip_steps)
+    last = lines[-1]
+    elapsed = [r["step"] * batch_size / r["samples_per_s"] for r in (first, last)]
+    waited = [r["data_wait_fraction"] * e for r, e in zip((first, last), elapsed)]
+    return (waited[1] - waited[0]) / (elapsed[1] - elapsed[0])

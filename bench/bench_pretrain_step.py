@@ -13,7 +13,7 @@ steps (after `--warmup` steps, up to the last one) for both, so start-up and the
 checkpoint of `fit` are left out. Runs alternate ours/baseline `--repeats` times; the median
 step time of each is compared.
 
-Usage: python bench/bench_pretrain_step.py [--model mmkd-demo-vit] [--batch 64] [--steps 50]
+Usage: python bench/bench_pretrain_step.py [--model mmkd-tiny-vit] [--batch 32] [--steps 25]
 Prints `RATIO pretrain_step_vs_open_clip: <ours/baseline step time>x (target <= 1.05)`.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from _common import median, print_header, steady_rate, write_pairs_csv
+from _common import median, print_header, set_threads, steady_rate, write_pairs_csv
 
 
 def run_ours(csv: Path, out: Path, args) -> float:
@@ -39,7 +39,7 @@ def run_ours(csv: Path, out: Path, args) -> float:
     cfg = build_config(None, ["--data", str(csv), "--model", args.model, "--out", str(out),
                               "--batch-size", str(args.batch), "--max-steps", str(args.steps),
                               "--optim.warmup_steps", "10", "--train.device", "cpu", "--train.progress", "false",
-                              "--train.log_every", "10", "--seed", "0"])
+                              "--train.log_every", "5", "--seed", "0"])
     fit(cfg, ClipTask)
     return steady_rate(out, args.batch, args.warmup)
 
@@ -91,13 +91,14 @@ def run_baseline(csv: Path, args) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="mmkd-demo-vit", help="student config (default: mmkd-demo-vit, "
-                        "ViT width 128 x 4 layers on 32 px + text width 128 x 4 layers)")
-    parser.add_argument("--batch", type=int, default=64, help="global batch size")
-    parser.add_argument("--steps", type=int, default=50, help="steps per run (a multiple of 10)")
-    parser.add_argument("--warmup", type=int, default=10, help="steps left out of the timing (a multiple of 10)")
+    parser.add_argument("--model", default="mmkd-tiny-vit", help="student config (default: mmkd-tiny-vit, "
+                        "ViT width 64 x 2 layers on 32 px + text width 64 x 2 layers)")
+    parser.add_argument("--batch", type=int, default=32, help="global batch size")
+    parser.add_argument("--steps", type=int, default=25, help="steps per run (a multiple of 5)")
+    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing (a multiple of 5)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each; the median is kept")
     args = parser.parse_args()
+    set_threads()
     print_header("stage-1 step: mmkd fit vs a minimal open_clip loop (same model, loader, batches)")
     ours, base = [], []
     with tempfile.TemporaryDirectory() as tmp:

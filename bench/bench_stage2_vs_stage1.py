@@ -13,7 +13,7 @@ alignment projections, FD and ICL per teacher) weighs far more than with the pap
 ViT-B/16 + BERT-base student, whose step is about 10^4 times larger; `bench_gpu.py` measures
 that configuration.
 
-Usage: python bench/bench_stage2_vs_stage1.py [--model mmkd-demo-vit] [--batch 64] [--steps 50]
+Usage: python bench/bench_stage2_vs_stage1.py [--model mmkd-tiny-vit] [--batch 32] [--steps 25]
 Prints `RATIO stage2_vs_stage1_step: <stage-2 / stage-1 step time>x (target <= 1.10)`.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import median, print_header, steady_rate, write_pairs_csv
+from _common import median, print_header, set_threads, steady_rate, write_pairs_csv
 
 # The paper's teachers and their raw embedding dims (DESIGN.md section 1).
 PAPER_TEACHERS = {"BMCA": 768, "BiomedCLIP": 512, "UniMedCLIP": 512, "PMCCLIP": 768, "QuiltNet": 512,
@@ -70,7 +70,7 @@ def run(stage: str, csv: Path, store: Path, out: Path, args) -> float:
 
     flags = ["--data", str(csv), "--model", args.model, "--out", str(out), "--batch-size", str(args.batch),
              "--max-steps", str(args.steps), "--optim.warmup_steps", "10", "--train.device", "cpu",
-             "--train.progress", "false", "--train.log_every", "10", "--seed", "0"]
+             "--train.progress", "false", "--train.log_every", "5", "--seed", "0"]
     if stage == "distill":
         flags += ["--store", str(store)]
     cfg = build_config(None, flags, stage=stage)
@@ -80,13 +80,14 @@ def run(stage: str, csv: Path, store: Path, out: Path, args) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="mmkd-demo-vit", help="student config")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=50, help="steps per run (a multiple of 10)")
-    parser.add_argument("--warmup", type=int, default=10, help="steps left out of the timing (a multiple of 10)")
+    parser.add_argument("--model", default="mmkd-tiny-vit", help="student config")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=25, help="steps per run (a multiple of 5)")
+    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the timing (a multiple of 5)")
     parser.add_argument("--teachers", type=int, default=9, help="how many of the paper's 9 teachers the store holds")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    set_threads()
     from mmkd.models.student import resolve_model_config
 
     print_header("stage-2 step vs stage-1 step (same student, batch, data; teachers precomputed)")

@@ -111,11 +111,10 @@ def test_openslide_formats_need_the_extra(tmp_path):
     from mmkd.errors import UsageError
     from mmkd.evaluation.slides import TilingConfig, open_patches
 
-    try:
-        import openslide  # noqa: F401
-        pytest.skip("openslide-python is installed")
-    except ImportError:
-        pass
+    import importlib.util
+
+    if importlib.util.find_spec("openslide") is not None:
+        pytest.skip("openslide-python is installed (the tiled-TIFF test covers that path)")
     (tmp_path / "x.svs").write_bytes(b"not really a slide")
     with pytest.raises(UsageError, match="openslide-python"):
         open_patches(tmp_path / "x.svs", TilingConfig(), "x")
@@ -207,3 +206,19 @@ def test_bad_tiling_option_names_the_key():
         TilingConfig.from_options({"tile_size": 0, "saturation_threshold": 3}, where="datasets.tcga")
     assert "datasets.tcga.tile_size" in str(err.value) and "datasets.tcga.saturation_threshold" in str(err.value)
     assert TilingConfig.from_options({"tile_size": 256, "path": "x"}).tile_size == 256
+
+
+def test_openslide_tiled_tiff_is_tiled_at_level_zero(tmp_path):
+    """With the `slides` extra, a tiled TIFF goes through OpenSlide; tissue is found on a 32x thumbnail."""
+    pytest.importorskip("openslide")
+    tifffile = pytest.importorskip("tifffile")
+    from mmkd.evaluation.slides import TiledOpenSlide, TilingConfig, open_patches
+
+    img, expected = synthetic_slide(rows=12, cols=16)
+    big = np.kron(img, np.ones((4, 4, 1), dtype=np.uint8))  # every 32 px tile becomes 128 px
+    tifffile.imwrite(tmp_path / "slide.tif", big, tile=(256, 256), photometric="rgb")
+    patches = open_patches(tmp_path / "slide.tif", TilingConfig(tile_size=128), "s")
+    assert isinstance(patches, TiledOpenSlide)
+    assert {tuple(c) for c in (patches.coords // 4).tolist()} == expected
+    x, y = patches.coords[0]
+    assert np.array_equal(np.asarray(patches.load(0)), big[y:y + 128, x:x + 128])

@@ -19,7 +19,7 @@ def test_c_index_equals_lifelines_on_random_data():
     from mmkd.evaluation.survival import concordance_index
 
     rng = np.random.default_rng(0)
-    for trial in range(60):
+    for trial in range(30):
         n = int(rng.integers(5, 120))
         # integer times and risks make ties in both, which is where definitions differ
         time = rng.integers(0, 12, n).astype(float) if trial % 2 else rng.exponential(size=n)
@@ -79,38 +79,41 @@ def test_time_bins_follow_event_quantiles():
 
 
 def planted_survival_bags(num_slides: int = 64, dim: int = 32, seed: int = 0):
-    """Bags of random unit vectors; a slide's hazard grows with the number k (0-5) of its patches
-    pushed along a hidden direction: T ~ Exp(rate e^{0.8 k}), random censoring (~40 %)."""
+    """Bags of 10-29 random unit vectors; half the slides also hold 2-5 patches pushed along a hidden
+    direction u, and those slides die sooner: log T = -1.5 * planted + N(0, 0.5^2), random censoring
+    (~35 %). Returns (bags, time [S], event [S], planted [S])."""
     rng = np.random.default_rng(seed)
     u = rng.normal(size=dim)
     u /= np.linalg.norm(u)
-    bags, ks = [], []
-    for _ in range(num_slides):
+    planted = rng.permutation(np.arange(num_slides) % 2)
+    bags = []
+    for p in planted:
         x = rng.normal(size=(rng.integers(10, 30), dim))
-        k = int(rng.integers(0, 6))
+        k = rng.integers(2, 6) if p else 0
         x[:k] += 3.0 * u
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         bags.append(torch.tensor(x[rng.permutation(len(x))], dtype=torch.float32))
-        ks.append(k)
-    ks = np.asarray(ks)
-    event_time = rng.exponential(1 / np.exp(0.8 * ks))
+    event_time = np.exp(-1.5 * planted + rng.normal(0, 0.5, num_slides))
     censor_time = rng.exponential(3 * np.median(event_time), size=num_slides)
-    return bags, np.minimum(event_time, censor_time), (event_time <= censor_time).astype(int), ks
+    return bags, np.minimum(event_time, censor_time), (event_time <= censor_time).astype(int), planted
 
 
 @pytest.mark.parametrize("loss", ["nll", "cox"])
 def test_survival_heads_find_the_planted_feature_and_not_shuffled_times(loss):
     from mmkd.evaluation.survival import concordance_index, cross_validate_survival
 
-    bags, time, event, ks = planted_survival_bags(seed=2)
-    oracle = concordance_index(time, ks, event)
+    bags, time, event, planted = planted_survival_bags(seed=0)
+    oracle = concordance_index(time, planted, event)  # knowing the planted flag exactly (~0.78)
     cv = cross_validate_survival(bags, time, event, num_folds=4, seed=0, loss=loss)
     c_index = float(np.mean(cv["fold_c_index"]))
-    assert c_index > 0.7 and oracle > 0.75, (c_index, oracle)
+    assert c_index > 0.65 and c_index <= oracle + 0.05, (c_index, oracle)
 
-    perm = np.random.default_rng(0).permutation(len(bags))
-    shuffled = cross_validate_survival(bags, time[perm], event[perm], num_folds=4, seed=0, loss=loss)
-    assert abs(np.mean(shuffled["fold_c_index"]) - 0.5) < 0.12, shuffled["fold_c_index"]
+    shuffled = []  # two permutations: a fold-averaged c-index of 16-slide folds is noisy
+    for p in range(2):
+        perm = np.random.default_rng(p).permutation(len(bags))
+        cv = cross_validate_survival(bags, time[perm], event[perm], num_folds=4, seed=p, loss=loss)
+        shuffled.append(np.mean(cv["fold_c_index"]))
+    assert abs(np.mean(shuffled) - 0.5) < 0.12, shuffled
 
 
 def test_fold_mean_ci_brackets_the_estimate():
@@ -146,7 +149,7 @@ def write_survival_slides(root: Path, num_slides: int = 24, seed: int = 0) -> Pa
             colour = (40, 40, 150) if j < k else (200, 110, 170)
             img[y * 32:(y + 1) * 32, x * 32:(x + 1) * 32] = np.clip(colour + rng.normal(0, 12, (32, 32, 3)), 0, 255)
         Image.fromarray(img).save(root / f"slide{s}.png")
-        time = float(rng.exponential(10 / math.exp(1.0 * k)))
+        time = float(10 * math.exp(-0.8 * k + rng.normal(0, 0.4)))
         rows.append([f"slide{s}", f"slide{s}.png", f"{time:.4f}", int(rng.random() < 0.8)])
     with open(root / "slides.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -155,8 +158,7 @@ def write_survival_slides(root: Path, num_slides: int = 24, seed: int = 0) -> Pa
     return root
 
 
-@pytest.mark.parametrize("loss", ["nll", "cox"])
-def test_survival_end_to_end(tmp_path, loss):
+def test_survival_end_to_end(tmp_path, loss="nll"):
     from mmkd.evaluation.runner import FeatureCache, evaluate
     from mmkd.models.adapter import OpenClipEncoder
     from mmkd.models.student import create_student
@@ -174,7 +176,7 @@ def test_survival_end_to_end(tmp_path, loss):
     assert details["loss"] == loss and details["num_slides"] == 24 and details["mean_patches_per_slide"] == 8
     assert len(details["fold_c_index"]) == 3
     assert saved["metrics"]["c_index"] == pytest.approx(np.mean(details["fold_c_index"]))
-    assert saved["metrics"]["c_index"] > 0.6, details["fold_c_index"]
+    assert saved["metrics"]["c_index"] > 0.7, details["fold_c_index"]
     lo, hi = saved["ci"]["c_index"]
     assert lo <= saved["metrics"]["c_index"] <= hi
 

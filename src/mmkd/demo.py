@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps run at the same time, each in its own process (default: 2, for 2 cores)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per step (default: CPU cores / jobs, at least 1)")
+    parser.add_argument("--student-seeds", default="", metavar="SEEDS",
+                        help="comma-separated seeds: run stage 1, the control and stage 2 once per seed (same data "
+                             "and teachers) and show mean ± sd over them (default: --seed only)")
     parser.add_argument("--stage2", default="", metavar="VARIANTS",
                         help="comma-separated stage-2 variants to run beside the control: decision, projection, "
                              "adaptor, relational, decision+projection (default: decision)")
@@ -70,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise UsageError(f"--seed: {args.seed} is negative; use a seed >= 0")
     variants = tuple(v.strip() for v in args.stage2.split(",") if v.strip()) or None
-    recipe = make_recipe(quick=args.quick, seed=args.seed, variants=variants)
+    try:
+        student_seeds = tuple(int(x) for x in args.student_seeds.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--student-seeds: {args.student_seeds!r} is not a comma-separated list of integers") from None
+    recipe = make_recipe(quick=args.quick, seed=args.seed, variants=variants, student_seeds=student_seeds)
     root = Path(args.out)
     check_out_dir(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -164,16 +171,9 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
             weight=num * t.epochs / 1000, salt=data_salt))
         what = ", ".join(t.modalities) if t.modalities else f"{t.fraction:.0%} of every modality"
         models[t.name] = {"label": f"teacher {t.name} ({what})", "kind": "teacher", "step": f"teacher-{t.name}",
-                          "spec": specs[t.name]}
+                          "spec": specs[t.name], "group": t.name}
     student_pairs = abs_(paths["student_pairs"])
     num_student = sum(counts["student_pairs"].values())
-    s1 = abs_(root / "runs" / "student-stage1")
-    runner.add(Step("stage1", "mmkd.demo_steps:stage1", dict(
-        pairs_csv=student_pairs, run_dir=s1, model=recipe.student_model, epochs=recipe.stage1_epochs,
-        lr=recipe.stage1_lr, batch_size=recipe.batch_size, seed=recipe.seed),
-        clean=(s1,), weight=num_student * recipe.stage1_epochs / 1000, salt=data_salt))
-    models["student-stage1"] = {"label": "student after stage 1 (CLIP loss)", "kind": "student", "step": "stage1",
-                                "spec": s1}
     store = abs_(root / "store")
     teacher_steps = tuple(f"teacher-{t.name}" for t in recipe.teachers)
     runner.add(Step("extract", "mmkd.demo_steps:extract", dict(
@@ -181,31 +181,43 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
         deps=teacher_steps, clean=(store,), weight=num_student * len(recipe.teachers) / 2000, salt=data_salt))
     runner.add(Step("align", "mmkd.demo_steps:align", dict(store=store, latent_dim=64, steps=300 if not recipe.quick
                                                             else 50, seed=recipe.seed), deps=("extract",), weight=0.3))
-    shared = dict(pairs_csv=student_pairs, store=store, init=s1, steps=recipe.stage2_steps, lr=recipe.stage2_lr,
-                  batch_size=recipe.batch_size, seed=recipe.seed)
     decision = {"data.image_only_path": abs_(paths["image_only"]), "distill.decision_vocab": abs_(paths["decision_vocab"]),
                 "distill.modality_routes": recipe.routes(), "distill.decision_temperature": recipe.decision_temperature}
-    for variant in ("control", *recipe.stage2_variants):
-        overrides = dict(STAGE2_VARIANTS[variant])
-        if variant in NEEDS_IMAGE_ONLY:
-            overrides.update(decision)
-        name = "student-control" if variant == "control" else f"student-stage2-{variant}"
-        run_dir = abs_(root / "runs" / name)
-        deps = ("stage1", "extract") + (("align",) if variant in NEEDS_ALIGNMENT else ())
-        runner.add(Step(name.replace("student-", ""), "mmkd.demo_steps:stage2",
-                        dict(shared, run_dir=run_dir, overrides=overrides), deps=deps, clean=(run_dir,),
-                        weight=recipe.stage2_steps * recipe.batch_size * (1.6 if variant in NEEDS_IMAGE_ONLY else 1)
-                        / 1000))
-        label = ("control: stage 1 + the same steps, CLIP loss only" if variant == "control"
-                 else f"student after stage 2 ({variant})")
-        models[name] = {"label": label, "kind": "control" if variant == "control" else "stage2",
-                        "step": name.replace("student-", ""), "spec": run_dir}
+    seeds = recipe.student_seeds or (recipe.seed,)
+    for seed in seeds:  # the student's part of the pipeline, once per student seed
+        sfx = "" if len(seeds) == 1 else f"-s{seed}"
+        s1 = abs_(root / "runs" / f"student-stage1{sfx}")
+        runner.add(Step(f"stage1{sfx}", "mmkd.demo_steps:stage1", dict(
+            pairs_csv=student_pairs, run_dir=s1, model=recipe.student_model, epochs=recipe.stage1_epochs,
+            lr=recipe.stage1_lr, batch_size=recipe.batch_size, seed=seed),
+            clean=(s1,), weight=num_student * recipe.stage1_epochs / 1000, salt=data_salt))
+        models[f"student-stage1{sfx}"] = {"label": "student after stage 1 (CLIP loss)", "kind": "student",
+                                          "step": f"stage1{sfx}", "spec": s1, "group": "student-stage1"}
+        shared = dict(pairs_csv=student_pairs, store=store, init=s1, steps=recipe.stage2_steps, lr=recipe.stage2_lr,
+                      batch_size=recipe.batch_size, seed=seed)
+        for variant in ("control", *recipe.stage2_variants):
+            overrides = dict(STAGE2_VARIANTS[variant])
+            if variant in NEEDS_IMAGE_ONLY:
+                overrides.update(decision)
+            group = "student-control" if variant == "control" else f"student-stage2-{variant}"
+            step = group.replace("student-", "") + sfx
+            run_dir = abs_(root / "runs" / f"{group}{sfx}")
+            deps = (f"stage1{sfx}", "extract") + (("align",) if variant in NEEDS_ALIGNMENT else ())
+            runner.add(Step(step, "mmkd.demo_steps:stage2", dict(shared, run_dir=run_dir, overrides=overrides),
+                            deps=deps, clean=(run_dir,),
+                            weight=recipe.stage2_steps * recipe.batch_size / 1000
+                            * (1.6 if variant in NEEDS_IMAGE_ONLY else 1)))
+            label = ("control: stage 1 + the same steps, CLIP loss only" if variant == "control"
+                     else f"student after stage 2 ({variant})")
+            models[f"{group}{sfx}"] = {"label": label, "kind": "control" if variant == "control" else "stage2",
+                                       "step": step, "spec": run_dir, "group": group}
     eval_dir = abs_(root / "eval")
     catalog = abs_(paths["catalog"])
     for name, m in models.items():
         runner.add(Step(f"eval-{name}", "mmkd.demo_steps:evaluate", dict(
             spec=m["spec"], name=name, catalog=catalog, out_dir=eval_dir, seed=recipe.seed,
-            num_bootstrap=recipe.num_bootstrap), deps=(m["step"],), weight=1.5, salt=data_salt))
+            num_bootstrap=recipe.num_bootstrap, only=list(recipe.eval_only)), deps=(m["step"],), weight=1.5,
+            salt=data_salt))
     runner.add(Step("report", "mmkd.demo_steps:report", dict(eval_dir=eval_dir, out=abs_(root / "report")),
                     deps=tuple(f"eval-{n}" for n in models), weight=0.5))
     return {"models": models}

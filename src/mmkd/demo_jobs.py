@@ -134,7 +134,9 @@ class Runner:
 
         pending = dict(self.steps)
         total = sum(s.weight for s in pending.values())
-        bar = tqdm(total=round(total, 1), desc="mmkd demo", unit="work", dynamic_ncols=True,
+        # One overall bar (weighted by each step's rough cost) on a terminal; plain lines otherwise.
+        interactive = sys.stderr.isatty()
+        bar = tqdm(total=total, desc="mmkd demo", dynamic_ncols=True, disable=not interactive,
                    bar_format="{l_bar}{bar}| {elapsed} elapsed{postfix}")
         for name, step in list(pending.items()):  # already finished: reuse
             record = self._done(step)
@@ -157,14 +159,24 @@ class Runner:
                     changed = True
         use_fork = self.jobs > 1 and hasattr(os, "fork")
         running: dict[str, tuple[Any, float]] = {}
+        import signal
+
+        def _terminated(signum, frame):  # SIGTERM: stop the children too, as Ctrl-C does
+            raise KeyboardInterrupt
+
+        old_handler = signal.signal(signal.SIGTERM, _terminated) if use_fork else None
         try:
             while pending or running:
                 ready = [s for s in pending.values() if all(d in self.records for d in s.deps)]
+                launched = False
                 while ready and len(running) < (self.jobs if use_fork else 1):
                     step = ready.pop(0)
+                    launched = True
                     del pending[step.name]
                     self._prepare(step)
                     bar.set_postfix_str(f"running: {', '.join([*running, step.name])}")
+                    if not interactive:
+                        self.echo(f"  start: {step.name}")
                     if use_fork:
                         import multiprocessing
 
@@ -181,7 +193,7 @@ class Runner:
                             raise RuntimeError(f"step {step.name} failed: {type(e).__name__}: {e}") from e
                         self._finish(step, record, started, bar)
                 if not running:
-                    if pending and not ready:
+                    if pending and not launched:
                         raise RuntimeError(f"steps {sorted(pending)} wait on steps that never finish")
                     continue
                 time.sleep(0.1)
@@ -205,14 +217,20 @@ class Runner:
             raise
         finally:
             bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
         return self.records
 
     def _finish(self, step: Step, record: dict[str, Any], started: float, bar) -> None:
         self.records[step.name] = record
         step.result = record.get("result")
         bar.update(step.weight)
-        bar.write(f"  done: {step.name:<28} {time.perf_counter() - started:6.1f} s"
-                  f"  (cpu {record.get('cpu_seconds', 0):.0f} s, log {self.log(step.name)})")
+        line = (f"  done:  {step.name:<28} {time.perf_counter() - started:6.1f} s"
+                f"  (cpu {record.get('cpu_seconds', 0):.0f} s, log {self.log(step.name)})")
+        if bar.disable:
+            self.echo(line)
+        else:
+            bar.write(line)
 
 
 def check_out_dir(root: Path) -> None:

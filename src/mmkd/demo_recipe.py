@@ -63,7 +63,7 @@ class DemoRecipe:
     quick: bool = False
     seed: int = 0
     # data
-    synth_train_per_class: int = 300
+    synth_train_per_class: int = 200
     real_train_per_class: int = 500
     student_fraction: float = 0.2
     # teachers
@@ -77,10 +77,12 @@ class DemoRecipe:
     stage2_steps: int = 300
     stage2_lr: float = 5e-4
     stage2_variants: tuple[str, ...] = ("decision",)
+    student_seeds: tuple[int, ...] = ()  # stage 1 / control / stage 2 once per seed (empty: `seed` only)
     decision_temperature: float = 0.05
     # evaluation
     num_bootstrap: int = 200
     probe_c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
+    eval_only: tuple[str, ...] = ()  # catalog datasets to evaluate (empty: all)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -109,13 +111,16 @@ def default_teachers(quick: bool) -> tuple[TeacherPlan, ...]:
     )
 
 
-def make_recipe(quick: bool = False, seed: int = 0, variants: tuple[str, ...] | None = None) -> DemoRecipe:
+def make_recipe(quick: bool = False, seed: int = 0, variants: tuple[str, ...] | None = None,
+                student_seeds: tuple[int, ...] = ()) -> DemoRecipe:
     """The demo's recipe; `quick` is a small version that runs end to end in a couple of minutes."""
-    base = DemoRecipe(quick=quick, seed=seed, teachers=default_teachers(quick))
+    base = DemoRecipe(quick=quick, seed=seed, teachers=default_teachers(quick), student_seeds=tuple(student_seeds))
     if quick:
-        base = dataclasses.replace(base, synth_train_per_class=24, real_train_per_class=40, student_fraction=0.3,
+        # One dataset per task type and two real ones: every step and task runs, on little data.
+        base = dataclasses.replace(base, synth_train_per_class=16, real_train_per_class=16, student_fraction=0.3,
                                    stage1_epochs=4, stage2_steps=8, batch_size=32, teacher_batch_size=32,
-                                   num_bootstrap=20)
+                                   num_bootstrap=20, eval_only=("synth-ct", "synth-ct-retrieval", "synth-vqa",
+                                                                "synth-slides", "real-pbc", "real-pneumoniamnist"))
     if variants:
         unknown = [v for v in variants if v not in STAGE2_VARIANTS or v == "control"]
         if unknown:

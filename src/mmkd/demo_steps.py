@@ -107,7 +107,8 @@ def stage2(pairs_csv: str, store: str, init: str, run_dir: str, steps: int, lr: 
     return _fit(tokens, "distill")
 
 
-def evaluate(spec: str, name: str, catalog: str, out_dir: str, seed: int, num_bootstrap: int) -> dict[str, Any]:
+def evaluate(spec: str, name: str, catalog: str, out_dir: str, seed: int, num_bootstrap: int,
+             only: list[str] | None = None) -> dict[str, Any]:
     """Evaluate one model on every dataset and task of the catalog; returns its headline numbers."""
     import warnings
 
@@ -118,7 +119,7 @@ def evaluate(spec: str, name: str, catalog: str, out_dir: str, seed: int, num_bo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         records = run_eval(model, catalog, TASKS, out_dir, seed=seed, num_bootstrap=num_bootstrap, model_name=name,
-                           cache_dir=Path(out_dir) / ".feature_cache")
+                           cache_dir=Path(out_dir) / ".feature_cache", only=only or None)
     return {"scores": headline_scores(records)}
 
 

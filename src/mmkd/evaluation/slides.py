@@ -283,10 +283,11 @@ class TiledOpenSlide:
 
         self.slide = openslide.OpenSlide(str(path))
         width, height = self.slide.dimensions
-        level = self.slide.get_best_level_for_downsample(self.THUMBNAIL_DOWNSAMPLE)
-        downsample = float(self.slide.level_downsamples[level])
-        thumb = self.slide.read_region((0, 0), level, self.slide.level_dimensions[level])
-        mask = tissue_mask(_rgba_on_white(thumb), tiling.saturation_threshold)
+        # OpenSlide builds the thumbnail from its best pyramid level (composited on the background colour)
+        thumb = self.slide.get_thumbnail((max(1, width // self.THUMBNAIL_DOWNSAMPLE),
+                                          max(1, height // self.THUMBNAIL_DOWNSAMPLE)))
+        downsample = width / thumb.width
+        mask = tissue_mask(np.asarray(thumb.convert("RGB")), tiling.saturation_threshold)
         self.coords = _subsample(select_tissue_tiles(mask, height, width, tiling, downsample), tiling, slide_id)
         self.tile = tiling.tile_size
 

@@ -309,8 +309,11 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
                 finite = True
                 step_samples = 0
                 for micro in range(cfg.train.accum_steps):
-                    throughput.waited()
+                    # Only the time inside next() is data wait: mark its start, then count it once the
+                    # batch is here (the previous micro-batch's compute must not count as waiting).
+                    throughput.computed(0)
                     batch: Batch = next(batches)
+                    throughput.waited()
                     state.skipped.update(batch.skipped)
                     _check_skip_fraction(state, cfg)
                     sync = micro == cfg.train.accum_steps - 1 or not info.distributed

@@ -1,0 +1,226 @@
+"""Training throughput and MFU of stage 1 and stage 2 on the device present.
+
+With CUDA: the paper's student — ViT-B/16 (224 px, QuickGELU) + a BERT-base text tower
+(12 x 768, vocabulary 30522, CLS pooling, MLP head, context 256), embedding 512 — randomly
+initialised, bf16 autocast, fused AdamW, SDPA attention (open_clip's ViT blocks and
+transformers' BERT both dispatch to `scaled_dot_product_attention`), optional
+`torch.compile` (`--compile`). Without CUDA: a tiny configuration of the same structure
+(ViT 32 px + a 2-layer BERT), fp32, so the script runs anywhere (`--paper` forces the paper
+student on CPU, slowly).
+
+What is timed: the training step of `fit` without the data loader — the same pieces
+(`ClipTask` / `DistillTask` modules and losses, `trim_padding`, `autocast_context`,
+`build_optimizer`, grad clipping at 1.0, logit-scale clamp, one host sync per step for the
+loss, as `fit` logs it) on pre-made image tensors on the device and realistic captions
+(10-60 biomedical words, padded to the batch's longest unless `--full-context`). Stage 2
+reads the paper's teacher set (9 teachers, dims 768/512, ~6.6 of 9 available per row) from a
+feature store, through the alignment autoencoder into 512-d targets, random-available policy,
+FD x 50 + ICL. Data loading is measured separately (`bench_data_wait.py`).
+
+MFU = (FLOPs of one step, counted by `torch.utils.flop_counter.FlopCounterMode` on the real
+shapes) x steps/s / the card's dense bf16 peak (a table of common cards; `--peak-tflops`
+overrides). Channels-last is not used: a ViT has a single patch convolution, where it does
+not help.
+
+Usage: python bench/bench_gpu.py [--batch N] [--steps 20] [--compile] [--full-context] [--paper]
+Prints `RATIO gpu_stage2_vs_stage1: <stage-2 / stage-1 step time>x (target <= 1.10)` and
+`FIGURE` lines with samples/s, TFLOP/s and MFU of each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import CAPTION_WORDS, build_bert_folder, median, print_header, set_threads, synthetic_captions
+
+# Dense bf16 tensor-core peak, TFLOP/s (vendor datasheets, without sparsity).
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 NVL": 835.0,
+                    "H100 PCIe": 756.0, "H100": 756.0, "GH200": 989.0, "B200": 2250.0, "A100": 312.0,
+                    "L40S": 362.0, "L40": 181.0, "A10G": 70.0, "A10": 125.0, "L4": 121.0, "RTX 4090": 165.0,
+                    "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
+
+
+def peak_tflops(name: str) -> float | None:
+    for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):  # most specific name first
+        if key.lower() in name.lower():
+            return PEAK_BF16_TFLOPS[key]
+    return None
+
+
+def build_student(root: Path, paper: bool):
+    """(student, description): the paper's ViT-B/16 + BERT-base, or a tiny one of the same structure."""
+    from mmkd.models.student import create_student
+
+    words = list(CAPTION_WORDS)
+    if paper:
+        bert = build_bert_folder(root / "bert-base", words, hidden=768, layers=12, heads=12, intermediate=3072,
+                                 max_positions=512, vocab_size=30522)
+        return create_student("mmkd-b16", hf_text_path=str(bert), seed=0), "ViT-B/16 + BERT-base (paper)"
+    bert = build_bert_folder(root / "bert-tiny", words, hidden=64, layers=2, heads=2, intermediate=128,
+                             max_positions=512)
+    cfg = root / "tiny.json"
+    cfg.write_text(json.dumps({
+        "embed_dim": 64, "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+        "text_cfg": {"hf_model_name": str(bert), "hf_tokenizer_name": str(bert), "hf_proj_type": "mlp",
+                     "hf_pooler_type": "cls_pooler", "context_length": 256}}))
+    return create_student(str(cfg), hf_text_path=str(bert), seed=0), "tiny ViT 32 px + BERT 2 x 64 (CPU)"
+
+
+def write_inputs(root: Path, n: int, embed_dim: int, captions: list[str]) -> tuple[Path, Path]:
+    """A CSV of n samples (the images are never read) and a 9-teacher store with alignment weights."""
+    from bench_stage2_vs_stage1 import PAPER_TEACHERS, write_teacher_store
+
+    csv = root / "pairs.csv"
+    with open(csv, "w") as f:
+        f.write("image,caption,sample_id\n")
+        for i in range(n):
+            f.write(f"img/{i}.png,\"{captions[i % len(captions)]}\",s{i:07d}\n")
+    return csv, write_teacher_store(csv, root / "store", PAPER_TEACHERS, embed_dim)
+
+
+def make_config(csv: Path, store: Path, out: Path, args, device: str):
+    from mmkd.config import build_config
+
+    return build_config(None, ["--data", str(csv), "--store", str(store), "--out", str(out), "--train.device", device,
+                               "--optim.fused", "true", "--model.pad_to_longest", str(not args.full_context).lower(),
+                               "--batch-size", str(args.batch)], stage="distill")
+
+
+def time_stage(task, student, cfg, device, batches, args) -> dict:
+    """Warm up, then time `args.steps` training steps as `fit` runs them (without the loader)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmkd.training.loop import autocast_context, trim_padding
+    from mmkd.training.optim import build_optimizer
+
+    module = task.module.to(device)
+    module.train()
+    optimizer = build_optimizer(module, cfg.optim, device.type)
+    train_module = torch.compile(module) if args.compile else module
+    tokenizer = student.tokenizer
+    pad_id = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None) or 0
+
+    def step(images, batch):
+        optimizer.zero_grad(set_to_none=True)
+        tokens = tokenizer(batch.captions)
+        if cfg.model.pad_to_longest:
+            tokens = trim_padding(tokens, student.model, pad_id)
+        tokens = tokens.to(device, non_blocking=True)
+        with autocast_context(device.type, cfg.train.precision):
+            outputs = train_module(images, tokens)
+        terms = task.losses(outputs, batch, 0, 1)
+        terms["loss"].backward()
+        loss = float(terms["loss"].detach())  # fit logs the loss every step: one host sync
+        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            student.model.logit_scale.clamp_(0, np.log(100))
+        return loss, int(tokens.shape[1])
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for i in range(args.warmup):
+        step(*batches[i % len(batches)])
+    with FlopCounterMode(display=False) as counter:
+        step(*batches[0])
+    flops = counter.get_total_flops()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times, lengths = [], []
+    for i in range(args.steps):
+        sync()
+        t0 = time.perf_counter()
+        loss, length = step(*batches[i % len(batches)])
+        sync()
+        times.append(time.perf_counter() - t0)
+        lengths.append(length)
+        assert np.isfinite(loss), "non-finite loss in the benchmark"
+    step_s = median(times)
+    out = {"step_s": step_s, "samples_per_s": args.batch / step_s, "flops_per_step": flops,
+           "tflops_per_s": flops / step_s / 1e12, "text_len": float(np.mean(lengths))}
+    if device.type == "cuda":
+        out["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=0, help="batch size (default: 256 on CUDA, 16 on CPU)")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps (default: 20 on CUDA, 5 on CPU)")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed steps first (default: 5 CUDA, 2 CPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the student (longer warm-up)")
+    parser.add_argument("--full-context", action="store_true", help="pad captions to 256 tokens, as the paper does")
+    parser.add_argument("--paper", action="store_true", help="the paper's student even on CPU (slow)")
+    parser.add_argument("--peak-tflops", type=float, default=0.0, help="the card's dense bf16 peak, TFLOP/s")
+    args = parser.parse_args()
+    set_threads()
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    args.batch = args.batch or (256 if cuda else 16)
+    args.steps = args.steps or (20 if cuda else 5)
+    args.warmup = args.warmup or (5 if cuda else 2)
+    print_header("training step throughput and MFU, stage 1 and stage 2")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    from mmkd.training.stage1 import ClipTask
+    from mmkd.training.stage2 import DistillTask
+
+    rng = np.random.default_rng(0)
+    captions = synthetic_captions(4 * args.batch, rng, 10, 60)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        paper = cuda or args.paper
+        student, desc = build_student(root, paper)
+        size = student.preprocess_cfg["size"]
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        n = 4 * args.batch
+        csv, store = write_inputs(root, n, student.embed_dim, captions)
+        cfg = make_config(csv, store, root / "run", args, device.type)
+        print(f"student: {desc}; batch {args.batch}; precision "
+              f"{'bf16 autocast' if cuda else 'fp32'}; fused AdamW {cuda}; compile {args.compile}; "
+              f"text {'full 256' if args.full_context else 'padded to the longest caption'}")
+        text_model = getattr(getattr(student.model, "text", None), "transformer", None)
+        if text_model is not None and hasattr(text_model, "config"):
+            print(f"text attention: {getattr(text_model.config, '_attn_implementation', '?')}")
+        from mmkd.data.pairs import Batch
+
+        batches = []
+        for k in range(4):
+            idx = torch.arange(k * args.batch, (k + 1) * args.batch)
+            images = torch.randn(args.batch, 3, size, size, device=device)
+            batches.append((images, Batch(images=images, captions=[captions[i] for i in idx.tolist()], indices=idx,
+                                          sample_ids=[f"s{i:07d}" for i in idx.tolist()],
+                                          modalities=[""] * args.batch, skipped={})))
+        # The same initial weights for both stages: stage 2 starts from a copy of the state.
+        initial = {k: v.clone() for k, v in student.model.state_dict().items()}
+        for stage, make in (("stage1", ClipTask), ("stage2", DistillTask)):
+            student.model.load_state_dict(initial)
+            task = make(student, cfg, device)
+            results[stage] = time_stage(task, student, cfg, device, batches, args)
+            del task
+    peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name(0)) if cuda else None)
+    for stage, r in results.items():
+        mfu = f"{r['tflops_per_s'] / peak:.1%}" if peak else "n/a (no GPU peak)"
+        mem = f", max memory {r['max_memory_gib']:.1f} GiB" if "max_memory_gib" in r else ""
+        print(f"{stage}: {r['samples_per_s']:8.1f} samples/s, {1000 * r['step_s']:7.1f} ms/step, "
+              f"{r['flops_per_step'] / args.batch / 1e9:6.1f} GFLOP/sample (fwd+bwd, text ~{r['text_len']:.0f} tokens), "
+              f"{r['tflops_per_s']:7.2f} TFLOP/s, MFU {mfu}{mem}")
+        print(f"FIGURE gpu_{stage}_samples_per_s: {r['samples_per_s']:.1f}")
+        if peak:
+            print(f"FIGURE gpu_{stage}_mfu: {r['tflops_per_s'] / peak:.3f}")
+    ratio = results["stage2"]["step_s"] / results["stage1"]["step_s"]
+    where = torch.cuda.get_device_name(0) if cuda else f"CPU, {desc}"
+    print(f"RATIO gpu_stage2_vs_stage1: {ratio:.3f}x (target <= 1.10: stage-2 / stage-1 step time; {where})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Run every benchmark in bench/ (`bench_*.py`), print one line per benchmark, write bench/RESULTS.md.
+
+Each benchmark is a standalone script that measures its own baseline in the same run and
+prints `RATIO <name>: <ratio> (target ...)` (and optional `FIGURE <name>: <value>` lines).
+This runner starts each in a fresh process (so memory and threads do not leak between
+them), collects those lines, and writes bench/RESULTS.md with the machine (CPU model, cores,
+torch version, GPU), the date, every ratio and figure, and the raw output of each script.
+
+Usage: python bench/run_all.py [--only SUBSTRING] [--timeout SECONDS] [--results PATH]
+Exit code 1 when a benchmark fails or prints no RATIO line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import machine_info  # noqa: E402
+
+LINE_RE = re.compile(r"^(RATIO|FIGURE) ([\w.\-/]+): (.*)$")
+
+
+def run_one(script: Path, timeout: int) -> dict:
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-u", str(script)], capture_output=True, text=True, timeout=timeout,
+                              cwd=HERE.parent)
+        output, code = proc.stdout + (("\n[stderr]\n" + proc.stderr[-4000:]) if proc.returncode else ""), proc.returncode
+    except subprocess.TimeoutExpired as e:
+        output = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        output, code = output + f"\n[timed out after {timeout} s]", 124
+    lines = [m.groups() for m in map(LINE_RE.match, output.splitlines()) if m]
+    return {"name": script.stem, "code": code, "seconds": time.perf_counter() - start, "output": output,
+            "ratios": [(n, v) for k, n, v in lines if k == "RATIO"],
+            "figures": [(n, v) for k, n, v in lines if k == "FIGURE"]}
+
+
+def write_results(path: Path, results: list[dict], info: dict, started: str) -> None:
+    md = ["# Benchmark results", "",
+          f"Date: {started} (written by `make bench` / `bench/run_all.py`; each ratio is measured against its",
+          "baseline in the same run — see docs/PERFORMANCE.md for what each one means).", "",
+          f"Machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']} (intra-op threads per benchmark: "
+          f"MMKD_BENCH_THREADS, default 1); Python {info['python']}; GPU: {info['gpu']}.", "",
+          "| benchmark | ratio | value | wall s | status |", "|---|---|---|---|---|"]
+    for r in results:
+        status = "ok" if r["code"] == 0 and r["ratios"] else f"FAILED (exit {r['code']})"
+        rows = r["ratios"] or [("-", "-")]
+        for name, value in rows:
+            md.append(f"| {r['name']} | {name} | {value} | {r['seconds']:.0f} | {status} |")
+    figures = [(r["name"], n, v) for r in results for n, v in r["figures"]]
+    if figures:
+        md += ["", "| benchmark | figure | value |", "|---|---|---|"]
+        md += [f"| {b} | {n} | {v} |" for b, n, v in figures]
+    md += ["", "## Raw output", ""]
+    for r in results:
+        md += [f"### {r['name']}", "", "```", r["output"].strip()[-6000:], "```", ""]
+    path.write_text("\n".join(md))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="run only benchmarks whose file name contains this")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per benchmark")
+    parser.add_argument("--results", default=str(HERE / "RESULTS.md"), help="where to write the results")
+    args = parser.parse_args()
+    scripts = sorted(p for p in HERE.glob("bench_*.py") if args.only in p.name)
+    if not scripts:
+        print(f"no benchmark matches {args.only!r}", file=sys.stderr)
+        return 1
+    started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    info = machine_info()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, GPU {info['gpu']}", flush=True)
+    results = []
+    for script in scripts:
+        r = run_one(script, args.timeout)
+        results.append(r)
+        ratios = "; ".join(f"{n}: {v}" for n, v in r["ratios"]) or "no RATIO line"
+        status = "" if r["code"] == 0 else f"  [FAILED, exit {r['code']}]"
+        print(f"{r['name']:<28} {ratios}  ({r['seconds']:.0f} s){status}", flush=True)
+        write_results(Path(args.results), results, info, started)  # keep what is done if a later one hangs
+    print(f"results written to {args.results}")
+    return 0 if all(r["code"] == 0 and r["ratios"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

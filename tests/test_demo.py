@@ -1,0 +1,159 @@
+"""`mmkd demo`: the step runner, the results table, and the quick demo end to end through the CLI."""
+
+import json
+import math
+import os
+
+import pytest
+
+from conftest import run_cli
+from mmkd.demo_jobs import Runner, Step
+from mmkd.demo_recipe import STAGE2_VARIANTS, make_recipe
+from mmkd.demo_steps import TASKS, summarise
+from mmkd.demo_table import format_table, verdict
+from mmkd.errors import UsageError
+
+CALLS = []
+
+
+def record_call(path: str, value: int) -> dict:
+    """A step body for the runner tests: appends to a file (so calls in forked children are seen)."""
+    with open(path, "a") as f:
+        f.write(f"{value}\n")
+    return {"value": value}
+
+
+def fail_step(message: str) -> dict:
+    print("about to fail")
+    raise ValueError(message)
+
+
+def _calls(path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_runner_respects_dependencies_and_reuses_finished_steps(tmp_path, jobs):
+    log = tmp_path / "calls.txt"
+
+    def build(value_b=2):
+        r = Runner(tmp_path / "demo", jobs=jobs, echo=lambda s: None)
+        r.add(Step("a", "test_demo:record_call", {"path": str(log), "value": 1}))
+        r.add(Step("b", "test_demo:record_call", {"path": str(log), "value": value_b}, deps=("a",)))
+        r.add(Step("c", "test_demo:record_call", {"path": str(log), "value": 3}, deps=("b",)))
+        r.add(Step("d", "test_demo:record_call", {"path": str(log), "value": 4}))
+        return r
+
+    records = build().run()
+    assert sorted(records) == ["a", "b", "c", "d"]
+    calls = _calls(log)
+    assert sorted(calls) == [1, 2, 3, 4]
+    assert calls.index(1) < calls.index(2) < calls.index(3)
+    assert records["c"]["result"] == {"value": 3}
+    # Everything is done: a rerun calls nothing.
+    build().run()
+    assert len(_calls(log)) == 4
+    # b's arguments change: b and the step after it (c) run again, a and d are reused.
+    runner = build(value_b=20)
+    runner.run()
+    assert _calls(log)[4:] == [20, 3]
+    assert runner.steps["c"].result == {"value": 3}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_runner_reports_a_failed_step_with_its_log(tmp_path, jobs):
+    r = Runner(tmp_path / "demo", jobs=jobs, echo=lambda s: None)
+    r.add(Step("boom", "test_demo:fail_step", {"message": "the reason"}))
+    r.add(Step("after", "test_demo:record_call", {"path": str(tmp_path / "x"), "value": 1}, deps=("boom",)))
+    with pytest.raises(RuntimeError, match="boom") as info:
+        r.run()
+    assert "the reason" in str(info.value)
+    assert not (tmp_path / "x").exists()  # the dependent step never ran
+    assert not r.marker("boom").exists()
+    if jobs > 1:  # the forked step's output went to its log
+        assert "about to fail" in r.log("boom").read_text()
+
+
+def test_table_and_verdict_state_the_measured_numbers():
+    def row(name, kind, value, zs=None):
+        scores = {t: {"d": value} for t in TASKS}
+        if zs is not None:
+            scores["zero-shot"] = {"d1": zs, "d2": zs + 0.2}
+        return {"model": name, "label": name, "kind": kind, **summarise(scores)}
+
+    rows = [row("expert", "teacher", 0.59), row("s1", "student", 0.5), row("control", "control", 0.55),
+            row("distilled", "stage2", 0.58, zs=0.6)]
+    assert rows[3]["zero-shot"] == pytest.approx(0.7)
+    assert rows[3]["overall"] == pytest.approx((0.7 + 5 * 0.58) / 6)
+    table = format_table(rows)
+    assert table.splitlines()[0].startswith("| model | zero-shot | lin. probe |")
+    assert "| distilled | 0.700 | 0.580 |" in table
+    lines = verdict(rows)
+    assert lines[0].startswith("yes") and "best teacher (expert) 0.590" in lines[0]
+    assert lines[1].startswith("yes") and "vs control: overall +0.050" in lines[1]
+    rows[3] = row("distilled", "stage2", 0.5)
+    lines = verdict(rows)
+    assert lines[0].startswith("NO") and lines[1].startswith("NO") and "-0.050" in lines[1]
+
+
+def test_recipe_gives_teachers_an_advantage_and_rejects_unknown_variants():
+    recipe = make_recipe()
+    experts = [t for t in recipe.teachers if t.modalities]
+    assert len(experts) >= 4 and any(t.kind == "hf" for t in experts)
+    assert any(not t.modalities and t.fraction < recipe.student_fraction for t in recipe.teachers)
+    assert 0.1 <= recipe.student_fraction <= 0.3
+    assert all(t.epochs >= 8 for t in experts)
+    routes = recipe.routes()
+    assert routes["blood-cells"] == ["pathology"] and len(routes) == 8
+    assert make_recipe(variants=("projection", "decision")).stage2_variants == ("projection", "decision")
+    assert set(STAGE2_VARIANTS) >= {"control", "decision", "projection", "adaptor", "relational"}
+    with pytest.raises(UsageError, match="--stage2"):
+        make_recipe(variants=("telepathy",))
+
+
+def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
+    (tmp_path / "mine.txt").write_text("precious")
+    r = run_cli("demo", "--quick", "--out", str(tmp_path))
+    assert r.returncode == 2
+    assert "--out" in r.stderr and "not empty" in r.stderr
+    assert (tmp_path / "mine.txt").read_text() == "precious"
+
+
+def test_quick_demo_end_to_end_then_reuses_every_step(tmp_path):
+    from mmkd import load_teacher
+
+    out = tmp_path / "demo"
+    r = run_cli("demo", "--quick", "--out", str(out), timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["model"]: row for row in results["rows"]}
+    kinds = [row["kind"] for row in results["rows"]]
+    assert kinds.count("teacher") == 5 and kinds.count("student") == 1
+    assert kinds.count("control") == 1 and kinds.count("stage2") == 1
+    for row in results["rows"]:  # every model has a number for all six task types
+        assert all(t in row and math.isfinite(row[t]) for t in TASKS), row
+        assert 0.0 <= row["overall"] <= 1.0
+    # The printed table and the claims, whatever they measure.
+    assert "| control: stage 1 + the same steps, CLIP loss only |" in r.stdout
+    assert "vs control: overall" in r.stdout and "best teacher" in r.stdout
+    assert "report.html" in r.stdout
+    assert (out / "report" / "report.html").is_file() and list((out / "report" / "plots").glob("*.png"))
+    # Teachers were saved in their libraries' formats and load back through mmkd.load_teacher.
+    assert (out / "teachers" / "radiology" / "open_clip_config.json").is_file()
+    assert (out / "teachers" / "eye-brain" / "config.json").is_file()
+    hf = load_teacher(f"hf:{out / 'teachers' / 'eye-brain'}")
+    oc = load_teacher(f"local-dir:{out / 'teachers' / 'pathology'}")
+    assert hf.encode_text(["a fundus photograph showing mild diabetic retinopathy."]).shape == (1, hf.embed_dim)
+    assert oc.embed_dim == 96 and hf.embed_dim != oc.embed_dim  # heterogeneous teachers
+    store = json.loads((out / "steps" / "extract.json").read_text())["result"]
+    assert set(store["teachers"]) == set(rows) - {"student-stage1", "student-control", "student-stage2-decision"}
+    stage2 = json.loads((out / "steps" / "stage2-decision.json").read_text())["result"]
+    assert stage2["final_terms"]["decision"] > 0  # the distillation term was on
+    control = json.loads((out / "steps" / "control.json").read_text())["result"]
+    assert control["final_terms"]["decision"] == 0 and control["num_steps"] == stage2["num_steps"]
+    # A second run reuses every step and prints the same table.
+    again = run_cli("demo", "--quick", "--out", str(out), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reusing" in again.stdout and "start:" not in again.stdout
+    assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
+    assert os.path.getmtime(out / "steps" / "stage1.json") < os.path.getmtime(out / "results.json")
