@@ -104,7 +104,7 @@ def time_stage(task, student, cfg, device, batches, args) -> dict:
     module = task.module.to(device)
     module.train()
     optimizer = build_optimizer(module, cfg.optim, device.type)
-    train_module = torch.compile(module) if args.compile else module
+    runner = {"module": module}  # FLOPs are counted on the eager module (compiled graphs bypass the counter)
     tokenizer = student.tokenizer
     pad_id = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None) or 0
 
@@ -115,7 +115,7 @@ def time_stage(task, student, cfg, device, batches, args) -> dict:
             tokens = trim_padding(tokens, student.model, pad_id)
         tokens = tokens.to(device, non_blocking=True)
         with autocast_context(device.type, cfg.train.precision):
-            outputs = train_module(images, tokens)
+            outputs = runner["module"](images, tokens)
         terms = task.losses(outputs, batch, 0, 1)
         terms["loss"].backward()
         loss = float(terms["loss"].detach())  # fit logs the loss every step: one host sync
@@ -126,11 +126,13 @@ def time_stage(task, student, cfg, device, batches, args) -> dict:
         return loss, int(tokens.shape[1])
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for i in range(args.warmup):
-        step(*batches[i % len(batches)])
     with FlopCounterMode(display=False) as counter:
         step(*batches[0])
     flops = counter.get_total_flops()
+    if args.compile:
+        runner["module"] = torch.compile(module)
+    for i in range(args.warmup):
+        step(*batches[i % len(batches)])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times, lengths = [], []

@@ -13,9 +13,6 @@ from mmkd.demo_steps import TASKS, summarise
 from mmkd.demo_table import format_table, verdict
 from mmkd.errors import UsageError
 
-CALLS = []
-
-
 def record_call(path: str, value: int) -> dict:
     """A step body for the runner tests: appends to a file (so calls in forked children are seen)."""
     with open(path, "a") as f:
@@ -105,6 +102,7 @@ def test_recipe_gives_teachers_an_advantage_and_rejects_unknown_variants():
     assert all(t.epochs >= 8 for t in experts)
     routes = recipe.routes()
     assert routes["blood-cells"] == ["pathology"] and len(routes) == 8
+    assert recipe.stage2_variants == ("decision-gated",)
     assert make_recipe(variants=("projection", "decision")).stage2_variants == ("projection", "decision")
     assert set(STAGE2_VARIANTS) >= {"control", "decision", "projection", "adaptor", "relational"}
     with pytest.raises(UsageError, match="--stage2"):
@@ -146,9 +144,15 @@ def test_quick_demo_end_to_end_then_reuses_every_step(tmp_path):
     assert hf.encode_text(["a fundus photograph showing mild diabetic retinopathy."]).shape == (1, hf.embed_dim)
     assert oc.embed_dim == 96 and hf.embed_dim != oc.embed_dim  # heterogeneous teachers
     store = json.loads((out / "steps" / "extract.json").read_text())["result"]
-    assert set(store["teachers"]) == set(rows) - {"student-stage1", "student-control", "student-stage2-decision"}
-    stage2 = json.loads((out / "steps" / "stage2-decision.json").read_text())["result"]
-    assert stage2["final_terms"]["decision"] > 0  # the distillation term was on
+    assert set(store["teachers"]) == set(rows) - {"student-stage1", "student-control", "student-stage2-decision-gated"}
+    gate = json.loads((out / "runs" / "expert-gate.json").read_text())
+    assert set(gate["routes"]) == {"ct", "mri", "histopathology", "dermoscopy", "chest-xray", "breast-ultrasound",
+                                   "fundus", "blood-cells"}
+    for modality, experts in gate["routes"].items():  # an expert teaches only where it beat the student
+        assert all(gate["accuracy"][t][modality] > gate["accuracy"]["student"][modality] for t in experts)
+    stage2 = json.loads((out / "steps" / "stage2-decision-gated.json").read_text())["result"]
+    if any(gate["routes"].values()):
+        assert stage2["final_terms"]["decision"] > 0  # the distillation term was on
     control = json.loads((out / "steps" / "control.json").read_text())["result"]
     assert control["final_terms"]["decision"] == 0 and control["num_steps"] == stage2["num_steps"]
     # A second run reuses every step and prints the same table.
@@ -157,3 +161,13 @@ def test_quick_demo_end_to_end_then_reuses_every_step(tmp_path):
     assert "reusing" in again.stdout and "start:" not in again.stdout
     assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
     assert os.path.getmtime(out / "steps" / "stage1.json") < os.path.getmtime(out / "results.json")
+
+
+def test_hf_teacher_tokenizer_knows_every_word_of_its_texts(tmp_path):
+    from mmkd.demo_teachers import build_word_tokenizer
+
+    texts = ["Chest radiograph showing pneumonia.", "a fundus photograph showing mild diabetic retinopathy."]
+    tok = build_word_tokenizer(tmp_path / "tok", texts, context_length=24)
+    ids = tok(["chest radiograph showing mild pneumonia."])["input_ids"][0]
+    assert tok.unk_token_id not in ids and ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    assert tok(["an unseen word"])["input_ids"][0].count(tok.unk_token_id) == 3

@@ -56,10 +56,10 @@ def setup(tmp_path_factory):
     return root, table, store
 
 
-def _distill(root, table, store, out, *extra):
+def _distill(root, table, store, out, *extra, env=None):
     return run_cli("distill", "--data", str(table), "--store", str(store), "--init", str(root / "s1"),
                    "--out", str(out), "--batch-size", "16", "--epochs", "4", "--lr", "1e-3",
-                   "--train.log_every", "1", "--train.progress", "false", *extra)
+                   "--train.log_every", "1", "--train.progress", "false", *extra, env=env)
 
 
 def _terms(run_dir, key):
@@ -116,7 +116,7 @@ def test_preflight_refuses_stale_alignment(setup, tmp_path):
 def test_distill_resume_after_sigkill_equals_uninterrupted(setup):
     root, table, store = setup
     args = ["--distill.target_space", "adaptor", "--train.save_every", "2", "--seed", "5"]
-    ref = _distill(root, table, store, root / "ref", *args)
+    ref = _distill(root, table, store, root / "ref", *args, env={"OMP_NUM_THREADS": "1"})  # as the killed run
     assert ref.returncode == 0, ref.stderr
     out = root / "killed"
     cmd = [sys.executable, "-m", "mmkd", "distill", "--data", str(table), "--store", str(store), "--init",
@@ -132,7 +132,7 @@ def test_distill_resume_after_sigkill_equals_uninterrupted(setup):
     assert not (out / "summary.json").exists()
     r = run_cli("distill", "--data", str(table), "--store", str(store), "--init", str(root / "s1"),
                 "--out", str(out), "--batch-size", "16", "--epochs", "4", "--lr", "1e-3", "--train.log_every", "1",
-                "--train.progress", "false", "--resume", "latest", *args)
+                "--train.progress", "false", "--resume", "latest", *args, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     for f in ("open_clip_model.safetensors", "extra.safetensors", "optimizer.safetensors"):
         a = load_file(str(latest_checkpoint(root / "ref") / f))

@@ -61,7 +61,7 @@ def _pretrain_args(data, out, extra=()):
 
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     data = make_pairs(tmp_path / "data", n=64)  # 8 steps per epoch, 24 steps
-    ref = run_cli(*_pretrain_args(data, tmp_path / "ref"))
+    ref = run_cli(*_pretrain_args(data, tmp_path / "ref"), env={"OMP_NUM_THREADS": "1"})  # as the killed run
     assert ref.returncode == 0, ref.stderr
 
     out = tmp_path / "killed"
@@ -78,7 +78,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     killed_at = int(latest_checkpoint(out).name.split("_")[1])
     assert 9 <= killed_at < 24
 
-    resumed = run_cli(*_pretrain_args(data, out, ["--resume", "latest"]))
+    resumed = run_cli(*_pretrain_args(data, out, ["--resume", "latest"]), env={"OMP_NUM_THREADS": "1"})
     assert resumed.returncode == 0, resumed.stderr
     a = load_file(str(latest_checkpoint(tmp_path / "ref") / "open_clip_model.safetensors"))
     b = load_file(str(latest_checkpoint(out) / "open_clip_model.safetensors"))

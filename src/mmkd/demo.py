@@ -28,8 +28,9 @@ synthetic ones (CT, brain MRI, histopathology, dermoscopy; `mmkd synth`).
   3. stage 1     the student's CLIP pretraining on its pairs
   4. extract     every teacher encodes the student's pairs into a feature store (+ availability)
   5. align       the alignment autoencoder (teachers -> student space)
-  6. stage 2     distillation (default: the experts' zero-shot decisions on the image-only
-                 images, routed by modality) and the control: the same steps, CLIP loss only
+  6. stage 2     distillation (default `decision-gated`: each expert's zero-shot decisions on
+                 the image-only images of its modalities, for the modalities where it beats
+                 the stage-1 student) and the control: the same steps, CLIP loss only
   7. evaluate    every teacher and student on zero-shot, linear probe, retrieval, VQA,
                  MIL classification and survival; then `mmkd report`
 
@@ -39,7 +40,7 @@ plots and HTML page are. Rerunning on the same --out reuses every finished step.
 examples:
   mmkd demo                          # about 10 minutes on 2 CPU cores; results in runs/demo
   mmkd demo --quick --out /tmp/demo  # a small version (a couple of minutes), as the tests run it
-  mmkd demo --stage2 decision,projection,relational,adaptor --out runs/compare --seed 1
+  mmkd demo --stage2 decision-gated,decision,projection --student-seeds 0,1,2 --out runs/compare
 """
 
 
@@ -57,8 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated seeds: run stage 1, the control and stage 2 once per seed (same data "
                              "and teachers) and show mean ± sd over them (default: --seed only)")
     parser.add_argument("--stage2", default="", metavar="VARIANTS",
-                        help="comma-separated stage-2 variants to run beside the control: decision, projection, "
-                             "adaptor, relational, decision+projection (default: decision)")
+                        help="comma-separated stage-2 variants to run beside the control: decision-gated, "
+                             "decision, projection, adaptor, relational, decision+projection "
+                             "(default: decision-gated; see docs/DISTILLATION.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,7 +152,7 @@ def _hash(obj: Any) -> str:
 def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
     """Add every step to the runner; returns the models to evaluate (name -> display label, kind)."""
     from mmkd.demo_jobs import Step
-    from mmkd.demo_recipe import NEEDS_ALIGNMENT, NEEDS_IMAGE_ONLY, STAGE2_VARIANTS
+    from mmkd.demo_recipe import GATED, NEEDS_ALIGNMENT, NEEDS_IMAGE_ONLY, STAGE2_VARIANTS
 
     paths, counts = info["paths"], info["counts"]
     data_salt = _hash(counts)
@@ -195,6 +197,12 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
                                           "step": f"stage1{sfx}", "spec": s1, "group": "student-stage1"}
         shared = dict(pairs_csv=student_pairs, store=store, init=s1, steps=recipe.stage2_steps, lr=recipe.stage2_lr,
                       batch_size=recipe.batch_size, seed=seed)
+        gate_file = abs_(root / "runs" / f"expert-gate{sfx}.json")
+        if any(v in GATED for v in recipe.stage2_variants):
+            runner.add(Step(f"expert-gate{sfx}", "mmkd.demo_steps:gate_experts", dict(
+                pairs_csv=student_pairs, vocab=abs_(paths["decision_vocab"]), teachers=specs,
+                experts={t.name: list(t.modalities) for t in recipe.teachers if t.modalities}, student=s1,
+                out=gate_file), deps=teacher_steps + (f"stage1{sfx}",), clean=(gate_file,), weight=0.5))
         for variant in ("control", *recipe.stage2_variants):
             overrides = dict(STAGE2_VARIANTS[variant])
             if variant in NEEDS_IMAGE_ONLY:
@@ -203,7 +211,11 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
             step = group.replace("student-", "") + sfx
             run_dir = abs_(root / "runs" / f"{group}{sfx}")
             deps = (f"stage1{sfx}", "extract") + (("align",) if variant in NEEDS_ALIGNMENT else ())
-            runner.add(Step(step, "mmkd.demo_steps:stage2", dict(shared, run_dir=run_dir, overrides=overrides),
+            kwargs = dict(shared, run_dir=run_dir, overrides=overrides)
+            if variant in GATED:
+                kwargs["routes_file"] = gate_file
+                deps += (f"expert-gate{sfx}",)
+            runner.add(Step(step, "mmkd.demo_steps:stage2", kwargs,
                             deps=deps, clean=(run_dir,),
                             weight=recipe.stage2_steps * recipe.batch_size / 1000
                             * (1.6 if variant in NEEDS_IMAGE_ONLY else 1)))

@@ -59,6 +59,17 @@ def _merged_catalog(parts: dict[str, Path], out: Path, recipe: DemoRecipe) -> di
     return catalog
 
 
+def _reuse_or_replace(write, folder: Path, **kwargs):
+    """A corpus with the same parameters is reused; one made with others is replaced (the demo owns
+    the folder), so a changed recipe never stops a rerun."""
+    from mmkd.errors import UsageError
+
+    try:
+        return write(folder, **kwargs)
+    except UsageError:
+        return write(folder, overwrite=True, **kwargs)
+
+
 def prepare(data_dir: str | Path, recipe: DemoRecipe, progress: bool = True) -> dict[str, Any]:
     """Write the demo's data (layout in the module docstring); returns the paths and counts."""
     import pandas as pd
@@ -69,9 +80,10 @@ def prepare(data_dir: str | Path, recipe: DemoRecipe, progress: bool = True) -> 
 
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    synth = generate(data_dir / "synth", seed=recipe.seed, size=32, train_per_class=recipe.synth_train_per_class,
-                     quick=recipe.quick, workers=2, progress=progress)
-    real = write_real_corpus(data_dir / "real", seed=recipe.seed, quick=recipe.quick,
+    synth = _reuse_or_replace(generate, data_dir / "synth", seed=recipe.seed, size=32,
+                              train_per_class=recipe.synth_train_per_class, quick=recipe.quick,
+                              difficulty=recipe.synth_difficulty, workers=2, progress=progress)
+    real = _reuse_or_replace(write_real_corpus, data_dir / "real", seed=recipe.seed, quick=recipe.quick,
                              max_train_per_class=recipe.real_train_per_class, progress=progress)
     pairs = pd.concat([_relative_pairs(synth, data_dir), _relative_pairs(real, data_dir)], ignore_index=True)
     experts = {t.name: list(t.modalities) for t in recipe.teachers if t.modalities}

@@ -93,10 +93,14 @@ def align(store: str, latent_dim: int, steps: int, seed: int) -> dict[str, Any]:
 
 
 def stage2(pairs_csv: str, store: str, init: str, run_dir: str, steps: int, lr: float, batch_size: int, seed: int,
-           overrides: dict[str, Any]) -> dict[str, Any]:
-    """Stage 2 (or its control): `steps` optimiser steps from the stage-1 student, the given distill options."""
+           overrides: dict[str, Any], routes_file: str = "") -> dict[str, Any]:
+    """Stage 2 (or its control): `steps` optimiser steps from the stage-1 student, the given distill options.
+
+    `routes_file`: a `gate_experts` result whose routes become `distill.modality_routes`."""
     from mmkd.data.pairs import index_source
 
+    if routes_file:
+        overrides = {**overrides, "distill.modality_routes": json.loads(Path(routes_file).read_text())["routes"]}
     num_pairs = len(index_source(pairs_csv)[0])
     epochs = max(1, math.ceil(steps / max(1, num_pairs // batch_size)))
     tokens = ["--data", pairs_csv, "--store", store, "--init", init, "--out", run_dir, "--epochs", str(epochs),
@@ -151,3 +155,50 @@ def report(eval_dir: str, out: str) -> dict[str, Any]:
 
     written = write_report(eval_dir, out)
     return {k: (str(v) if not isinstance(v, list) else [str(x) for x in v]) for k, v in written.items()}
+
+
+def gate_experts(pairs_csv: str, vocab: str, teachers: dict[str, str], experts: dict[str, list[str]], student: str,
+                 out: str) -> dict[str, Any]:
+    """Decide which expert may label which modality for decision distillation.
+
+    Every expert and the stage-1 student classify the student's own captioned pairs zero-shot
+    (class prompts of the decision vocabulary; the pairs' labels are known to the student). An
+    expert labels a modality's image-only images only if its balanced accuracy there beats the
+    student's: an expert that is no better than the student teaches it noise (measured: the
+    radiology expert, at chance on CT, pulled the student's CT zero-shot down). Writes `out`
+    (JSON: routes modality -> [teachers], accuracy model -> modality -> balanced accuracy).
+    """
+    import pandas as pd
+    import torch
+    import yaml
+    from sklearn.metrics import balanced_accuracy_score
+
+    from mmkd import load_model
+    from mmkd.data.pairs import decode_image
+    from mmkd.evaluation.prompts import class_embeddings
+    from mmkd.utils.io import atomic_write_json
+
+    table = Path(pairs_csv)
+    pairs = pd.read_csv(table, keep_default_na=False)
+    vocabulary = yaml.safe_load(Path(vocab).read_text())
+    modalities = sorted({m for ms in experts.values() for m in ms})
+    accuracy: dict[str, dict[str, float]] = {}
+    for name, spec in {**teachers, "student": student}.items():
+        model = load_model(spec, name=name)
+        wanted = modalities if name == "student" else experts.get(name, [])
+        accuracy[name] = {}
+        for m in wanted:
+            rows = pairs[pairs["modality"] == m]
+            names = vocabulary[m]["classnames"]
+            with torch.no_grad():
+                classes = class_embeddings(model, names, vocabulary[m]["templates"]).float()
+                images = [model.preprocess(decode_image(str(table.parent / p), 64_000_000)) for p in rows["image"]]
+                feats = torch.cat([model.encode_image(torch.stack(images[s:s + 128]))
+                                   for s in range(0, len(images), 128)]).float()
+            predicted = (feats @ classes.T).argmax(1).numpy()
+            truth = [names.index(label) for label in rows["label"]]
+            accuracy[name][m] = round(float(balanced_accuracy_score(truth, predicted)), 4)
+    routes = {m: [t for t, ms in experts.items() if m in ms and accuracy[t][m] > accuracy["student"][m]]
+              for m in modalities}
+    atomic_write_json(out, {"routes": routes, "accuracy": accuracy})
+    return {"routes": routes, "accuracy": accuracy}

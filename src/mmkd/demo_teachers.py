@@ -48,15 +48,13 @@ def build_word_tokenizer(folder: Path, texts: list[str], context_length: int):
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab_file = folder / "vocab.txt"
-    seed_tok = None
-    words: set[str] = set()
-    # Pre-tokenise with BERT's own rules (whitespace and punctuation) so every word is one token.
+    # Split the texts with BERT's own rules (lower-casing, whitespace, punctuation) so that every
+    # word of them is one token of the final vocabulary.
     vocab_file.write_text("\n".join(SPECIAL_TOKENS) + "\n")
-    seed_tok = BertTokenizer(str(vocab_file), do_lower_case=True)
-    pre = seed_tok.backend_tokenizer.pre_tokenizer
-    norm = seed_tok.backend_tokenizer.normalizer
+    backend = BertTokenizer(str(vocab_file), do_lower_case=True).backend_tokenizer
+    words: set[str] = set()
     for text in texts:
-        words.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)))
+        words.update(w for w, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)))
     vocab_file.write_text("\n".join(SPECIAL_TOKENS + sorted(words)) + "\n")
     return BertTokenizer(str(vocab_file), do_lower_case=True, model_max_length=context_length)
 

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a small corpus (a few hundred images) for tests and quick demos")
     parser.add_argument("--difficulty", type=float, default=None, metavar="D",
-                        help="0 to 1: how faint the findings are and how noisy the images (default 0.5); "
+                        help="0 to 1: how faint the findings are and how noisy the images (default 0.25); "
                              "0 draws findings at full contrast, 1 at half contrast with three times the noise")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes that draw images (default: up to 4 CPUs)")

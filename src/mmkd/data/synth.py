@@ -9,9 +9,13 @@ Four procedural modalities with their own look and four classes each (the first 
 
 (the class names above are the `label` values of every CSV). Each image is drawn with numpy
 from a key derived from the seed, so one seed gives byte-identical files; captions say what
-was planted (finding, count, size, side, region), see `synth_text`. `difficulty` (default 0.5)
-fades the findings and adds noise: at 32 px a linear model on raw pixels gets roughly 0.55-0.75
-accuracy per modality, so there is real work left for a ViT.
+was planted (finding, count, size, side, region), see `synth_text`. `difficulty` (default 0.25)
+fades the findings and adds noise. Measured at 32 px with 4 classes (chance 0.25): a linear model
+on raw pixels (50 images per class) gets 0.6-0.76 per modality at 0.25. The demo's tiny ViT
+(patch 4, width 128, 4 layers) trained as a plain classifier on 250 images per class reaches,
+at 0.25, 0.88 (CT), 0.945 (MRI), 0.97 (histopathology), 0.95 (dermoscopy) after 300 steps, but
+only 0.60 on MRI after 180 steps (0.43 at difficulty 0.5): learnable, not instantly. Raise or
+lower `difficulty` to tune how hard the demo's modalities are.
 
 Python API: `generate(out_dir, seed=0, size=32, quick=False, ...) -> SynthCorpus` (with
 `.catalog`, `.pairs_csv`, `.shards`, `.pairs()` -> DataFrame); `synth_render.render_sample`
@@ -84,7 +88,7 @@ from mmkd.errors import UsageError
 from mmkd.utils.io import atomic_write_json, atomic_write_text
 
 FORMAT_VERSION = 1
-DEFAULT_DIFFICULTY = 0.5
+DEFAULT_DIFFICULTY = 0.25
 PAIR_COLUMNS = ["image", "caption", "sample_id", "modality", "label"]
 LABEL_COLUMNS = ["image", "label", "label_id", "modality", "sample_id"]
 PLANTED_COLUMNS = ["sample_id", "image", "modality", "label", "finding", "count", "size_mm", "size_word", "side", "region",
