@@ -49,7 +49,8 @@ DEFAULT_CHUNK_ROWS = 1024
 CORE_KINDS = ("image", "text", "available", "score")
 # Test-only: seconds to sleep between flushing a chunk's rows and committing them, so that a
 # crash test can kill the writer inside that window.
-_TEST_COMMIT_DELAY_S = float(os.environ.get("MMKD_TEST_COMMIT_DELAY_S", "0") or 0)
+# Read at each commit (not at import), so a forked test process sees the value set for it.
+_TEST_COMMIT_DELAY_ENV = "MMKD_TEST_COMMIT_DELAY_S"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
 
@@ -365,8 +366,9 @@ class FeatureStoreWriter:
             target[start:stop] = data
             target.flush()  # msync: the rows are on disk before the record that makes them visible
             digests[kind] = hashlib.sha256(data.tobytes()).hexdigest()
-        if _TEST_COMMIT_DELAY_S:  # test hook: widen the window between rows on disk and their commit
-            time.sleep(_TEST_COMMIT_DELAY_S)
+        delay = float(os.environ.get(_TEST_COMMIT_DELAY_ENV, "0") or 0)
+        if delay:  # test hook: widen the window between rows on disk and their commit
+            time.sleep(delay)
         record = {"teacher": teacher, "chunk": chunk, "start": start, "stop": stop, "sha256": digests,
                   **(record_extra or {})}
         atomic_write_json(self._record_path(teacher, chunk), record, indent=None)
