@@ -44,3 +44,46 @@ def make_pairs(root: Path, n: int = 64, seed: int = 0, size: int = 32, fmt: str 
     else:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def write_store(table: Path, store: Path, dims=(24, 40), seed: int = 0, names=("t0", "t1")) -> Path:
+    """A finished feature store for `table` written through the real writer: two 'teachers' whose
+    features are class prototypes plus noise; t0 teaches red/green samples only."""
+    from mmkd.data.feature_store import FeatureStoreWriter, TeacherEntry
+    from mmkd.data.pairs import index_source
+
+    records, _ = index_source(str(table))
+    classes = [f"a {c} {s}" for c in COLORS for s in SHAPES]
+    rng = np.random.default_rng(seed)
+    entries = [TeacherEntry(n, d, provenance={"weights": {"w": f"{n}-{d}"}}) for n, d in zip(names, dims)]
+    writer = FeatureStoreWriter.open(store, [r.sample_id for r in records], entries, chunk_rows=16)
+    labels = np.array([classes.index(r.caption) for r in records])
+    for k, (entry, d) in enumerate(zip(entries, dims)):
+        protos = rng.normal(size=(len(classes), d))
+        img = protos[labels] + 0.3 * rng.normal(size=(len(records), d))
+        txt = protos[labels] + 0.1 * rng.normal(size=(len(records), d))
+        img /= np.linalg.norm(img, axis=1, keepdims=True)
+        txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+        avail = np.array([("red" in r.caption or "green" in r.caption) if k == 0 else True for r in records])
+        for c in range(writer.num_chunks):
+            a, b = writer.chunk_bounds(c)
+            writer.write_chunk(c, entry.name, {"image": img[a:b], "text": txt[a:b], "available": avail[a:b],
+                                               "score": np.ones(b - a, np.float32)})
+    writer.finalize()
+    return store
+
+
+def assert_same_store(path: Path, ref_path: Path, kinds=("image", "text", "available", "score"),
+                      check_summary: bool = False) -> None:
+    """Two feature stores hold the same arrays, chunk records and checksums."""
+    from mmkd.data.feature_store import FeatureStore
+
+    store, ref = FeatureStore(path), FeatureStore(ref_path)
+    assert store.teachers == ref.teachers and store.sample_ids == ref.sample_ids
+    for name in ref.teachers:
+        for kind in kinds:
+            np.testing.assert_array_equal(store.array(name, kind), ref.array(name, kind), err_msg=f"{name}/{kind}")
+    assert store.manifest["chunks"] == ref.manifest["chunks"]
+    if check_summary:
+        assert store.manifest["summary"] == ref.manifest["summary"]
+    assert store.verify() == []

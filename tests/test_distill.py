@@ -12,44 +12,17 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from helpers import COLORS, SHAPES, make_pairs
-from mmkd.data.feature_store import FeatureStoreWriter, TeacherEntry
-from mmkd.data.pairs import index_source
+from helpers import COLORS, SHAPES, make_pairs, write_store
 from mmkd.training.checkpoint import latest_checkpoint
 
 CLASSES = [f"a {c} {s}" for c in COLORS for s in SHAPES]
-
-
-def write_store(table, store, dims=(48, 80), seed=0):
-    """Two 'teachers' that know the classes: class prototypes in their own random bases, plus noise.
-    Teacher 0 is available on colours red/green only, teacher 1 everywhere."""
-    records, _ = index_source(str(table))
-    rng = np.random.default_rng(seed)
-    n = len(records)
-    entries = [TeacherEntry(f"t{k}", d, provenance={"weights": {"w": f"t{k}-{d}"}}) for k, d in enumerate(dims)]
-    w = FeatureStoreWriter.open(store, [r.sample_id for r in records], entries, chunk_rows=16)
-    captions = [r.caption for r in records]
-    for k, (entry, d) in enumerate(zip(entries, dims)):
-        protos = rng.normal(size=(len(CLASSES), d))
-        labels = np.array([CLASSES.index(c) for c in captions])
-        img = protos[labels] + 0.3 * rng.normal(size=(n, d))
-        txt = protos[labels] + 0.1 * rng.normal(size=(n, d))
-        img /= np.linalg.norm(img, axis=1, keepdims=True)
-        txt /= np.linalg.norm(txt, axis=1, keepdims=True)
-        avail = np.array([("red" in c or "green" in c) if k == 0 else True for c in captions])
-        for c in range(w.num_chunks):
-            a, b = w.chunk_bounds(c)
-            w.write_chunk(c, entry.name, {"image": img[a:b], "text": txt[a:b], "available": avail[a:b],
-                                          "score": np.ones(b - a, np.float32)})
-    w.finalize()
-    return store
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     table = make_pairs(root / "data", n=64)
-    store = write_store(table, root / "store")
+    store = write_store(table, root / "store", dims=(48, 80))
     s1 = run_cli("pretrain", "--data", str(table), "--out", str(root / "s1"), "--batch-size", "16", "--epochs", "2",
                  "--lr", "1e-3", "--optim.warmup_steps", "2", "--train.progress", "false")
     assert s1.returncode == 0, s1.stderr

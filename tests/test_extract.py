@@ -24,6 +24,7 @@ from mmkd.teachers.extract import ExtractOptions, extract_features
 from mmkd.teachers.testing import make_hf_clip_teacher, make_open_clip_teacher, make_pairs_csv
 
 from conftest import run_cli
+from helpers import assert_same_store
 
 BROKEN = (5, 18)
 KINDS = ("image", "text", "available", "score")
@@ -56,16 +57,6 @@ def reference(world):
     _extract(world["csv"], {"a": f"local-dir:{world['oc']}", "b": f"local-dir:{world['oc2']}"}, out,
              chunk_rows=4, batch_size=3, candidates=4)
     return out
-
-
-def assert_same_store(path, ref_path):
-    store, ref = FeatureStore(path), FeatureStore(ref_path)
-    assert store.teachers == ref.teachers and store.sample_ids == ref.sample_ids
-    for name in ref.teachers:
-        for kind in KINDS:
-            np.testing.assert_array_equal(store.array(name, kind), ref.array(name, kind), err_msg=f"{name}/{kind}")
-    assert store.manifest["chunks"] == ref.manifest["chunks"]
-    assert store.verify() == []
 
 
 def test_stored_features_equal_the_libraries_outputs(world, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import struct
 import sys
 import tarfile
@@ -25,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: helpers.py
 
-from helpers import COLORS, SHAPES, make_pairs  # noqa: E402
+from helpers import COLORS, SHAPES, make_pairs, write_store  # noqa: E402,F401
 
 _FORK = multiprocessing.get_context("fork")
 
@@ -66,6 +67,19 @@ def wait_until(predicate: Callable[[], bool], proc=None, timeout: float = 120, p
             return predicate()
         time.sleep(poll)
     return False
+
+
+def kill_when(proc, predicate: Callable[[], bool], delay_s: float = 0.0) -> bool:
+    """Wait for `predicate()`, sleep `delay_s`, then SIGKILL `proc`. False when it finished first."""
+    wait_until(predicate, proc)
+    time.sleep(delay_s)
+    if not proc.is_alive():
+        proc.join()
+        return False
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    return True
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
@@ -110,33 +124,6 @@ def run_stage2(args: list[str]) -> dict:
     from mmkd.training.stage2 import DistillTask
 
     return fit(build_config(None, args, stage="distill"), DistillTask)
-
-
-def write_store(table: Path, store: Path, dims=(24, 40), seed: int = 0, names=("t0", "t1")) -> Path:
-    """A finished feature store for `table` written through the real writer: two 'teachers' whose
-    features are class prototypes plus noise; t0 teaches red/green samples only."""
-    from mmkd.data.feature_store import FeatureStoreWriter, TeacherEntry
-    from mmkd.data.pairs import index_source
-
-    records, _ = index_source(str(table))
-    classes = [f"a {c} {s}" for c in COLORS for s in SHAPES]
-    rng = np.random.default_rng(seed)
-    entries = [TeacherEntry(n, d, provenance={"weights": {"w": f"{n}-{d}"}}) for n, d in zip(names, dims)]
-    writer = FeatureStoreWriter.open(store, [r.sample_id for r in records], entries, chunk_rows=16)
-    labels = np.array([classes.index(r.caption) for r in records])
-    for k, (entry, d) in enumerate(zip(entries, dims)):
-        protos = rng.normal(size=(len(classes), d))
-        img = protos[labels] + 0.3 * rng.normal(size=(len(records), d))
-        txt = protos[labels] + 0.1 * rng.normal(size=(len(records), d))
-        img /= np.linalg.norm(img, axis=1, keepdims=True)
-        txt /= np.linalg.norm(txt, axis=1, keepdims=True)
-        avail = np.array([("red" in r.caption or "green" in r.caption) if k == 0 else True for r in records])
-        for c in range(writer.num_chunks):
-            a, b = writer.chunk_bounds(c)
-            writer.write_chunk(c, entry.name, {"image": img[a:b], "text": txt[a:b], "available": avail[a:b],
-                                               "score": np.ones(b - a, np.float32)})
-    writer.finalize()
-    return store
 
 
 def final_files(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -215,7 +202,7 @@ def report(capsys, title: str, **figures) -> None:
         print("\n" + line, flush=True)
 
 
-__all__ = ["make_pairs", "COLORS", "SHAPES"]
+__all__ = ["make_pairs", "write_store", "COLORS", "SHAPES"]
 
 
 _WORLD: dict = {}

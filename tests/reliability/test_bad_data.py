@@ -8,7 +8,6 @@ claiming 10 gigapixels), missing files, truncated tar members, empty and non-UTF
 
 from __future__ import annotations
 
-import csv
 import random
 import tarfile
 from collections import Counter

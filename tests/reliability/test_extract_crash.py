@@ -16,7 +16,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mmkd.data.feature_store import FeatureStore
@@ -25,7 +24,8 @@ from mmkd.errors import UsageError
 from mmkd.teachers import load_teacher
 from mmkd.teachers.extract import ExtractOptions, extract_features
 from mmkd.teachers.testing import make_open_clip_teacher, make_pairs_csv
-from rel_helpers import fork, one_thread, report, wait_until
+from helpers import assert_same_store as _same_store
+from rel_helpers import fork, kill_when, one_thread, report, wait_until
 
 KINDS = ("image", "text", "available", "score")
 OPTIONS = dict(chunk_rows=4, batch_size=3, candidates=4, progress=False)
@@ -49,17 +49,6 @@ def extract(world, out) -> dict:
     return extract_features(world["records"], world["teachers"], str(out), ExtractOptions(**OPTIONS))
 
 
-def assert_same_store(path: Path, ref_path: Path) -> None:
-    store, ref = FeatureStore(path), FeatureStore(ref_path)
-    assert store.teachers == ref.teachers and store.sample_ids == ref.sample_ids
-    for name in ref.teachers:
-        for kind in KINDS:
-            np.testing.assert_array_equal(store.array(name, kind), ref.array(name, kind), err_msg=f"{name}/{kind}")
-    assert store.manifest["chunks"] == ref.manifest["chunks"]
-    assert store.manifest["summary"] == ref.manifest["summary"]
-    assert store.verify() == []
-
-
 def committed(out: Path) -> int:
     return sum(len(list((out / "teachers" / t / "chunks").glob("*.json")))
                for t in ("a", "b") if (out / "teachers" / t / "chunks").is_dir())
@@ -72,15 +61,9 @@ def kill_campaign(world, out: Path, kills: int, rng: random.Random, delay_s: flo
     for _ in range(kills):
         target = rng.randint(0, 2 * NUM_CHUNKS - 1)
         proc = fork(extract, world, out, env={"MMKD_TEST_COMMIT_DELAY_S": str(delay_s)})
-        wait_until(lambda: committed(out) >= target, proc)
-        time.sleep(rng.uniform(0, 2 * delay_s + 0.05))
-        if not proc.is_alive():
-            proc.join()
+        if not kill_when(proc, lambda: committed(out) >= target, rng.uniform(0, 2 * delay_s + 0.05)):
             figures["finished_before_kill"] += 1
             continue
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.join()
-        assert proc.exitcode == -signal.SIGKILL
         figures["kills"] += 1
         figures["kills_before_any_commit"] += committed(out) == 0
         if (out / "manifest.json").is_file():
@@ -88,7 +71,7 @@ def kill_campaign(world, out: Path, kills: int, rng: random.Random, delay_s: flo
                 FeatureStore(out)
     with one_thread():
         extract(world, out)
-    assert_same_store(out, world["reference"])
+    _same_store_full(out, world["reference"])
     return figures
 
 
@@ -104,7 +87,7 @@ def test_sigkill_inside_the_commit_window_then_rerun(world, tmp_path):
         FeatureStore(out)
     with one_thread():
         extract(world, out)
-    assert_same_store(out, world["reference"])
+    _same_store_full(out, world["reference"])
 
 
 # writes of this extraction: 1 sample_ids.json, 2 manifest, 3..18 chunk records, 19 final manifest
@@ -122,7 +105,7 @@ def test_write_error_at_each_kind_of_write_then_rerun(world, tmp_path, monkeypat
     monkeypatch.delenv("MMKD_TEST_ENOSPC_AT_WRITE")
     with one_thread():
         extract(world, out)
-    assert_same_store(out, world["reference"])
+    _same_store_full(out, world["reference"])
 
 
 def _mount_tmpfs(mnt: Path, size: str) -> bool:
@@ -146,7 +129,7 @@ def test_a_really_full_disk_is_refused_before_any_row_then_resumed(world, tmp_pa
         subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)
         with one_thread():
             extract(world, mnt / "store")
-        assert_same_store(mnt / "store", world["reference"])
+        _same_store_full(mnt / "store", world["reference"])
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
@@ -177,5 +160,9 @@ def test_campaign_write_error_at_every_write(world, tmp_path_factory, capsys, mo
         monkeypatch.delenv("MMKD_TEST_ENOSPC_AT_WRITE")
         with one_thread():
             extract(world, out)
-        assert_same_store(out, world["reference"])
+        _same_store_full(out, world["reference"])
     report(capsys, "extraction write-error campaign", writes_failed=failed, stores_equal_to_uninterrupted=failed)
+
+
+def _same_store_full(path: Path, ref_path: Path) -> None:
+    _same_store(path, ref_path, KINDS, check_summary=True)

@@ -11,12 +11,11 @@ import json
 import os
 import random
 import signal
-import time
 
 import pytest
 
 from rel_helpers import (assert_same_run, fork, latest_step, one_thread, report, run_stage1,
-                         run_stage2, stage1_args, stage2_args, training_world, wait_until)
+                         run_stage2, stage1_args, stage2_args, training_world, wait_until, kill_when)
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +41,9 @@ def kill_and_resume(world, stage: int, out, kills: int, rng: random.Random) -> d
         target = rng.randint(start + 1, 7)
         extra = ["--resume", "latest"] if start else []
         proc = fork(run, args(out, *extra))
-        wait_until(lambda: latest_step(out) >= target, proc)
-        time.sleep(rng.uniform(0, 0.05))
-        if not proc.is_alive():
-            proc.join()
+        if not kill_when(proc, lambda: latest_step(out) >= target, rng.uniform(0, 0.05)):
             figures["finished_before_kill"] += 1
             continue
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.join()
-        assert proc.exitcode == -signal.SIGKILL
         figures["kills"] += 1
         if any((out / "checkpoints").glob(".tmp-*")):
             figures["killed_during_checkpoint_write"] += 1

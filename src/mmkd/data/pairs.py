@@ -93,9 +93,10 @@ def expand_shards(spec: str) -> list[str]:
     return shards
 
 
-def read_table(path: Path, fmt: str) -> list[dict[str, Any]]:
+def read_table(path: Path, fmt: str, what: str = "--data") -> list[dict[str, Any]]:
+    """Rows of a CSV/TSV or JSONL file as dicts; `what` names the option in error messages."""
     if not path.is_file():
-        raise UsageError(f"--data: file {str(path)!r} does not exist")
+        raise UsageError(f"{what}: file {str(path)!r} does not exist")
     # Bytes that are not UTF-8 are kept as surrogate escapes: the row stays (image paths are still the
     # file's bytes) and `read_caption` skips a caption holding them as bad_caption_encoding.
     if fmt == "csv":
@@ -109,7 +110,7 @@ def read_table(path: Path, fmt: str) -> list[dict[str, Any]]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise UsageError(f"--data: {path}:{line_no} is not valid JSON ({e.msg})") from None
+                    raise UsageError(f"{what}: {path}:{line_no} is not valid JSON ({e.msg})") from None
     return rows
 
 
@@ -188,7 +189,7 @@ def index_source(path: str, fmt: str = "auto", image_key: str = "image", caption
     if fmt in ("csv", "jsonl"):
         return index_table(path, fmt, image_key, caption_key, id_key, modality_key), Counter()
     if fmt == "webdataset":
-        return index_shards(expand_shards(path), caption_key if caption_key != "caption" else "caption")
+        return index_shards(expand_shards(path), caption_key)
     raise UsageError(f"--data.format: {fmt!r} is not allowed; choose auto, csv, jsonl or webdataset")
 
 

@@ -13,9 +13,7 @@ A split with no split structure is called "all".
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,20 +128,9 @@ def pick_split(available: list[str], requested: str | None, dataset: str) -> str
 
 
 def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise UsageError(f"dataset file {str(path)!r} does not exist")
-    if fmt == "csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: not valid JSON ({e})") from None
-    return rows
+    from mmkd.data.pairs import read_table
+
+    return read_table(path, fmt, what="dataset file")
 
 
 def _table_rows(entry) -> list[tuple[str, dict[str, Any], Path]]:

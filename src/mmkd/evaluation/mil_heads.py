@@ -97,27 +97,9 @@ class MILTrainConfig:
     @classmethod
     def from_options(cls, options: dict, where: str = "dataset") -> "MILTrainConfig":
         """Settings from catalog options prefixed `mil_` (e.g. `mil_epochs: 60`); bad values reported at once."""
-        from mmkd.errors import ConfigError
+        from mmkd.evaluation.head_options import head_config
 
-        values, problems = {}, []
-        for name, default in vars(cls()).items():
-            key = f"mil_{name}"
-            if key not in options:
-                continue
-            raw = options[key]
-            try:
-                value = type(default)(raw)
-                ok = value > 0 if name != "dropout" else 0 <= value < 1
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                problems.append(f"{where}.{key}: {raw!r} is not allowed; give a positive {type(default).__name__} "
-                                f"(default {default})")
-            else:
-                values[name] = value
-        if problems:
-            raise ConfigError(problems)
-        return cls(**values)
+        return head_config(cls, options, lambda name: f"mil_{name}", where)
 
 
 def fit_bag_model(bags: list[torch.Tensor], num_outputs: int, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

@@ -14,7 +14,6 @@ Metric names are fixed across tasks (see METRIC_NAMES) so one table can hold eve
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import hashlib
 import importlib

@@ -232,28 +232,11 @@ def evaluate_vqa(model, rows: list[VQARow], *, seed: int, cache, dataset: str = 
 
 
 def _train_config(entry) -> VQATrainConfig:
-    from mmkd.errors import ConfigError
+    from mmkd.evaluation.head_options import head_config
 
-    values, problems = {}, []
-    for name, default in vars(VQATrainConfig()).items():
-        key = f"vqa_{name}" if name != "max_answers" else "max_answers"
-        if key not in entry.raw:
-            continue
-        raw = entry.raw[key]
-        kind = type(default) if default is not None else int
-        try:
-            value = kind(raw)
-            ok = value > 0 if name != "dropout" else 0 <= value < 1
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            problems.append(f"datasets.{entry.name}.{key}: {raw!r} is not allowed; give a positive {kind.__name__}"
-                            f" (default {default})")
-        else:
-            values[name] = value
-    if problems:
-        raise ConfigError(problems)
-    return VQATrainConfig(**values)
+    return head_config(VQATrainConfig, entry.raw,
+                       lambda name: f"vqa_{name}" if name != "max_answers" else "max_answers",
+                       f"datasets.{entry.name}")
 
 
 def run(model, entry, *, seed: int, cache, num_bootstrap: int) -> dict:

@@ -14,7 +14,6 @@ with zero features and is unavailable for every teacher.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Sequence

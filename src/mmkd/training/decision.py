@@ -50,7 +50,7 @@ def load_image_only(path: str, vocab: dict) -> list[PairRecord]:
                          "(CSV/JSONL with columns image, modality); give one or set --distill.lambda_decision 0")
     table = Path(path)
     fmt = "jsonl" if table.suffix in (".jsonl", ".json") else "csv"
-    rows = read_table(table, fmt)
+    rows = read_table(table, fmt, what="--data.image_only_path")
     unknown = sorted({str(r.get("modality", "")) for r in rows} - set(vocab))
     if unknown:
         raise UsageError(f"--data.image_only_path: modalities {unknown} have no entry in --distill.decision_vocab; "
@@ -128,10 +128,10 @@ class DecisionTargets:
         from tqdm.auto import tqdm
 
         for name, spec in tqdm(teacher_specs.items(), desc="decision targets", unit="teacher"):
-            teacher = load_teacher(spec, name=name)
             rows = [i for i, r in enumerate(self.records) if name in routes.get(r.modality, teacher_specs)]
-            if not rows:
+            if not rows:  # no modality is routed to this teacher: do not load it
                 continue
+            teacher = load_teacher(spec, name=name)
             classes = {m: class_embeddings(teacher, self.vocab[m]["classnames"], self.vocab[m]["templates"]).float()
                        for m in self.modalities}
             for start in range(0, len(rows), 128):

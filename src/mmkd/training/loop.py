@@ -190,7 +190,10 @@ def _test_nan_steps() -> set[int]:
 
 
 def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any]:
-    """Train `make_task(student, cfg, device)` under `cfg`; returns the summary (also RUN/summary.json)."""
+    """Train `make_task(student, cfg, device, records=...)` under `cfg`; returns the summary (also RUN/summary.json).
+
+    `records` are the training data's PairRecords (the same the loop reads), so a task needs no second index pass.
+    """
     device_type = dist_utils.pick_device(cfg.train.device)
     if device_type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--train.device: 'cuda' was asked for but no GPU is visible; use --device cpu or auto")
@@ -221,10 +224,10 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
                                  seed=cfg.train.seed)
     if cfg.model.grad_checkpointing:
         student.model.set_grad_checkpointing(True)
-    task = make_task(student, cfg, device)
+    dataset, index_skips = PairDataset.from_config(cfg.data, student.train_transform)
+    task = make_task(student, cfg, device, records=dataset.records)
     module = task.module.to(device)
 
-    dataset, index_skips = PairDataset.from_config(cfg.data, student.train_transform)
     sampler = ResumableBatchSampler(len(dataset), micro_global, info.rank, info.world_size, cfg.train.seed)
     steps_per_epoch = sampler.batches_per_epoch // cfg.train.accum_steps
     if steps_per_epoch == 0:

@@ -28,7 +28,7 @@ class ClipForward(torch.nn.Module):
 class ClipTask:
     name = "pretrain"
 
-    def __init__(self, student, cfg, device):
+    def __init__(self, student, cfg, device, records=None):
         self.module = ClipForward(student.model)
 
     def losses(self, outputs, batch, rank: int, world_size: int) -> dict[str, torch.Tensor]:

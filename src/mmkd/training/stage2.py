@@ -77,7 +77,7 @@ class DistillForward(nn.Module):
 class DistillTask:
     name = "distill"
 
-    def __init__(self, student, cfg, device):
+    def __init__(self, student, cfg, device, records=None):
         from mmkd.data.feature_store import FeatureStore
         from mmkd.data.pairs import index_source
 
@@ -94,8 +94,9 @@ class DistillTask:
         self.space = d.target_space
         embed_dim = student.embed_dim
         # Preflight: every training sample has a store row.
-        records, _ = index_source(cfg.data.path, cfg.data.format, cfg.data.image_key, cfg.data.caption_key,
-                                  cfg.data.id_key, cfg.data.modality_key)
+        if records is None:  # built on its own (not by fit): index the training data here
+            records, _ = index_source(cfg.data.path, cfg.data.format, cfg.data.image_key, cfg.data.caption_key,
+                                      cfg.data.id_key, cfg.data.modality_key)
         missing = []
         rows = np.empty(len(records), dtype=np.int64)
         for i, r in enumerate(records):
@@ -169,9 +170,12 @@ class DistillTask:
                             modalities_B=batch.modalities, routes=d.modality_routes, teachers=self.teachers)
         return feats, rows, torch.from_numpy(w).to(self.device)
 
+    def _raw(self, feats, t: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher t's stored image and text features of the batch, float32 on the device."""
+        return tuple(torch.from_numpy(feats[kind][t].astype(np.float32)).to(self.device) for kind in self.kinds)
+
     def _targets(self, feats, t: str) -> tuple[torch.Tensor, torch.Tensor]:
-        img = torch.from_numpy(feats[self.kinds[0]][t].astype(np.float32)).to(self.device)
-        txt = torch.from_numpy(feats[self.kinds[1]][t].astype(np.float32)).to(self.device)
+        img, txt = self._raw(feats, t)
         if self.alignment is not None:
             with torch.no_grad():
                 img, txt = self.alignment.encode(t, img, "image"), self.alignment.encode(t, txt, "text")
@@ -205,8 +209,7 @@ class DistillTask:
                     icl_total = icl_total + share * icl
                     terms[f"fd:{t}"], terms[f"icl:{t}"] = fd.detach(), icl.detach()
                 if d.lambda_kl > 0:
-                    raw_img = torch.from_numpy(feats[self.kinds[0]][t].astype(np.float32)).to(self.device)
-                    raw_txt = torch.from_numpy(feats[self.kinds[1]][t].astype(np.float32)).to(self.device)
+                    raw_img, raw_txt = self._raw(feats, t)
                     # Relational KL uses every row the teacher may teach (the in-batch distribution
                     # needs several rows), not only the rows the policy drew for it.
                     avail_B = torch.from_numpy(feats["available"][:, j].astype(np.float32)).to(self.device)
