@@ -9,10 +9,11 @@ transformers' BERT both dispatch to `scaled_dot_product_attention`), optional
 student on CPU, slowly).
 
 What is timed: the training step of `fit` without the data loader — the same pieces
-(`ClipTask` / `DistillTask` modules and losses, `trim_padding`, `autocast_context`,
-`build_optimizer`, grad clipping at 1.0, logit-scale clamp, one host sync per step for the
-loss, as `fit` logs it) on pre-made image tensors on the device and realistic captions
-(10-60 biomedical words, padded to the batch's longest unless `--full-context`). Stage 2
+(`ClipTask` / `DistillTask` modules and losses, `DistillTask.prepare` before the forward,
+`autocast_context`, `build_optimizer`, grad clipping at 1.0, logit-scale clamp, one host sync
+per step for the logged terms, as `fit` runs them) on pre-made image tensors on the device and
+realistic captions (10-60 biomedical words) tokenized beforehand with `BatchTokenizer`, as the
+loader's workers do, padded to the batch's longest unless `--full-context`. Stage 2
 reads the paper's teacher set (9 teachers, dims 768/512, ~6.6 of 9 available per row) from a
 feature store, through the alignment autoencoder into 512-d targets, random-available policy,
 FD x 50 + ICL. Data loading is measured separately (`bench_data_wait.py`).
@@ -22,7 +23,7 @@ shapes) x steps/s / the card's dense bf16 peak (a table of common cards; `--peak
 overrides). Channels-last is not used: a ViT has a single patch convolution, where it does
 not help.
 
-Usage: python bench/bench_gpu.py [--batch N] [--steps 20] [--compile] [--full-context] [--paper]
+Usage: python bench/bench_gpu.py [--batch N] [--steps 20] [--compile] [--full-context] [--paper] [--profile]
 Prints `RATIO gpu_stage2_vs_stage1: <stage-2 / stage-1 step time>x (target <= 1.10)` and
 `FIGURE` lines with samples/s, TFLOP/s and MFU of each stage.
 """
@@ -98,27 +99,26 @@ def time_stage(task, student, cfg, device, batches, args) -> dict:
     """Warm up, then time `args.steps` training steps as `fit` runs them (without the loader)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mmkd.training.loop import autocast_context, trim_padding
+    from mmkd.training.loop import autocast_context
     from mmkd.training.optim import build_optimizer
 
     module = task.module.to(device)
     module.train()
     optimizer = build_optimizer(module, cfg.optim, device.type)
     runner = {"module": module}  # FLOPs are counted on the eager module (compiled graphs bypass the counter)
-    tokenizer = student.tokenizer
-    pad_id = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None) or 0
 
     def step(images, batch):
         optimizer.zero_grad(set_to_none=True)
-        tokens = tokenizer(batch.captions)
-        if cfg.model.pad_to_longest:
-            tokens = trim_padding(tokens, student.model, pad_id)
-        tokens = tokens.to(device, non_blocking=True)
+        tokens = batch.tokens.to(device, non_blocking=True)  # tokenized by the loader's workers, as in fit
+        if hasattr(task, "prepare"):
+            task.prepare(batch)
         with autocast_context(device.type, cfg.train.precision):
             outputs = runner["module"](images, tokens)
         terms = task.losses(outputs, batch, 0, 1)
         terms["loss"].backward()
-        loss = float(terms["loss"].detach())  # fit logs the loss every step: one host sync
+        # fit logs every term each step: one host sync
+        values = dict(zip(terms, torch.stack([v.detach().float().reshape(()) for v in terms.values()]).tolist()))
+        loss = values["loss"]
         torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         with torch.no_grad():
@@ -145,11 +145,67 @@ def time_stage(task, student, cfg, device, batches, args) -> dict:
         lengths.append(length)
         assert np.isfinite(loss), "non-finite loss in the benchmark"
     step_s = median(times)
+    if args.profile:
+        profile(step, student, cfg, device, batches)
     out = {"step_s": step_s, "samples_per_s": args.batch / step_s, "flops_per_step": flops,
            "tflops_per_s": flops / step_s / 1e12, "text_len": float(np.mean(lengths))}
     if device.type == "cuda":
         out["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
+
+
+def profile(step, student, cfg, device, batches) -> None:
+    """Where a step's time goes: each part alone (median of 5), then the busiest kernels and how
+    much of the step the device was busy (below 100 %: the host is the limit)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from mmkd.models.text import BatchTokenizer
+    from mmkd.training.loop import autocast_context
+
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    images, batch = batches[0]
+    tokens = batch.tokens.to(device)
+    batcher = BatchTokenizer(student.tokenizer, student.model, cfg.model.pad_to_longest)
+
+    def timed(fn, repeats: int = 5) -> float:
+        times = []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return 1000 * median(times)
+
+    def tower(encode, x):
+        def run():
+            with autocast_context(device.type, cfg.train.precision):
+                out = encode(x, normalize=True)
+            out.float().square().mean().backward()
+        return run
+
+    parts = {"tokenize (host, in the loader's workers)": timed(lambda: batcher(batch.captions)),
+             "tokenize, open_clip full context (host)": timed(lambda: student.tokenizer(batch.captions)),
+             "image tower fwd+bwd": timed(tower(student.model.encode_image, images)),
+             "text tower fwd+bwd": timed(tower(student.model.encode_text, tokens)),
+             "whole step": timed(lambda: step(*batches[0]))}
+    print("  parts, ms: " + "; ".join(f"{k} {v:.1f}" for k, v in parts.items()))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync()
+    t0 = time.perf_counter()
+    with torch_profile(activities=activities) as prof:
+        for i in range(3):
+            step(*batches[i % len(batches)])
+        sync()
+    wall_ms = 1000 * (time.perf_counter() - t0) / 3
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    averages = prof.key_averages()
+    if cuda:
+        busy_ms = sum(getattr(e, key, 0) for e in averages if e.device_type.name == "CUDA") / 1000 / 3
+        print(f"  device busy {busy_ms:.1f} of {wall_ms:.1f} ms per profiled step ({busy_ms / wall_ms:.0%})")
+    print(averages.table(sort_by=key, row_limit=18, max_name_column_width=60))
 
 
 def main() -> None:
@@ -160,6 +216,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the student (longer warm-up)")
     parser.add_argument("--full-context", action="store_true", help="pad captions to 256 tokens, as the paper does")
     parser.add_argument("--paper", action="store_true", help="the paper's student even on CPU (slow)")
+    parser.add_argument("--stage", choices=("1", "2", "both"), default="both", help="which stages to time")
+    parser.add_argument("--profile", action="store_true", help="print where each stage's step time goes")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="the card's dense bf16 peak, TFLOP/s")
     args = parser.parse_args()
     set_threads()
@@ -194,17 +252,22 @@ def main() -> None:
         if text_model is not None and hasattr(text_model, "config"):
             print(f"text attention: {getattr(text_model.config, '_attn_implementation', '?')}")
         from mmkd.data.pairs import Batch
+        from mmkd.models.text import BatchTokenizer
 
+        batcher = BatchTokenizer(student.tokenizer, student.model, cfg.model.pad_to_longest, 32 if args.compile else 8)
         batches = []
         for k in range(4):
             idx = torch.arange(k * args.batch, (k + 1) * args.batch)
             images = torch.randn(args.batch, 3, size, size, device=device)
             batches.append((images, Batch(images=images, captions=[captions[i] for i in idx.tolist()], indices=idx,
                                           sample_ids=[f"s{i:07d}" for i in idx.tolist()],
-                                          modalities=[""] * args.batch, skipped={})))
+                                          modalities=[""] * args.batch, skipped={},
+                                          tokens=batcher([captions[i] for i in idx.tolist()]))))
         # The same initial weights for both stages: stage 2 starts from a copy of the state.
         initial = {k: v.clone() for k, v in student.model.state_dict().items()}
         for stage, make in (("stage1", ClipTask), ("stage2", DistillTask)):
+            if args.stage not in ("both", stage[-1]):
+                continue
             student.model.load_state_dict(initial)
             task = make(student, cfg, device)
             results[stage] = time_stage(task, student, cfg, device, batches, args)
@@ -219,6 +282,8 @@ def main() -> None:
         print(f"FIGURE gpu_{stage}_samples_per_s: {r['samples_per_s']:.1f}")
         if peak:
             print(f"FIGURE gpu_{stage}_mfu: {r['tflops_per_s'] / peak:.3f}")
+    if len(results) < 2:
+        return
     ratio = results["stage2"]["step_s"] / results["stage1"]["step_s"]
     where = torch.cuda.get_device_name(0) if cuda else f"CPU, {desc}"
     print(f"RATIO gpu_stage2_vs_stage1: {ratio:.3f}x (target <= 1.10: stage-2 / stage-1 step time; {where})")

@@ -331,12 +331,21 @@ class Batch:
     sample_ids: list[str]
     modalities: list[str]
     skipped: Counter
+    tokens: Any = None  # [B, L] long tensor when the loader tokenizes (collate_pairs(tokenize=...))
 
     def __len__(self) -> int:
         return len(self.captions)
 
+    def pin_memory(self) -> "Batch":
+        """Called by a DataLoader with pin_memory=True: page-locked tensors copy to a GPU asynchronously."""
+        self.images = self.images.pin_memory() if self.images.numel() else self.images
+        if self.tokens is not None:
+            self.tokens = self.tokens.pin_memory()
+        return self
 
-def collate_pairs(items: list[dict[str, Any] | Skip]) -> Batch:
+
+def collate_pairs(items: list[dict[str, Any] | Skip], tokenize: Callable[[list[str]], Any] | None = None) -> Batch:
+    """Stack the readable samples of a batch; `tokenize` (captions -> ids) runs here, in the worker."""
     import torch
 
     good = [it for it in items if not isinstance(it, Skip)]
@@ -352,4 +361,5 @@ def collate_pairs(items: list[dict[str, Any] | Skip]) -> Batch:
         sample_ids=[it["sample_id"] for it in good],
         modalities=[it["modality"] for it in good],
         skipped=skipped,
+        tokens=tokenize([it["caption"] for it in good]) if tokenize is not None and good else None,
     )

@@ -12,6 +12,7 @@ same samples in the same order as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import signal
@@ -28,6 +29,7 @@ from mmkd.data.pairs import Batch, PairDataset, collate_pairs
 from mmkd.data.sampler import ResumableBatchSampler
 from mmkd.errors import DataError, UsageError
 from mmkd.models.student import Student, create_student
+from mmkd.models.text import BatchTokenizer, trim_padding  # noqa: F401  (trim_padding: public here too)
 from mmkd.training import checkpoint as ckpt_io
 from mmkd.training.optim import build_optimizer, lr_at, set_lr
 from mmkd.training.telemetry import MetricsLogger, Throughput
@@ -50,8 +52,9 @@ class Task(Protocol):
     def checkpoint_info(self) -> dict[str, Any]:
         """Extra JSON saved in train_state.json (e.g. the teachers of a distillation)."""
 
-    # Optional hooks: set_epoch(epoch); extra_inputs(micro_position, dist_info, device) -> kwargs for
-    # the module's forward. Outputs "image", "text" and "head_*" are per pair sample.
+    # Optional hooks: set_epoch(epoch); prepare(batch), called before the forward pass (host work that can
+    # overlap it); extra_inputs(micro_position, dist_info, device) -> kwargs for the module's forward.
+    # Outputs "image", "text" and "head_*" are per pair sample.
 
 
 @dataclass
@@ -106,21 +109,6 @@ def autocast_context(device_type: str, precision: str):
     if precision == "bf16" or (precision == "auto" and device_type == "cuda"):
         return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def trim_padding(tokens: torch.Tensor, model: torch.nn.Module, pad_id: int = 0) -> torch.Tensor:
-    """Cut a token batch to its longest sequence where the text tower allows shorter inputs.
-
-    open_clip's `CLIP` text tower adds a fixed-size positional table and cannot; `CustomTextCLIP`
-    towers (open_clip TextTransformer, HF encoders) can. Trailing padding changes no output.
-    """
-    from open_clip.model import CustomTextCLIP
-
-    if not isinstance(model, CustomTextCLIP) or tokens.ndim != 2:
-        return tokens
-    nonpad = (tokens != pad_id).any(dim=0).nonzero()
-    longest = int(nonpad.max().item()) + 1 if nonpad.numel() else 1
-    return tokens[:, :longest]
 
 
 def resolve_resume(cfg: Config) -> Path | None:
@@ -263,10 +251,12 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
 
     logger = MetricsLogger(run_dir, enabled=info.is_main)
     throughput = Throughput()
-    tokenizer = student.tokenizer
+    # Captions are tokenized in the loader's workers, padded to each batch's longest caption.
+    text_batcher = BatchTokenizer(student.tokenizer, student.model, cfg.model.pad_to_longest,
+                                  32 if cfg.train.compile else 8)
+    collate = functools.partial(collate_pairs, tokenize=text_batcher)
     size = student.preprocess_cfg["size"]
     image_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-    pad_id = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None) or 0
 
     def save(reason: str) -> Path | None:
         path = None
@@ -300,7 +290,7 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
             # mid-epoch creates one more loader than an uninterrupted run, and must not shift the RNG stream
             # that dropout and augmentations use.
             loader_rng = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
-            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pairs,
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                                  num_workers=cfg.data.num_workers, generator=loader_rng,
                                                  pin_memory=device_type == "cuda")
             batches = iter(loader)
@@ -327,10 +317,10 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
                         empty = len(batch) == 0
                         images = torch.zeros(1, 3, *image_hw) if empty else batch.images
                         images = images.to(device, non_blocking=True)
-                        tokens = tokenizer(["-"] if empty else batch.captions)
-                        if cfg.model.pad_to_longest:
-                            tokens = trim_padding(tokens, student.model, pad_id)
+                        tokens = text_batcher(["-"]) if empty else batch.tokens
                         tokens = tokens.to(device, non_blocking=True)
+                        if hasattr(task, "prepare") and not empty:  # targets read and copied during the forward
+                            task.prepare(batch)
                         extra = {}
                         if hasattr(task, "extra_inputs"):  # e.g. image-only samples of decision distillation
                             extra = task.extra_inputs(state.step * cfg.train.accum_steps + micro, info, device)
@@ -343,8 +333,10 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
                             terms["loss"] = terms["loss"] * float("nan")
                         loss = terms["loss"] / cfg.train.accum_steps
                         loss.backward()
-                    for k, v in terms.items():
-                        terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / cfg.train.accum_steps
+                    # One host sync for every logged term (not one per term).
+                    values = torch.stack([v.detach().float().reshape(()) for v in terms.values()]).tolist()
+                    for k, v in zip(terms, values):
+                        terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.train.accum_steps
                     step_samples += len(batch)
                 finite = _all_finite(terms_sum["loss"], info.world_size, device)
                 if finite:

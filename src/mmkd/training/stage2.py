@@ -132,6 +132,9 @@ class DistillTask:
             heads, torch.tensor(float(np.log(d.icl_temperature))), d.learnable_icl_temperature))
         self.kinds = ("projected_image", "projected_text") if self.precomputed else ("image", "text")
         self.epoch = 0
+        self._prepared: tuple[Any, dict[str, Any]] | None = None
+        self._host: torch.Tensor | None = None
+        self._copy_done: torch.cuda.Event | None = None
         self.decision = None
         if d.lambda_decision > 0 or self.space == "decision":
             from mmkd.training.decision import DecisionTargets, teacher_specs_from_store
@@ -159,23 +162,56 @@ class DistillTask:
         self.epoch = epoch
 
     # ---- targets ------------------------------------------------------------------------------
-    def _batch_features(self, batch) -> tuple[dict[str, Any], np.ndarray, torch.Tensor]:
-        rows = self.row_of_index[batch.indices.numpy()]
-        feats = self.store.rows(rows, kinds=self.kinds + (("score",) if self.cfg.distill.policy == "score-weighted"
-                                                          else ()), teachers=self.teachers)
+    def prepare(self, batch) -> None:
+        """Read the batch's teacher features and weights and start their copy to the device.
+
+        `fit` calls this before the student's forward pass: the store reads, the policy and one
+        asynchronous host-to-device copy then overlap the forward on a GPU, and `losses` finds the
+        targets waiting. (`losses` prepares the batch itself when nobody did.)
+        """
+        self._prepared = (batch, self._load_targets(batch))
+
+    def _load_targets(self, batch) -> dict[str, Any]:
         d = self.cfg.distill
-        w = teacher_weights(d.policy, feats["available"],
-                            scores_BT=np.stack([feats["score"][t] for t in self.teachers], 1) if "score" in feats else None,
-                            seed=self.cfg.train.seed, epoch=self.epoch, indices_B=batch.indices.numpy(),
-                            modalities_B=batch.modalities, routes=d.modality_routes, teachers=self.teachers)
-        return feats, rows, torch.from_numpy(w).to(self.device)
+        rows = self.row_of_index[batch.indices.numpy()]
+        feats = self.store.rows(rows, kinds=self.kinds + (("score",) if d.policy == "score-weighted" else ()),
+                                teachers=self.teachers)
+        w_BT = teacher_weights(d.policy, feats["available"],
+                               scores_BT=np.stack([feats["score"][t] for t in self.teachers], 1) if "score" in feats
+                               else None, seed=self.cfg.train.seed, epoch=self.epoch, indices_B=batch.indices.numpy(),
+                               modalities_B=batch.modalities, routes=d.modality_routes, teachers=self.teachers)
+        # Every array the loss needs, packed into one float32 [B, sum of widths] block: one copy.
+        needs_features = d.lambda_kl > 0 or (self.space in ("projection", "adaptor") and (d.lambda_fd > 0 or
+                                                                                            d.lambda_icl > 0))
+        parts = [(f"{kind}:{t}", feats[kind][t]) for kind in self.kinds for t in self.teachers if needs_features]
+        parts += [("weights", w_BT), ("available", feats["available"])]
+        widths = [a.shape[1] for _, a in parts]
+        arrays = [a.astype(np.float32, copy=False) for _, a in parts]
+        if torch.device(self.device).type == "cuda":
+            host = self._pinned_block(len(rows), sum(widths))
+            np.concatenate(arrays, axis=1, out=host.numpy())
+            block = host.to(self.device, non_blocking=True)
+            self._copy_done.record()
+        else:
+            block = torch.from_numpy(np.concatenate(arrays, axis=1))
+        on_device = dict(zip([name for name, _ in parts], torch.split(block, widths, dim=1)))
+        return {"weights": w_BT, "on_device": on_device}
 
-    def _raw(self, feats, t: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pinned_block(self, rows: int, width: int) -> torch.Tensor:
+        """A reusable pinned host block for the batch's targets, free once its last copy has finished."""
+        if self._host is None or self._host.shape[0] < rows or self._host.shape[1] != width:
+            self._host = torch.empty((rows, width), dtype=torch.float32, pin_memory=True)
+            self._copy_done = torch.cuda.Event()
+        else:
+            self._copy_done.synchronize()
+        return self._host[:rows]
+
+    def _raw(self, targets, t: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher t's stored image and text features of the batch, float32 on the device."""
-        return tuple(torch.from_numpy(feats[kind][t].astype(np.float32)).to(self.device) for kind in self.kinds)
+        return tuple(targets["on_device"][f"{kind}:{t}"] for kind in self.kinds)
 
-    def _targets(self, feats, t: str) -> tuple[torch.Tensor, torch.Tensor]:
-        img, txt = self._raw(feats, t)
+    def _targets(self, targets, t: str) -> tuple[torch.Tensor, torch.Tensor]:
+        img, txt = self._raw(targets, t)
         if self.alignment is not None:
             with torch.no_grad():
                 img, txt = self.alignment.encode(t, img, "image"), self.alignment.encode(t, txt, "text")
@@ -190,29 +226,32 @@ class DistillTask:
         zero = outputs["image"].sum() * 0.0
         fd_total, icl_total, kl_total = zero, zero, zero
         if len(batch):
-            feats, _, w_BT = self._batch_features(batch)
-            num_taught = (w_BT.sum(dim=1) > 0).sum().clamp_min(1)
+            prepared, self._prepared = self._prepared, None
+            targets = prepared[1] if prepared is not None and prepared[0] is batch else self._load_targets(batch)
+            # Weights are decided on the host: which teachers teach this batch needs no device sync.
+            w_np = targets["weights"]
+            num_taught = max(int((w_np.sum(axis=1) > 0).sum()), 1)
             for j, t in enumerate(self.teachers):
-                w_B = w_BT[:, j]
-                if float(w_B.sum()) == 0:
+                if not w_np[:, j].any():
                     continue
-                share = w_B.sum() / num_taught  # this teacher's share of the taught rows
+                w_B = targets["on_device"]["weights"][:, j]
+                share = float(w_np[:, j].sum()) / num_taught  # this teacher's share of the taught rows
                 if self.space == "adaptor":
                     s_img, s_txt = outputs[f"head_image:{t}"], outputs[f"head_text:{t}"]
                 else:
                     s_img, s_txt = outputs["image"], outputs["text"]
                 if self.space in ("projection", "adaptor") and (d.lambda_fd > 0 or d.lambda_icl > 0):
-                    t_img, t_txt = self._targets(feats, t)
+                    t_img, t_txt = self._targets(targets, t)
                     fd = feature_distillation(s_img, t_img, w_B) + feature_distillation(s_txt, t_txt, w_B)
                     icl = interactive_contrastive(s_img, s_txt, t_img, t_txt, outputs["icl_temperature"], w_B)
                     fd_total = fd_total + share * fd
                     icl_total = icl_total + share * icl
                     terms[f"fd:{t}"], terms[f"icl:{t}"] = fd.detach(), icl.detach()
                 if d.lambda_kl > 0:
-                    raw_img, raw_txt = self._raw(feats, t)
+                    raw_img, raw_txt = self._raw(targets, t)
                     # Relational KL uses every row the teacher may teach (the in-batch distribution
                     # needs several rows), not only the rows the policy drew for it.
-                    avail_B = torch.from_numpy(feats["available"][:, j].astype(np.float32)).to(self.device)
+                    avail_B = targets["on_device"]["available"][:, j]
                     kl = relational_kl(outputs["image"], outputs["text"], raw_img, raw_txt, d.kl_temperature, avail_B)
                     kl_total = kl_total + kl / len(self.teachers)
                     terms[f"kl:{t}"] = kl.detach()

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU checks in one script, for a machine with one CUDA card:
+#   bench     bench_gpu.py --profile: throughput and MFU of stage 1 and stage 2 with the paper's
+#             student (ViT-B/16 + BERT-base, bf16, fused AdamW, SDPA), captions padded to the
+#             longest, and where the step time goes;
+#   full      the same with the paper's full 256-token context (the text-padding saving on a GPU);
+#   demo      the quick demo end to end on CUDA (extract, align, both stages, every evaluation);
+#   compile   bench_gpu.py --compile, stage 1 (torch.compile; the longest warm-up, so it runs last).
+# Each part has its own time limit, so one slow part does not hide the others.
+#
+# Usage: bash bench/gpu_checks.sh [LOG_DIR [PART...]]   (default runs/gpu_checks, every part;
+#        PYTHON picks the interpreter)
+# The figures go into docs/PERFORMANCE.md with the card's name (first line of gpu.txt).
+set -u
+LOG=${1:-runs/gpu_checks}
+shift $(($# > 0 ? 1 : 0))
+PARTS=${*:-bench full demo compile}
+PY=${PYTHON:-python3}
+mkdir -p "$LOG"
+export PYTHONUNBUFFERED=1
+
+part() {  # part NAME SECONDS COMMAND...: run with a limit, log to LOG/NAME.txt, report the time taken
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS
+    echo "=== $name (limit ${limit} s): $*"
+    timeout "$limit" "$@" > "$LOG/$name.txt" 2>&1
+    local rc=$?
+    grep -E "^(RATIO|FIGURE|stage[12]:|student:|text attention|  parts|  device busy|overall|mmkd demo|report:|yes|NO)" \
+        "$LOG/$name.txt" || tail -n 20 "$LOG/$name.txt"
+    echo "=== $name: exit $rc after $((SECONDS - start)) s"
+}
+
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+    "$PY" -c "import torch, transformers, open_clip; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'| transformers', transformers.__version__, '| open_clip', open_clip.__version__, '|', torch.cuda.get_device_name(0))"
+} 2>&1 | tee "$LOG/gpu.txt"
+
+for p in $PARTS; do
+    case $p in
+        bench) part bench_gpu 200 "$PY" bench/bench_gpu.py --profile ;;
+        full) part bench_gpu_full_context 130 "$PY" bench/bench_gpu.py --full-context ;;
+        demo) part demo_quick 240 "$PY" -m mmkd demo --quick --out "${DEMO_OUT:-/tmp/mmkd-gpu-demo}" ;;
+        compile) part bench_gpu_compile 300 "$PY" bench/bench_gpu.py --compile --stage 1 --steps 10 ;;
+        *) echo "unknown part $p (bench, full, demo, compile)"; exit 2 ;;
+    esac
+done
