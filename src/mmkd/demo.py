@@ -152,7 +152,7 @@ def _hash(obj: Any) -> str:
 def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
     """Add every step to the runner; returns the models to evaluate (name -> display label, kind)."""
     from mmkd.demo_jobs import Step
-    from mmkd.demo_recipe import GATED, NEEDS_ALIGNMENT, NEEDS_IMAGE_ONLY, STAGE2_VARIANTS
+    from mmkd.demo_recipe import GATED, NEEDS_ALIGNMENT, NEEDS_IMAGE_ONLY, NEEDS_ROUTES, STAGE2_VARIANTS
 
     paths, counts = info["paths"], info["counts"]
     data_salt = _hash(counts)
@@ -207,6 +207,8 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
             overrides = dict(STAGE2_VARIANTS[variant])
             if variant in NEEDS_IMAGE_ONLY:
                 overrides.update(decision)
+            if variant in NEEDS_ROUTES:
+                overrides["distill.modality_routes"] = recipe.routes()
             group = "student-control" if variant == "control" else f"student-stage2-{variant}"
             step = group.replace("student-", "") + sfx
             run_dir = abs_(root / "runs" / f"{group}{sfx}")

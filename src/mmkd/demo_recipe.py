@@ -56,10 +56,18 @@ STAGE2_VARIANTS: dict[str, dict[str, Any]] = {
     "decision-gated": {"distill.target_space": "decision", "distill.lambda_decision": 1.0, "distill.lambda_kl": 0.0},
     "decision+projection": {"distill.target_space": "projection", "distill.lambda_decision": 1.0,
                             "distill.lambda_fd": 50.0, "distill.lambda_icl": 1.0},
+    # The teacher policies, in the paper's projection space (`projection` draws one random available teacher).
+    "projection-mean": {"distill.target_space": "projection", "distill.lambda_fd": 50.0, "distill.lambda_icl": 1.0,
+                        "distill.policy": "mean-available"},
+    "projection-score": {"distill.target_space": "projection", "distill.lambda_fd": 50.0, "distill.lambda_icl": 1.0,
+                         "distill.policy": "score-weighted"},
+    "projection-modality": {"distill.target_space": "projection", "distill.lambda_fd": 50.0, "distill.lambda_icl": 1.0,
+                            "distill.policy": "modality"},  # routes: each modality -> its experts (`routes()`)
 }
 NEEDS_IMAGE_ONLY = ("decision", "decision-gated", "decision+projection")
 GATED = ("decision-gated",)
-NEEDS_ALIGNMENT = ("projection", "decision+projection")
+NEEDS_ALIGNMENT = ("projection", "decision+projection", "projection-mean", "projection-score", "projection-modality")
+NEEDS_ROUTES = ("projection-modality",)
 
 
 @dataclass(frozen=True)
