@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import mmkd
 from mmkd.data.feature_store import (FeatureStore, FeatureStoreWriter, TeacherEntry, chunk_bounds, num_chunks)
@@ -170,3 +170,32 @@ def test_chunks_cover_every_row_exactly_once(num_samples, chunk_rows):
         assert 0 < stop - start <= chunk_rows
         covered[start:stop] += 1
     assert (covered == 1).all()
+
+
+@settings(max_examples=60, deadline=None)
+@example(ids=['x", ', "y", 'z\\', '", "'], chunk_bytes=4)  # separators inside ids; an id ending in a backslash
+@given(ids=st.lists(st.text(alphabet=st.sampled_from(list('ab", \\\n[]{}é\u2603')), max_size=6), max_size=40),
+       chunk_bytes=st.integers(1, 64))
+def test_id_list_is_streamed_exactly_at_any_chunk_size(tmp_path_factory, ids, chunk_bytes):
+    from mmkd.data.feature_store import iter_json_strings
+    from mmkd.utils.io import atomic_write_json
+
+    path = tmp_path_factory.mktemp("ids") / "sample_ids.json"
+    atomic_write_json(path, ids, indent=None)
+    assert list(iter_json_strings(path, chunk_bytes)) == ids
+
+
+def test_rows_of_subset_identity_and_missing(tmp_path):
+    _write_store(tmp_path / "s", num_samples=23)
+    store = FeatureStore(tmp_path / "s")
+    all_ids = store.sample_ids
+    assert np.array_equal(store.rows_of(list(all_ids)), np.arange(23))  # the store's own ids: identity
+    subset = [all_ids[i] for i in (17, 3, 3, 22, 0)]
+    for chunk_bytes in (7, 1 << 22):  # streamed through chunk boundaries, or in one piece
+        fresh = FeatureStore(store.path)
+        assert np.array_equal(fresh.rows_of(subset, chunk_bytes=chunk_bytes), [17, 3, 3, 22, 0])
+        assert fresh._row_of is None, "a subset must not build the lookup of every store id"
+    with pytest.raises(KeyError) as e:
+        store.rows_of(["id-4", "nope", "id-5", "nope", "also-not"])
+    assert e.value.args[0] == ["nope", "also-not"]
+    assert store.rows_of(list(reversed(all_ids)))[0] == 22  # same ids, other order: not the identity

@@ -107,6 +107,33 @@ def _open_npy(path: Path, mode: str):
     return np.load(path, mmap_mode=mode)
 
 
+# A separator between two strings of a JSON list: a closing quote that no backslash precedes (a
+# quote inside a JSON string is always escaped), a comma, the next opening quote.
+_STRING_SEPARATOR = re.compile(rb'(?<!\\)"\s*,\s*"')
+
+
+def iter_json_strings(path: Path, chunk_bytes: int = 1 << 22) -> Iterable[str]:
+    """The items of a file holding one JSON list of strings, parsed a chunk at a time: memory is
+    bounded by the chunk, not by the list (a store's `sample_ids.json` holds millions)."""
+    with open(path, "rb") as f:
+        buf = f.read(chunk_bytes).lstrip()
+        if not buf.startswith(b"["):
+            raise ValueError(f"{path}: not a JSON list")
+        buf = buf[1:]
+        while True:
+            more = f.read(chunk_bytes)
+            if not more:
+                yield from json.loads(b"[" + buf)
+                return
+            buf += more
+            cut = None
+            for cut in _STRING_SEPARATOR.finditer(buf):
+                pass
+            if cut is not None:  # parse every complete item before the last separator
+                yield from json.loads(b"[" + buf[:cut.start() + 1] + b"]")
+                buf = buf[cut.end() - 1:]
+
+
 def num_chunks(num_samples: int, chunk_rows: int) -> int:
     return math.ceil(num_samples / chunk_rows)
 
@@ -140,7 +167,7 @@ class FeatureStore:
         self.num_samples: int = int(self.manifest["num_samples"])
         self.teachers: list[str] = [t["name"] for t in self.manifest["teachers"]]
         self._entries = {t["name"]: t for t in self.manifest["teachers"]}
-        self._arrays: dict[tuple[str, str], np.memmap] = {}
+        self._arrays: dict[tuple[str, ...], np.ndarray] = {}
         self._sample_ids: list[str] | None = None
         self._row_of: dict[str, int] | None = None
         self._available: np.ndarray | None = None
@@ -207,7 +234,8 @@ class FeatureStore:
         return self._sample_ids
 
     def row_of(self, sample_id: str) -> int:
-        """The row holding `sample_id` (KeyError if absent)."""
+        """The row holding `sample_id` (KeyError if absent). Builds a lookup of every store id on
+        first use (~130 bytes per store row); for many ids at once use `rows_of`."""
         if self._row_of is None:
             lookup: dict[str, int] = {}
             for row, sid in enumerate(self.sample_ids):
@@ -215,30 +243,55 @@ class FeatureStore:
             self._row_of = lookup
         return self._row_of[sample_id]
 
-    def rows_of(self, sample_ids: Iterable[str]) -> np.ndarray:
-        return np.array([self.row_of(s) for s in sample_ids], dtype=np.int64)
+    def rows_of(self, sample_ids: Sequence[str], chunk_bytes: int = 1 << 22) -> np.ndarray:
+        """The row of each id, as an int64 array; `KeyError(missing ids)` when some are not here.
+
+        Memory grows with the ids asked, not with the store: when they are the store's own ids in
+        order (same count and digest as the manifest's) the rows are the identity; otherwise one
+        pass streams the store's id list `chunk_bytes` at a time, keeping only the ids asked for.
+        """
+        ids = sample_ids if isinstance(sample_ids, list) else list(sample_ids)
+        if len(ids) == self.num_samples and _ids_digest(ids) == self.manifest.get("sample_ids_sha256"):
+            return np.arange(len(ids), dtype=np.int64)
+        if self._row_of is not None:
+            found = self._row_of
+        else:
+            wanted = set(ids)
+            found = {}
+            for row, sid in enumerate(iter_json_strings(self.path / SAMPLE_IDS, chunk_bytes)):
+                if sid in wanted and sid not in found:
+                    found[sid] = row
+        missing = [sid for sid in dict.fromkeys(ids) if sid not in found]
+        if missing:
+            raise KeyError(missing)
+        return np.fromiter((found[sid] for sid in ids), dtype=np.int64, count=len(ids))
 
     # ---- batched reads ------------------------------------------------------------------
     def rows(self, indices: Sequence[int] | np.ndarray, kinds: Sequence[str] = ("image", "text"),
              teachers: Sequence[str] | None = None) -> dict[str, Any]:
         """Features of a batch of rows: `{kind: {teacher: [B, D] float16}, "available": [B, T] bool}`.
 
-        Rows are read in sorted order (sequential on disk) and returned in the order asked.
+        One gather per array, straight into the order asked (`numpy.take` on the mapped file: no
+        sorting and reordering copy, and no per-call `numpy.memmap` overhead).
         """
         idx_B = np.asarray(indices, dtype=np.int64)
         if idx_B.size and (idx_B.min() < 0 or idx_B.max() >= self.num_samples):
             raise IndexError(f"row indices must lie in [0, {self.num_samples}); got {idx_B.min()}..{idx_B.max()}")
-        order = np.argsort(idx_B, kind="stable")
-        sorted_idx = idx_B[order]
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(order.size)
         names = list(teachers or self.teachers)
-        out: dict[str, Any] = {}
-        for kind in kinds:
-            out[kind] = {t: np.asarray(self.array(t, kind)[sorted_idx])[inverse] for t in names}
-        out["available"] = np.stack([np.asarray(self.array(t, "available")[sorted_idx])[inverse] for t in names],
-                                    axis=1) if names else np.zeros((idx_B.size, 0), bool)
+        out: dict[str, Any] = {kind: {t: np.take(self._plain(t, kind), idx_B, axis=0) for t in names}
+                               for kind in kinds}
+        available = np.empty((idx_B.size, len(names)), dtype=bool)
+        for j, t in enumerate(names):
+            np.take(self._plain(t, "available"), idx_B, axis=0, out=available[:, j])
+        out["available"] = available
         return out
+
+    def _plain(self, name: str, kind: str) -> np.ndarray:
+        """The mapped array as a plain ndarray view (indexing a `numpy.memmap` goes through Python)."""
+        key = ("plain", name, kind)
+        if key not in self._arrays:
+            self._arrays[key] = np.asarray(self.array(name, kind))
+        return self._arrays[key]
 
     # ---- integrity ----------------------------------------------------------------------
     def verify(self) -> list[str]:

@@ -97,18 +97,13 @@ class DistillTask:
         if records is None:  # built on its own (not by fit): index the training data here
             records, _ = index_source(cfg.data.path, cfg.data.format, cfg.data.image_key, cfg.data.caption_key,
                                       cfg.data.id_key, cfg.data.modality_key)
-        missing = []
-        rows = np.empty(len(records), dtype=np.int64)
-        for i, r in enumerate(records):
-            try:
-                rows[i] = self.store.row_of(r.sample_id)
-            except KeyError:
-                missing.append(r.sample_id)
-        if missing:
+        try:  # memory grows with the training set, not with the store (`FeatureStore.rows_of`)
+            self.row_of_index = self.store.rows_of([r.sample_id for r in records])
+        except KeyError as e:
+            missing = e.args[0]
             raise UsageError(f"--store: {len(missing)} of {len(records)} training samples have no row in "
                              f"{self.store.path} (e.g. {missing[:3]}); extract features for this data with "
-                             f"`mmkd extract --data {cfg.data.path} ...`")
-        self.row_of_index = rows
+                             f"`mmkd extract --data {cfg.data.path} ...`") from None
         self.alignment = None
         self.precomputed = False
         if self.space == "projection":
