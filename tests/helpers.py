@@ -87,3 +87,13 @@ def assert_same_store(path: Path, ref_path: Path, kinds=("image", "text", "avail
     if check_summary:
         assert store.manifest["summary"] == ref.manifest["summary"]
     assert store.verify() == []
+
+
+def writable_array(store: Path, teacher: str, kind: str):
+    """A teacher's array of a store, mapped for writing (where the manifest says it lives), to
+    damage it on purpose."""
+    from mmkd.data.feature_store import _open_array
+    from mmkd.utils.io import read_json
+
+    entry = next(t for t in read_json(Path(store) / "manifest.json")["teachers"] if t["name"] == teacher)
+    return _open_array(Path(store), entry["arrays"][kind], "r+", {})

@@ -24,7 +24,7 @@ from mmkd.teachers.extract import ExtractOptions, extract_features
 from mmkd.teachers.testing import make_hf_clip_teacher, make_open_clip_teacher, make_pairs_csv
 
 from conftest import run_cli
-from helpers import assert_same_store
+from helpers import assert_same_store, writable_array
 
 BROKEN = (5, 18)
 KINDS = ("image", "text", "available", "score")
@@ -187,7 +187,7 @@ def test_resume_rewrites_only_uncommitted_chunks(world, reference, tmp_path):
     # simulate a crash: chunks 2 and 7 of teacher a (and 7 of b) never committed, their rows half-written
     for teacher, chunk in (("a", 2), ("a", 7), ("b", 7)):
         (out / "teachers" / teacher / "chunks" / f"{chunk:06d}.json").unlink()
-    arr = np.load(out / "teachers" / "a" / "image.npy", mmap_mode="r+")
+    arr = writable_array(out, "a", "image")
     arr[8:12] = 0.5
     arr.flush()
     del arr

@@ -83,10 +83,12 @@ def test_rows_returns_a_batch_in_the_order_asked(tmp_path):
 
 def test_verify_finds_a_flipped_byte(tmp_path):
     _write_store(tmp_path / "store")
-    file = tmp_path / "store" / "teachers" / "alpha" / "image.npy"
-    data = bytearray(file.read_bytes())
-    data[-3] ^= 0xFF  # last chunk
-    file.write_bytes(bytes(data))
+    from helpers import writable_array
+
+    arr = writable_array(tmp_path / "store", "alpha", "image")
+    arr[21, 3] = -arr[21, 3] - 1  # last chunk
+    arr.flush()
+    del arr
     problems = FeatureStore(tmp_path / "store").verify()
     assert len(problems) == 1 and "alpha/image rows 20:23" in problems[0]
 

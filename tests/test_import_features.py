@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import writable_array
 from mmkd.data.feature_store import FeatureStore
 from mmkd.errors import UsageError
 from mmkd.teachers.import_authors import AUTHOR_TEACHERS, import_author_features
@@ -64,7 +65,7 @@ def test_resume_after_an_interrupted_import(imported, tmp_path):
     copy = tmp_path / "store"
     shutil.copytree(out, copy)
     (copy / "teachers" / "PLIP" / "chunks" / "000001.json").unlink()
-    arr = np.load(copy / "teachers" / "PLIP" / "image.npy", mmap_mode="r+")
+    arr = writable_array(copy, "PLIP", "image")
     arr[3:6] = 0
     arr.flush()
     del arr
