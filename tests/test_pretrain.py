@@ -155,3 +155,17 @@ def test_mostly_broken_data_stops_with_a_clear_message(tmp_path):
     r = run_cli("pretrain", "--data", str(tmp_path / "t.csv"), "--out", str(tmp_path / "run"), "--batch-size", "8",
                 "--train.progress", "false")
     assert r.returncode == 2 and "max_skipped_fraction" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_metrics_line_that_cannot_be_written_warns_once_and_training_goes_on(tmp_path):
+    from mmkd.training.telemetry import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, enabled=True)
+    (tmp_path / "metrics.jsonl").mkdir()  # appending to it fails, as on a full disk
+    with pytest.warns(UserWarning) as caught:
+        logger.log(1, {"loss": 1.0})
+        logger.log(2, {"loss": 0.5})
+    lost = [w for w in caught if "cannot append" in str(w.message)]
+    assert len(lost) == 1, "one warning, for the first lost line only"
+    assert logger.lines_lost == 2
+    logger.close()

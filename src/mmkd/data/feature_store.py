@@ -35,6 +35,7 @@ import errno
 import hashlib
 import json
 import math
+import mmap
 import os
 import re
 import time
@@ -123,10 +124,17 @@ def _open_npy(path: Path, mode: str):
 
 
 def _open_array(root: Path, spec: dict[str, Any], mode: str, files: dict[str, np.memmap]) -> np.memmap:
-    """One array of a store: a whole `.npy` file, or a column block of a shared features file."""
+    """One array of a store: a whole `.npy` file, or a column block of a shared features file.
+
+    Read mappings are advised as random access: batches gather scattered rows, and the kernel's
+    default read-ahead would map (and read from disk) far more of the file than the rows asked
+    for, so the resident page cache would grow with the store instead of with the rows read."""
     name = spec["file"]
     if name not in files:
         files[name] = _open_npy(root / name, mode)
+        raw = getattr(files[name], "_mmap", None)
+        if mode == "r" and raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+            raw.madvise(mmap.MADV_RANDOM)
     if "columns" in spec:
         a, b = spec["columns"]
         return files[name][:, a:b]

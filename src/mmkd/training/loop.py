@@ -385,6 +385,8 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
         progress.close()
     logger.close()
     summary = _summary(state, throughput, total_steps, stopped_by_signal, task, info, device)
+    if logger.lines_lost:
+        summary["metrics_lines_lost"] = logger.lines_lost
     if info.is_main:
         try:
             atomic_write_json(run_dir / "summary.json", summary)

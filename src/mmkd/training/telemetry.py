@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ class MetricsLogger:
     def __init__(self, run_dir: str | Path, enabled: bool = True):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.lines_lost = 0
         self._tb = None
         if enabled:
             try:
@@ -27,8 +29,14 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {"step": step, **values}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk must not end a run over a log line; checkpoints report it
+            self.lines_lost += 1
+            if self.lines_lost == 1:
+                warnings.warn(f"cannot append to {self.path}: {e.strerror or e}; training goes on without "
+                              f"metric lines until it can write again (free space on that disk)", stacklevel=2)
         if self._tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
