@@ -87,3 +87,47 @@ def test_mean_and_score_weighted_and_modality_policies():
     w = teacher_weights("modality", avail, modalities_B=["ct", "ct", "xray"], routes={"ct": ["b"]},
                         teachers=["a", "b", "c"])
     assert np.allclose(w, [[0, 1, 0], [0, 0, 0], [1 / 3] * 3])
+
+
+def test_alignment_encode_many_equals_encode_per_teacher():
+    from mmkd.models.alignment import AlignmentAE
+
+    torch.manual_seed(0)
+    ae = AlignmentAE({"a": 12, "b": 8, "c": 12, "d": 5}, 6)
+    xs = {t: torch.randn(7, d) for t, d in ae.teacher_dims.items() if t != "c"}  # a subset, mixed dims
+    for modality in ("image", "text"):
+        many = ae.encode_many(xs, modality)
+        assert list(many) == list(xs)
+        for t, x in xs.items():
+            torch.testing.assert_close(many[t], ae.encode(t, x, modality), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        ae.proj["a"].weight.add_(1.0)  # a changed weight is seen (the stacked copy is rebuilt)
+    torch.testing.assert_close(ae.encode_many(xs, "image")["a"], ae.encode("a", xs["a"], "image"))
+
+
+def test_all_teacher_fd_and_icl_equal_the_per_teacher_terms():
+    from mmkd.losses.distill import feature_distillation_many, interactive_contrastive_many
+
+    g = torch.Generator().manual_seed(0)
+    B, E, T = 10, 6, 4
+    si = F.normalize(torch.randn(B, E, generator=g), dim=-1).requires_grad_()
+    st = F.normalize(torch.randn(B, E, generator=g), dim=-1).requires_grad_()
+    ti, tt = F.normalize(torch.randn(T, B, E, generator=g), dim=-1), F.normalize(torch.randn(T, B, E, generator=g), dim=-1)
+    w = torch.rand(T, B, generator=g) * (torch.rand(T, B, generator=g) > 0.4)
+    w[2] = 0.0  # a teacher that teaches nothing
+    w[3] = 0.0
+    w[3, 5] = 0.7  # one row only: ICL needs two
+    temp = torch.tensor(0.07)
+    fd = feature_distillation_many(si, ti, w)
+    icl = interactive_contrastive_many(si, st, ti, tt, temp, w)
+    for t in range(T):
+        torch.testing.assert_close(fd[t], feature_distillation(si, ti[t], w[t]))
+        torch.testing.assert_close(icl[t], interactive_contrastive(si, st, ti[t], tt[t], temp, w[t]))
+    assert fd[2] == 0 and icl[2] == 0 and icl[3] == 0
+    # the same gradients as the sum of the per-teacher terms
+    (fd.sum() + icl.sum()).backward()
+    g_many = si.grad.clone()
+    si.grad = None
+    sum(feature_distillation(si, ti[t], w[t]) + interactive_contrastive(si, st, ti[t], tt[t], temp, w[t])
+        for t in range(T)).backward()
+    torch.testing.assert_close(g_many, si.grad)

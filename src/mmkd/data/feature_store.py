@@ -127,8 +127,7 @@ def _open_array(root: Path, spec: dict[str, Any], mode: str, files: dict[str, np
     """One array of a store: a whole `.npy` file, or a column block of a shared features file.
 
     Read mappings are advised as random access: batches gather scattered rows, and the kernel's
-    default read-ahead would map (and read from disk) far more of the file than the rows asked
-    for, so the resident page cache would grow with the store instead of with the rows read."""
+    default read-ahead would read far more of the file from disk than the rows asked for."""
     name = spec["file"]
     if name not in files:
         files[name] = _open_npy(root / name, mode)

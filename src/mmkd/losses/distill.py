@@ -10,6 +10,8 @@ student features they are compared with), T teachers.
   distribution to the student's; each side stays in its own space, so no projection is needed.
 - `decision_kl`: KL from a teacher's distribution over a set of class prompts to the student's.
 All take per-row weights `w_B` (0 drops a row) and return a scalar averaged over weighted rows.
+`feature_distillation_many` / `interactive_contrastive_many` compute FD and ICL for all teachers
+at once from [T, B, E] targets and [T, B] weights (stage 2 in the projection space).
 """
 
 from __future__ import annotations
@@ -48,6 +50,41 @@ def interactive_contrastive(student_image_BE: torch.Tensor, student_text_BE: tor
     ti, tt = teacher_image_BE[keep].to(si.dtype), teacher_text_BE[keep].to(si.dtype)
     per_row = (_info_nce_rows(si, tt, temperature) + _info_nce_rows(st, ti, temperature)) / 2
     return _weighted_mean(per_row, w_B[keep])
+
+
+def feature_distillation_many(student_BE: torch.Tensor, targets_TBE: torch.Tensor, w_TB: torch.Tensor) -> torch.Tensor:
+    """`feature_distillation` for T teachers at once (targets in the student's space): [T] terms."""
+    per_row_TB = ((student_BE.unsqueeze(0) - targets_TBE.to(student_BE.dtype)) ** 2).mean(dim=-1)
+    return _weighted_means(per_row_TB, w_TB)
+
+
+def interactive_contrastive_many(student_image_BE: torch.Tensor, student_text_BE: torch.Tensor,
+                                 teacher_image_TBE: torch.Tensor, teacher_text_TBE: torch.Tensor,
+                                 temperature: torch.Tensor | float, w_TB: torch.Tensor) -> torch.Tensor:
+    """`interactive_contrastive` for T teachers at once: [T] terms. Each teacher's InfoNCE runs over
+    its own rows (w > 0) only, as negatives too (the other columns are masked out); a teacher with
+    fewer than 2 such rows gives 0. No host sync: the masks stay on the device."""
+    keep_TB = w_TB > 0
+    dtype = student_image_BE.dtype
+    masked = torch.finfo(dtype).min
+    col_mask = ~keep_TB.unsqueeze(1)  # [T, 1, B]: columns a teacher does not teach
+
+    def rows(a_BE: torch.Tensor, b_TBE: torch.Tensor) -> torch.Tensor:
+        logits = torch.einsum("be,tce->tbc", a_BE, b_TBE.to(dtype)) / temperature
+        logp = torch.log_softmax(logits.masked_fill(col_mask, masked), dim=-1)
+        nll = -torch.diagonal(logp, dim1=1, dim2=2)  # [T, B]
+        return torch.where(keep_TB, nll, torch.zeros_like(nll))  # rows a teacher does not teach: 0
+
+    per_row_TB = (rows(student_image_BE, teacher_text_TBE) + rows(student_text_BE, teacher_image_TBE)) / 2
+    enough_T = (keep_TB.sum(dim=1) >= 2).to(dtype)
+    return _weighted_means(per_row_TB, torch.where(keep_TB, w_TB, torch.zeros_like(w_TB))) * enough_T
+
+
+def _weighted_means(values_TB: torch.Tensor, w_TB: torch.Tensor) -> torch.Tensor:
+    """Per teacher weighted mean over rows; 0 where a teacher has no weight (no host sync)."""
+    w = w_TB.to(values_TB.dtype)
+    total_T = w.sum(dim=1)
+    return (values_TB * w).sum(dim=1) / total_T.clamp_min(torch.finfo(values_TB.dtype).tiny) * (total_T > 0)
 
 
 def _kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,8 @@ from torch import nn
 
 from mmkd.errors import UsageError
 from mmkd.losses.contrastive import clip_loss
-from mmkd.losses.distill import feature_distillation, interactive_contrastive, relational_kl
+from mmkd.losses.distill import (feature_distillation, feature_distillation_many, interactive_contrastive,
+                                 interactive_contrastive_many, relational_kl)
 from mmkd.training.policies import teacher_weights
 
 
@@ -205,14 +206,17 @@ class DistillTask:
         """Teacher t's stored image and text features of the batch, float32 on the device."""
         return tuple(targets["on_device"][f"{kind}:{t}"] for kind in self.kinds)
 
-    def _targets(self, targets, t: str) -> tuple[torch.Tensor, torch.Tensor]:
-        img, txt = self._raw(targets, t)
+    def _all_targets(self, targets, teachers: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """FD/ICL targets of the teachers of this batch: stored features, through the frozen
+        alignment (all teachers at once) when the space is `projection`, normalised by default."""
+        raw = {t: self._raw(targets, t) for t in teachers}
         if self.alignment is not None:
-            with torch.no_grad():
-                img, txt = self.alignment.encode(t, img, "image"), self.alignment.encode(t, txt, "text")
+            images = self.alignment.encode_many({t: raw[t][0] for t in teachers}, "image")
+            texts = self.alignment.encode_many({t: raw[t][1] for t in teachers}, "text")
+            raw = {t: (images[t], texts[t]) for t in teachers}
         if self.cfg.distill.normalize_targets:
-            img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
-        return img, txt
+            raw = {t: (F.normalize(img, dim=-1), F.normalize(txt, dim=-1)) for t, (img, txt) in raw.items()}
+        return raw
 
     # ---- the loss -----------------------------------------------------------------------------
     def losses(self, outputs, batch, rank: int, world_size: int) -> dict[str, torch.Tensor]:
@@ -226,21 +230,32 @@ class DistillTask:
             # Weights are decided on the host: which teachers teach this batch needs no device sync.
             w_np = targets["weights"]
             num_taught = max(int((w_np.sum(axis=1) > 0).sum()), 1)
-            for j, t in enumerate(self.teachers):
-                if not w_np[:, j].any():
-                    continue
+            feature_terms = self.space in ("projection", "adaptor") and (d.lambda_fd > 0 or d.lambda_icl > 0)
+            taught = [j for j in range(len(self.teachers)) if w_np[:, j].any()]
+            share = {j: float(w_np[:, j].sum()) / num_taught for j in taught}  # a teacher's share of the taught rows
+            fd_targets = self._all_targets(targets, [self.teachers[j] for j in taught]) if feature_terms else {}
+            if feature_terms and self.space == "projection" and taught:
+                # Every target is in the student's space: all teachers' FD and ICL in a few batched ops.
+                names = [self.teachers[j] for j in taught]
+                w_TB = targets["on_device"]["weights"][:, taught].T
+                t_img, t_txt = (torch.stack([fd_targets[t][k] for t in names]) for k in (0, 1))
+                s_img, s_txt = outputs["image"], outputs["text"]
+                fd_T = feature_distillation_many(s_img, t_img, w_TB) + feature_distillation_many(s_txt, t_txt, w_TB)
+                icl_T = interactive_contrastive_many(s_img, s_txt, t_img, t_txt, outputs["icl_temperature"], w_TB)
+                share_T = torch.tensor([share[j] for j in taught], device=fd_T.device, dtype=fd_T.dtype)
+                fd_total, icl_total = fd_total + (share_T * fd_T).sum(), icl_total + (share_T * icl_T).sum()
+                for k, t in enumerate(names):
+                    terms[f"fd:{t}"], terms[f"icl:{t}"] = fd_T[k].detach(), icl_T[k].detach()
+            for j in taught:
+                t = self.teachers[j]
                 w_B = targets["on_device"]["weights"][:, j]
-                share = float(w_np[:, j].sum()) / num_taught  # this teacher's share of the taught rows
-                if self.space == "adaptor":
+                if feature_terms and self.space == "adaptor":  # each teacher's own space: one at a time
                     s_img, s_txt = outputs[f"head_image:{t}"], outputs[f"head_text:{t}"]
-                else:
-                    s_img, s_txt = outputs["image"], outputs["text"]
-                if self.space in ("projection", "adaptor") and (d.lambda_fd > 0 or d.lambda_icl > 0):
-                    t_img, t_txt = self._targets(targets, t)
+                    t_img, t_txt = fd_targets[t]
                     fd = feature_distillation(s_img, t_img, w_B) + feature_distillation(s_txt, t_txt, w_B)
                     icl = interactive_contrastive(s_img, s_txt, t_img, t_txt, outputs["icl_temperature"], w_B)
-                    fd_total = fd_total + share * fd
-                    icl_total = icl_total + share * icl
+                    fd_total = fd_total + share[j] * fd
+                    icl_total = icl_total + share[j] * icl
                     terms[f"fd:{t}"], terms[f"icl:{t}"] = fd.detach(), icl.detach()
                 if d.lambda_kl > 0:
                     raw_img, raw_txt = self._raw(targets, t)
