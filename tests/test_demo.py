@@ -102,7 +102,7 @@ def test_recipe_gives_teachers_an_advantage_and_rejects_unknown_variants():
     assert all(t.epochs >= 8 for t in experts)
     routes = recipe.routes()
     assert routes["blood-cells"] == ["pathology"] and len(routes) == 8
-    assert recipe.stage2_variants == ("decision-gated",)
+    assert recipe.stage2_variants == ("decision-gated+projection-modality",)
     assert make_recipe(variants=("projection", "decision")).stage2_variants == ("projection", "decision")
     assert set(STAGE2_VARIANTS) >= {"control", "decision", "projection", "adaptor", "relational"}
     with pytest.raises(UsageError, match="--stage2"):
@@ -144,13 +144,13 @@ def test_quick_demo_end_to_end_then_reuses_every_step(tmp_path):
     assert hf.encode_text(["a fundus photograph showing mild diabetic retinopathy."]).shape == (1, hf.embed_dim)
     assert oc.embed_dim == 96 and hf.embed_dim != oc.embed_dim  # heterogeneous teachers
     store = json.loads((out / "steps" / "extract.json").read_text())["result"]
-    assert set(store["teachers"]) == set(rows) - {"student-stage1", "student-control", "student-stage2-decision-gated"}
+    assert set(store["teachers"]) == set(rows) - {"student-stage1", "student-control", "student-stage2-decision-gated+projection-modality"}
     gate = json.loads((out / "runs" / "expert-gate.json").read_text())
     assert set(gate["routes"]) == {"ct", "mri", "histopathology", "dermoscopy", "chest-xray", "breast-ultrasound",
                                    "fundus", "blood-cells"}
     for modality, experts in gate["routes"].items():  # an expert teaches only where it beat the student
         assert all(gate["accuracy"][t][modality] > gate["accuracy"]["student"][modality] for t in experts)
-    stage2 = json.loads((out / "steps" / "stage2-decision-gated.json").read_text())["result"]
+    stage2 = json.loads((out / "steps" / "stage2-decision-gated+projection-modality.json").read_text())["result"]
     if any(gate["routes"].values()):
         assert stage2["final_terms"]["decision"] > 0  # the distillation term was on
     control = json.loads((out / "steps" / "control.json").read_text())["result"]

@@ -28,9 +28,10 @@ synthetic ones (CT, brain MRI, histopathology, dermoscopy; `mmkd synth`).
   3. stage 1     the student's CLIP pretraining on its pairs
   4. extract     every teacher encodes the student's pairs into a feature store (+ availability)
   5. align       the alignment autoencoder (teachers -> student space)
-  6. stage 2     distillation (default `decision-gated`: each expert's zero-shot decisions on
-                 the image-only images of its modalities, for the modalities where it beats
-                 the stage-1 student) and the control: the same steps, CLIP loss only
+  6. stage 2     distillation (default `decision-gated+projection-modality`: for the modalities
+                 where an expert beats the stage-1 student, its zero-shot decisions on the
+                 image-only images and its aligned features on the pairs) and the control:
+                 the same steps, CLIP loss only
   7. evaluate    every teacher and student on zero-shot, linear probe, retrieval, VQA,
                  MIL classification and survival; then `mmkd report`
 
@@ -40,11 +41,13 @@ plots and HTML page are. Rerunning on the same --out reuses every finished step.
 examples:
   mmkd demo                          # about 10 minutes on 2 CPU cores; results in runs/demo
   mmkd demo --quick --out /tmp/demo  # a small version (a couple of minutes), as the tests run it
-  mmkd demo --stage2 decision-gated,decision,projection --student-seeds 0,1,2 --out runs/compare
+  mmkd demo --stage2 decision-gated,projection-modality,projection --student-seeds 0,1,2 --out runs/compare
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmkd.demo_recipe import STAGE2_VARIANTS
+
     parser.add_argument("--out", default="runs/demo", metavar="DIR",
                         help="folder for everything the demo writes; rerun on it to reuse finished steps "
                              "(default: %(default)s)")
@@ -58,9 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated seeds: run stage 1, the control and stage 2 once per seed (same data "
                              "and teachers) and show mean ± sd over them (default: --seed only)")
     parser.add_argument("--stage2", default="", metavar="VARIANTS",
-                        help="comma-separated stage-2 variants to run beside the control: decision-gated, "
-                             "decision, projection, adaptor, relational, decision+projection "
-                             "(default: decision-gated; see docs/DISTILLATION.md)")
+                        help="comma-separated stage-2 variants to run beside the control: "
+                             f"{', '.join(v for v in STAGE2_VARIANTS if v != 'control')} "
+                             "(default: decision-gated+projection-modality; see docs/DISTILLATION.md)")
 
 
 def run(args: argparse.Namespace) -> int:

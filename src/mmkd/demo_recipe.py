@@ -63,10 +63,15 @@ STAGE2_VARIANTS: dict[str, dict[str, Any]] = {
                          "distill.policy": "score-weighted"},
     "projection-modality": {"distill.target_space": "projection", "distill.lambda_fd": 50.0, "distill.lambda_icl": 1.0,
                             "distill.policy": "modality"},  # routes: each modality -> its experts (`routes()`)
+    # Both: the gated experts' decisions on image-only samples and their features on the pairs.
+    "decision-gated+projection-modality": {"distill.target_space": "projection", "distill.lambda_decision": 1.0,
+                                           "distill.lambda_fd": 50.0, "distill.lambda_icl": 1.0,
+                                           "distill.policy": "modality"},
 }
-NEEDS_IMAGE_ONLY = ("decision", "decision-gated", "decision+projection")
-GATED = ("decision-gated",)
-NEEDS_ALIGNMENT = ("projection", "decision+projection", "projection-mean", "projection-score", "projection-modality")
+NEEDS_IMAGE_ONLY = ("decision", "decision-gated", "decision+projection", "decision-gated+projection-modality")
+GATED = ("decision-gated", "decision-gated+projection-modality")
+NEEDS_ALIGNMENT = ("projection", "decision+projection", "projection-mean", "projection-score", "projection-modality",
+                   "decision-gated+projection-modality")
 NEEDS_ROUTES = ("projection-modality",)
 
 
@@ -89,7 +94,7 @@ class DemoRecipe:
     stage1_lr: float = 1e-3
     stage2_steps: int = 300
     stage2_lr: float = 5e-4
-    stage2_variants: tuple[str, ...] = ("decision-gated",)  # the best measured (docs/DISTILLATION.md)
+    stage2_variants: tuple[str, ...] = ("decision-gated+projection-modality",)  # the best measured (docs/DISTILLATION.md)
     student_seeds: tuple[int, ...] = ()  # stage 1 / control / stage 2 once per seed (empty: `seed` only)
     decision_temperature: float = 0.05
     # evaluation
