@@ -211,8 +211,8 @@ def profile(step, student, cfg, device, batches) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=0, help="batch size (default: 256 on CUDA, 16 on CPU)")
-    parser.add_argument("--steps", type=int, default=0, help="timed steps (default: 20 on CUDA, 5 on CPU)")
-    parser.add_argument("--warmup", type=int, default=0, help="untimed steps first (default: 5 CUDA, 2 CPU)")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps (default: 20)")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed steps first (default: 5 CUDA, 3 CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the student (longer warm-up)")
     parser.add_argument("--full-context", action="store_true", help="pad captions to 256 tokens, as the paper does")
     parser.add_argument("--paper", action="store_true", help="the paper's student even on CPU (slow)")
@@ -224,8 +224,8 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     args.batch = args.batch or (256 if cuda else 16)
-    args.steps = args.steps or (20 if cuda else 5)
-    args.warmup = args.warmup or (5 if cuda else 2)
+    args.steps = args.steps or 20
+    args.warmup = args.warmup or (5 if cuda else 3)
     print_header("training step throughput and MFU, stage 1 and stage 2")
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
