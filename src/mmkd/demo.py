@@ -155,7 +155,7 @@ def _hash(obj: Any) -> str:
 def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
     """Add every step to the runner; returns the models to evaluate (name -> display label, kind)."""
     from mmkd.demo_jobs import Step
-    from mmkd.demo_recipe import GATED, NEEDS_ALIGNMENT, NEEDS_IMAGE_ONLY, NEEDS_ROUTES, STAGE2_VARIANTS
+    from mmkd.demo_recipe import GATED, STAGE2_VARIANTS, needs_alignment, needs_image_only, needs_routes
 
     paths, counts = info["paths"], info["counts"]
     data_salt = _hash(counts)
@@ -208,14 +208,14 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
                 out=gate_file), deps=teacher_steps + (f"stage1{sfx}",), clean=(gate_file,), weight=0.5))
         for variant in ("control", *recipe.stage2_variants):
             overrides = dict(STAGE2_VARIANTS[variant])
-            if variant in NEEDS_IMAGE_ONLY:
+            if needs_image_only(variant):
                 overrides.update(decision)
-            if variant in NEEDS_ROUTES:
+            if needs_routes(variant):
                 overrides["distill.modality_routes"] = recipe.routes()
             group = "student-control" if variant == "control" else f"student-stage2-{variant}"
             step = group.replace("student-", "") + sfx
             run_dir = abs_(root / "runs" / f"{group}{sfx}")
-            deps = (f"stage1{sfx}", "extract") + (("align",) if variant in NEEDS_ALIGNMENT else ())
+            deps = (f"stage1{sfx}", "extract") + (("align",) if needs_alignment(variant) else ())
             kwargs = dict(shared, run_dir=run_dir, overrides=overrides)
             if variant in GATED:
                 kwargs["routes_file"] = gate_file
@@ -223,7 +223,7 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
             runner.add(Step(step, "mmkd.demo_steps:stage2", kwargs,
                             deps=deps, clean=(run_dir,),
                             weight=recipe.stage2_steps * recipe.batch_size / 1000
-                            * (1.6 if variant in NEEDS_IMAGE_ONLY else 1)))
+                            * (1.6 if needs_image_only(variant) else 1)))
             label = ("control: stage 1 + the same steps, CLIP loss only" if variant == "control"
                      else f"student after stage 2 ({variant})")
             models[f"{group}{sfx}"] = {"label": label, "kind": "control" if variant == "control" else "stage2",

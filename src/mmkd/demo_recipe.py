@@ -68,11 +68,22 @@ STAGE2_VARIANTS: dict[str, dict[str, Any]] = {
                                            "distill.lambda_fd": 50.0, "distill.lambda_icl": 1.0,
                                            "distill.policy": "modality"},
 }
-NEEDS_IMAGE_ONLY = ("decision", "decision-gated", "decision+projection", "decision-gated+projection-modality")
+# Gating (an expert teaches a modality only where it beats the stage-1 student) is the demo's own
+# step, not a distill setting; everything else a variant needs follows from its overrides.
 GATED = ("decision-gated", "decision-gated+projection-modality")
-NEEDS_ALIGNMENT = ("projection", "decision+projection", "projection-mean", "projection-score", "projection-modality",
-                   "decision-gated+projection-modality")
-NEEDS_ROUTES = ("projection-modality",)
+
+
+def needs_image_only(variant: str) -> bool:
+    """Decision distillation: image-only samples, their vocabulary and the modality routes."""
+    return STAGE2_VARIANTS[variant].get("distill.lambda_decision", 0.0) > 0
+
+
+def needs_alignment(variant: str) -> bool:
+    return STAGE2_VARIANTS[variant].get("distill.target_space") == "projection"
+
+
+def needs_routes(variant: str) -> bool:
+    return STAGE2_VARIANTS[variant].get("distill.policy") == "modality"
 
 
 @dataclass(frozen=True)
