@@ -52,32 +52,16 @@ class AlignmentAE(nn.Module):
         names = list(xs)
         if not names:
             return {}
-        stacked = self._stacked_projections()
         z = {}
         for dim in dict.fromkeys(xs[t].shape[1] for t in names):
             group = [t for t in names if xs[t].shape[1] == dim]
-            w_GED, b_GE, order = stacked[dim]
-            pick = torch.tensor([order.index(t) for t in group], device=w_GED.device)
+            w_GED = torch.stack([self.proj[t].weight for t in group])
+            b_GE = torch.stack([self.proj[t].bias for t in group])
             x_GBD = torch.stack([xs[t].float() for t in group])
-            z_GBE = torch.baddbmm(b_GE[pick].unsqueeze(1), x_GBD, w_GED[pick].transpose(1, 2))
-            z.update(zip(group, z_GBE.unbind(0)))
+            z.update(zip(group, torch.baddbmm(b_GE.unsqueeze(1), x_GBD, w_GED.transpose(1, 2)).unbind(0)))
         z_all = torch.cat([z[t] for t in names])
         out = z_all + self.mlp[modality](z_all)
         return dict(zip(names, out.split([xs[t].shape[0] for t in names])))
-
-    def _stacked_projections(self) -> dict[int, tuple[torch.Tensor, torch.Tensor, list[str]]]:
-        """dim -> (stacked weights [G, E, D], biases [G, E], teacher order), rebuilt when a weight changes."""
-        params = [p for t in self.proj for p in self.proj[t].parameters()]
-        key = tuple((id(p), p._version, p.device) for p in params)
-        if getattr(self, "_stacked_key", None) != key:
-            by_dim: dict[int, list[str]] = {}
-            for t, d in self.teacher_dims.items():
-                by_dim.setdefault(d, []).append(t)
-            self._stacked = {d: (torch.stack([self.proj[t].weight.detach() for t in ts]),
-                                 torch.stack([self.proj[t].bias.detach() for t in ts]), ts)
-                             for d, ts in by_dim.items()}
-            self._stacked_key = key
-        return self._stacked
 
     def decode(self, teacher: str, z_BE: torch.Tensor) -> torch.Tensor:
         return self.dec[teacher](z_BE)
