@@ -21,35 +21,20 @@ import torch.nn.functional as F
 
 
 def _weighted_mean(values_B: torch.Tensor, w_B: torch.Tensor) -> torch.Tensor:
-    total = w_B.sum()
-    if total <= 0:
-        return values_B.sum() * 0.0
-    return (values_B * w_B).sum() / total
+    return _weighted_means(values_B.unsqueeze(0), w_B.unsqueeze(0))[0]
 
 
 def feature_distillation(student_BE: torch.Tensor, target_BE: torch.Tensor, w_B: torch.Tensor) -> torch.Tensor:
     """Per-row MSE (mean over dims) between student features and targets, weighted over rows."""
-    per_row = ((student_BE - target_BE.to(student_BE.dtype)) ** 2).mean(dim=-1)
-    return _weighted_mean(per_row, w_B)
-
-
-def _info_nce_rows(a_BE: torch.Tensor, b_BE: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
-    logits = a_BE @ b_BE.T / temperature
-    labels = torch.arange(a_BE.shape[0], device=a_BE.device)
-    return F.cross_entropy(logits, labels, reduction="none")
+    return feature_distillation_many(student_BE, target_BE.unsqueeze(0), w_B.unsqueeze(0))[0]
 
 
 def interactive_contrastive(student_image_BE: torch.Tensor, student_text_BE: torch.Tensor,
                             teacher_image_BE: torch.Tensor, teacher_text_BE: torch.Tensor,
                             temperature: torch.Tensor | float, w_B: torch.Tensor) -> torch.Tensor:
     """ICL over the rows with w > 0: student image -> teacher texts, student text -> teacher images."""
-    keep = w_B > 0
-    if keep.sum() < 2:
-        return (student_image_BE.sum() + student_text_BE.sum()) * 0.0
-    si, st = student_image_BE[keep], student_text_BE[keep]
-    ti, tt = teacher_image_BE[keep].to(si.dtype), teacher_text_BE[keep].to(si.dtype)
-    per_row = (_info_nce_rows(si, tt, temperature) + _info_nce_rows(st, ti, temperature)) / 2
-    return _weighted_mean(per_row, w_B[keep])
+    return interactive_contrastive_many(student_image_BE, student_text_BE, teacher_image_BE.unsqueeze(0),
+                                        teacher_text_BE.unsqueeze(0), temperature, w_B.unsqueeze(0))[0]
 
 
 def feature_distillation_many(student_BE: torch.Tensor, targets_TBE: torch.Tensor, w_TB: torch.Tensor) -> torch.Tensor:
