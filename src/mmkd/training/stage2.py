@@ -127,6 +127,9 @@ class DistillTask:
         self.module = DistillForward(student.model, DistillExtras(
             heads, torch.tensor(float(np.log(d.icl_temperature))), d.learnable_icl_temperature))
         self.kinds = ("projected_image", "projected_text") if self.precomputed else ("image", "text")
+        # Which terms have teacher-feature targets; the relational KL reads the raw features too.
+        self.feature_terms = self.space in ("projection", "adaptor") and (d.lambda_fd > 0 or d.lambda_icl > 0)
+        self.needs_features = self.feature_terms or d.lambda_kl > 0
         self.epoch = 0
         self._prepared: tuple[Any, dict[str, Any]] | None = None
         self._host: torch.Tensor | None = None
@@ -170,26 +173,25 @@ class DistillTask:
     def _load_targets(self, batch) -> dict[str, Any]:
         d = self.cfg.distill
         rows = self.row_of_index[batch.indices.numpy()]
-        feats = self.store.rows(rows, kinds=self.kinds + (("score",) if d.policy == "score-weighted" else ()),
+        feature_kinds = self.kinds if self.needs_features else ()  # the decision and CLIP-only runs read none
+        feats = self.store.rows(rows, kinds=feature_kinds + (("score",) if d.policy == "score-weighted" else ()),
                                 teachers=self.teachers)
         w_BT = teacher_weights(d.policy, feats["available"],
                                scores_BT=np.stack([feats["score"][t] for t in self.teachers], 1) if "score" in feats
                                else None, seed=self.cfg.train.seed, epoch=self.epoch, indices_B=batch.indices.numpy(),
                                modalities_B=batch.modalities, routes=d.modality_routes, teachers=self.teachers)
-        # Every array the loss needs, packed into one float32 [B, sum of widths] block: one copy.
-        needs_features = d.lambda_kl > 0 or (self.space in ("projection", "adaptor") and (d.lambda_fd > 0 or
-                                                                                            d.lambda_icl > 0))
-        parts = [(f"{kind}:{t}", feats[kind][t]) for kind in self.kinds for t in self.teachers if needs_features]
+        # Every array the loss needs, packed (and cast) into one float32 [B, sum of widths] block: one copy.
+        parts = [(f"{kind}:{t}", feats[kind][t]) for kind in feature_kinds for t in self.teachers]
         parts += [("weights", w_BT), ("available", feats["available"])]
         widths = [a.shape[1] for _, a in parts]
-        arrays = [a.astype(np.float32, copy=False) for _, a in parts]
+        arrays = [a for _, a in parts]
         if torch.device(self.device).type == "cuda":
             host = self._pinned_block(len(rows), sum(widths))
-            np.concatenate(arrays, axis=1, out=host.numpy())
+            np.concatenate(arrays, axis=1, out=host.numpy(), casting="unsafe")
             block = host.to(self.device, non_blocking=True)
             self._copy_done.record()
         else:
-            block = torch.from_numpy(np.concatenate(arrays, axis=1))
+            block = torch.from_numpy(np.concatenate(arrays, axis=1, dtype=np.float32, casting="unsafe"))
         on_device = dict(zip([name for name, _ in parts], torch.split(block, widths, dim=1)))
         return {"weights": w_BT, "on_device": on_device}
 
@@ -230,11 +232,10 @@ class DistillTask:
             # Weights are decided on the host: which teachers teach this batch needs no device sync.
             w_np = targets["weights"]
             num_taught = max(int((w_np.sum(axis=1) > 0).sum()), 1)
-            feature_terms = self.space in ("projection", "adaptor") and (d.lambda_fd > 0 or d.lambda_icl > 0)
             taught = [j for j in range(len(self.teachers)) if w_np[:, j].any()]
             share = {j: float(w_np[:, j].sum()) / num_taught for j in taught}  # a teacher's share of the taught rows
-            fd_targets = self._all_targets(targets, [self.teachers[j] for j in taught]) if feature_terms else {}
-            if feature_terms and self.space == "projection" and taught:
+            fd_targets = self._all_targets(targets, [self.teachers[j] for j in taught]) if self.feature_terms else {}
+            if self.feature_terms and self.space == "projection" and taught:
                 # Every target is in the student's space: all teachers' FD and ICL in a few batched ops.
                 names = [self.teachers[j] for j in taught]
                 w_TB = targets["on_device"]["weights"][:, taught].T
@@ -249,7 +250,7 @@ class DistillTask:
             for j in taught:
                 t = self.teachers[j]
                 w_B = targets["on_device"]["weights"][:, j]
-                if feature_terms and self.space == "adaptor":  # each teacher's own space: one at a time
+                if self.feature_terms and self.space == "adaptor":  # each teacher's own space: one at a time
                     s_img, s_txt = outputs[f"head_image:{t}"], outputs[f"head_text:{t}"]
                     t_img, t_txt = fd_targets[t]
                     fd = feature_distillation(s_img, t_img, w_B) + feature_distillation(s_txt, t_txt, w_B)
