@@ -81,6 +81,17 @@ def test_rows_returns_a_batch_in_the_order_asked(tmp_path):
         store.rows([23])
 
 
+def test_rows_of_a_part_of_the_teachers_and_kinds(tmp_path):
+    """A small part of each stored row (one teacher, one kind) is gathered on its own, not as whole rows."""
+    _, expected = _write_store(tmp_path / "store")
+    store = FeatureStore(tmp_path / "store")
+    idx = np.array([5, 21, 0])
+    batch = store.rows(idx, kinds=("image",), teachers=["alpha"])
+    assert set(batch) == {"image", "available"} and set(batch["image"]) == {"alpha"}
+    np.testing.assert_array_equal(batch["image"]["alpha"], expected["alpha"]["image"][idx].astype(np.float16))
+    np.testing.assert_array_equal(batch["available"][:, 0], expected["alpha"]["available"][idx])
+
+
 def test_verify_finds_a_flipped_byte(tmp_path):
     _write_store(tmp_path / "store")
     from helpers import writable_array

@@ -328,24 +328,25 @@ class FeatureStore:
             raise IndexError(f"row indices must lie in [0, {self.num_samples}); got {idx_B.min()}..{idx_B.max()}")
         names = list(teachers or self.teachers)
         out: dict[str, Any] = {kind: {} for kind in kinds}
+        single: list[tuple[str, str]] = []  # arrays gathered one by one
         by_file: dict[str, list[tuple[str, str, list[int]]]] = {}
         for kind in kinds:
             for t in names:
-                spec = self._entry(t)["arrays"].get(kind)
-                if spec is not None and "columns" in spec:
+                spec = self._entry(t)["arrays"].get(kind, {})
+                if "columns" in spec:
                     by_file.setdefault(spec["file"], []).append((kind, t, spec["columns"]))
                 else:
-                    out[kind][t] = np.take(self._plain(t, kind), idx_B, axis=0)
+                    single.append((kind, t))
         for file, parts in by_file.items():
-            self.array(parts[0][1], parts[0][0])  # maps the file
-            width = sum(b - a for _, _, (a, b) in parts)
-            if 2 * width >= self._files[file].shape[1]:  # most of each row is wanted: gather whole rows once
-                block = np.take(np.asarray(self._files[file]), idx_B, axis=0)
-                for kind, t, (a, b) in parts:
-                    out[kind][t] = block[:, a:b]
-            else:
-                for kind, t, (a, b) in parts:
-                    out[kind][t] = np.take(self._plain(t, kind), idx_B, axis=0)
+            whole = self._whole(file)
+            if 2 * sum(b - a for _, _, (a, b) in parts) < whole.shape[1]:  # a small part of each row: gather it alone
+                single += [(kind, t) for kind, t, _ in parts]
+                continue
+            block = np.take(whole, idx_B, axis=0)  # whole rows, once
+            for kind, t, (a, b) in parts:
+                out[kind][t] = block[:, a:b]
+        for kind, t in single:
+            out[kind][t] = np.take(self._plain(t, kind), idx_B, axis=0)
         available = np.empty((idx_B.size, len(names)), dtype=bool)
         for j, t in enumerate(names):
             np.take(self._plain(t, "available"), idx_B, axis=0, out=available[:, j])
@@ -357,6 +358,13 @@ class FeatureStore:
         key = ("plain", name, kind)
         if key not in self._arrays:
             self._arrays[key] = np.asarray(self.array(name, kind))
+        return self._arrays[key]
+
+    def _whole(self, file: str) -> np.ndarray:
+        """A whole features file (every teacher's columns), mapped once, as a plain ndarray view."""
+        key = ("whole", file)
+        if key not in self._arrays:
+            self._arrays[key] = np.asarray(_open_array(self.path, {"file": file}, "r", self._files))
         return self._arrays[key]
 
     # ---- integrity ----------------------------------------------------------------------
