@@ -11,7 +11,7 @@ BiomedBERT's PubMed vocabulary also holds most biomedical words whole, but split
 rare terms further, so its lengths can be somewhat longer.
 
 Timed: forward + backward of the text tower on the same batches, full context
-(`[B, 256]`) against `mmkd.training.loop.trim_padding` (what `fit` does when
+(`[B, 256]`) against `mmkd.models.text.trim_padding` (what `fit` does when
 `model.pad_to_longest` is on, the default); batches alternate and the medians are compared.
 Also printed: the FLOP saving this implies for the paper's student (BERT-base text tower +
 ViT-B/16 image tower), from the measured lengths.
@@ -46,7 +46,7 @@ def main() -> None:
     set_threads()
     print_header("text tower: pad to the longest caption of the batch vs the full context")
     from mmkd.models.student import create_student
-    from mmkd.training.loop import trim_padding
+    from mmkd.models.text import pad_id_of, trim_padding
 
     rng = np.random.default_rng(0)
     real = reference_captions()
@@ -63,7 +63,7 @@ def main() -> None:
                          "hf_pooler_type": "cls_pooler", "context_length": args.context}}))
         student = create_student(str(cfg_path), hf_text_path=str(folder), seed=0)
     model, tokenizer = student.model, student.tokenizer
-    pad_id = tokenizer.tokenizer.pad_token_id or 0
+    pad_id = pad_id_of(tokenizer)
 
     def lengths(captions):
         return (tokenizer(captions) != pad_id).sum(dim=1).numpy()

@@ -6,21 +6,17 @@ import torch
 from test_export import build_tiny_bert
 
 from mmkd.models.student import create_student
-from mmkd.training.loop import trim_padding
+from mmkd.models.text import pad_id_of, trim_padding
 
 CAPTIONS = ["a chest x ray", "a photo of the red square showing normal tissue , stained h & e",
             "fundus", "an x ray of the chest showing pneumonia . the blue disc is normal tissue ."]
-
-
-def _pad_id(student) -> int:
-    return getattr(getattr(student.tokenizer, "tokenizer", None), "pad_token_id", None) or 0
 
 
 def test_hf_text_tower_features_equal_after_trimming_to_a_multiple(tmp_path):
     student = create_student("mmkd-tiny-vit-hf", hf_text_path=str(build_tiny_bert(tmp_path / "bert")), seed=0)
     student.model.eval()
     tokens = student.tokenizer(CAPTIONS)
-    pad = _pad_id(student)
+    pad = pad_id_of(student.tokenizer)
     longest = int((tokens != pad).any(dim=0).nonzero().max()) + 1
     assert longest < tokens.shape[1], "the captions must be shorter than the context for this test"
     exact = trim_padding(tokens, student.model, pad, multiple=1)
@@ -37,7 +33,7 @@ def test_hf_text_tower_features_equal_after_trimming_to_a_multiple(tmp_path):
 def test_fixed_positional_text_tower_keeps_the_full_context():
     student = create_student("mmkd-tiny-vit", seed=0)
     tokens = student.tokenizer(CAPTIONS)
-    assert trim_padding(tokens, student.model, _pad_id(student)).shape == tokens.shape
+    assert trim_padding(tokens, student.model, pad_id_of(student.tokenizer)).shape == tokens.shape
 
 
 def test_batch_tokenizer_gives_the_full_context_ids_cut_to_the_batch(tmp_path):
@@ -47,7 +43,7 @@ def test_batch_tokenizer_gives_the_full_context_ids_cut_to_the_batch(tmp_path):
     batcher = BatchTokenizer(student.tokenizer, student.model, pad_to_longest=True, multiple=8)
     assert batcher.direct, "open_clip's HF tokenizer is padded to the longest caption directly"
     for captions in (CAPTIONS, CAPTIONS[:1], ["fundus"], [" ".join(CAPTIONS * 20)]):  # the last one is truncated
-        expected = trim_padding(student.tokenizer(captions), student.model, _pad_id(student), multiple=8)
+        expected = trim_padding(student.tokenizer(captions), student.model, pad_id_of(student.tokenizer), multiple=8)
         assert torch.equal(batcher(captions), expected)
     full = BatchTokenizer(student.tokenizer, student.model, pad_to_longest=False)
     assert torch.equal(full(CAPTIONS), student.tokenizer(CAPTIONS))

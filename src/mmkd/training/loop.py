@@ -29,7 +29,7 @@ from mmkd.data.pairs import Batch, PairDataset, collate_pairs
 from mmkd.data.sampler import ResumableBatchSampler
 from mmkd.errors import DataError, UsageError
 from mmkd.models.student import Student, create_student
-from mmkd.models.text import BatchTokenizer, trim_padding  # noqa: F401  (trim_padding: public here too)
+from mmkd.models.text import BatchTokenizer
 from mmkd.training import checkpoint as ckpt_io
 from mmkd.training.optim import build_optimizer, lr_at, set_lr
 from mmkd.training.telemetry import MetricsLogger, Throughput
