@@ -169,13 +169,12 @@ def gate_experts(pairs_csv: str, vocab: str, teachers: dict[str, str], experts: 
     (JSON: routes modality -> [teachers], accuracy model -> modality -> balanced accuracy).
     """
     import pandas as pd
-    import torch
     import yaml
     from sklearn.metrics import balanced_accuracy_score
 
     from mmkd import load_model
     from mmkd.data.pairs import decode_image
-    from mmkd.evaluation.prompts import class_embeddings
+    from mmkd.evaluation.zero_shot import zero_shot
     from mmkd.utils.io import atomic_write_json
 
     table = Path(pairs_csv)
@@ -190,12 +189,8 @@ def gate_experts(pairs_csv: str, vocab: str, teachers: dict[str, str], experts: 
         for m in wanted:
             rows = pairs[pairs["modality"] == m]
             names = vocabulary[m]["classnames"]
-            with torch.no_grad():
-                classes = class_embeddings(model, names, vocabulary[m]["templates"]).float()
-                images = [model.preprocess(decode_image(str(table.parent / p), 64_000_000)) for p in rows["image"]]
-                feats = torch.cat([model.encode_image(torch.stack(images[s:s + 128]))
-                                   for s in range(0, len(images), 128)]).float()
-            predicted = (feats @ classes.T).argmax(1).numpy()
+            images = [decode_image(str(table.parent / p), 64_000_000) for p in rows["image"]]
+            predicted = zero_shot(model, images, names, vocabulary[m]["templates"], batch_size=128).argmax(1).numpy()
             truth = [names.index(label) for label in rows["label"]]
             accuracy[name][m] = round(float(balanced_accuracy_score(truth, predicted)), 4)
     routes = {m: [t for t, ms in experts.items() if m in ms and accuracy[t][m] > accuracy["student"][m]]
