@@ -7,10 +7,10 @@ import os
 import pytest
 
 from conftest import run_cli
-from mmkd.demo_jobs import Runner, Step
-from mmkd.demo_recipe import STAGE2_VARIANTS, make_recipe
-from mmkd.demo_steps import TASKS, summarise
-from mmkd.demo_table import format_table, verdict
+from mmkd.demo.jobs import Runner, Step
+from mmkd.demo.recipe import STAGE2_VARIANTS, make_recipe
+from mmkd.demo.steps import TASKS, summarise
+from mmkd.demo.table import format_table, verdict
 from mmkd.errors import UsageError
 
 def record_call(path: str, value: int) -> dict:
@@ -164,7 +164,7 @@ def test_quick_demo_end_to_end_then_reuses_every_step(tmp_path):
 
 
 def test_hf_teacher_tokenizer_knows_every_word_of_its_texts(tmp_path):
-    from mmkd.demo_teachers import build_word_tokenizer
+    from mmkd.demo.teachers import build_word_tokenizer
 
     texts = ["Chest radiograph showing pneumonia.", "a fundus photograph showing mild diabetic retinopathy."]
     tok = build_word_tokenizer(tmp_path / "tok", texts, context_length=24)

@@ -75,7 +75,7 @@ def assert_open_clip_parity(run_dir: Path, out: Path) -> dict:
     """Load `out` with open_clip's own functions; compare with mmkd's load of the checkpoint."""
     import open_clip
 
-    from mmkd.models.loading import load_model
+    from mmkd.api import load_model
 
     ours = load_model(str(run_dir))
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
@@ -150,7 +150,7 @@ def test_moved_hf_export_loads_after_relink(tmp_path):
     moved = tmp_path / "elsewhere" / "model"
     moved.parent.mkdir()
     shutil.move(str(tmp_path / "first"), str(moved))
-    from mmkd.models.loading import load_model
+    from mmkd.api import load_model
 
     assert load_model(str(moved)).embed_dim == 64  # mmkd itself finds the config.json bundled in the folder
     relink(moved)

@@ -86,7 +86,7 @@ def test_zero_shot_matches_a_naive_prompt_ensemble(trained):
     from PIL import Image
 
     from mmkd.export.inference import zero_shot
-    from mmkd.models.loading import load_model
+    from mmkd.api import load_model
 
     assert mmkd.zero_shot is zero_shot
     model = load_model(str(trained["run"]))
@@ -175,7 +175,7 @@ def test_student_trained_on_the_synthetic_corpus_ranks_findings_above_chance(tmp
     `mmkd export` and `mmkd predict` with each modality's own class names and prompt templates."""
     from mmkd.cli import main
     from mmkd.config import build_config
-    from mmkd.data.synth import generate
+    from mmkd.synth.corpus import generate
     from mmkd.training.loop import fit
     from mmkd.training.stage1 import ClipTask
 

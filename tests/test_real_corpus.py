@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from mmkd.data import real_corpus
-from mmkd.data.real_corpus import REAL_SETS, write_real_corpus
-from mmkd.data.synth_io import read_rgb
+from mmkd.synth import real_corpus
+from mmkd.synth.real_corpus import REAL_SETS, write_real_corpus
+from mmkd.synth.io import read_rgb
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +125,8 @@ def test_deterministic_and_reused(corpus, tmp_path):
 
 
 def test_merged_with_the_synthetic_catalog(corpus, tmp_path):
-    from mmkd.data import synth
-    from mmkd.data.synth_io import merge_catalogs
+    from mmkd.synth import corpus as synth
+    from mmkd.synth.io import merge_catalogs
 
     tiny = synth.SynthSizes(1, (1, 1, 1), 1, 2, 1, 2, 2)
     synthetic = synth.generate(tmp_path / "synth", sizes=tiny, progress=False)

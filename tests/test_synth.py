@@ -11,9 +11,14 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from mmkd.data import synth, synth_slides, synth_splits, synth_text, synth_vqa
-from mmkd.data.synth_io import read_rgb
-from mmkd.data.synth_render import MODALITIES, render_sample
+from mmkd.synth import corpus as synth
+from mmkd.synth import slides as synth_slides
+from mmkd.synth import splits as synth_splits
+from mmkd.synth import text as synth_text
+from mmkd.synth import vqa as synth_vqa
+from mmkd.synth.io import read_rgb
+from mmkd.synth.findings import MODALITIES
+from mmkd.synth.render import render_sample
 from mmkd.errors import UsageError
 
 TASKS = {"zero-shot", "linear-probe", "retrieval", "vqa", "mil-classification", "survival"}
@@ -464,7 +469,7 @@ def test_subset_csv_in_another_folder_still_finds_its_images(corpus, tmp_path):
 
 
 def test_merged_catalog_rebases_paths(corpus, tmp_path):
-    from mmkd.data.synth_io import merge_catalogs
+    from mmkd.synth.io import merge_catalogs
 
     merged = merge_catalogs(tmp_path / "all" / "catalog.yaml", [corpus / "catalog.yaml"])
     base = tmp_path / "all"

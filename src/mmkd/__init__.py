@@ -7,7 +7,7 @@ the public functions below.
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "mmkd.models.loading:load_model",
+    "load_model": "mmkd.api:load_model",
     "load_teacher": "mmkd.teachers:load_teacher",
     "create_student": "mmkd.models.student:create_student",
     "FeatureStore": "mmkd.data.feature_store:FeatureStore",

@@ -22,8 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("mmkd.evaluation.cli_report", "turn a results folder into tables, plots and an HTML page"),
     "export": ("mmkd.export.cli", "export a checkpoint as an open_clip-loadable folder with a model card"),
     "predict": ("mmkd.export.cli_predict", "zero-shot prediction of labels for images"),
-    "synth": ("mmkd.data.cli_synth", "write the synthetic multi-modality corpus and evaluation sets"),
-    "demo": ("mmkd.demo", "the whole pipeline end to end on built-in data"),
+    "synth": ("mmkd.synth.cli", "write the synthetic multi-modality corpus and evaluation sets"),
+    "demo": ("mmkd.demo.cli", "the whole pipeline end to end on built-in data"),
 }
 
 

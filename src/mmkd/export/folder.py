@@ -59,7 +59,7 @@ def resolve_checkpoint(path: str | Path) -> SourceCheckpoint:
     if not path.exists():  # checked before importing torch, so the message comes fast
         raise UsageError(f"--checkpoint: {str(path)!r} does not exist; give a run directory or a checkpoint folder "
                          f"(RUN/checkpoints/step_XXXXXXXX)")
-    from mmkd.training.checkpoint import STATE_FILE, latest_checkpoint
+    from mmkd.utils.runs import STATE_FILE, latest_checkpoint
 
     if (path / CONFIG_FILE).is_file():
         ckpt = path

@@ -75,7 +75,7 @@ def logit_scale_of(model) -> float:
 def resolve_model(model, device: str = "cpu"):
     """A ClipEncoder: `model` itself, or `mmkd.load_model(model)` for a spec string/path."""
     if isinstance(model, (str, Path)):
-        from mmkd.models.loading import load_model
+        from mmkd.api import load_model
 
         return load_model(str(model), device=device)
     if not (hasattr(model, "encode_image") and hasattr(model, "encode_text") and hasattr(model, "preprocess")):

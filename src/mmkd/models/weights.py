@@ -20,7 +20,7 @@ def find_weights(path: str | Path) -> Path:
     if path.is_dir():
         if (path / WEIGHTS_FILE).is_file():
             return path / WEIGHTS_FILE
-        from mmkd.training.checkpoint import latest_checkpoint
+        from mmkd.utils.runs import latest_checkpoint
 
         ckpt = latest_checkpoint(path)
         if ckpt is not None:

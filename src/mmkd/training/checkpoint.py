@@ -26,35 +26,14 @@ import torch
 
 from mmkd.errors import UsageError
 from mmkd.utils.io import atomic_write_json, fsync_dir, read_json
-
-STATE_FILE = "train_state.json"
-MODEL_FILE = "open_clip_model.safetensors"
-CONFIG_FILE = "open_clip_config.json"
-OPTIM_FILE = "optimizer.safetensors"
-EXTRA_FILE = "extra.safetensors"
+from mmkd.utils.runs import (CONFIG_FILE, EXTRA_FILE, MODEL_FILE, OPTIM_FILE, STATE_FILE,  # noqa: F401
+                             checkpoint_dir, latest_checkpoint, list_checkpoints)
 
 
 class CheckpointWriteError(UsageError):
     """A checkpoint could not be written (disk full, quota, read-only folder); the previous one is intact."""
 
     exit_code = 1
-
-
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    root = checkpoint_dir(run_dir)
-    if not root.is_dir():
-        return []
-    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / STATE_FILE).is_file()]
-    return sorted(done, key=lambda p: int(p.name.split("_")[1]))
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    ckpts = list_checkpoints(run_dir)
-    return ckpts[-1] if ckpts else None
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:

@@ -52,7 +52,7 @@ STAGE2_VARIANTS: dict[str, dict[str, Any]] = {
     "relational": {"distill.target_space": "relational", "distill.lambda_kl": 1.0},
     "decision": {"distill.target_space": "decision", "distill.lambda_decision": 1.0, "distill.lambda_kl": 0.0},
     # The same, but an expert labels a modality only where it beats the stage-1 student zero-shot on
-    # the student's own captioned pairs (`demo_steps.gate_experts`).
+    # the student's own captioned pairs (`mmkd.demo.steps.gate_experts`).
     "decision-gated": {"distill.target_space": "decision", "distill.lambda_decision": 1.0, "distill.lambda_kl": 0.0},
     "decision+projection": {"distill.target_space": "projection", "distill.lambda_decision": 1.0,
                             "distill.lambda_fd": 50.0, "distill.lambda_icl": 1.0},

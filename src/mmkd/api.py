@@ -18,7 +18,7 @@ def is_mmkd_checkpoint(path: Path) -> bool:
     if (path / CHECKPOINT_CONFIG).is_file():
         return True
     if (path / "checkpoints").is_dir():
-        from mmkd.training.checkpoint import latest_checkpoint
+        from mmkd.utils.runs import latest_checkpoint
 
         return latest_checkpoint(path) is not None
     return False
@@ -28,7 +28,7 @@ def load_model(spec: str, device: str = "cpu", name: str | None = None) -> ClipE
     path = Path(spec)
     if path.is_dir() and is_mmkd_checkpoint(path):
         from mmkd.models.student import create_student
-        from mmkd.training.checkpoint import latest_checkpoint
+        from mmkd.utils.runs import latest_checkpoint
 
         ckpt = path if (path / "open_clip_config.json").is_file() else latest_checkpoint(path)
         student = create_student(str(ckpt))

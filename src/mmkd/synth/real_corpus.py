@@ -1,4 +1,4 @@
-"""The shipped real images (`mmkd/data/real_mini/`) as a captioned corpus plus evaluation sets.
+"""The shipped real images (`mmkd/assets/real_mini/`) as a captioned corpus plus evaluation sets.
 
 Four real, openly licensed modalities (see `real_mini/README.md` for sources, licences and
 citations): paediatric chest X-ray (PneumoniaMNIST), breast ultrasound (BreastMNIST), colour
@@ -43,12 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mmkd.data.synth import LABEL_COLUMNS, SynthCorpus, _prepare_out
-from mmkd.data.synth_io import save_png, write_catalog, write_csv, write_lines, write_shards
+from mmkd.synth.corpus import LABEL_COLUMNS, SynthCorpus, _prepare_out
+from mmkd.synth.io import save_png, write_catalog, write_csv, write_lines, write_shards
 from mmkd.errors import UsageError
 from mmkd.utils.io import atomic_write_json, atomic_write_text
 
-REAL_MINI = Path(__file__).parent / "real_mini"
+REAL_MINI = Path(__file__).parent.parent / "assets" / "real_mini"
 FORMAT_VERSION = 1
 GENERATOR = "mmkd real-corpus"
 

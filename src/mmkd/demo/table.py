@@ -1,6 +1,6 @@
 """The demo's results table: one row per model, per-task means over datasets and their overall mean.
 
-Headline number per (model, dataset, task): see `demo_steps.TASK_METRIC` (balanced accuracy for
+Headline number per (model, dataset, task): see `mmkd.demo.steps.TASK_METRIC` (balanced accuracy for
 zero-shot and linear probe, mean recall@5 of both directions for retrieval, accuracy for VQA,
 AUROC for MIL classification, c-index for survival). A task's column is the mean over its
 datasets; `overall` is the mean of the six task columns, so every task weighs the same.
@@ -14,7 +14,7 @@ import math
 import statistics
 from typing import Any
 
-from mmkd.demo_steps import TASKS, summarise
+from mmkd.demo.steps import TASKS, summarise
 
 SHORT = {"zero-shot": "zero-shot", "linear-probe": "lin. probe", "retrieval": "retrieval", "vqa": "VQA",
          "mil-classification": "MIL", "survival": "survival"}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmkd.data.synth_render import MODALITIES, Planted
+from mmkd.synth.findings import MODALITIES, Planted
 
 # What a question calls a finding, and the short open answer naming it.
 _TERMS = {

@@ -9,7 +9,7 @@ Write a synthetic biomedical corpus: procedurally drawn chest CT, brain MRI, his
 dermoscopy images (four classes each: normal and three findings that differ in shape, number,
 texture, size and position), captioned from what was drawn.
 
-Output (see `python -c "import mmkd.data.synth as s; print(s.__doc__)"` for the full layout):
+Output (see `python -c "import mmkd.synth.corpus as s; print(s.__doc__)"` for the full layout):
   DIR/train/pairs.csv           training pairs: image, caption, sample_id, modality, label
   DIR/train/shards/*.tar        the same pairs as webdataset shards
   DIR/eval/...                  held-out sets for zero-shot, linear probe, retrieval, VQA, slides
@@ -19,7 +19,7 @@ The same --seed and sizes give byte-identical files; rerunning on a finished fol
 same arguments reuses it.
 
 With --real it writes the shipped real images instead (chest X-ray, breast ultrasound, fundus,
-blood cells; see mmkd/data/real_mini/README.md) as a captioned corpus in the same layout —
+blood cells; see mmkd/assets/real_mini/README.md) as a captioned corpus in the same layout —
 captions made from class names — with evaluation sets on the official test splits.
 
 examples:
@@ -55,10 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from mmkd.data.synth import check_args, generate
+    from mmkd.synth.corpus import check_args, generate
 
     if args.real:
-        from mmkd.data.real_corpus import write_real_corpus
+        from mmkd.synth.real_corpus import write_real_corpus
 
         check_args(args.size, args.train_per_class, args.seed, args.workers)
         if args.size != 32 or args.difficulty is not None:

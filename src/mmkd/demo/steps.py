@@ -1,4 +1,4 @@
-"""The demo's steps as plain functions of JSON-able arguments (run by `demo_jobs.Runner`).
+"""The demo's steps as plain functions of JSON-able arguments (run by `mmkd.demo.jobs.Runner`).
 
 Each calls the library the way a user would: the stage-1 loop, `mmkd extract` / `mmkd align`
 through the command line's own `main`, the stage-2 loop, the evaluation runner. Each returns a
@@ -45,7 +45,7 @@ def _fit(tokens: list[str], task: str) -> dict[str, Any]:
 def teacher(kind: str, pairs_csv: str, run_dir: str, export_dir: str, model: str, epochs: int, lr: float,
             batch_size: int, seed: int, prompts: list[str]) -> dict[str, Any]:
     """Train one expert teacher and save it in its real format; returns {"spec", "summary"}."""
-    from mmkd.demo_teachers import train_hf_teacher, train_open_clip_teacher
+    from mmkd.demo.teachers import train_hf_teacher, train_open_clip_teacher
 
     if kind == "hf":
         return train_hf_teacher(pairs_csv, export_dir, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,

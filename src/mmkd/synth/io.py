@@ -137,5 +137,5 @@ def merge_catalogs(out_path: str | os.PathLike, catalog_paths: Sequence[str | os
             if isinstance(entry.get("split"), dict):
                 entry["split"] = {k: rebase(v) for k, v in entry["split"].items()}
             merged[name] = entry
-    write_catalog(out_path, merged, header="merged by mmkd.data.synth_io.merge_catalogs")
+    write_catalog(out_path, merged, header="merged by mmkd.synth.io.merge_catalogs")
     return merged

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from mmkd.demo_recipe import DemoRecipe
+from mmkd.demo.recipe import DemoRecipe
 from mmkd.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -74,9 +74,9 @@ def prepare(data_dir: str | Path, recipe: DemoRecipe, progress: bool = True) -> 
     """Write the demo's data (layout in the module docstring); returns the paths and counts."""
     import pandas as pd
 
-    from mmkd.data.real_corpus import write_real_corpus
-    from mmkd.data.synth import generate
-    from mmkd.data.synth_splits import demo_split, write_pairs_csv
+    from mmkd.synth.real_corpus import write_real_corpus
+    from mmkd.synth.corpus import generate
+    from mmkd.synth.splits import demo_split, write_pairs_csv
 
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def prepare(data_dir: str | Path, recipe: DemoRecipe, progress: bool = True) -> 
         if t.modalities:
             tables[f"teacher-{t.name}"] = split.experts[t.name]
         else:  # the weak generalist: a fraction of every modality, drawn with another seed than the student's
-            from mmkd.data.synth_splits import take_fraction
+            from mmkd.synth.splits import take_fraction
 
             tables[f"teacher-{t.name}"] = take_fraction(pairs, t.fraction, seed=recipe.seed + 7919)
     paths = {}

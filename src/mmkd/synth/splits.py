@@ -109,7 +109,7 @@ def write_pairs_csv(table: pd.DataFrame, out_path: str | os.PathLike, source_dir
     """Write rows of a pairs table to `out_path`, rewriting relative `image` paths (which were
     relative to `source_dir`, the folder of the table they came from) to be relative to the new
     file's folder. Absolute paths stay as they are. Returns the written path."""
-    from mmkd.data.synth_io import write_csv
+    from mmkd.synth.io import write_csv
 
     out_path = Path(out_path)
     out_dir, source_dir = out_path.resolve().parent, Path(source_dir).resolve()

@@ -1,6 +1,6 @@
 """Procedural axial chest CT and brain MRI (greyscale), with lesions planted in known places.
 
-Both renderers share the contract of `synth_render.Renderer`: anatomy comes only from
+Both renderers share the contract of `findings.Renderer`: anatomy comes only from
 `rng_anatomy`, the lesion only from `rng_lesion`, acquisition effects (contrast, noise, blur)
 only from `rng_noise`. Intensities are in [0, 1] before the acquisition step. Radiological
 convention: the patient's right is on the image's left (x < 0).
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmkd.data.synth_draw import blob, canvas, dots, finish, mix, polyline, random_wobble, size_word, smooth_noise
-from mmkd.data.synth_render import Planted
+from mmkd.synth.draw import blob, canvas, dots, finish, mix, polyline, random_wobble, size_word, smooth_noise
+from mmkd.synth.findings import Planted
 
 CT_MM_PER_UNIT = 100.0  # 200 mm field of view across the canvas
 MRI_MM_PER_UNIT = 110.0

@@ -9,7 +9,7 @@ Four procedural modalities with their own look and four classes each (the first 
 
 (the class names above are the `label` values of every CSV). Each image is drawn with numpy
 from a key derived from the seed, so one seed gives byte-identical files; captions say what
-was planted (finding, count, size, side, region), see `synth_text`. `difficulty` (default 0.25)
+was planted (finding, count, size, side, region), see `mmkd.synth.text`. `difficulty` (default 0.25)
 fades the findings and adds noise. Measured at 32 px with 4 classes (chance 0.25): a linear model
 on raw pixels (50 images per class) gets 0.6-0.76 per modality at 0.25. The demo's tiny ViT
 (patch 4, width 128, 4 layers) trained as a plain classifier on 250 images per class reaches,
@@ -18,9 +18,9 @@ only 0.60 on MRI after 180 steps (0.43 at difficulty 0.5): learnable, not instan
 lower `difficulty` to tune how hard the demo's modalities are.
 
 Python API: `generate(out_dir, seed=0, size=32, quick=False, ...) -> SynthCorpus` (with
-`.catalog`, `.pairs_csv`, `.shards`, `.pairs()` -> DataFrame); `synth_render.render_sample`
-draws single images in memory; `synth_splits` selects the pairs each model of the demo sees;
-`synth_io.merge_catalogs` joins this catalog with the real-mini one (`real_corpus`).
+`.catalog`, `.pairs_csv`, `.shards`, `.pairs()` -> DataFrame); `mmkd.synth.render.render_sample`
+draws single images in memory; `mmkd.synth.splits` selects the pairs each model of the demo sees;
+`mmkd.synth.io.merge_catalogs` joins this catalog with the real-mini one (`real_corpus`).
 
 Output layout (all paths inside tables are relative to the table's own folder; the catalog's
 paths are relative to the catalog):
@@ -67,7 +67,7 @@ catalog.yaml entries (`datasets:` name -> entry):
     synth-slides                tasks [mil-classification, survival]; format slides;
                                 path eval/slides/slides.csv; classnames [benign, carcinoma]
 
-Slide cohorts are described in `synth_slides`; VQA questions in `synth_vqa`.
+Slide cohorts are described in `mmkd.synth.slides`; VQA questions in `mmkd.synth.vqa`.
 """
 
 from __future__ import annotations
@@ -81,9 +81,12 @@ from typing import Any
 
 import numpy as np
 
-from mmkd.data import synth_slides, synth_text, synth_vqa
-from mmkd.data.synth_io import save_png, write_catalog, write_csv, write_jsonl, write_lines, write_shards
-from mmkd.data.synth_render import MODALITIES, Planted, render_sample
+from mmkd.synth import slides as synth_slides
+from mmkd.synth import text as synth_text
+from mmkd.synth import vqa as synth_vqa
+from mmkd.synth.findings import MODALITIES, Planted
+from mmkd.synth.io import save_png, write_catalog, write_csv, write_jsonl, write_lines, write_shards
+from mmkd.synth.render import render_sample
 from mmkd.errors import UsageError
 from mmkd.utils.io import atomic_write_json, atomic_write_text
 
@@ -276,7 +279,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: int = 32, train_pe
     Deterministic in (seed, size, counts): the same arguments give byte-identical files.
     A finished corpus with the same arguments is reused as it is; `overwrite` replaces one
     made with other arguments. `workers` processes render images (default: up to 4 CPUs).
-    `difficulty` in [0, 1] fades findings and adds noise (see `synth_render.render_sample`).
+    `difficulty` in [0, 1] fades findings and adds noise (see `mmkd.synth.render.render_sample`).
     `sizes` sets every count explicitly (overrides `quick` and `train_per_class`).
     """
     difficulty = DEFAULT_DIFFICULTY if difficulty is None else float(difficulty)

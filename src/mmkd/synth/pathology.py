@@ -1,6 +1,6 @@
 """Procedural H&E histopathology patches and dermoscopy images (colour), with planted findings.
 
-Same contract as `synth_radiology`: anatomy from `rng_anatomy`, lesion from `rng_lesion`,
+Same contract as `radiology`: anatomy from `rng_anatomy`, lesion from `rng_lesion`,
 acquisition from `rng_noise`; colours are RGB in [0, 1] before the acquisition step.
 
 Histopathology is stained by the Beer–Lambert law with the usual H&E optical-density
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmkd.data.synth_draw import blob, canvas, dots, finish, mix, polyline, random_walk, random_wobble, size_word, smooth_noise
-from mmkd.data.synth_render import Planted
+from mmkd.synth.draw import blob, canvas, dots, finish, mix, polyline, random_walk, random_wobble, size_word, smooth_noise
+from mmkd.synth.findings import Planted
 
 H_OD = np.array([0.65, 0.70, 0.29], np.float32)  # haematoxylin optical density (RGB)
 E_OD = np.array([0.07, 0.99, 0.11], np.float32)  # eosin

@@ -3,7 +3,7 @@
 real-mini + synthetic corpus -> expert teachers (open_clip and transformers formats) ->
 stage 1 (student, CLIP loss) -> feature extraction + availability -> alignment -> stage 2
 (distillation) and its control (the same steps with the CLIP loss alone) -> evaluation of
-every model on six task types -> `mmkd report`. See `demo_recipe` for what each part sees.
+every model on six task types -> `mmkd report`. See `mmkd.demo.recipe` for what each part sees.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mmkd.demo_recipe import STAGE2_VARIANTS
+    from mmkd.demo.recipe import STAGE2_VARIANTS
 
     parser.add_argument("--out", default="runs/demo", metavar="DIR",
                         help="folder for everything the demo writes; rerun on it to reuse finished steps "
@@ -67,9 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmkd.demo_jobs import Runner, check_out_dir
-    from mmkd.demo_recipe import make_recipe
-    from mmkd.demo_table import format_table, results, verdict
+    from mmkd.demo.jobs import Runner, check_out_dir
+    from mmkd.demo.recipe import make_recipe
+    from mmkd.demo.table import format_table, results, verdict
     from mmkd.errors import UsageError
     from mmkd.utils.io import atomic_write_json
 
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     print(f"mmkd demo{' --quick' if recipe.quick else ''}: writing to {root.resolve()}")
 
-    from mmkd.demo_data import prepare
+    from mmkd.demo.data import prepare
 
     print("[1/7] data: synthetic corpus + real-mini images, student / teacher / image-only tables")
     info = prepare(root / "data", recipe)
@@ -154,8 +154,8 @@ def _hash(obj: Any) -> str:
 
 def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
     """Add every step to the runner; returns the models to evaluate (name -> display label, kind)."""
-    from mmkd.demo_jobs import Step
-    from mmkd.demo_recipe import GATED, STAGE2_VARIANTS, needs_alignment, needs_image_only, needs_routes
+    from mmkd.demo.jobs import Step
+    from mmkd.demo.recipe import GATED, STAGE2_VARIANTS, needs_alignment, needs_image_only, needs_routes
 
     paths, counts = info["paths"], info["counts"]
     data_salt = _hash(counts)
@@ -168,7 +168,7 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
         pairs = paths[f"teacher-{t.name}"]
         prompts = [p for m in t.modalities for p in info["class_prompts"].get(m, [])]
         num = sum(counts[f"teacher-{t.name}"].values())
-        runner.add(Step(f"teacher-{t.name}", "mmkd.demo_steps:teacher", dict(
+        runner.add(Step(f"teacher-{t.name}", "mmkd.demo.steps:teacher", dict(
             kind=t.kind, pairs_csv=abs_(pairs), run_dir=abs_(root / "runs" / f"teacher-{t.name}"),
             export_dir=export_dir, model=t.model, epochs=t.epochs, lr=t.lr,
             batch_size=recipe.teacher_batch_size, seed=recipe.seed, prompts=prompts),
@@ -181,10 +181,10 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
     num_student = sum(counts["student_pairs"].values())
     store = abs_(root / "store")
     teacher_steps = tuple(f"teacher-{t.name}" for t in recipe.teachers)
-    runner.add(Step("extract", "mmkd.demo_steps:extract", dict(
+    runner.add(Step("extract", "mmkd.demo.steps:extract", dict(
         pairs_csv=student_pairs, teachers=specs, store=store),
         deps=teacher_steps, clean=(store,), weight=num_student * len(recipe.teachers) / 2000, salt=data_salt))
-    runner.add(Step("align", "mmkd.demo_steps:align", dict(store=store, latent_dim=64, steps=300 if not recipe.quick
+    runner.add(Step("align", "mmkd.demo.steps:align", dict(store=store, latent_dim=64, steps=300 if not recipe.quick
                                                             else 50, seed=recipe.seed), deps=("extract",), weight=0.3))
     decision = {"data.image_only_path": abs_(paths["image_only"]), "distill.decision_vocab": abs_(paths["decision_vocab"]),
                 "distill.modality_routes": recipe.routes(), "distill.decision_temperature": recipe.decision_temperature}
@@ -192,7 +192,7 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
     for seed in seeds:  # the student's part of the pipeline, once per student seed
         sfx = "" if len(seeds) == 1 else f"-s{seed}"
         s1 = abs_(root / "runs" / f"student-stage1{sfx}")
-        runner.add(Step(f"stage1{sfx}", "mmkd.demo_steps:stage1", dict(
+        runner.add(Step(f"stage1{sfx}", "mmkd.demo.steps:stage1", dict(
             pairs_csv=student_pairs, run_dir=s1, model=recipe.student_model, epochs=recipe.stage1_epochs,
             lr=recipe.stage1_lr, batch_size=recipe.batch_size, seed=seed),
             clean=(s1,), weight=num_student * recipe.stage1_epochs / 1000, salt=data_salt))
@@ -202,7 +202,7 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
                       batch_size=recipe.batch_size, seed=seed)
         gate_file = abs_(root / "runs" / f"expert-gate{sfx}.json")
         if any(v in GATED for v in recipe.stage2_variants):
-            runner.add(Step(f"expert-gate{sfx}", "mmkd.demo_steps:gate_experts", dict(
+            runner.add(Step(f"expert-gate{sfx}", "mmkd.demo.steps:gate_experts", dict(
                 pairs_csv=student_pairs, vocab=abs_(paths["decision_vocab"]), teachers=specs,
                 experts={t.name: list(t.modalities) for t in recipe.teachers if t.modalities}, student=s1,
                 out=gate_file), deps=teacher_steps + (f"stage1{sfx}",), clean=(gate_file,), weight=0.5))
@@ -220,7 +220,7 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
             if variant in GATED:
                 kwargs["routes_file"] = gate_file
                 deps += (f"expert-gate{sfx}",)
-            runner.add(Step(step, "mmkd.demo_steps:stage2", kwargs,
+            runner.add(Step(step, "mmkd.demo.steps:stage2", kwargs,
                             deps=deps, clean=(run_dir,),
                             weight=recipe.stage2_steps * recipe.batch_size / 1000
                             * (1.6 if needs_image_only(variant) else 1)))
@@ -231,10 +231,10 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
     eval_dir = abs_(root / "eval")
     catalog = abs_(paths["catalog"])
     for name, m in models.items():
-        runner.add(Step(f"eval-{name}", "mmkd.demo_steps:evaluate", dict(
+        runner.add(Step(f"eval-{name}", "mmkd.demo.steps:evaluate", dict(
             spec=m["spec"], name=name, catalog=catalog, out_dir=eval_dir, seed=recipe.seed,
             num_bootstrap=recipe.num_bootstrap, only=list(recipe.eval_only)), deps=(m["step"],), weight=1.5,
             salt=data_salt))
-    runner.add(Step("report", "mmkd.demo_steps:report", dict(eval_dir=eval_dir, out=abs_(root / "report")),
+    runner.add(Step("report", "mmkd.demo.steps:report", dict(eval_dir=eval_dir, out=abs_(root / "report")),
                     deps=tuple(f"eval-{n}" for n in models), weight=0.5))
     return {"models": models}

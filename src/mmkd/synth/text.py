@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmkd.data.synth_render import MODALITIES, Planted
+from mmkd.synth.findings import MODALITIES, Planted
 
 MODALITY_PHRASES: dict[str, list[str]] = {
     "ct": ["chest CT", "axial chest CT", "CT of the chest", "thoracic CT slice", "CT scan of the thorax",
