@@ -2,7 +2,8 @@
 
 Reads every result JSON written by the runner (`<model>/<dataset>__<task>.json`) under a folder.
 Tables are models × datasets for each task's headline metrics, with a `mean` column (the mean
-over the datasets that model has). Plots: a grouped bar chart per task (95 % CIs as error bars)
+over the datasets that model has) and a `coverage` column beside it: datasets run / datasets the
+catalog lists for the task (a mean over 3 of 12 datasets is not a mean over the benchmark). Plots: a grouped bar chart per task (95 % CIs as error bars)
 and a radar chart across tasks (one polygon per model; axes are tasks, or task·dataset pairs when
 there are fewer than three tasks). The HTML embeds the plots as base64 PNGs, so it is one file.
 """
@@ -43,18 +44,35 @@ def collect_results(folder: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def coverage(records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(model, task) -> (datasets run, datasets listed): listed = every dataset the catalogs of the
+    runs list for the task (records without catalog information count their own dataset)."""
+    run: dict[tuple[str, str], set] = {}
+    listed: dict[tuple[str, str], set] = {}
+    for r in records:
+        key = (r["model"], r["task"])
+        run.setdefault(key, set()).add(r["dataset"])
+        names = (r.get("catalog") or {}).get("listed") or [r["dataset"]]
+        listed.setdefault(key, set()).update(names)
+    return {k: (len(run[k]), len(listed[k] | run[k])) for k in run}
+
+
 def long_table(records: list[dict[str, Any]]):
-    """pandas DataFrame: one row per (model, dataset, task, metric) with value, ci_low, ci_high."""
+    """pandas DataFrame: one row per (model, dataset, task, metric) with value, ci_low, ci_high, and the
+    (model, task)'s coverage: datasets_run of datasets_listed."""
     import pandas as pd
 
+    cover = coverage(records)
     rows = []
     for r in records:
+        run, listed = cover[(r["model"], r["task"])]
         for metric, value in r["metrics"].items():
             lo, hi = (r.get("ci") or {}).get(metric, [math.nan, math.nan])
             rows.append({"model": r["model"], "dataset": r["dataset"], "task": r["task"], "metric": metric,
                          "value": math.nan if value is None else float(value), "ci_low": lo, "ci_high": hi,
-                         "seed": r.get("seed")})
-    return pd.DataFrame(rows, columns=["model", "dataset", "task", "metric", "value", "ci_low", "ci_high", "seed"])
+                         "seed": r.get("seed"), "datasets_run": run, "datasets_listed": listed})
+    return pd.DataFrame(rows, columns=["model", "dataset", "task", "metric", "value", "ci_low", "ci_high", "seed",
+                                       "datasets_run", "datasets_listed"])
 
 
 def headline_metrics(df, task: str) -> list[str]:
@@ -71,20 +89,33 @@ def pivot(df, task: str, metric: str):
     return table
 
 
+def with_coverage(table, df, task: str):
+    """The pivot table with a `coverage` column ("run/listed" datasets) after `mean`."""
+    sub = df[df.task == task].drop_duplicates("model").set_index("model")
+    out = table.astype(object)
+    out["coverage"] = [f"{int(sub.loc[m, 'datasets_run'])}/{int(sub.loc[m, 'datasets_listed'])}" for m in out.index]
+    return out
+
+
+def _cell(v, digits: int) -> str:
+    if isinstance(v, str):
+        return v
+    return "–" if (v is None or (isinstance(v, float) and math.isnan(v))) else f"{v:.{digits}f}"
+
+
 def _markdown(table, digits: int = 3) -> str:
     cols = list(table.columns)
     lines = ["| model | " + " | ".join(str(c) for c in cols) + " |", "|---|" + "---|" * len(cols)]
     for model, row in table.iterrows():
-        cells = ["–" if (v is None or (isinstance(v, float) and math.isnan(v))) else f"{v:.{digits}f}" for v in row]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model} | " + " | ".join(_cell(v, digits) for v in row) + " |")
     return "\n".join(lines)
 
 
 def markdown_report(df) -> str:
-    parts = ["# mmkd evaluation results", ""]
+    parts = ["# mmkd evaluation results", "", "`coverage` = datasets run / datasets the catalog lists for the task.", ""]
     for task in sorted(set(df.task), key=lambda t: list(HEADLINE).index(t) if t in HEADLINE else 99):
         for metric in headline_metrics(df, task):
-            parts += [f"## {task} — {metric}", "", _markdown(pivot(df, task, metric)), ""]
+            parts += [f"## {task} — {metric}", "", _markdown(with_coverage(pivot(df, task, metric), df, task)), ""]
     return "\n".join(parts)
 
 
@@ -170,8 +201,7 @@ def _html_table(table, digits: int = 3) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     body = []
     for model, row in table.iterrows():
-        cells = "".join("<td>–</td>" if (isinstance(v, float) and math.isnan(v)) else f"<td>{v:.{digits}f}</td>"
-                        for v in row)
+        cells = "".join(f"<td>{html.escape(_cell(v, digits))}</td>" for v in row)
         body.append(f"<tr><th>{html.escape(str(model))}</th>{cells}</tr>")
     return f"<table><tr><th>model</th>{head}</tr>{''.join(body)}</table>"
 
@@ -185,7 +215,7 @@ def html_report(df, records: list[dict[str, Any]], images: list[Path]) -> str:
     for task in sorted(set(df.task), key=lambda t: list(HEADLINE).index(t) if t in HEADLINE else 99):
         parts.append(f"<h2>{html.escape(task)}</h2>")
         for metric in headline_metrics(df, task):
-            parts.append(f"<h3>{html.escape(metric)}</h3>{_html_table(pivot(df, task, metric))}")
+            parts.append(f"<h3>{html.escape(metric)}</h3>{_html_table(with_coverage(pivot(df, task, metric), df, task))}")
     parts.append("<h2>Plots</h2>")
     for img in images:
         data = base64.b64encode(img.read_bytes()).decode("ascii")
