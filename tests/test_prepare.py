@@ -405,3 +405,34 @@ def test_camelyon16_folders_and_reference_table(tmp_path):
     with pytest.raises(UsageError, match="inside an archive"):
         prepare_dataset(paper_entry("camelyon16", tmp_path / "z", [{"source": "m", "counts": {"total": 1}}],
                                     table=None), [str(zipped)], log=lambda s: None)
+
+
+def test_datasets_command_list_prepare_check(tmp_path, monkeypatch, capsys):
+    from mmkd.cli import main
+
+    monkeypatch.setenv("MMKD_DATA", str(tmp_path / "data"))
+    download = lc25000_zip(tmp_path)
+    assert main(["datasets", "check", "lc25000_lung", "vqa_rad"]) == 0
+    out = capsys.readouterr().out
+    assert "missing  lc25000_lung" in out and "mmkd datasets prepare lc25000_lung --from DOWNLOAD" in out
+    assert "osf.io/89kps" in out and "0 of 2 dataset(s) found" in out
+    # the real published counts (5,000 per class) refuse the miniature: exit 2, no traceback, nothing written
+    assert main(["datasets", "prepare", "lc25000_lung", "--from", str(download)]) == 2
+    assert "match no published figure" in capsys.readouterr().err
+    assert main(["datasets", "prepare", "lc25000_lung", "--from", str(download), "--accept-counts"]) == 0
+    assert (tmp_path / "data" / "lc25000_lung" / "all.txt").is_file()
+    assert main(["datasets", "prepare", "lc25000_colon", "--from", str(tmp_path / "nope.zip")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["datasets", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert any(ln.startswith("lc25000_lung") and ln.rstrip().endswith("found") for ln in listed.splitlines())
+    assert "1 of " in listed
+    assert main(["datasets", "list", "--markdown"]) == 0
+    table = capsys.readouterr().out
+    entries = load_catalog("paper")
+    assert table.startswith("| name |") and table.count("\n| ") == len(entries)  # one row per dataset
+    for task in ("vqa", "survival", "mil-classification", "retrieval", "zero-shot", "linear-probe"):
+        assert any(task in e.tasks for e in entries)
+    assert {e.option("evidence") for e in entries} <= {"authors", "authors-code-hint", "substitute-unimed",
+                                                       "substitute-standard"}
+    assert all(e.option("source") and e.option("licence") for e in entries)

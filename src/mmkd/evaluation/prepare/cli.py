@@ -64,12 +64,24 @@ def _status(entry) -> str:
     return "found" if present(entry) else "absent"
 
 
+def published_size(entry) -> str:
+    """The first published figure of the entry, e.g. "train 100,000 / test 7,180" ('' when none)."""
+    spec = entry.option("prepare")
+    published = (spec or {}).get("published") if isinstance(spec, dict) else None
+    if not published:
+        return ""
+    counts = published[0].get("counts") or {}
+    parts = [f"{split} {sum(v.values()) if isinstance(v, dict) else v:,}" for split, v in counts.items()]
+    return " / ".join(parts) + f" ({published[0].get('source', '')})"
+
+
 def list_rows(entries) -> list[dict[str, str]]:
     rows = []
     for e in entries:
         rows.append({"name": e.name, "tasks": ",".join(e.tasks), "modality": e.modality or "",
                      "licence": str(e.option("licence", "")), "evidence": str(e.option("evidence", "")),
                      "converter": str((e.option("prepare") or {}).get("layout", "")) if isinstance(e.option("prepare"), dict) else "",
+                     "source": str(e.option("source", "")), "size": published_size(e), "format": e.format,
                      "status": _status(e)})
     return rows
 
@@ -86,10 +98,15 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = list_rows(entries)
         columns = ["name", "tasks", "modality", "licence", "evidence", "converter", "status"]
-        if args.markdown:
+        if args.markdown:  # the documentation table (docs/BENCHMARK.md): no machine-specific status
+            for r in rows:
+                r["in mmkd"] = f"`prepare` ({r['converter']})" if r["converter"] else f"layout only ({r['format']})"
+            columns = ["name", "tasks", "modality", "evidence", "source", "licence", "size (published)", "in mmkd"]
             print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
             for r in rows:
+                r["size (published)"] = r["size"]
                 print("| " + " | ".join(r[c].replace("|", "/") for c in columns) + " |")
+            return 0
         else:
             _print_table(rows, columns)
         found = sum(r["status"] == "found" for r in rows)
