@@ -41,7 +41,7 @@ constraints: $(STAMP)
 	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --all --exclude-editable | grep -viE '^(mmkd|pip)=='; } > constraints.tmp
 	mv constraints.tmp constraints.txt
 
-# Headless Chromium for the report's rendering test (tests/test_report_page.py skips without it); needs root.
+# Headless Chromium for the report page test (tests/test_report.py; it skips without chromium); needs root.
 browser:
 	command -v chromium >/dev/null || { apt-get update -qq && \
 		apt-get install -y -qq --no-install-recommends chromium fonts-liberation fonts-dejavu-core; }
