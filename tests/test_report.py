@@ -61,21 +61,27 @@ def results_dir(tmp_path_factory):
     return out
 
 
-def write_result(root, model, dataset, task, rng, level):
-    """A result file as the runner writes it: metrics near `level`, a bootstrap-like CI around each."""
+def write_result(root, model, dataset, task, rng, level, listed=None):
+    """A result file as the runner writes it: metrics near `level`, a bootstrap-like CI around each;
+    `listed`: the datasets its catalog lists for the task."""
     metrics = {m: float(np.clip(level + rng.normal(0, 0.05), 0.02, 0.99)) for m in TASK_METRICS[task]}
     ci = {m: [v - float(rng.uniform(0.01, 0.06)), v + float(rng.uniform(0.01, 0.06))] for m, v in metrics.items()}
     (root / model).mkdir(parents=True, exist_ok=True)
     record = {"model": model, "dataset": dataset, "task": task, "metrics": metrics, "ci": ci, "seed": 0,
               "num_bootstrap": 1000, "split_sizes": {"test": 200}, "model_provenance": {"kind": "synthetic"}}
+    if listed is not None:
+        record["catalog"] = {"name": "paper-like", "listed": listed}
     (root / model / f"{dataset}__{task}.json").write_text(json.dumps(record))
+
+
+ZERO_SHOT_ABSENT = "zero_dataset_not_on_disk"
 
 
 @pytest.fixture(scope="module")
 def paper_results(tmp_path_factory):
     """Paper-scale shape: six task types, 2-14 datasets each, five models with long names. `expert-blood`
     lacks one zero-shot dataset and is best on the others (partial: must not be ranked); `clip-only`
-    has no survival result."""
+    has no survival result; the catalog lists a 15th zero-shot dataset that no model ran."""
     root = tmp_path_factory.mktemp("paper") / "results"
     rng = np.random.default_rng(7)
     sizes = {"zero-shot": 14, "linear-probe": 10, "retrieval": 4, "vqa": 3, "mil-classification": 3, "survival": 2}
@@ -90,7 +96,9 @@ def paper_results(tmp_path_factory):
                 if model == "expert-blood" and task == "zero-shot" and i == 0:
                     continue
                 expert = model == "expert-blood" and task == "zero-shot"
-                write_result(root, model, dataset, task, rng, 0.97 if expert else level)
+                listed = [ZERO_SHOT_ABSENT] + [f"zero_dataset_{j:02d}_with_a_long_name" for j in range(n)]
+                write_result(root, model, dataset, task, rng, 0.97 if expert else level,
+                             listed if task == "zero-shot" else None)
     return root
 
 
@@ -162,36 +170,42 @@ def test_report_writes_headline_tables_plots_and_html(results_dir):
     assert page.index("id='headline'") < page.index("class='task-plot'") < page.index("id='per-dataset'")
 
 
-def test_headline_ranks_only_complete_cells(paper_results, tmp_path):
+def test_headline_ranks_only_comparable_cells_and_shows_coverage(paper_results, tmp_path):
     from mmkd.evaluation.report import write_report
 
     written = write_report(paper_results, tmp_path / "report")
     expected = naive_headline(paper_results)
     headline = read_headline_csv(written["headline_csv"])
-    all_datasets = defaultdict(set)
+    run_by_anyone = defaultdict(set)
     for (_, task), (_, _, datasets) in expected.items():
         if datasets:
-            all_datasets[task] |= datasets
+            run_by_anyone[task] |= datasets
+    listed = {task: len(run_by_anyone[task]) + (task == "zero-shot") for task in run_by_anyone}
     for (model, column), row in headline.items():
         value, half, datasets = expected[(model, column)]
         assert float(row["value"]) == pytest.approx(value, abs=1e-9)
         assert float(row["ci_half_width"]) == pytest.approx(half, abs=1e-9)
         if column != "overall":
-            assert int(row["count"]) == len(datasets)
-            assert (row["complete"] == "True") == (datasets == all_datasets[column])
-    assert headline[("expert-blood", "zero-shot")]["complete"] == "False"
-    assert headline[("clip-only", "overall")]["complete"] == "False" and ("clip-only", "survival") not in headline
+            assert (int(row["datasets_run"]), int(row["datasets_listed"])) == (len(datasets), listed[column])
+            assert (row["ranked"] == "True") == (datasets == run_by_anyone[column])
+    assert headline[("expert-blood", "zero-shot")]["ranked"] == "False"
+    assert headline[("clip-only", "overall")]["ranked"] == "False" and ("clip-only", "survival") not in headline
+    assert int(headline[("clip-only", "overall")]["datasets_listed"]) == sum(listed.values())
     for column in [*HEADLINE, "overall"]:
-        complete = [m for (m, c), row in headline.items() if c == column and row["complete"] == "True"]
-        best = max(complete, key=lambda m: round(float(headline[(m, column)]["value"]), 3))
-        marked = [m for (m, c), row in headline.items() if c == column and row["best"] == "True"]
-        assert marked == [best] or (best in marked and len({round(float(headline[(m, column)]["value"]), 3)
-                                                              for m in marked}) == 1)
+        ranked = [m for (m, c), row in headline.items() if c == column and row["ranked"] == "True"]
+        top = max(round(float(headline[(m, column)]["value"]), 3) for m in ranked)
+        marked = {m for (m, c), row in headline.items() if c == column and row["best"] == "True"}
+        assert marked == {m for m in ranked if round(float(headline[(m, column)]["value"]), 3) == top}
     # the partial expert has the highest zero-shot mean, yet it is not the marked best
     assert float(headline[("expert-blood", "zero-shot")]["value"]) > float(
         headline[("student-stage2-decision", "zero-shot")]["value"])
     assert headline[("expert-blood", "zero-shot")]["best"] == "False"
     assert sorted(p.stem for p in written["plots"]) == sorted(HEADLINE)
+    md = written["markdown"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| model |"))
+    assert "zero-shot (14 of 15 datasets run)" in header and "survival (2 datasets)" in header
+    expert = next(line for line in md.splitlines() if line.startswith("| expert-blood |"))
+    assert "(13/15) †" in expert.split("|")[2]
 
 
 def test_report_on_empty_folder_is_a_usage_error(tmp_path):

@@ -8,7 +8,8 @@ DESCRIPTION = """Turn a folder of `mmkd eval` results into:
   report.html     one self-contained page: the headline table (models × task types and overall,
                   95 % CI as ±, best per column marked), one plot per task, the per-dataset detail
   results.md      the same tables in markdown
-  headline.csv    the headline table: model, column, value, ci_half_width, count, complete, best
+  headline.csv    the headline table: model, column, value, ci_half_width, datasets_run,
+                  datasets_listed, ranked, best
   results.csv     every (model, dataset, task, metric) with its 95 % CI
   plots/TASK.png  the task's headline metric per dataset, one marker per model, CI whiskers
 

@@ -100,7 +100,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(paths["csv"], df.to_csv(index=False))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, ["model", "column", "value", "ci_half_width", "count", "complete", "best"])
+    writer = csv.DictWriter(buf, ["model", "column", "value", "ci_half_width", "datasets_run", "datasets_listed",
+                                  "ranked", "best"])
     writer.writeheader()
     writer.writerows(headline_rows(head))
     atomic_write_text(paths["headline_csv"], buf.getvalue())

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.evaluation.report_table import (
-    OVERALL, PARTIAL, Cell, Headline, column_note, dataset_cell, headline_legend, metric_label, metric_table,
-    task_sort_key,
+    OVERALL, PARTIAL, Cell, Headline, column_note, coverage_note, dataset_cell, headline_legend, mark_best,
+    metric_label, metric_table, task_sort_key,
 )
 
 STYLE = """
@@ -33,7 +33,7 @@ th,td{border:1px solid #d0d7de;padding:4px 9px;text-align:right;white-space:nowr
 th{background:#f6f8fa} tbody th,thead th:first-child{text-align:left}
 thead th{white-space:normal;vertical-align:bottom}
 thead th small{display:block;font-weight:normal;color:#57606a}
-td .ci{color:#57606a;font-size:.85em}
+td .ci,td .cover{color:#57606a;font-size:.85em}
 td.best{font-weight:700;background:#dafbe1} td.partial{color:#6e7781}
 #headline{font-size:1em} #headline td{padding:5px 12px} #headline thead th{min-width:6.5em;max-width:10em}
 #headline td .ci{display:block}
@@ -53,9 +53,12 @@ def _png_size(data: bytes) -> tuple[int, int]:
 def _cell_html(cell: Cell | None) -> str:
     if cell is None:
         return "<td>–</td>"
-    classes = " ".join(c for c in ("best" if cell.best else "", "" if cell.complete else "partial") if c)
+    classes = " ".join(c for c in ("best" if cell.best else "", "" if cell.ranked else "partial") if c)
     value = f"{cell.value:.3f}"
-    mark = "" if cell.complete else f" <span title='over {cell.count} only: not ranked'>{PARTIAL}</span>"
+    cover = coverage_note(cell)
+    if cover:
+        value += f" <span class='cover' title='datasets run / datasets listed'>{cover}</span>"
+    mark = "" if cell.ranked else f" <span title='misses what other models have: not ranked'>{PARTIAL}</span>"
     ci = f" <span class='ci'>± {cell.half_width:.3f}</span>" if math.isfinite(cell.half_width) else ""
     attr = f" class='{classes}'" if classes else ""
     return f"<td{attr}>{value}{mark}{ci}</td>"
@@ -80,11 +83,7 @@ def _dataset_table(head: Headline, task: str) -> str:
     rows = []
     for d in head.datasets[task]:
         row = [dataset_cell(head, m, task, d) for m in head.models]
-        present = [c for c in row if c is not None]
-        if len(head.models) > 1 and present:
-            top = max(round(c.value, 3) for c in present)
-            for c in present:
-                c.best = round(c.value, 3) == top
+        mark_best(row)
         cells = "".join(_cell_html(c) for c in row)
         rows.append(f"<tr><th scope='row'>{html.escape(d)}</th>{cells}</tr>")
     return (f"<div class='scroll'><table class='per-dataset' data-task='{html.escape(task)}'><thead><tr>"

@@ -22,7 +22,7 @@ LABEL_CHARS = 26  # longer dataset names lose their middle (the per-dataset tabl
 def _rows(head: Headline, task: str) -> list[tuple[str, list[tuple[float, float] | None]]]:
     """[(label, [(value, half) or None per model])], the task mean first."""
     means = [(c.value, c.half_width) if (c := head.cells[m].get(task)) else None for m in head.models]
-    rows = [(f"mean of {len(head.datasets[task])}", means)]
+    rows = [("mean", means)]
     for d in head.datasets[task]:
         rows.append((d, [head.scores.get((m, task, d)) for m in head.models]))
     return rows

@@ -1,7 +1,7 @@
 """The headline table of evaluation results: one number per (model, task type), with its 95 % CI.
 
 Each cell is the task's headline number (HEADLINE_METRIC) averaged over the task's datasets; the
-`overall` column is the mean of the task columns; the best complete value per column is marked.
+`overall` column is the mean of the task columns; the best ranked value per column is marked.
 
 The ± of a cell, from the per-dataset bootstrap CIs (half-width h = (high - low) / 2):
 - a mean of two correlated numbers of one dataset (retrieval: image->text and text->image recall)
@@ -9,8 +9,11 @@ The ± of a cell, from the per-dataset bootstrap CIs (half-width h = (high - low
   an upper bound whatever the correlation;
 - a task's mean over its n datasets (independent test sets): sqrt(sum h_i^2) / n, the normal
   approximation of the CI of a mean of independent estimates.
-A cell over fewer datasets (or task types) than the column has is marked partial (†) and is not
-eligible as the column's best: its mean is over a different set and does not compare.
+Coverage: a cell's mean is over the datasets that model ran, of those listed for the task (the
+datasets any model ran, and those the runs' catalogs list: `catalog.listed` in a result file); a
+cell short of the column's list shows `run/listed`. A cell that misses a dataset another model ran
+(for `overall`: a task, or a task cell so marked) is marked † and not ranked: its mean is over a
+different set and does not compare.
 """
 
 from __future__ import annotations
@@ -81,45 +84,51 @@ def headline_score(record: dict[str, Any]) -> tuple[float, float]:
 
 @dataclass
 class Cell:
-    """One headline number: `value` ± `half_width` (95 % CI; nan when unknown) over `count` datasets
-    (task columns) or task types (`overall`); `complete` when that is every one the column has."""
+    """One headline number: `value` ± `half_width` (95 % CI; nan when unknown), the mean over
+    `datasets_run` of the column's `datasets_listed` datasets (for `overall`: summed over the tasks).
+    `ranked`: the cell compares with the column's other ranked cells (it covers every dataset that
+    any model ran for the task; for `overall`, every task column ranked); only those can be `best`."""
 
     value: float
     half_width: float
-    count: int
-    complete: bool
+    datasets_run: int
+    datasets_listed: int
+    ranked: bool
     best: bool = False
 
 
 @dataclass
 class Headline:
     """The headline table: `cells[model][column]`, columns = task types in order, then `overall`.
-    `datasets[task]`: every dataset any model has for that task (the column's full set)."""
+    `datasets[task]`: every dataset any model ran for the task (rows of the per-dataset detail);
+    `listed[task]`: those and every dataset a run's catalog lists for the task (its `catalog.listed`)."""
 
     models: list[str]
     columns: list[str]
     metrics: dict[str, tuple[str, ...]]
     datasets: dict[str, list[str]]
+    listed: dict[str, list[str]]
     scores: dict[tuple[str, str, str], tuple[float, float]]  # (model, task, dataset) -> (value, half)
     cells: dict[str, dict[str, Cell]]
 
 
-def _mean_cell(values: list[float], halves: list[float], count: int, complete: bool, independent: bool) -> Cell:
+def _mean(values: list[float], halves: list[float], independent: bool) -> tuple[float, float]:
     value = sum(values) / len(values)
     if any(not math.isfinite(h) for h in halves):
-        half = math.nan
-    elif independent:
-        half = math.sqrt(sum(h * h for h in halves)) / len(halves)
-    else:
-        half = sum(halves) / len(halves)
-    return Cell(value, half, count, complete)
+        return value, math.nan
+    if independent:
+        return value, math.sqrt(sum(h * h for h in halves)) / len(halves)
+    return value, sum(halves) / len(halves)
 
 
 def headline_table(records: list[dict[str, Any]]) -> Headline:
     """Task means of the headline metric per model, `overall` = mean of the task means (see module doc)."""
     repeats: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
     metrics: dict[str, tuple[str, ...]] = {}
+    listed: dict[str, set[str]] = {}
     for r in records:
+        names = (r.get("catalog") or {}).get("listed") or []
+        listed.setdefault(r["task"], set()).update(str(n) for n in names)
         value, half = headline_score(r)
         if math.isfinite(value):
             repeats.setdefault((r["model"], r["task"], r["dataset"]), []).append((value, half))
@@ -130,44 +139,62 @@ def headline_table(records: list[dict[str, Any]]) -> Headline:
     models = sorted({m for m, _, _ in scores})
     tasks = sorted({t for _, t, _ in scores}, key=task_sort_key)
     datasets = {t: sorted({d for _, tt, d in scores if tt == t}) for t in tasks}
+    every = {t: sorted(set(datasets[t]) | listed.get(t, set())) for t in tasks}
     cells: dict[str, dict[str, Cell]] = {m: {} for m in models}
     for m in models:
         for t in tasks:
             mine = [scores[(m, t, d)] for d in datasets[t] if (m, t, d) in scores]
             if mine:
-                cells[m][t] = _mean_cell([v for v, _ in mine], [h for _, h in mine], len(mine),
-                                         len(mine) == len(datasets[t]), independent=True)
+                value, half = _mean([v for v, _ in mine], [h for _, h in mine], independent=True)
+                cells[m][t] = Cell(value, half, len(mine), len(every[t]), ranked=len(mine) == len(datasets[t]))
         present = [cells[m][t] for t in tasks if t in cells[m]]
-        cells[m][OVERALL] = _mean_cell([c.value for c in present], [c.half_width for c in present], len(present),
-                                       len(present) == len(tasks) and all(c.complete for c in present),
-                                       independent=False)
+        value, half = _mean([c.value for c in present], [c.half_width for c in present], independent=False)
+        cells[m][OVERALL] = Cell(value, half, sum(c.datasets_run for c in present),
+                                 sum(len(every[t]) for t in tasks),
+                                 ranked=len(present) == len(tasks) and all(c.ranked for c in present))
     columns = [*tasks, OVERALL]
     for col in columns:
-        eligible = [cells[m][col] for m in models if col in cells[m] and cells[m][col].complete]
-        if len(models) > 1 and eligible:
-            top = max(round(c.value, 3) for c in eligible)
-            for c in eligible:
-                c.best = round(c.value, 3) == top
-    return Headline(models, columns, metrics, datasets, scores, cells)
+        mark_best([cells[m].get(col) for m in models])
+    return Headline(models, columns, metrics, datasets, every, scores, cells)
+
+
+def mark_best(row: list[Cell | None], digits: int = 3) -> None:
+    """Mark the ranked cells with the highest value as shown (ties all marked); none when only one competes."""
+    ranked = [c for c in row if c is not None and c.ranked]
+    if len([c for c in row if c is not None]) < 2 or not ranked:
+        return
+    top = max(round(c.value, digits) for c in ranked)
+    for c in ranked:
+        c.best = round(c.value, digits) == top
+
+
+def coverage_note(cell: Cell) -> str:
+    """`13/14` when the cell covers fewer datasets than its column lists, else empty."""
+    return f"{cell.datasets_run}/{cell.datasets_listed}" if cell.datasets_run < cell.datasets_listed else ""
 
 
 def format_cell(cell: Cell | None, digits: int = 3) -> str:
-    """`0.812 ± 0.021`, `0.812` without a CI, `–` without a value; partial cells end with †."""
+    """`0.812 ± 0.021`, `0.812` without a CI, `–` without a value; then the coverage when partial,
+    and † when the cell is not ranked."""
     if cell is None:
         return "–"
     text = f"{cell.value:.{digits}f}"
     if math.isfinite(cell.half_width):
         text += f" ± {cell.half_width:.{digits}f}"
-    return text + ("" if cell.complete else f" {PARTIAL}")
+    if coverage_note(cell):
+        text += f" ({coverage_note(cell)})"
+    return text + ("" if cell.ranked else f" {PARTIAL}")
 
 
 def column_note(head: Headline, col: str) -> str:
-    """`3 datasets` under a task column, `6 task types` under overall."""
+    """`3 datasets` (or `3 of 12 datasets run`) under a task column, `6 task types` under overall."""
     if col == OVERALL:
         n = len(head.columns) - 1
         return f"{n} task type{'s' if n != 1 else ''}"
-    n = len(head.datasets[col])
-    return f"{n} dataset{'s' if n != 1 else ''}"
+    run, total = len(head.datasets[col]), len(head.listed[col])
+    if run < total:
+        return f"{run} of {total} datasets run"
+    return f"{total} dataset{'s' if total != 1 else ''}"
 
 
 def headline_rows(head: Headline) -> list[dict[str, Any]]:
@@ -178,7 +205,8 @@ def headline_rows(head: Headline) -> list[dict[str, Any]]:
             cell = head.cells[m].get(col)
             if cell is not None:
                 rows.append({"model": m, "column": col, "value": cell.value, "ci_half_width": cell.half_width,
-                             "count": cell.count, "complete": cell.complete, "best": cell.best})
+                             "datasets_run": cell.datasets_run, "datasets_listed": cell.datasets_listed,
+                             "ranked": cell.ranked, "best": cell.best})
     return rows
 
 
@@ -186,7 +214,7 @@ def dataset_cell(head: Headline, model: str, task: str, dataset: str) -> Cell | 
     if (model, task, dataset) not in head.scores:
         return None
     value, half = head.scores[(model, task, dataset)]
-    return Cell(value, half, 1, True)
+    return Cell(value, half, 1, 1, ranked=True)
 
 
 def metric_table(df, task: str):
@@ -200,5 +228,6 @@ def headline_legend(head: Headline, markdown: bool = False) -> str:
     best = "**bold**" if markdown else "bold"
     return (f"Each task column is the mean over its datasets of the task's headline metric ({metrics}); "
             f"`{OVERALL}` is the mean of the task columns. ± is the half-width of a 95 % bootstrap CI (a mean's "
-            f"CI combines its datasets' CIs). {best}: the best value of the column; {PARTIAL}: the model lacks "
-            f"some of the column's datasets or task types, so its mean does not compare and is not ranked.")
+            f"CI combines its datasets' CIs). run/listed: a mean over fewer datasets than the task lists. {best}: "
+            f"the best value of the column; {PARTIAL}: the model misses a dataset or task type that another "
+            f"model has, so its mean does not compare and is not ranked.")
