@@ -228,7 +228,7 @@ def main() -> int:
             cb_json = json.loads((root / "cb" / f"{name}_zeroshot_classification.json").read_text())["metrics"]
             mm_json = json.loads((root / "mmkd_out" / "bench" / f"{name}__zero-shot.json").read_text())["clip_benchmark"]
             print(f"{name:<8} {len(a['pred'])} images, {len(set(b['pred']))} distinct predicted classes: "
-                  f"{diff} class ranking(s) differ, max |logit diff| {np.abs(la - lb).max():.2e}; acc1 CLIP_benchmark {cb_json['acc1']:.4f} mmkd {mm_json['acc1']:.4f}; "
+                  f"{diff} class ranking(s) differ, max logit diff {np.abs(la - lb).max():.2e}; acc1 CLIP_benchmark {cb_json['acc1']:.4f} mmkd {mm_json['acc1']:.4f}; "
                   f"mean_per_class_recall {cb_json['mean_per_class_recall']:.4f} / {mm_json['mean_per_class_recall']:.4f}; "
                   f"acc5 {cb_json['acc5']:.4f} / {mm_json['acc5']:.4f}")
         # 2. retrieval recalls (no ties)
@@ -245,7 +245,7 @@ def main() -> int:
     print(f"wall s: CLIP_benchmark {t_cb_cls:.1f} (3 zero-shot datasets, one command) + {t_cb_ret:.1f} (retrieval) = "
           f"{t_cb_cls + t_cb_ret:.1f}; mmkd {t_mmkd:.1f} (all 4 datasets, one command)")
     print(f"RATIO clip_benchmark_predictions_differ: {mismatched} of {total} (target 0: images whose zero-shot class "
-          f"ranking differs from CLIP_benchmark's, same model, images and templates; max |logit difference| "
+          f"ranking differs from CLIP_benchmark's, same model, images and templates; max logit difference "
           f"{max_logit_diff:.1e} on CLIP_benchmark's 100 x cosine scale)")
     print(f"RATIO clip_benchmark_recall_difference: {recall_diff:.1e} (target 0 up to float32 rounding: largest "
           f"retrieval recall@k difference, captions without ties)")
