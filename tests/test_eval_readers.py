@@ -24,7 +24,7 @@ def _write_images(root, per_class=3):
 
     rng = np.random.default_rng(0)
     out = []
-    for ci, (name, rgb) in enumerate(COLOURS.items()):
+    for name, rgb in COLOURS.items():
         for i in range(per_class):
             arr = np.clip(np.array(rgb) + rng.normal(0, 50, (32, 32, 3)), 0, 255).astype(np.uint8)
             path = root / f"{name}{i}.png"

@@ -58,7 +58,7 @@ class Download:
     _archives: list = field(default_factory=list)
 
     @classmethod
-    def open(cls, sources: Iterable[str | Path]) -> "Download":
+    def open(cls, sources: Iterable[str | Path]) -> Download:
         paths = [Path(os.path.expanduser(str(s))) for s in sources]
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
@@ -79,7 +79,7 @@ class Download:
             archive.close()
         self._archives.clear()
 
-    def __enter__(self) -> "Download":
+    def __enter__(self) -> Download:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -109,7 +109,7 @@ class Download:
             if path.name.lower().endswith(".zip"):
                 archive = zipfile.ZipFile(path)
                 self._archives.append(archive)
-                for i, info in enumerate(archive.infolist()):
+                for info in archive.infolist():
                     if info.is_dir() or _hidden(info.filename):
                         continue
                     rel = prefix + info.filename.lstrip("/")

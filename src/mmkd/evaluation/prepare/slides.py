@@ -112,7 +112,6 @@ def survival_mcat(download: Download, spec: dict, ctx: Context) -> Plan:
 
 
 def slide_labels(download: Download, spec: dict, ctx: Context) -> Plan:
-    where = f"datasets.{ctx.name}"
     label_map = {str(k).lower(): str(v) for k, v in (spec.get("label_map") or {}).items()}
 
     def label_of(raw: str) -> str:
