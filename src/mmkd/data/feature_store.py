@@ -123,14 +123,29 @@ def _open_npy(path: Path, mode: str):
     return np.load(path, mmap_mode=mode)
 
 
+def _inside(root: Path, name: Any, what: str = "array") -> Path:
+    """`root / name`, refused unless it stays inside the store: a manifest names files relative to the
+    store, and one naming `../x` or `/x` must not make mmkd read or write elsewhere."""
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"feature store {str(root)!r}: its manifest names the {what} file {name!r}, which is not "
+                         f"a relative path; the manifest is damaged. Re-extract into a new folder")
+    path = root / name
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if os.path.isabs(name) or os.path.commonpath([real_root, real]) != real_root:
+        raise UsageError(f"feature store {str(root)!r}: its manifest names the {what} file {name!r}, outside "
+                         f"the store; refusing to read or write it. Re-extract into a new folder")
+    return path
+
+
 def _open_array(root: Path, spec: dict[str, Any], mode: str, files: dict[str, np.memmap]) -> np.memmap:
     """One array of a store: a whole `.npy` file, or a column block of a shared features file.
 
     Read mappings are advised as random access: batches gather scattered rows, and the kernel's
     default read-ahead would read far more of the file from disk than the rows asked for."""
-    name = spec["file"]
+    name = spec.get("file") if isinstance(spec, dict) else None
     if name not in files:
-        files[name] = _open_npy(root / name, mode)
+        files[name] = _open_npy(_inside(root, name), mode)
         raw = getattr(files[name], "_mmap", None)
         if mode == "r" and raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_RANDOM"):
             raw.madvise(mmap.MADV_RANDOM)
@@ -204,7 +219,7 @@ class FeatureStore:
         if not manifest_path.is_file():
             raise UsageError(f"feature store {str(self.path)!r} has no {MANIFEST}; create it with `mmkd extract` "
                              f"or `mmkd import-features`")
-        self.manifest: dict[str, Any] = read_json(manifest_path)
+        self.manifest: dict[str, Any] = _read_manifest(self.path)
         version = self.manifest.get("format_version")
         if version not in READABLE_VERSIONS:
             raise UsageError(f"feature store {str(self.path)!r} has format version {version}; this mmkd reads "
@@ -212,6 +227,7 @@ class FeatureStore:
         if not self.manifest.get("complete") and not allow_partial:
             raise UsageError(f"feature store {str(self.path)!r} is incomplete (an extraction was interrupted); "
                              f"rerun the same `mmkd extract`/`import-features` command to finish it")
+        _check_manifest(self.path, self.manifest)
         self.num_samples: int = int(self.manifest["num_samples"])
         self.teachers: list[str] = [t["name"] for t in self.manifest["teachers"]]
         self._entries = {t["name"]: t for t in self.manifest["teachers"]}
@@ -391,6 +407,7 @@ class FeatureStoreWriter:
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any]):
+        _check_manifest(path, manifest)
         self.path = path
         self.manifest = manifest
         self.num_samples = int(manifest["num_samples"])
@@ -401,8 +418,10 @@ class FeatureStoreWriter:
 
     @classmethod
     def open(cls, path: str | os.PathLike, sample_ids: Sequence[str], teachers: Sequence[TeacherEntry],
-             chunk_rows: int = DEFAULT_CHUNK_ROWS, create: bool = True, extra_manifest: dict | None = None
-             ) -> "FeatureStoreWriter":
+             chunk_rows: int = DEFAULT_CHUNK_ROWS, create: bool = True, extra_manifest: dict | None = None,
+             record_content: bool = False) -> "FeatureStoreWriter":
+        """`record_content`: a new store gets content.npy, each row's digest of its image and caption
+        (mmkd.data.content), written with the row's first committed chunk."""
         path = Path(path)
         if not sample_ids:
             raise UsageError("the dataset holds no samples; nothing to write into a feature store")
@@ -412,7 +431,8 @@ class FeatureStoreWriter:
                                  f"digits, '_', '-', '.' (up to 64 characters)")
         manifest_path = path / MANIFEST
         if manifest_path.is_file():
-            manifest = read_json(manifest_path)
+            manifest = _read_manifest(path)
+            _check_manifest(path, manifest)
             _check_compatible(path, manifest, sample_ids, teachers)
             new = [t for t in teachers if t.name not in {e["name"] for e in manifest["teachers"]}]
             if new and not create:
@@ -439,6 +459,12 @@ class FeatureStoreWriter:
             "chunks": [],
             **(extra_manifest or {}),
         }
+        if record_content:
+            from mmkd.data.content import CONTENT_FILE, ROW_BYTES
+
+            _create_array(path / CONTENT_FILE, "uint8", (len(sample_ids), ROW_BYTES))
+            manifest["content"] = {"file": CONTENT_FILE, "digest": "blake2b-64(image file bytes) + "
+                                   "blake2b-64(caption UTF-8); zeros where unreadable"}
         atomic_write_json(path / MANIFEST, manifest)
         return cls(path, manifest)
 
@@ -475,10 +501,15 @@ class FeatureStoreWriter:
         return self._maps[key]
 
     def write_chunk(self, chunk: int, teacher: str, arrays: dict[str, np.ndarray],
-                    record_extra: dict[str, Any] | None = None) -> None:
+                    record_extra: dict[str, Any] | None = None, content: np.ndarray | None = None) -> None:
         """Write rows of `chunk` for `teacher` and commit them. `arrays` must hold every array
-        kind of the teacher with exactly the chunk's row count."""
+        kind of the teacher with exactly the chunk's row count; `content` ([rows, 16] uint8) the rows'
+        digests, for a store that records them."""
         start, stop = self.chunk_bounds(chunk)
+        if content is not None and "content" in self.manifest:
+            target = self._content_map()
+            target[start:stop] = content
+            target.flush()
         kinds = self._entries[teacher]["arrays"]
         if set(arrays) != set(kinds):
             raise ValueError(f"{teacher}: chunk arrays {sorted(arrays)} != store arrays {sorted(kinds)}")
@@ -498,6 +529,13 @@ class FeatureStoreWriter:
         record = {"teacher": teacher, "chunk": chunk, "start": start, "stop": stop, "sha256": digests,
                   **(record_extra or {})}
         atomic_write_json(self._record_path(teacher, chunk), record, indent=None)
+
+    def _content_map(self) -> np.memmap:
+        if "content" not in self._files:
+            from mmkd.data.content import CONTENT_FILE
+
+            self._files["content"] = _open_npy(self.path / CONTENT_FILE, "r+")
+        return self._files["content"]
 
     def rewrite_kind(self, chunk: int, teacher: str, kind: str, data: np.ndarray) -> None:
         """Replace one array of a committed chunk (e.g. availability under a new rule) and its checksum."""
@@ -537,10 +575,46 @@ class FeatureStoreWriter:
         return self.manifest
 
 
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = read_json(path / MANIFEST)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"feature store {str(path)!r}: {MANIFEST} is unreadable ({e}); rerun the command that "
+                         f"wrote the store, or extract into a new folder") from None
+    if not isinstance(manifest, dict):
+        raise UsageError(f"feature store {str(path)!r}: {MANIFEST} holds {type(manifest).__name__}, not a manifest; "
+                         f"extract into a new folder")
+    return manifest
+
+
+def _check_manifest(path: Path, manifest: Any) -> None:
+    """The parts of a manifest that name files: every teacher name usable as a folder name, every array
+    file inside the store. A damaged or forged manifest is a UsageError, before anything is opened."""
+    try:
+        teachers = manifest["teachers"]
+        int(manifest["num_samples"])
+        int(manifest.get("chunk_rows", 1))
+        for t in teachers:
+            if not isinstance(t.get("name"), str) or not _NAME_RE.match(t["name"]):
+                raise UsageError(f"feature store {str(path)!r}: its manifest names a teacher {t.get('name')!r}, "
+                                 f"which is not a usable name; the manifest is damaged. Re-extract into a new folder")
+            for kind, spec in t["arrays"].items():
+                _inside(path, spec.get("file"), f"{t['name']}/{kind}")
+                if "columns" in spec:
+                    a, b = spec["columns"]
+                    int(a), int(b)
+    except UsageError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UsageError(f"feature store {str(path)!r}: its manifest is damaged ({type(e).__name__}: {e}); "
+                         f"re-extract into a new folder") from None
+
+
 def _creation_leftover(p: Path) -> bool:
     """What an interrupted creation of a store (killed, or a full disk, before its manifest was
     written) leaves behind; a rerun may start over in such a folder."""
-    return p.name in (SAMPLE_IDS, "teachers") or (p.name.startswith(".") and p.name.endswith(".tmp"))
+    return (p.name in (SAMPLE_IDS, "teachers", "content.npy", ".mmkd.lock")
+            or (p.name.startswith(".") and p.name.endswith(".tmp")))
 
 
 def _reserve_space(file: Path) -> None:

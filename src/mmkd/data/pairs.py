@@ -261,22 +261,26 @@ def _find_caption(obj: Any, key: str) -> str:
     return ""
 
 
-def load_image(record: PairRecord, max_pixels: int):
-    """PIL RGB image of a record, or a Skip with the reason."""
+def load_image(record: PairRecord, max_pixels: int, data: bytes | None = None):
+    """PIL RGB image of a record, or a Skip with the reason. `data`: the image's bytes, when the caller
+    has read them already (e.g. to hash them)."""
     from PIL import Image
 
     if record.image is None:
         return Skip(MISSING_IMAGE, record.sample_id)
     try:
-        if isinstance(record.image, tuple):
-            data: bytes | str = _read_member(record.image)
+        source: bytes | str
+        if data is not None:
+            source = data
+        elif isinstance(record.image, tuple):
+            source = _read_member(record.image)
         else:
             if not os.path.isfile(record.image):
                 return Skip(MISSING_FILE, record.sample_id)
-            data = record.image
+            source = record.image
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return decode_image(data, max_pixels)
+            return decode_image(source, max_pixels)
     except (_Bomb, Image.DecompressionBombError, Image.DecompressionBombWarning):
         return Skip(DECOMPRESSION_BOMB, record.sample_id)
     except EOFError:
