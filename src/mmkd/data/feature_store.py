@@ -145,14 +145,27 @@ def _open_array(root: Path, spec: dict[str, Any], mode: str, files: dict[str, np
     default read-ahead would read far more of the file from disk than the rows asked for."""
     name = spec.get("file") if isinstance(spec, dict) else None
     if name not in files:
-        files[name] = _open_npy(_inside(root, name), mode)
+        path = _inside(root, name)
+        try:
+            files[name] = _open_npy(path, mode)  # never allow_pickle: an object array is refused
+        except (OSError, ValueError, EOFError) as e:
+            raise UsageError(f"feature store {str(root)!r}: the array file {name!r} is unreadable ({e}); rerun the "
+                             f"command that wrote the store, or extract into a new folder") from None
         raw = getattr(files[name], "_mmap", None)
         if mode == "r" and raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_RANDOM"):
             raw.madvise(mmap.MADV_RANDOM)
+    arr = files[name]
     if "columns" in spec:
         a, b = spec["columns"]
-        return files[name][:, a:b]
-    return files[name]
+        if arr.ndim != 2 or not 0 <= a <= b <= arr.shape[1]:
+            raise UsageError(f"feature store {str(root)!r}: {name!r} has shape {arr.shape}, which has no columns "
+                             f"{a}:{b}; the manifest does not describe the files. Extract into a new folder")
+        arr = arr[:, a:b]
+    if "shape" in spec and list(arr.shape) != list(spec["shape"]) or \
+            "dtype" in spec and arr.dtype != np.dtype(spec["dtype"]):
+        raise UsageError(f"feature store {str(root)!r}: {name!r} holds {list(arr.shape)} {arr.dtype}, the manifest "
+                         f"says {spec.get('shape')} {spec.get('dtype')}; extract into a new folder")
+    return arr
 
 
 _QUOTE_OR_ESCAPE = re.compile(rb'\\.|"', re.S)
@@ -295,7 +308,15 @@ class FeatureStore:
     @property
     def sample_ids(self) -> list[str]:
         if self._sample_ids is None:
-            self._sample_ids = read_json(self.path / SAMPLE_IDS)
+            try:
+                ids = read_json(self.path / SAMPLE_IDS)
+            except (OSError, ValueError) as e:
+                raise UsageError(f"feature store {str(self.path)!r}: {SAMPLE_IDS} is unreadable ({e}); extract "
+                                 f"into a new folder") from None
+            if not isinstance(ids, list) or len(ids) != self.num_samples or not all(isinstance(i, str) for i in ids):
+                raise UsageError(f"feature store {str(self.path)!r}: {SAMPLE_IDS} is not a list of "
+                                 f"{self.num_samples} sample ids; extract into a new folder")
+            self._sample_ids = ids
         return self._sample_ids
 
     def row_of(self, sample_id: str) -> int:
@@ -588,26 +609,82 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _check_manifest(path: Path, manifest: Any) -> None:
-    """The parts of a manifest that name files: every teacher name usable as a folder name, every array
-    file inside the store. A damaged or forged manifest is a UsageError, before anything is opened."""
-    try:
-        teachers = manifest["teachers"]
-        int(manifest["num_samples"])
-        int(manifest.get("chunk_rows", 1))
+    """Everything of a manifest that reading or writing relies on: types, teacher names usable as folder
+    names, array files inside the store with shapes and dtypes that fit, chunk records within the rows.
+    A damaged or forged manifest is a UsageError, before any file is opened."""
+    problems: list[str] = []
+
+    def is_int(v: Any, low: int = 0) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    if not isinstance(manifest, dict):
+        problems.append("it is not a JSON object")
+    else:
+        n = manifest.get("num_samples")
+        if not is_int(n):
+            problems.append(f"num_samples is {n!r}")
+        if not is_int(manifest.get("chunk_rows", 1), 1):
+            problems.append(f"chunk_rows is {manifest.get('chunk_rows')!r}")
+        teachers = manifest.get("teachers")
+        arrays_of: dict[str, dict] = {}
+        if not isinstance(teachers, list):
+            problems.append("teachers is not a list")
+            teachers = []
         for t in teachers:
-            if not isinstance(t.get("name"), str) or not _NAME_RE.match(t["name"]):
-                raise UsageError(f"feature store {str(path)!r}: its manifest names a teacher {t.get('name')!r}, "
-                                 f"which is not a usable name; the manifest is damaged. Re-extract into a new folder")
-            for kind, spec in t["arrays"].items():
-                _inside(path, spec.get("file"), f"{t['name']}/{kind}")
-                if "columns" in spec:
-                    a, b = spec["columns"]
-                    int(a), int(b)
-    except UsageError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise UsageError(f"feature store {str(path)!r}: its manifest is damaged ({type(e).__name__}: {e}); "
-                         f"re-extract into a new folder") from None
+            name = t.get("name") if isinstance(t, dict) else None
+            if not isinstance(name, str) or not _NAME_RE.match(name) or name in arrays_of:
+                problems.append(f"teacher name {name!r} is not a usable (unique) name")
+                continue
+            dim, arrays = t.get("embed_dim"), t.get("arrays")
+            if not is_int(dim, 1) or not isinstance(arrays, dict) or not set(CORE_KINDS) <= set(arrays):
+                problems.append(f"teacher {name!r}: embed_dim {dim!r} or its arrays are missing")
+                continue
+            for key in ("settings", "provenance"):
+                if not isinstance(t.get(key, {}), dict):
+                    problems.append(f"teacher {name!r}: {key} is not a mapping")
+            for kind, spec in arrays.items():
+                problems += _spec_problems(path, name, kind, spec, n, dim)
+            arrays_of[name] = arrays
+        chunks = manifest.get("chunks", [])
+        if not isinstance(chunks, list):
+            problems.append("chunks is not a list")
+            chunks = []
+        for rec in chunks:
+            ok = (isinstance(rec, dict) and rec.get("teacher") in arrays_of and is_int(rec.get("start"))
+                  and is_int(rec.get("stop")) and is_int(n) and rec["start"] <= rec["stop"] <= n
+                  and isinstance(rec.get("sha256"), dict)
+                  and all(k in arrays_of[rec["teacher"]] and isinstance(v, str) for k, v in rec["sha256"].items()))
+            if not ok:
+                problems.append(f"chunk record {str(rec)[:80]} does not fit the store")
+                break
+    if problems:
+        raise UsageError(f"feature store {str(path)!r}: its manifest is damaged ({'; '.join(problems[:3])}); rerun "
+                         f"the command that wrote it, or extract into a new folder")
+
+
+def _spec_problems(root: Path, teacher: str, kind: Any, spec: Any, n: Any, dim: int) -> list[str]:
+    where = f"teacher {teacher!r} array {kind!r}"
+    if not isinstance(kind, str) or not isinstance(spec, dict):
+        return [f"{where} is not described by a mapping"]
+    _inside(root, spec.get("file"), f"{teacher}/{kind}")  # raises: never read or write outside the store
+    shape, dtype = spec.get("shape"), spec.get("dtype")
+    try:
+        if not isinstance(dtype, str):
+            raise TypeError
+        np.dtype(dtype)
+    except (TypeError, ValueError):
+        return [f"{where}: dtype {dtype!r}"]
+    expected = {"image": [n, dim], "text": [n, dim], "available": [n], "score": [n]}.get(kind)
+    if not isinstance(shape, list) or (expected is not None and shape != expected) or \
+            not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape) or not shape or \
+            shape[0] != n:
+        return [f"{where}: shape {shape!r}"]
+    cols = spec.get("columns")
+    if cols is not None and not (isinstance(cols, list) and len(cols) == 2 and all(
+            isinstance(c, int) and not isinstance(c, bool) for c in cols) and 0 <= cols[0] <= cols[1]
+                                 and cols[1] - cols[0] == shape[-1] and len(shape) == 2):
+        return [f"{where}: columns {cols!r}"]
+    return []
 
 
 def _creation_leftover(p: Path) -> bool:

@@ -108,9 +108,13 @@ def read_table(path: Path, fmt: str, what: str = "--data") -> list[dict[str, Any
         for line_no, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise UsageError(f"{what}: {path}:{line_no} is not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise UsageError(f"{what}: {path}:{line_no} holds a JSON {type(row).__name__}, not an object "
+                                     f"with the sample's fields")
+                rows.append(row)
     return rows
 
 
@@ -122,13 +126,16 @@ def index_table(path: str, fmt: str, image_key: str, caption_key: str, id_key: s
         missing = [k for k in (image_key, caption_key) if k not in rows[0]]
         if missing:
             raise UsageError(
-                f"--data: {path} has no column(s) {missing}; it has {sorted(rows[0])}. "
+                f"--data: {path} has no column(s) {missing}; it has {sorted(str(k) for k in rows[0])}. "
                 f"Set --data.image_key / --data.caption_key to the right names"
             )
     root = table_path.parent
     records = []
     for i, row in enumerate(rows):
         image = row.get(image_key)
+        if image is not None and not isinstance(image, str):
+            raise UsageError(f"--data: {path}, sample {i + 1}: {image_key!r} is a JSON {type(image).__name__}, not "
+                             f"an image path")
         image_path = str(root / image) if image else None
         records.append(PairRecord(
             sample_id=str(row.get(id_key) or i),
