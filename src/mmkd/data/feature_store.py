@@ -680,7 +680,7 @@ def _spec_problems(root: Path, teacher: str, kind: Any, spec: Any, n: Any, dim: 
             shape[0] != n:
         return [f"{where}: shape {shape!r}"]
     cols = spec.get("columns")
-    if cols is not None and not (isinstance(cols, list) and len(cols) == 2 and all(
+    if "columns" in spec and not (isinstance(cols, list) and len(cols) == 2 and all(
             isinstance(c, int) and not isinstance(c, bool) for c in cols) and 0 <= cols[0] <= cols[1]
                                  and cols[1] - cols[0] == shape[-1] and len(shape) == 2):
         return [f"{where}: columns {cols!r}"]
