@@ -14,9 +14,7 @@ import os
 import shutil
 import signal
 import stat
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -364,7 +362,7 @@ def test_two_extracts_adding_different_teachers_never_drop_one(world, tmp_path, 
     clean_refusal(code, err, f"pid {proc.pid}")
     from mmkd.data.feature_store import FeatureStore
 
-    FeatureStore(store, allow_partial=True).sample_ids  # a reader is not blocked
+    assert FeatureStore(store, allow_partial=True).sample_ids  # a reader is not blocked
     proc.join(timeout=300)
     assert proc.exitcode == 0
     code, err = cli(capsys, "extract", "--data", data, "--teacher", f"b={teachers['b']}", "--out", store,

@@ -143,9 +143,9 @@ def _open_array(root: Path, spec: dict[str, Any], mode: Literal["r", "r+"], file
 
     Read mappings are advised as random access: batches gather scattered rows, and the kernel's
     default read-ahead would read far more of the file from disk than the rows asked for."""
-    name = spec.get("file") if isinstance(spec, dict) else None
+    path = _inside(root, spec.get("file") if isinstance(spec, dict) else None)
+    name = str(spec["file"])
     if name not in files:
-        path = _inside(root, name)
         try:
             files[name] = _open_npy(path, mode)  # never allow_pickle: an object array is refused
         except (OSError, ValueError, EOFError) as e:

@@ -170,7 +170,6 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
                      opts: ExtractOptions, dist_info: DistInfo = DistInfo(),
                      extra_manifest: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Fill (or resume) the store at `out`. Returns the summary on rank 0, None elsewhere."""
-    from mmkd.utils.dist import barrier
 
     if opts.availability not in availability.RULES:
         raise UsageError(f"--availability: {opts.availability!r} is not a rule; choose from {availability.RULES}")
@@ -338,7 +337,6 @@ def reapply_availability(path: str, rule: str, threshold: float = 0.25) -> dict[
     Readable rows are those with non-zero features (unreadable ones are all-zero). A rerun
     after a crash finishes the job (the store reads as incomplete until then).
     """
-    from pathlib import Path
 
     if rule not in availability.RULES:
         raise UsageError(f"--availability: {rule!r} is not a rule; choose from {availability.RULES}")

@@ -322,7 +322,7 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
     optimizer = build_optimizer(module, cfg.optim, device_type)
     # Shard-level problems found while indexing are counted once, on rank 0.
     state = RunState(skipped=Counter(index_skips) if info.is_main else Counter())
-    if saved is not None:
+    if saved is not None and resume_from is not None:
         check_resume_task(saved, task)
         saved = ckpt_io.load_checkpoint(resume_from, student.model, optimizer, task.extra_modules(), restore_rng=True)
         _refuse_nonfinite_checkpoint(resume_from, student.model, task.extra_modules())
@@ -573,7 +573,8 @@ def _merged_skips(skipped: Counter, world_size: int) -> dict[str, int]:
     return dict(merged)
 
 
-def _summary(state: RunState, throughput: Throughput, total_steps: int, stopped: bool, task, info, device) -> dict:
+def _summary(state: RunState, throughput: Throughput, total_steps: int, stopped: str | bool, task, info,
+             device) -> dict:
     skipped = _merged_skips(state.skipped, info.world_size)
     tp = throughput.summary()
     return {
