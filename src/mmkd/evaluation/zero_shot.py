@@ -66,9 +66,12 @@ def run(model, entry, *, seed: int, cache, num_bootstrap: int) -> dict:
     labeled = data.splits[split]
     if len(labeled) == 0:
         raise UsageError(f"dataset {entry.name}: split {split!r} has no images")
-    templates = None if entry.prompts else list(entry.templates or DEFAULT_TEMPLATES)
-    prompts = (prompts_for_classes(entry.prompts, data.classnames, data.keys, f"datasets.{entry.name}.prompts")
-               if entry.prompts else class_prompts(data.classnames, templates))
+    templates: list[str] | None = None
+    if entry.prompts:
+        prompts = prompts_for_classes(entry.prompts, data.classnames, data.keys, f"datasets.{entry.name}.prompts")
+    else:
+        templates = list(entry.templates or DEFAULT_TEMPLATES)
+        prompts = class_prompts(data.classnames, templates)
     image_feats_ND = cache.image_features(model, entry.name, split, labeled.images)
     class_feats_CD = cache.get_or_compute(
         (cache.model_key(model), entry.name, "zero-shot.classes"),

@@ -21,7 +21,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterable
+from typing import IO, Any, Callable, Iterable
 
 from mmkd.errors import UsageError
 
@@ -31,6 +31,11 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".ta
 def is_archive(path: Path) -> bool:
     name = path.name.lower()
     return name.endswith(ARCHIVE_SUFFIXES)
+
+
+def _opener(open_fn: Callable[..., Any], *args: Any) -> Callable[[], IO[bytes]]:
+    """How a member is opened when it is read: `open_fn(*args)`, late, so no file stays open meanwhile."""
+    return lambda: open_fn(*args)
 
 
 @dataclass
@@ -88,7 +93,7 @@ class Download:
     # -- building ------------------------------------------------------------------------------
 
     def _add_file(self, path: Path, rel: str, container: str) -> None:
-        self.members[rel] = Member(rel, path.stat().st_size, lambda p=path: open(p, "rb"), container, local=path)
+        self.members[rel] = Member(rel, path.stat().st_size, _opener(open, path, "rb"), container, local=path)
 
     def _add_folder(self, root: Path) -> None:
         for dirpath, dirnames, filenames in os.walk(root):
@@ -107,23 +112,23 @@ class Download:
     def _add_archive(self, path: Path, prefix: str) -> None:
         try:
             if path.name.lower().endswith(".zip"):
-                archive = zipfile.ZipFile(path)
-                self._archives.append(archive)
-                for info in archive.infolist():
+                zipped = zipfile.ZipFile(path)
+                self._archives.append(zipped)
+                for info in zipped.infolist():
                     if info.is_dir() or _hidden(info.filename):
                         continue
                     rel = prefix + info.filename.lstrip("/")
-                    self.members[rel] = Member(rel, info.file_size, lambda a=archive, n=info: a.open(n), str(path),
+                    self.members[rel] = Member(rel, info.file_size, _opener(zipped.open, info), str(path),
                                                order=info.header_offset)
             else:
-                archive = tarfile.open(path, "r:*")
-                self._archives.append(archive)
-                for info in archive.getmembers():
-                    if not info.isfile() or _hidden(info.name):
+                tarred = tarfile.open(path, "r:*")
+                self._archives.append(tarred)
+                for member in tarred.getmembers():
+                    if not member.isfile() or _hidden(member.name):
                         continue
-                    rel = prefix + re.sub(r"^(\./)+", "", info.name).lstrip("/")
-                    self.members[rel] = Member(rel, info.size, lambda a=archive, m=info: a.extractfile(m), str(path),
-                                               order=info.offset_data)
+                    rel = prefix + re.sub(r"^(\./)+", "", member.name).lstrip("/")
+                    self.members[rel] = Member(rel, member.size, _opener(tarred.extractfile, member),
+                                               str(path), order=member.offset_data)
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
             raise UsageError(f"--from: {str(path)!r} is not a readable archive ({type(e).__name__}: {e}); the "
                              f"download may be incomplete — download it again") from None

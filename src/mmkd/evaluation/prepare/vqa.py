@@ -82,14 +82,15 @@ def vqa_records(download: Download, spec: dict, ctx: Context) -> Plan:
     else:
         per_split.append(("", download.one(need(spec, "file", where), "question file", ctx.expected)))
     split_map = {str(k): str(v) for k, v in (spec.get("split_map") or {}).items()}
+    split_field = str(spec.get("split_field", ""))
     rows: list[dict[str, Any]] = []
     for split, member in per_split:
         for record in read_records(member):
             if any(str(record.get(k)) != str(v) for k, v in keep.items()):
                 continue
-            row_split = split or split_map.get(str(record.get(spec.get("split_field", ""))))
+            row_split = split or split_map.get(str(record.get(split_field)))
             if row_split is None:
-                raise DataError(f"{member.path}: {spec.get('split_field')}={record.get(spec.get('split_field'))!r} "
+                raise DataError(f"{member.path}: {split_field}={record.get(split_field)!r} "
                                 f"is not in the split map ({', '.join(split_map)})")
             missing = [fields[k] for k in ("image", "question", "answer") if record.get(fields[k]) in (None, "")]
             if missing:
