@@ -114,6 +114,10 @@ def read_meta(index_dir: Path) -> dict[str, Any] | None:
 def make_plan(source: Source, check: str = "stat") -> dict[str, Any] | None:
     """None when the index is current; else the shards to (re)scan and the ones whose rows are kept."""
     meta = read_meta(source.index_dir)
+    if meta is not None and meta.get("root") == str(source.root) and \
+            {**meta.get("settings", {}), "fields": None} == {**source.settings(), "fields": None}:
+        # Fields indexed before stay indexed: asking for fewer never rebuilds, asking for more rebuilds once.
+        source.fields = tuple(dict.fromkeys((*meta["fields"], *source.fields)))
     usable = meta is not None and meta.get("settings") == source.settings() and meta.get("root") == str(source.root)
     old = {s["path"]: (i, s) for i, s in enumerate(meta["shards"])} if usable else {}
     shards, todo = [], []

@@ -32,10 +32,14 @@ LICENSE_SUBSETS = ("commercial", "noncommercial", "other")
 
 def _values(value: Any) -> list[str]:
     """A JSON value as the strings a selection compares: a string, a list of strings, a scalar."""
-    if value is None or isinstance(value, (dict,)):
+    if isinstance(value, str):
+        return [value] if value else []
+    if value is None or isinstance(value, dict):
         return []
     if isinstance(value, list):
-        return [v for item in value for v in _values(item) if not isinstance(item, list)]
+        if all(isinstance(v, str) for v in value):
+            return [v for v in value if v]
+        return [v for item in value if not isinstance(item, list) for v in _values(item)]
     if isinstance(value, bool):
         return ["true" if value else "false"]
     text = str(value)
@@ -74,9 +78,15 @@ class _FieldCollector:
 
     def add(self, values: dict[str, list[str]]) -> None:
         for name in self.names:
-            vocab, codes = self.vocab[name], self.codes[name]
-            for v in values.get(name, ()):
-                codes.append(vocab.setdefault(v, len(vocab)))
+            codes = self.codes[name]
+            got = values.get(name)
+            if got:
+                vocab = self.vocab[name]
+                for v in got:
+                    code = vocab.get(v)
+                    if code is None:
+                        code = vocab[v] = len(vocab)
+                    codes.append(code)
             self.starts[name].append(len(codes))
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -119,27 +129,24 @@ def scan_shard(path: str, rel: str, fields: tuple[str, ...]) -> tuple[dict[str, 
     json_fields = tuple(f for f in fields if f not in ("subset", "license_group"))
     want_json = bool(json_fields) or "license_group" in fields
     collector = _FieldCollector(fields)
-    table = np.zeros(len(groups), dtype=MEMBER_DTYPE)
+    rows: list[tuple[int, int, int, int, int, int, int]] = []
     bad_json = 0
     fd = os.open(path, os.O_RDONLY) if want_json and groups else -1
     try:
-        for i, members in enumerate(groups.values()):
-            row = table[i]
-            image = next((members[e] for e in IMAGE_EXTS if e in members), None)
-            row["image_off"], row["image_size"] = image if image else (-1, 0)
-            js = members.get("json")
-            row["json_off"], row["json_size"] = js if js else (-1, 0)
-            if "txt" in members:
-                row["caption_kind"] = CAPTION_TXT
-                row["caption_off"], row["caption_size"] = members["txt"]
-            elif js:
-                row["caption_kind"] = CAPTION_JSON
-                row["caption_off"], row["caption_size"] = js
+        for members in groups.values():
+            image = next((members[e] for e in IMAGE_EXTS if e in members), None) or (-1, 0)
+            js = members.get("json") or (-1, 0)
+            txt = members.get("txt")
+            if txt:
+                caption, kind = txt, CAPTION_TXT
+            elif js[0] >= 0:
+                caption, kind = js, CAPTION_JSON
             else:
-                row["caption_kind"], row["caption_off"] = CAPTION_NONE, -1
+                caption, kind = (-1, 0), CAPTION_NONE
+            rows.append((image[0], image[1], caption[0], caption[1], js[0], js[1], kind))
             values: dict[str, list[str]] = {}
             obj: Any = None
-            if js and want_json:
+            if js[0] >= 0 and want_json:
                 try:
                     obj = json.loads(os.pread(fd, js[1], js[0]))
                 except (ValueError, OSError):
@@ -158,6 +165,7 @@ def scan_shard(path: str, rel: str, fields: tuple[str, ...]) -> tuple[dict[str, 
     finally:
         if fd >= 0:
             os.close(fd)
+    table = np.array(rows, dtype=MEMBER_DTYPE) if rows else np.zeros(0, dtype=MEMBER_DTYPE)
     arrays = {"members": table, **_keys_arrays(list(groups)), **collector.arrays()}
     meta = {"num_samples": len(groups), "damaged": listing.damaged, "bad_json": bad_json,
             "num_members": len(listing.names), "listing": _listing_digest(listing), **_sizes(arrays, fields),

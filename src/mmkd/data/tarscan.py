@@ -48,7 +48,7 @@ def _checksum_ok(header: bytes) -> bool:
     except ValueError:
         return False
     # The checksum is the byte sum of the header with its own field read as 8 spaces.
-    unsigned = sum(header) - sum(header[148:156]) + 8 * 32
+    unsigned = sum(header[:148]) + sum(header[156:]) + 8 * 32
     return stored == unsigned
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from mmkd.data.feature_store import FeatureStore, FeatureStoreWriter, TeacherEntry
+from mmkd.data.index import sample_ids_of
 from mmkd.data.pairs import PairRecord, Skip, load_image, read_caption
 from mmkd.errors import UsageError
 from mmkd.models.adapter import ClipEncoder
@@ -166,7 +167,7 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
 
     if opts.availability not in availability.RULES:
         raise UsageError(f"--availability: {opts.availability!r} is not a rule; choose from {availability.RULES}")
-    sample_ids = [r.sample_id for r in records]
+    sample_ids = sample_ids_of(records)  # lazy over a data index: nothing held per sample
     entries = [TeacherEntry(name, int(enc.embed_dim), dict(enc.provenance), settings=opts.settings())
                for name, enc in teachers.items()]
     writer = None

@@ -212,7 +212,8 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
                                  seed=cfg.train.seed)
     if cfg.model.grad_checkpointing:
         student.model.set_grad_checkpointing(True)
-    dataset, index_skips = PairDataset.from_config(cfg.data, student.train_transform)
+    dataset, index_skips = PairDataset.from_config(cfg.data, student.train_transform,
+                                                   progress=cfg.train.progress and info.is_main)
     task = make_task(student, cfg, device, records=dataset.records)
     module = task.module.to(device)
 
