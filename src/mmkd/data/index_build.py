@@ -290,13 +290,14 @@ def _locked(index_dir: Path, enabled: bool) -> Iterator[None]:
 
 
 def _rank_world() -> tuple[int, int]:
-    try:
-        import torch.distributed as dist
+    """(rank, world size) of an initialised process group; a process that never imported torch has none
+    (and is not made to import it: that alone costs seconds and hundreds of MB)."""
+    if "torch.distributed" not in sys.modules:
+        return 0, 1
+    import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:
-        pass
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
