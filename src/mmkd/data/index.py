@@ -189,7 +189,13 @@ class SourceIndex:
         if self.kind == "jsonl":
             obj = json.loads(text)
             return obj if isinstance(obj, dict) else {}
-        values = next(csv.reader(io.StringIO(text, newline=""), delimiter=self.layout.delimiter), [])
+        limit = csv.field_size_limit()
+        if len(text) > limit:  # a flagged over-long caption: parse it whole to reach the other columns
+            csv.field_size_limit(len(text) + 1)
+        try:
+            values = next(csv.reader(io.StringIO(text, newline=""), delimiter=self.layout.delimiter), [])
+        finally:
+            csv.field_size_limit(limit)
         return dict(zip(self.layout.header, values))
 
     def record(self, row: int, modality: str | None = None, caption_key: str = "caption",
