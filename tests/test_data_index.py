@@ -327,3 +327,12 @@ def test_duplicate_sample_ids_are_refused_with_their_lines(tmp_path):
     with pytest.raises(UsageError, match="'q' on lines 1, 3"):
         index_source(str(jsonl), progress=False)
     _ = np
+
+
+def test_the_shipped_26_modality_recipe_parses():
+    from mmkd.data.select import parse_clauses
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "mmkd_b16" / "select-26-modalities.yaml"
+    clauses = parse_clauses([str(recipe)])
+    assert clauses["image_primary_label"] == ["Clinical Imaging", "Microscopy"]
+    assert len(clauses["image_secondary_label"]) == len(set(clauses["image_secondary_label"])) == 26
