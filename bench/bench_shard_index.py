@@ -21,7 +21,7 @@ Prints `RATIO shard_index_open_vs_rescan: ...` for the largest size and `FIGURE`
 missed target is printed as "below target".
 
 Usage: python bench/bench_shard_index.py [--sizes 100000,1000000] [--per-shard 10000] [--workers 2]
-       [--csv-rows 200000] [--dir DIR]
+       [--csv-rows 200000] [--dir DIR] [--wids-path DIR]
 The 1 M-sample shards take ~3 GB of disk (tiny members are padded to 512-byte tar blocks).
 """
 
@@ -111,6 +111,17 @@ def child(mode: str, data: str, workers: int) -> dict:
     import mmkd.data.select  # noqa: F401
     from mmkd.data.pairs import expand_shards, index_source
 
+    if mode == "wids":  # webdataset's wids (0.2.x): each process indexes every shard it opens, in memory
+        from wids import wids
+
+        shards = expand_shards(data)
+        before = rss_mib()
+        t0 = time.perf_counter()
+        opened = [wids.IndexedTarSamples(path=s) for s in shards]
+        seconds = time.perf_counter() - t0
+        after = rss_mib()
+        return {"seconds": seconds, "num_records": sum(len(o) for o in opened),
+                "rss_delta_mib": after["VmRSS"] - before["VmRSS"], "anon_delta_mib": after["RssAnon"] - before["RssAnon"]}
     before = rss_mib()
     t0 = time.perf_counter()
     if mode == "rescan":
@@ -142,9 +153,12 @@ def child(mode: str, data: str, workers: int) -> dict:
     return out
 
 
-def measure(mode: str, data: Path, workers: int = 1) -> dict:
+def measure(mode: str, data: Path, workers: int = 1, extra_path: str = "") -> dict:
+    env = dict(os.environ)
+    if extra_path:
+        env["PYTHONPATH"] = extra_path + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, __file__, "--child", mode, str(data), "--workers", str(workers)],
-                          capture_output=True, text=True, cwd=HERE)
+                          capture_output=True, text=True, cwd=HERE, env=env)
     if proc.returncode:
         sys.exit(f"{mode} on {data} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -177,6 +191,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="indexing processes of the first launch")
     parser.add_argument("--csv-rows", type=int, default=200_000, help="records of the CSV memory comparison")
     parser.add_argument("--dir", default=None, help="where to write the shards (default: a temporary folder)")
+    parser.add_argument("--wids-path", default="", help="a folder holding webdataset 0.2.x's `wids` package (e.g. "
+                        "an unpacked webdataset==0.2.100 wheel): also measure its per-process shard indexing")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "DATA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -215,10 +231,16 @@ def main() -> None:
             open_s = statistics.median(r["seconds"] for r in opens)
             rss = statistics.median(r["rss_delta_mib"] for r in opens)
             print(f"  later launch: open                              {open_s:8.3f} s   +{rss:7.1f} MiB RSS "
-                  f"(RssAnon +{o['anon_delta_mib']:.1f} MiB; process total {o['rss_mib']:.0f} MiB); after 10,000 "
-                  f"random records +{o['rss_delta_after_10k_records_mib']:.1f} MiB, {o['record_us']:.1f} us/record",
+                  f"(RssAnon +{o['anon_delta_mib']:.1f} MiB; process total {o['rss_mib']:.0f} MiB)", flush=True)
+            print(f"  then 10,000 random records: {o['record_us']:.1f} us/record; RssAnon "
+                  f"+{o['anon_delta_after_10k_records_mib']:.1f} MiB, RSS +{o['rss_delta_after_10k_records_mib']:.1f} "
+                  f"MiB (the index pages they touched: page cache, shared by every process and reclaimable)",
                   flush=True)
             print(f"  index on disk: {o['index_bytes_per_sample']:.1f} bytes/sample", flush=True)
+            if args.wids_path:
+                w = measure("wids", data, extra_path=args.wids_path)
+                print(f"  wids IndexedTarSamples (every process, every launch; no metadata): {w['seconds']:.2f} s, "
+                      f"+{w['rss_delta_mib']:.1f} MiB RSS (RssAnon +{w['anon_delta_mib']:.1f} MiB)", flush=True)
             results[n] = {"rescan": rescan, "build": build, "open_s": open_s, "open_rss_mib": rss, "open": o}
             print(f"FIGURE index_build_s_{n}: {build['seconds']:.1f} s")
             print(f"FIGURE index_open_s_{n}: {open_s:.3f} s")

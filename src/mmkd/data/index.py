@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -91,7 +92,13 @@ class SourceIndex:
         gen = self.folder / self.meta["generation"]
 
         def load(name: str) -> np.ndarray:
-            return np.load(gen / name, mmap_mode="r")
+            arr = np.load(gen / name, mmap_mode="r")
+            # Records are read in random order: without this the kernel reads ahead around every page a
+            # record touches, and the process maps far more of the index than it reads.
+            raw = getattr(arr, "_mmap", None)
+            if raw is not None and hasattr(mmap, "MADV_RANDOM"):
+                raw.madvise(mmap.MADV_RANDOM)
+            return arr
 
         self.keys = load("keys.npy")
         self.key_starts = load("key_starts.npy")
