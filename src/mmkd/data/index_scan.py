@@ -287,13 +287,19 @@ def scan_table(path: str, kind: str, layout: TableLayout, fields: tuple[str, ...
                 except json.JSONDecodeError as e:
                     raise UsageError(f"--data: {path}:{reader_lines.line_no} is not valid JSON ({e.msg})") from None
                 if not isinstance(row, dict):
-                    raise UsageError(f"--data: {path}:{reader_lines.line_no} is not a JSON object")
+                    raise UsageError(f"--data: {path}:{reader_lines.line_no} holds a JSON {type(row).__name__}, not "
+                                     f"an object with the sample's fields")
                 if first:
                     missing = [k for k in (layout.image_key, layout.caption_key) if k not in row]
                     if missing:
-                        raise UsageError(f"--data: {path} has no column(s) {missing}; it has {sorted(row)}. "
-                                         f"Set --data.image_key / --data.caption_key to the right names")
+                        raise UsageError(f"--data: {path} has no column(s) {missing}; it has "
+                                         f"{sorted(str(k) for k in row)}. Set --data.image_key / --data.caption_key "
+                                         f"to the right names")
                     first = False
+                image = row.get(layout.image_key)
+                if image is not None and not isinstance(image, str):
+                    raise UsageError(f"--data: {path}:{reader_lines.line_no}: {layout.image_key!r} is a JSON "
+                                     f"{type(image).__name__}, not an image path")
                 n = len(starts)
                 starts.append(start)
                 lines.append(reader_lines.line_no)

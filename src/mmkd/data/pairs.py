@@ -131,9 +131,13 @@ def read_table(path: Path, fmt: str, what: str = "--data") -> list[dict[str, Any
         for line_no, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise UsageError(f"{what}: {path}:{line_no} is not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise UsageError(f"{what}: {path}:{line_no} holds a JSON {type(row).__name__}, not an object "
+                                     f"with the sample's fields")
+                rows.append(row)
     return rows
 
 
@@ -255,22 +259,26 @@ def _find_caption(obj: Any, key: str) -> str:
     return ""
 
 
-def load_image(record: PairRecord, max_pixels: int):
-    """PIL RGB image of a record, or a Skip with the reason."""
+def load_image(record: PairRecord, max_pixels: int, data: bytes | None = None):
+    """PIL RGB image of a record, or a Skip with the reason. `data`: the image's bytes, when the caller
+    has read them already (e.g. to hash them)."""
     from PIL import Image
 
     if record.image is None:
         return Skip(MISSING_IMAGE, record.sample_id)
     try:
-        if isinstance(record.image, tuple):
-            data: bytes | str = _read_member(record.image)
+        source: bytes | str
+        if data is not None:
+            source = data
+        elif isinstance(record.image, tuple):
+            source = _read_member(record.image)
         else:
             if not os.path.isfile(record.image):
                 return Skip(MISSING_FILE, record.sample_id)
-            data = record.image
+            source = record.image
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return decode_image(data, max_pixels)
+            return decode_image(source, max_pixels)
     except (_Bomb, Image.DecompressionBombError, Image.DecompressionBombWarning):
         return Skip(DECOMPRESSION_BOMB, record.sample_id)
     except EOFError:
@@ -292,7 +300,7 @@ class PairDataset:
 
     @classmethod
     def from_config(cls, data_cfg, image_transform: Callable | None = None,
-                    progress: bool | None = None) -> tuple["PairDataset", Counter]:
+                    progress: bool | None = None) -> tuple[PairDataset, Counter]:
         records, index_skips = records_from_config(data_cfg, progress)
         if not records:
             raise UsageError(f"--data: {data_cfg.path!r} holds no samples")
@@ -330,7 +338,7 @@ class Batch:
     def __len__(self) -> int:
         return len(self.captions)
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """Called by a DataLoader with pin_memory=True: page-locked tensors copy to a GPU asynchronously."""
         self.images = self.images.pin_memory() if self.images.numel() else self.images
         if self.tokens is not None:
