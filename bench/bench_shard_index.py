@@ -206,6 +206,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
+        os.environ["MMKD_CACHE"] = str(root / "cache")  # the indexes go with the shards, and go away with them
         free = shutil.disk_usage(root).free
         need = max(sizes) * 3 * 1024 * 1.05
         if need > 0.5 * free:

@@ -80,6 +80,9 @@ def measure_index(samples: int = 20_000) -> dict[str, float]:
             json.loads(b)
     json_s = (time.process_time() - t0) / (reps * len(blobs))
     with tempfile.TemporaryDirectory() as tmp:
+        import os
+
+        os.environ["MMKD_CACHE"] = str(Path(tmp) / "cache")
         shards = write_shards(Path(tmp) / "d", samples, per_shard=samples // 2, flat=True)
         from mmkd.data.index import DEFAULT_SHARD_FIELDS, DERIVED_FIELDS
         from mmkd.data.index_scan import scan_shard

@@ -102,7 +102,8 @@ def test_only_a_changed_or_added_shard_is_reindexed(tmp_path, capsys):
     updated = ensure_index(resolve_source(str(data), "webdataset"), workers=1, progress=True)
     assert "2 new or changed shard(s)" in capsys.readouterr().err
     assert updated.num_samples == 20 + 25 + 20 + 10 and updated.generation != first.generation
-    assert not (data / ".mmkd-index" / source.index_dir.name / first.generation).exists()  # old generation gone
+    assert not (source.index_dir / first.generation).exists()  # the old generation is gone
+    assert sorted(p.name for p in data.iterdir()) == [f"00000{i}.tar" for i in (0, 1, 2, 3)]  # data folder untouched
 
     scratch = ensure_index(resolve_source(str(data), "webdataset", index_dir=str(tmp_path / "scratch")), workers=2,
                            progress=False)

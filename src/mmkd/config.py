@@ -34,7 +34,7 @@ class DataConfig:
     image_only_path: str = ""  # stage 2 only: images without captions (folder or CSV) for decision distillation
     select: list[str] = field(default_factory=list)  # FIELD=V1,V2 metadata clauses (repeatable, ANDed) or YAML files
     license: str = ""  # "" (all) | commercial | noncommercial: keep samples whose licence allows that use
-    index_dir: str = ""  # where the persistent index lives (default: .mmkd-index/ beside the data, else ~/.cache)
+    index_dir: str = ""  # where the persistent index lives (default: $MMKD_CACHE/index/..., ~/.cache/mmkd/index/...)
     index_fields: list[str] = field(default_factory=list)  # more JSON keys / columns to index for selection
     index_workers: int = 0  # processes that build the index (0: the cores, shared by the ranks of a node)
     index_check: str = "stat"  # stat (size + mtime of each shard) | full (also re-list every shard's headers)

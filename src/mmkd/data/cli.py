@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id-key", default="sample_id", help="CSV/JSONL column with the sample id (default: sample_id)")
     parser.add_argument("--index-field", action="append", default=[], metavar="FIELD",
                         help="another JSON key / column to index for selection (repeatable)")
-    parser.add_argument("--index-dir", default="", help="where the index lives (default: .mmkd-index/ beside the data)")
+    parser.add_argument("--index-dir", default="", help="where the index lives (default: $MMKD_CACHE/index/..., i.e. ~/.cache/mmkd/index/...)")
     parser.add_argument("--workers", type=int, default=0, help="indexing processes (default: 0 = every core)")
     parser.add_argument("--check", default="stat", choices=["stat", "full"],
                         help="how shards are checked for changes: stat = size and mtime (default); full = also "

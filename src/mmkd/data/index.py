@@ -2,7 +2,8 @@
 
 Legend: N samples of the source, S shards, V values of a metadata field over all samples.
 
-An index is a folder (by default `.mmkd-index/<name>` beside the data; see `index_location`)::
+An index is a folder (by default under $MMKD_CACHE/index, ~/.cache/mmkd/index; `--data.index_dir`
+chooses another, e.g. on storage every node shares)::
 
     index.json                 what was indexed: kind (webdataset | csv | jsonl), the source, the
                                settings that shape the index (keys, fields), one entry per shard/file

@@ -60,19 +60,15 @@ class Source:
         return {"kind": self.kind, "fields": sorted(self.fields), "table": table}
 
 
-def default_index_dir(root: Path, name: str, spec: str) -> Path:
-    """`<root>/.mmkd-index/<name>-<hash of the spec>` where that folder can be written (beside the
-    data, so that every node reading shared shards finds it), else the same under $MMKD_CACHE
-    (default ~/.cache/mmkd/index)."""
-    tag = f"{name}-{hashlib.sha1(os.path.abspath(spec).encode()).hexdigest()[:10]}"
-    local = root / ".mmkd-index"
-    try:
-        local.mkdir(exist_ok=True)
-        if os.access(local, os.W_OK):
-            return local / tag
-    except OSError:
-        pass
-    return Path(os.environ.get("MMKD_CACHE", Path.home() / ".cache" / "mmkd")) / "index" / tag
+def index_cache() -> Path:
+    """Where indexes live unless `--data.index_dir` says otherwise: $MMKD_CACHE/index (default
+    ~/.cache/mmkd/index). Reading data never writes into the data's own folders."""
+    return Path(os.environ.get("MMKD_CACHE") or Path.home() / ".cache" / "mmkd") / "index"
+
+
+def default_index_dir(name: str, spec: str) -> Path:
+    """`<index cache>/<name>-<hash of the absolute --data path>`: one index per data source."""
+    return index_cache() / f"{name}-{hashlib.sha1(os.path.abspath(spec).encode()).hexdigest()[:10]}"
 
 
 def resolve_source(path: str, fmt: str, image_key: str = "image", caption_key: str = "caption",
@@ -86,7 +82,7 @@ def resolve_source(path: str, fmt: str, image_key: str = "image", caption_key: s
         root = Path(path).resolve() if os.path.isdir(path) else Path(os.path.commonpath(
             [os.path.dirname(s) for s in shards]))
         all_fields = tuple(dict.fromkeys((*DEFAULT_SHARD_FIELDS, *DERIVED_FIELDS, *fields)))
-        where = Path(index_dir) if index_dir else default_index_dir(root, "shards", path)
+        where = Path(index_dir) if index_dir else default_index_dir(root.name or "shards", path)
         return Source("webdataset", path, root, shards, where, all_fields)
     table = Path(path)
     if not table.is_file():
@@ -94,7 +90,7 @@ def resolve_source(path: str, fmt: str, image_key: str = "image", caption_key: s
     root = table.resolve().parent
     delimiter = "\t" if table.suffix.lower() == ".tsv" else ","
     layout = TableLayout([], delimiter, image_key, caption_key, id_key)
-    where = Path(index_dir) if index_dir else default_index_dir(root, table.name, path)
+    where = Path(index_dir) if index_dir else default_index_dir(table.name, path)
     return Source(fmt, path, root, [str(table.resolve())], where, tuple(dict.fromkeys(fields)), layout)
 
 

@@ -86,7 +86,7 @@ def _refuse_urls(spec: str) -> None:
 
 def expand_shards(spec: str) -> list[str]:
     """A .tar file, a folder of .tar (searched recursively, as BIOMEDICA's commercial/, noncommercial/
-    and other/ subsets are laid out; hidden folders such as .mmkd-index are skipped), a glob, or a brace
+    and other/ subsets are laid out; hidden folders are skipped), a glob, or a brace
     range `shard-{000..009}.tar`. No `pipe:` URLs."""
     _refuse_urls(spec)
     if os.path.isdir(spec):
