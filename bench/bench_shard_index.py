@@ -147,7 +147,7 @@ def child(mode: str, data: str, workers: int) -> dict:
         touched = rss_mib()
         out["rss_delta_after_10k_records_mib"] = touched.get("VmRSS", 0.0) - before.get("VmRSS", 0.0)
         out["anon_delta_after_10k_records_mib"] = touched.get("RssAnon", 0.0) - before.get("RssAnon", 0.0)
-        index = getattr(records, "index", None)
+        index = getattr(records, "data_index", None)
         if index is not None:
             out["index_bytes_per_sample"] = index.nbytes() / max(1, index.num_samples)
     return out

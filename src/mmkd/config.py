@@ -245,7 +245,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def parse_cli_overrides(tokens: list[str], problems: list[str]) -> dict[str, Any]:
     """Parse `--a.b VALUE`, `--a.b=VALUE` and short aliases (`--lr 1e-4`) into dotted keys."""
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     i = 0
     while i < len(tokens):
         tok = tokens[i]
@@ -262,7 +262,7 @@ def parse_cli_overrides(tokens: list[str], problems: list[str]) -> dict[str, Any
                 value = "true"  # a bare flag switches a boolean on
         key = FLAG_ALIASES.get(name, name.replace("-", "_") if "." not in name else _dash_key(name))
         if key in REPEATABLE:
-            out.setdefault(key, []).append(value)  # type: ignore[union-attr]
+            out.setdefault(key, []).append(value)
         else:
             out[key] = value
         i += 1

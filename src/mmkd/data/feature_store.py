@@ -111,7 +111,7 @@ def provenance_fingerprint(provenance: dict[str, Any], embed_dim: int) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def _ids_digest(sample_ids: Sequence[str]) -> str:
+def _ids_digest(sample_ids: Iterable[str]) -> str:
     h = hashlib.sha256()
     for sid in sample_ids:
         h.update(sid.encode("utf-8", "surrogatepass"))

@@ -75,6 +75,9 @@ class SourceIndex:
     """An opened index: memmapped arrays plus the shard/file table. Picklable (reopens by path)."""
 
     def __init__(self, folder: str | os.PathLike, meta: dict[str, Any] | None = None):
+        self._setup(folder, meta)
+
+    def _setup(self, folder: str | os.PathLike, meta: dict[str, Any] | None) -> None:
         self.folder = Path(folder)
         self.meta = meta if meta is not None else json.loads((self.folder / INDEX_FILE).read_text())
         self.kind: str = self.meta["kind"]
@@ -116,7 +119,7 @@ class SourceIndex:
         return {"folder": str(self.folder), "meta": self.meta}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["folder"], state["meta"])
+        self._setup(state["folder"], state["meta"])
 
     def __len__(self) -> int:
         return self.num_samples
@@ -224,13 +227,13 @@ class SourceIndex:
                               modality=modality, caption_json_key=caption_key if kind == CAPTION_JSON else "")
         data = self.table_row(row)
         layout = self.layout
-        image = data.get(layout.image_key)
+        image_path = data.get(layout.image_key)
         too_long = bool(self.flags[row] & FLAG_CAPTION_TOO_LONG)
-        caption = "" if too_long else data.get(layout.caption_key) or ""
+        text = "" if too_long else data.get(layout.caption_key) or ""
         if modality is None:
             modality = str(data.get(modality_key) or "")
-        return PairRecord(sample_id=self.key(row), image=str(self.root / str(image)) if image else None,
-                          caption=caption if isinstance(caption, str) else str(caption), modality=modality,
+        return PairRecord(sample_id=self.key(row), image=str(self.root / str(image_path)) if image_path else None,
+                          caption=text if isinstance(text, str) else str(text), modality=modality,
                           problem=CAPTION_TOO_LONG if too_long else "")
 
     def _first_value(self, name: str, row: int) -> str:
@@ -245,20 +248,20 @@ class SampleIds(Sequence):
     """The sample ids of some rows of an index, decoded on demand (nothing held per sample)."""
 
     def __init__(self, index: SourceIndex, rows: np.ndarray | None):
-        self.index, self.rows = index, rows
+        self.data_index, self.rows = index, rows
 
     def __len__(self) -> int:
-        return self.index.num_samples if self.rows is None else len(self.rows)
+        return self.data_index.num_samples if self.rows is None else len(self.rows)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         if i < 0:
             i += len(self)
-        return self.index.sample_id(int(i if self.rows is None else self.rows[i]))
+        return self.data_index.sample_id(int(i if self.rows is None else self.rows[i]))
 
     def __iter__(self) -> Iterator[str]:
-        return self.index.iter_sample_ids(self.rows)
+        return self.data_index.iter_sample_ids(self.rows)
 
 
 class IndexedRecords(Sequence):
@@ -269,7 +272,7 @@ class IndexedRecords(Sequence):
     def __init__(self, index: SourceIndex, rows: np.ndarray | None = None, caption_key: str = "caption",
                  modality_key: str = "modality", modality_codes: np.ndarray | None = None,
                  modality_values: list[str] | None = None, description: str = ""):
-        self.index = index
+        self.data_index = index
         self.rows = rows
         self.caption_key = caption_key
         self.modality_key = modality_key
@@ -278,7 +281,7 @@ class IndexedRecords(Sequence):
         self.description = description or str(index.meta.get("source", ""))
 
     def __len__(self) -> int:
-        return self.index.num_samples if self.rows is None else len(self.rows)
+        return self.data_index.num_samples if self.rows is None else len(self.rows)
 
     def row(self, i: int) -> int:
         """The index row of record `i`."""
@@ -295,11 +298,11 @@ class IndexedRecords(Sequence):
         if self.modality_codes is not None:
             code = int(self.modality_codes[i])
             modality = self.modality_values[code] if code >= 0 else ""
-        return self.index.record(self.row(i), modality, self.caption_key, self.modality_key)
+        return self.data_index.record(self.row(i), modality, self.caption_key, self.modality_key)
 
     @property
     def sample_ids(self) -> SampleIds:
-        return SampleIds(self.index, self.rows)
+        return SampleIds(self.data_index, self.rows)
 
 
 def sample_ids_of(records: Sequence) -> Sequence[str]:

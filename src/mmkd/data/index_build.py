@@ -115,7 +115,7 @@ def make_plan(source: Source, check: str = "stat") -> dict[str, Any] | None:
         # Fields indexed before stay indexed: asking for fewer never rebuilds, asking for more rebuilds once.
         source.fields = tuple(dict.fromkeys((*meta["fields"], *source.fields)))
     usable = meta is not None and meta.get("settings") == source.settings() and meta.get("root") == str(source.root)
-    old = {s["path"]: (i, s) for i, s in enumerate(meta["shards"])} if usable else {}
+    old = {s["path"]: (i, s) for i, s in enumerate(meta["shards"])} if usable and meta is not None else {}
     shards, todo = [], []
     for i, f in enumerate(source.files):
         rel = os.path.relpath(f, source.root)
@@ -135,14 +135,15 @@ def make_plan(source: Source, check: str = "stat") -> dict[str, Any] | None:
         if entry["old"] is None:
             todo.append(i)
         shards.append(entry)
-    if usable and not todo and [s["path"] for s in shards] == [s["path"] for s in meta["shards"]]:
+    if usable and meta is not None and not todo and \
+            [s["path"] for s in shards] == [s["path"] for s in meta["shards"]]:
         return None
     generation = f"g{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
     reason = "new index" if meta is None else ("settings changed" if not usable else
                                                f"{len(todo)} new or changed shard(s), "
                                                f"{len(old) - sum(s['old'] is not None for s in shards)} removed")
     return {"generation": generation, "shards": shards, "todo": todo,
-            "old_generation": meta["generation"] if usable else None, "reason": reason}
+            "old_generation": meta["generation"] if usable and meta is not None else None, "reason": reason}
 
 
 # ---- merging --------------------------------------------------------------------------------
@@ -155,28 +156,31 @@ def merge(source: Source, plan: dict[str, Any], build_dir: Path) -> dict[str, An
     from mmkd.data.feature_store import _ids_digest
 
     old = SourceIndex(source.index_dir) if plan["old_generation"] else None
+    reused = [e["old"] for e in plan["shards"] if e["old"] is not None]
+    assert old is not None or not reused  # rows are only kept from an existing generation
     names = list(source.fields)
-    vocab: dict[str, dict[str, int]] = {n: {} for n in names}
+    vocab: dict[str, dict[str, int]] = {fname: {} for fname in names}
     if old is not None:
-        for n in names:
-            vocab[n] = {v: i for i, v in enumerate(old.fields.get(n, []))}
+        for fname in names:
+            vocab[fname] = {v: i for i, v in enumerate(old.fields.get(fname, []))}
     table_kind = source.kind != "webdataset"
     # pass 1: sizes and vocabularies
-    sizes = []  # per shard: (rows, key bytes, values per field)
+    sizes: list[tuple[int, int, list[int]]] = []  # per shard: rows, key bytes, values per field
     metas: dict[int, dict[str, Any]] = {}
     for s, entry in enumerate(plan["shards"]):
         if entry["old"] is not None:
+            assert old is not None
             a, b = int(old.shard_starts[entry["old"]]), int(old.shard_starts[entry["old"] + 1])
-            counts = [int(old.field_arrays(n)[1][b]) - int(old.field_arrays(n)[1][a]) for n in names]
+            counts = [int(old.field_arrays(f)[1][b]) - int(old.field_arrays(f)[1][a]) for f in names]
             sizes.append((b - a, int(old.key_starts[b]) - int(old.key_starts[a]), counts))
         else:
             with np.load(part_path(build_dir, s), allow_pickle=False) as z:
                 meta = json.loads(bytes(z["meta"]).decode())
             metas[s] = meta
             sizes.append((meta["num_samples"], meta["key_bytes"], meta["field_values"]))
-            for n, values in zip(names, meta["vocab"]):
+            for fname, values in zip(names, meta["vocab"]):
                 for v in values:
-                    vocab[n].setdefault(v, len(vocab[n]))
+                    vocab[fname].setdefault(v, len(vocab[fname]))
     total = sum(x[0] for x in sizes)
     total_keys = sum(x[1] for x in sizes)
     total_values = [sum(x[2][j] for x in sizes) for j in range(len(names))]
@@ -189,7 +193,7 @@ def merge(source: Source, plan: dict[str, Any], build_dir: Path) -> dict[str, An
         flags = _open_npy(gen_dir / "flags.npy", np.uint8, (total,))
     else:
         members = _open_npy(gen_dir / "members.npy", MEMBER_DTYPE, (total,))
-    code_types = [np.uint16 if len(vocab[n]) <= 0xFFFF else np.uint32 for n in names]
+    code_types = [np.uint16 if len(vocab[f]) <= 0xFFFF else np.uint32 for f in names]
     start_types = [np.uint32 if t < 2 ** 32 else np.int64 for t in total_values]
     codes = [_open_npy(gen_dir / f"field-{j}.codes.npy", code_types[j], (total_values[j],)) for j in range(len(names))]
     starts = [_open_npy(gen_dir / f"field-{j}.starts.npy", start_types[j], (total + 1,)) for j in range(len(names))]
@@ -202,6 +206,7 @@ def merge(source: Source, plan: dict[str, Any], build_dir: Path) -> dict[str, An
     for s, entry in enumerate(plan["shards"]):
         n, kb, counts = sizes[s]
         if entry["old"] is not None:
+            assert old is not None
             prev = old.shards[entry["old"]]
             a, b = int(old.shard_starts[entry["old"]]), int(old.shard_starts[entry["old"] + 1])
             ka = int(old.key_starts[a])
@@ -318,6 +323,7 @@ def _scan(source: Source, plan: dict[str, Any], mine: list[int], build_dir: Path
           progress: bool) -> None:
     if source.kind != "webdataset":
         if mine:
+            assert source.table is not None
             arrays, meta = scan_table(source.files[0], source.kind, source.table, source.fields)
             write_part(build_dir, 0, arrays, meta)
         return

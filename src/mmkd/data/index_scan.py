@@ -310,7 +310,7 @@ def scan_table(path: str, kind: str, layout: TableLayout, fields: tuple[str, ...
                 collector.add({k: _values(row.get(k)) for k in fields})
         end = reader_lines.pos
     _raise_duplicates(path, ids, lines)
-    arrays = {"record_starts": np.asarray(starts + [end], dtype=np.int64),
+    arrays: dict[str, np.ndarray] = {"record_starts": np.asarray(starts + [end], dtype=np.int64),
               "flags": np.frombuffer(bytes(flags), dtype=np.uint8), **_keys_arrays(ids), **collector.arrays()}
     meta = {"num_samples": len(starts), "damaged": False, "bad_json": 0, "vocab": collector.vocabularies(),
             "caption_too_long": int(sum(1 for x in flags if x & FLAG_CAPTION_TOO_LONG)), "header": layout.header,
@@ -326,7 +326,7 @@ def part_path(build_dir: Path, shard: int) -> Path:
 def write_part(build_dir: Path, shard: int, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     tmp = build_dir / f".part-{shard:07d}.{os.getpid()}.npz"
     meta_bytes = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(tmp, meta=meta_bytes, **arrays)
+    np.savez(tmp, **{"meta": meta_bytes, **arrays})  # type: ignore[arg-type]
     os.replace(tmp, part_path(build_dir, shard))
 
 

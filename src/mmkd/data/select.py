@@ -111,7 +111,7 @@ def _match(index: SourceIndex, field: str, wanted: np.ndarray, rows_first: bool 
         np.cumsum(hit, out=cum[1:])
         rel = s - s[0]
         hit_any[lo:hi] = cum[rel[1:]] > cum[rel[:-1]]
-        if rows_first and hit.any():
+        if first is not None and hit.any():
             pos = np.where(hit, np.arange(len(c)), len(c))
             has = rel[1:] > rel[:-1]
             firsts = np.full(hi - lo, len(c), dtype=np.int64)

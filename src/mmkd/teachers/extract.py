@@ -202,7 +202,7 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
         return _extract(records, teachers, out, opts, dist_info, writer)
 
 
-def _check_existing_rows(out: str, records: Sequence[PairRecord], sample_ids: list[str], mode: str) -> None:
+def _check_existing_rows(out: str, records: Sequence[PairRecord], sample_ids: Sequence[str], mode: str) -> None:
     """Before resuming or extending a store: the rows it holds were made from these images and captions."""
     from mmkd.data.content import check_rows, open_content
     from mmkd.data.feature_store import MANIFEST, _ids_digest, _read_manifest
