@@ -306,7 +306,8 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
             print(f"mmkd {command}: starting from randomly initialised weights (no --init given)", file=sys.stderr)
     if cfg.model.grad_checkpointing:
         student.model.set_grad_checkpointing(True)
-    dataset, index_skips = PairDataset.from_config(cfg.data, student.train_transform)
+    dataset, index_skips = PairDataset.from_config(cfg.data, student.train_transform,
+                                                   progress=cfg.train.progress and info.is_main)
     task = make_task(student, cfg, device, records=dataset.records)
     module = task.module.to(device)
 
