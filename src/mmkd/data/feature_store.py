@@ -667,7 +667,8 @@ def _check_manifest(path: Path, manifest: Any) -> None:
             problems.append("chunks is not a list")
             chunks = []
         for rec in chunks:
-            ok = (isinstance(rec, dict) and rec.get("teacher") in arrays_of and is_int(rec.get("start"))
+            ok = (isinstance(rec, dict) and isinstance(rec.get("teacher"), str) and rec["teacher"] in arrays_of
+                  and is_int(rec.get("start"))
                   and is_int(rec.get("stop")) and is_int(n) and rec["start"] <= rec["stop"] <= n
                   and isinstance(rec.get("sha256"), dict)
                   and all(k in arrays_of[rec["teacher"]] and isinstance(v, str) for k, v in rec["sha256"].items()))
