@@ -67,6 +67,11 @@ json.dump(result, open(out, "w"))
 '''
 
 
+
+def _fmt(value) -> str:
+    """A metric, or what stands for none (CLIP_benchmark's NaN, mmkd's null below 5 classes)."""
+    return "n/a" if value is None or value != value else f"{value:.4f}"
+
 def _image(rng: np.random.Generator, label: int, size: int = 64) -> bytes:
     from PIL import Image
 
@@ -230,7 +235,7 @@ def main() -> int:
             print(f"{name:<8} {len(a['pred'])} images, {len(set(b['pred']))} distinct predicted classes: "
                   f"{diff} class ranking(s) differ, max logit diff {np.abs(la - lb).max():.2e}; acc1 CLIP_benchmark {cb_json['acc1']:.4f} mmkd {mm_json['acc1']:.4f}; "
                   f"mean_per_class_recall {cb_json['mean_per_class_recall']:.4f} / {mm_json['mean_per_class_recall']:.4f}; "
-                  f"acc5 {cb_json['acc5']:.4f} / {mm_json['acc5']:.4f}")
+                  f"acc5 {_fmt(cb_json['acc5'])} / {_fmt(mm_json['acc5'])}")
         # 2. retrieval recalls (no ties)
         sim = sims["captions"]
         ties = int(sum(len(np.unique(row)) < len(row) for row in sim) + sum(len(np.unique(col)) < len(col) for col in sim.T))

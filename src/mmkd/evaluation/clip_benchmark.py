@@ -6,7 +6,7 @@ be compared with a CLIP_benchmark result file key by key:
 | CLIP_benchmark | mmkd |
 |---|---|
 | acc1 | accuracy |
-| acc5 | top5_accuracy (NaN with fewer than 5 classes, as CLIP_benchmark reports it) |
+| acc5 | top5_accuracy (null with fewer than 5 classes, where CLIP_benchmark reports NaN) |
 | mean_per_class_recall | balanced_accuracy |
 | mean_average_precision (multi-label) | mean_average_precision |
 | image_retrieval_recall@k (text -> image) | t2i_recall@k |
@@ -26,12 +26,12 @@ CLASSIFICATION_NAMES = {"acc1": "accuracy", "acc5": "top5_accuracy", "mean_per_c
                         "mean_average_precision": "mean_average_precision"}
 
 
-def topk_accuracy(y_true: np.ndarray, scores_NC: np.ndarray, k: int = 5) -> float:
-    """Fraction of samples whose true class is among the k highest scores; NaN when C < k
-    (CLIP_benchmark's convention for acc5)."""
+def topk_accuracy(y_true: np.ndarray, scores_NC: np.ndarray, k: int = 5) -> float | None:
+    """Fraction of samples whose true class is among the k highest scores; None when C < k (CLIP_benchmark
+    reports NaN there; None is JSON's null, and a result compares equal to itself)."""
     scores_NC = np.asarray(scores_NC)
     if scores_NC.shape[1] < k:
-        return float("nan")
+        return None
     top_NK = np.argpartition(-scores_NC, k - 1, axis=1)[:, :k]
     return float((top_NK == np.asarray(y_true)[:, None]).any(axis=1).mean())
 
