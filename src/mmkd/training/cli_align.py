@@ -30,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from mmkd.data.feature_store import FeatureStore
     from mmkd.errors import UsageError
     from mmkd.models.alignment import alignment_paths, save_alignment, train_alignment
+    from mmkd.utils.console import Summary
 
+    started = Summary("align")
     for name in ("latent_dim", "steps", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: {getattr(args, name)} is not allowed; use 1 or more")
@@ -46,4 +48,11 @@ def run(args: argparse.Namespace) -> int:
     if report["mean_pair_cosine"] is not None:
         print(f"mean cosine between teachers' projections of the same sample: {report['mean_pair_cosine']:.3f}")
     print(f"saved {weights}")
+    started.add("weights", weights)
+    started.add("steps", f"{args.steps:,} (batch {args.batch_size}, latent {args.latent_dim})")
+    rows = {t: r["rows_available"] for t, r in report["teachers"].items()}
+    started.add("rows used", ", ".join(f"{t} {n:,}" for t, n in rows.items()))
+    if report["mean_pair_cosine"] is not None:
+        started.add("agreement", f"mean cosine {report['mean_pair_cosine']:.3f} between teachers' projections")
+    started.emit()
     return 0
