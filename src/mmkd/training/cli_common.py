@@ -139,7 +139,9 @@ def print_run_summary(summary: dict, cfg: Config, started: "Summary") -> None:
     loss = summary.get("final_loss")
     if loss is not None:
         terms = summary.get("final_terms") or {}
-        parts = [f"{k} {v:.4g}" for k, v in terms.items() if isinstance(v, (int, float)) and k != "loss"]
+        # the overall terms that contributed (per-teacher terms, "fd:NAME", are in metrics.jsonl)
+        parts = [f"{k} {v:.4g}" for k, v in terms.items()
+                 if isinstance(v, (int, float)) and v and k != "loss" and ":" not in k]
         started.add("final loss", f"{loss:.4g}" + (f" ({', '.join(parts)})" if len(parts) > 1 else ""))
     if summary.get("samples_per_s"):
         started.add("speed", f"{summary['samples_per_s']:,.0f} samples/s")

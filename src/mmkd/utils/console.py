@@ -29,9 +29,26 @@ _QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS":
               "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def is_ours(filename: str, category: type[Warning]) -> bool:
-    """A warning is mmkd's when mmkd's code raised it as a UserWarning (the kind mmkd raises)."""
-    return category is UserWarning and os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+def _in_package(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+
+
+def _raiser() -> str:
+    """The file whose code called warnings.warn, seen from inside showwarning.
+
+    The warning's own `filename` is where its `stacklevel` points (often the caller of the
+    function that warns), so it cannot tell mmkd's warnings from a library's: the stack can.
+    """
+    frame = sys._getframe(2)
+    while frame is not None and (frame.f_code.co_filename == __file__
+                                 or os.path.basename(frame.f_code.co_filename) == "warnings.py"):
+        frame = frame.f_back
+    return frame.f_code.co_filename if frame is not None else ""
+
+
+def is_ours(filename: str, raiser: str = "") -> bool:
+    """A warning is mmkd's when mmkd's code raised it (or, with no raiser known, when it points into mmkd)."""
+    return _in_package(raiser) if raiser else _in_package(filename)
 
 
 @contextlib.contextmanager
@@ -40,7 +57,7 @@ def quiet_console(command: str, verbose: bool = False) -> Iterator[None]:
     shown: set[tuple[str, str]] = set()
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001 - warnings' signature
-        ours = is_ours(filename, category)
+        ours = is_ours(filename, _raiser())
         if not (ours or verbose):
             return
         key = (category.__name__, str(message))
