@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images/texts per encoder call (default: 64)")
     parser.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default: 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files at the result paths even when they are not earlier `mmkd eval` results")
 
 
 MODEL_MARKER = ".model.json"  # OUT/<name>/.model.json: which model a result folder holds
@@ -76,8 +78,10 @@ def model_identity(spec: str) -> str:
     return str(Path(spec).resolve()) if Path(spec).exists() else spec
 
 
-def claim_names(out: str | Path, specs: list[str], names: list[str], explicit: bool) -> None:
-    """Refuse names that would file two different models' results in one folder (this call or an earlier one).
+def claim_names(out: str | Path, specs: list[str], names: list[str], explicit: bool,
+                replace_earlier: bool = False) -> None:
+    """Refuse names that would file two different models' results in one folder (this call, or an earlier one
+    unless `replace_earlier`, i.e. --overwrite).
 
     Each model folder OUT/<name>/ records which model it holds in `.model.json` (hidden from `mmkd report`).
     """
@@ -90,7 +94,7 @@ def claim_names(out: str | Path, specs: list[str], names: list[str], explicit: b
         folder = result_path(out, name, "x", "x").parent
         marker = folder / MODEL_MARKER
         earlier = seen.get(folder.name)
-        if earlier is None and marker.is_file():
+        if earlier is None and marker.is_file() and not replace_earlier:
             try:
                 earlier = read_json(marker).get("identity")
             except (OSError, ValueError, AttributeError):
@@ -98,6 +102,8 @@ def claim_names(out: str | Path, specs: list[str], names: list[str], explicit: b
         if earlier is not None and earlier != identity:
             hint = f"give --name for each --model (e.g. --name {_suggest(spec)})" if not explicit else \
                 "choose another --name"
+            if earlier != seen.get(folder.name):
+                hint += ", or --overwrite to replace them"
             raise UsageError(f"--name: results of {earlier} are already filed under {str(folder)!r}; {spec!r} would "
                              f"overwrite them. {hint[0].upper() + hint[1:]}")
         seen[folder.name] = identity
@@ -125,11 +131,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--num-bootstrap: {args.num_bootstrap} is negative; use 0 to turn CIs off")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size: {args.batch_size} must be at least 1")
+    from mmkd.utils.outputs import refuse_file_as_folder
+
+    refuse_file_as_folder(args.out, "--out")
+    if args.cache_dir:
+        refuse_file_as_folder(args.cache_dir, "--cache-dir")
     device = checked_device(args.device)
     entries = load_catalog(args.datasets)  # fail on catalog problems before loading any model
     only = [n.strip() for n in args.only.split(",") if n.strip()] or None
     names = args.name or [default_name(spec) for spec in args.model]
-    claim_names(args.out, args.model, names, explicit=bool(args.name))
+    claim_names(args.out, args.model, names, explicit=bool(args.name), replace_earlier=args.overwrite)
     cache_root = None if args.no_cache else Path(args.cache_dir or Path(args.out) / ".feature_cache")
     from mmkd import load_model
 
@@ -141,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         marker.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(marker, {"identity": model_identity(spec), "spec": spec})
         records = evaluate(model, entries, tasks, args.out, seed=args.seed, num_bootstrap=args.num_bootstrap,
-                           cache=cache, model_name=model_name, only=only)
+                           cache=cache, model_name=model_name, only=only, overwrite=args.overwrite)
         for r in records:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in r["metrics"].items() if v is not None)
             print(f"{model_name}  {r['dataset']}  {r['task']}: {shown}")

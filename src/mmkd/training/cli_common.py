@@ -104,6 +104,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, command: str, base: dict 
                                         nargs="?" if type_name == "BOOL" else None, metavar=type_name,
                                         help=(doc + shown).strip())
             action.metavar_key = key
+    short.add_argument("--overwrite", dest="_overwrite", action="store_true",
+                       help="start over in an --out folder that already holds a run: removes only the files mmkd "
+                            "wrote there and says which (= --train.overwrite true)")
 
 
 def config_from_args(args: argparse.Namespace, rest: list[str], stage: str, base: dict | None = None) -> Config:
@@ -116,6 +119,8 @@ def config_from_args(args: argparse.Namespace, rest: list[str], stage: str, base
             tokens += [f"--{FLAG_ALIASES[flag]}", value]
     for key, value in getattr(args, "_overrides", None) or []:
         tokens += [f"--{key}={value}"]
+    if getattr(args, "_overwrite", False):
+        tokens += ["--train.overwrite", "true"]
     return build_config(args.config, tokens + list(rest), stage=stage, base=base)
 
 
@@ -130,7 +135,7 @@ def print_run_summary(summary: dict, cfg: Config, started: "Summary") -> None:
     started.add("checkpoint", ckpt if ckpt is not None else "none written")
     steps = f"{summary['num_steps']:,} of {summary['total_steps']:,}"
     if summary.get("stopped_by_signal"):
-        steps += f" (stopped by a signal; continue with --resume latest --out {run_dir})"
+        steps += f" (stopped by {summary.get('signal') or 'a signal'}; how to resume follows)"
     started.add("steps", steps)
     started.add("samples", f"{summary['num_samples_seen']:,} seen; "
                            + skipped_line(summary.get("num_skipped_samples") or {}, summary["num_samples_seen"]))
@@ -146,3 +151,23 @@ def print_run_summary(summary: dict, cfg: Config, started: "Summary") -> None:
     if summary.get("samples_per_s"):
         started.add("speed", f"{summary['samples_per_s']:,.0f} samples/s")
     started.emit("finished" if summary.get("completed") else "stopped")
+
+
+def exit_code(summary: dict, command: str, cfg: Config) -> int:
+    """0 for a finished run; for one stopped by a signal, say where it stopped and how to resume, and return
+    the shell's code for that signal (130 for SIGINT, 143 for SIGTERM), so `pretrain && distill` stops."""
+    import signal
+    import sys
+    from pathlib import Path
+
+    from mmkd.training.run_folder import resume_command
+    from mmkd.utils.runs import latest_checkpoint
+
+    if not summary.get("stopped_by_signal"):
+        return 0
+    name = summary.get("signal") or "SIGTERM"
+    run_dir = Path(cfg.train.out)
+    print(f"mmkd {command}: stopped by {name} at step {summary['num_steps']} of {summary['total_steps']}; "
+          f"checkpoint {latest_checkpoint(run_dir)}. Resume with:\n  {resume_command(command, run_dir)}\n"
+          f"(under torchrun: the same arguments after `-m mmkd`)", file=sys.stderr)
+    return 128 + int(getattr(signal, name, signal.SIGTERM))

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmkd.training.cli_common import config_from_args, print_run_summary
+    from mmkd.training.cli_common import config_from_args, exit_code, print_run_summary
     from mmkd.training.loop import fit
     from mmkd.training.stage2 import DistillTask
     from mmkd.utils.console import Summary
@@ -51,4 +51,4 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({k: summary[k] for k in ("num_steps", "num_samples_seen", "num_skipped_samples", "final_loss",
                                               "final_terms", "samples_per_s")}))
     print_run_summary(summary, cfg, started)
-    return 0
+    return exit_code(summary, "distill", cfg)

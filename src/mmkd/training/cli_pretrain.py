@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmkd.training.cli_common import config_from_args, print_run_summary
+    from mmkd.training.cli_common import config_from_args, exit_code, print_run_summary
     from mmkd.training.loop import fit
     from mmkd.training.stage1 import ClipTask
     from mmkd.utils.console import Summary
@@ -35,4 +35,4 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({k: summary[k] for k in ("num_steps", "num_samples_seen", "num_skipped_samples", "final_loss",
                                               "samples_per_s")}, indent=None))
     print_run_summary(summary, cfg, started)
-    return 0
+    return exit_code(summary, "pretrain", cfg)
