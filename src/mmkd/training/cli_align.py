@@ -36,8 +36,11 @@ def _check_out(args: argparse.Namespace):
 
     from mmkd.errors import UsageError
     from mmkd.models.alignment import alignment_paths
-    from mmkd.utils.outputs import check_replaceable, json_with_keys
+    from mmkd.utils.outputs import check_replaceable, json_with_keys, refuse_file_as_folder
 
+    if args.out:  # the weights' folder is created: a file in its place is the user's to fix
+        for parent in reversed(Path(args.out).parents):
+            refuse_file_as_folder(parent, "--out")
     if args.out and Path(args.out).suffix != ".safetensors":
         raise UsageError(f"--out: {args.out!r} must end in .safetensors; the report is written beside it with the "
                          f"suffix .json (e.g. --out {Path(args.out).with_suffix('.safetensors')})")
