@@ -167,8 +167,11 @@ def test_training_ends_with_a_human_summary_on_stderr_and_json_on_stdout(tmp_pat
     skipped = result["num_skipped_samples"]["missing_file"]
     seen = result["num_samples_seen"]
     assert skipped >= 1 and seen + skipped == 16
-    lines = dict(line.strip().split(": ", 1) for line in err.splitlines()[1:] if ": " in line)
-    assert err.splitlines()[0].startswith("mmkd pretrain: finished in ")
+    err_lines = err.splitlines()
+    start = [i for i, line in enumerate(err_lines) if line.startswith("mmkd pretrain: finished in ")]
+    assert len(start) == 1, err  # the summary closes the output (notes of the run may come before it)
+    lines = dict(line.strip().split(": ", 1) for line in err_lines[start[0] + 1:])
+    assert all(line.startswith("  ") for line in err_lines[start[0] + 1:])
     assert lines["run folder"] == str(tmp_path / "run")
     assert Path(lines["checkpoint"]).is_dir() and Path(lines["checkpoint"]).parent.parent == tmp_path / "run"
     assert lines["steps"].strip() == "2 of 2"
@@ -195,8 +198,8 @@ def run(args):
 
     for _ in range(2):  # mmkd's own warning, raised twice: shown once
         MetricsLogger(Path(os.environ["MMKD_TEST_NOT_A_DIR"]), enabled=True).log(0, {"x": 1.0})
-    warnings.warn("a third-party notice", UserWarning)  # raised from a file outside mmkd
-    warnings.warn("a third-party deprecation", FutureWarning)
+    warnings.warn("a third-party notice", UserWarning, stacklevel=1)  # raised from a file outside mmkd
+    warnings.warn("a third-party deprecation", FutureWarning, stacklevel=1)
     logging.getLogger("transformers.modeling_utils").warning("transformers log line")
     logging.warning("a root log line, as open_clip writes them")
     from huggingface_hub.utils import tqdm as hub_tqdm
@@ -209,10 +212,10 @@ def run(args):
 def _registered(argv: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    code = ("import sys; sys.path.insert(0, %r)\n"
+    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
             "from mmkd import cli\n"
             "cli.COMMANDS['noisy'] = ('test_front_door', 'a test command')\n"
-            "sys.exit(cli.main(%r))") % (str(TESTS), argv)
+            f"sys.exit(cli.main({argv!r}))")
     env = {**os.environ, "MMKD_TEST_NOT_A_DIR": str(not_a_dir)}
     for key in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
         env.pop(key, None)

@@ -160,7 +160,7 @@ def field_docs() -> dict[str, str]:
         if isinstance(node, ast.ClassDef) and node.name in section_of:
             for item in node.body:
                 if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
-                    text = comments.get(item.end_lineno) or comments.get(item.lineno - 1, "")
+                    text = comments.get(item.end_lineno or item.lineno) or comments.get(item.lineno - 1, "")
                     docs[f"{section_of[node.name]}.{item.target.id}"] = text
     return docs
 

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
 def _summarise(started, out: str, table: dict[str, dict[str, float]], skipped: dict[str, int]) -> None:
     from mmkd.utils.console import skipped_line
 
-    num_rows = max((row["rows"] for row in table.values()), default=0)
+    num_rows = int(max((row["rows"] for row in table.values()), default=0))
     started.add("feature store", out)
     started.add("rows", f"{num_rows:,} samples x {len(table)} teacher(s)")
     started.add("available", ", ".join(f"{name} {row['share_available']:.0%}" for name, row in table.items()))

@@ -50,7 +50,7 @@ class _RawOverride(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         overrides = list(getattr(namespace, "_overrides", None) or [])
-        overrides.append((self.metavar_key, "true" if values is None else values))
+        overrides.append((option_string[2:], "true" if values is None else values))
         namespace._overrides = overrides
 
 
@@ -100,10 +100,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, command: str, base: dict 
             doc = docs.get(key, "").replace("%", "%%")
             # An unset field whose comment says what happens by default ("default: STORE/...") needs no "none".
             shown = "" if default in ("", [], {}) and "default" in doc else f" (default: {format_default(default)})"
-            action = group.add_argument(f"--{key}", action=_RawOverride, dest="_overrides", default=argparse.SUPPRESS,
-                                        nargs="?" if type_name == "BOOL" else None, metavar=type_name,
-                                        help=(doc + shown).strip())
-            action.metavar_key = key
+            group.add_argument(f"--{key}", action=_RawOverride, dest="_overrides", default=argparse.SUPPRESS,
+                               nargs="?" if type_name == "BOOL" else None, metavar=type_name,
+                               help=(doc + shown).strip())
     short.add_argument("--overwrite", dest="_overwrite", action="store_true",
                        help="start over in an --out folder that already holds a run: removes only the files mmkd "
                             "wrote there and says which (= --train.overwrite true)")
@@ -124,7 +123,7 @@ def config_from_args(args: argparse.Namespace, rest: list[str], stage: str, base
     return build_config(args.config, tokens + list(rest), stage=stage, base=base)
 
 
-def print_run_summary(summary: dict, cfg: Config, started: "Summary") -> None:
+def print_run_summary(summary: dict, cfg: Config, started: Summary) -> None:
     """The human summary of a training run on stderr: run folder, checkpoint, steps, samples, loss, speed, time."""
     from mmkd.utils.console import skipped_line
     from mmkd.utils.runs import latest_checkpoint

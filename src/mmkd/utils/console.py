@@ -19,6 +19,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import FrameType
 from typing import Iterator
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
@@ -39,7 +40,7 @@ def _raiser() -> str:
     The warning's own `filename` is where its `stacklevel` points (often the caller of the
     function that warns), so it cannot tell mmkd's warnings from a library's: the stack can.
     """
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None and (frame.f_code.co_filename == __file__
                                  or os.path.basename(frame.f_code.co_filename) == "warnings.py"):
         frame = frame.f_back
@@ -79,8 +80,8 @@ def quiet_console(command: str, verbose: bool = False) -> Iterator[None]:
         warnings.simplefilter("always")
         warnings.showwarning = show
         if not verbose:
-            for key, value in _QUIET_ENV.items():
-                os.environ.setdefault(key, value)
+            for key, quiet in _QUIET_ENV.items():
+                os.environ.setdefault(key, quiet)
             for name in ("", *_LOGGERS):  # "" is the root logger, which open_clip logs through
                 logging.getLogger(name).setLevel(logging.ERROR)
             _quiet_loaded_libraries()
@@ -157,7 +158,7 @@ class Summary:
         self.started = time.perf_counter()
         self.lines: list[tuple[str, str]] = []
 
-    def add(self, key: str, value: object) -> "Summary":
+    def add(self, key: str, value: object) -> Summary:
         self.lines.append((key, str(value)))
         return self
 
