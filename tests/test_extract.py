@@ -257,7 +257,7 @@ def test_cli_recipe_prints_the_table_and_usage_errors(world, tmp_path, capsys):
                       f"chunk_rows: 16\navailability: always\n")
     assert main(["extract", "--config", str(recipe), "--no-progress"]) == 0
     printed = capsys.readouterr()
-    assert "mean score" in printed.out and "a " in printed.out and "unreadable_image" in printed.err
+    assert "mean score" in printed.out and "a " in printed.out and "unreadable image 2" in printed.err
     assert FeatureStore(out).manifest["teachers"][0]["settings"]["availability"] == "always"
     assert main(["extract", "--config", str(recipe), "--teacher", "zz=local-dir:/does/not/exist"]) == 2
     assert "does not exist" in capsys.readouterr().err

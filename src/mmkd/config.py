@@ -8,8 +8,12 @@ problem at once, each naming the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import io
+import tokenize
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +27,7 @@ from mmkd.errors import ConfigError
 @dataclass
 class DataConfig:
     path: str = ""  # CSV/JSONL file, or webdataset shards (a .tar, a folder of .tar, a glob, a {000..009} pattern)
-    format: str = "auto"  # auto | csv | jsonl | webdataset
+    format: str = "auto"  # format of data.path: auto (from the name) | csv | jsonl | webdataset
     image_key: str = "image"  # column / json key holding the image path (CSV/JSONL)
     caption_key: str = "caption"  # column / json key holding the caption; for webdataset the key inside the .json
     id_key: str = "sample_id"  # optional column with a stable sample id (defaults to the row number / tar key)
@@ -46,19 +50,19 @@ class ModelConfig:
     init: str = ""  # initial weights: a checkpoint/run dir, .safetensors, or .pt/.bin (opened with weights_only=True)
     hf_text_path: str = ""  # local folder of the HF text model (config + tokenizer) for HF text towers
     context_length: int = 0  # 0 keeps the model config's context length
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = False  # recompute activations in the backward pass to save memory
     pad_to_longest: bool = True  # pad each text batch to its longest caption instead of the full context
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-5
-    weight_decay: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    warmup_steps: int = 2000
-    schedule: str = "cosine"  # cosine | constant
+    lr: float = 5e-5  # peak learning rate, reached after the warm-up
+    weight_decay: float = 0.2  # AdamW weight decay (not applied to 1-D parameters: gains, biases, logit scale)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.98  # AdamW beta2
+    eps: float = 1e-6  # AdamW epsilon
+    warmup_steps: int = 2000  # steps of linear warm-up from 0 to lr
+    schedule: str = "cosine"  # learning rate after the warm-up: cosine | constant
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     fused: bool = False  # fused AdamW (CUDA only)
@@ -66,39 +70,39 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    out: str = "runs/pretrain"
-    epochs: int = 1
+    out: str = "runs/pretrain"  # run folder: config.yaml, metrics.jsonl, checkpoints/, summary.json
+    epochs: int = 1  # passes over the data
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
     batch_size: int = 32  # global batch size (all ranks, all accumulation micro-steps)
     accum_steps: int = 1  # gradient accumulation micro-steps per optimiser step
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    seed: int = 0  # seed of initialisation, data order and augmentation
+    device: str = "auto"  # where to train: auto (cuda when present) | cpu | cuda
+    precision: str = "auto"  # autocast precision: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     log_every: int = 10  # steps between metric lines
     save_every: int = 0  # steps between checkpoints (0: only at the end of each epoch and of the run)
     keep_checkpoints: int = 2  # how many step checkpoints to keep
-    resume: str = ""  # "" | latest | a checkpoint directory
+    resume: str = ""  # continue a run: latest, or a checkpoint folder ("" starts afresh)
     overwrite: bool = False  # start over in an --out folder that holds a run (removes only mmkd's own files)
     compile: bool = False  # torch.compile the model
     max_bad_steps: int = 5  # stop after this many consecutive non-finite losses (saving first)
-    progress: bool = True  # progress bar
+    progress: bool = True  # show a progress bar
 
 
 @dataclass
 class DistillConfig:
     store: str = ""  # feature store directory
     alignment: str = ""  # alignment weights (default: STORE/alignment.safetensors)
-    target_space: str = "projection"  # projection | adaptor | relational | decision
-    policy: str = "random-available"  # random-available | mean-available | score-weighted | modality
-    exclude_teachers: list[str] = field(default_factory=list)
-    lambda_fd: float = 50.0
-    lambda_icl: float = 1.0
-    lambda_kl: float = 0.0
-    lambda_decision: float = 0.0
-    normalize_targets: bool = True  # the paper's released code does not normalise FD targets
-    learnable_icl_temperature: bool = True  # the paper fixes it
-    icl_temperature: float = 0.07
-    kl_temperature: float = 0.05
+    target_space: str = "projection"  # what the student is matched to: projection | adaptor | relational | decision
+    policy: str = "random-available"  # who teaches: random-available | mean-available | score-weighted | modality
+    exclude_teachers: list[str] = field(default_factory=list)  # teachers left out (leave-one-teacher-out ablations)
+    lambda_fd: float = 50.0  # weight of the feature-distillation (FD) term
+    lambda_icl: float = 1.0  # weight of the interactive contrastive (ICL) term
+    lambda_kl: float = 0.0  # weight of the relational KL term
+    lambda_decision: float = 0.0  # weight of decision distillation on image-only samples
+    normalize_targets: bool = True  # L2-normalise the FD targets (the paper's released code does not)
+    learnable_icl_temperature: bool = True  # learn the ICL temperature (the paper fixes it)
+    icl_temperature: float = 0.07  # temperature of the ICL logits (its start value when learnable)
+    kl_temperature: float = 0.05  # temperature of the relational KL similarity distributions
     modality_routes: dict[str, list[str]] = field(default_factory=dict)  # modality -> teachers (policy=modality)
     decision_vocab: str = ""  # YAML: modality -> {classnames, templates}, for decision distillation
     decision_temperature: float = 0.05  # tau of teacher and student class distributions
@@ -151,6 +155,47 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 def _field_type(cls, name: str):
     return typing.get_type_hints(cls)[name]
+
+
+@functools.lru_cache(maxsize=1)
+def field_docs() -> dict[str, str]:
+    """"section.key" -> the field's one-line meaning: the comment written beside it in this file.
+
+    The comments above are the only description of the fields; `--help` reads them from here.
+    """
+    source = Path(__file__).read_text(encoding="utf-8")
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    section_of = {typing.get_type_hints(Config)[f.name].__name__: f.name for f in dataclasses.fields(Config)}
+    docs = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name in section_of:
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    text = comments.get(item.end_lineno or item.lineno) or comments.get(item.lineno - 1, "")
+                    docs[f"{section_of[node.name]}.{item.target.id}"] = text
+    return docs
+
+
+def field_defaults(base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """"section.key" -> default value, with a stage's own `base` defaults applied (e.g. distill's lr 1e-6)."""
+    cfg = Config()
+    problems: list[str] = []
+    apply_overrides(cfg, base or {}, problems, "defaults")
+    assert not problems, problems
+    return {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in _all_keys(cfg)}
+
+
+def field_type_name(key: str) -> str:
+    """A short name of a field's type for help texts: INT, FLOAT, BOOL, TEXT, A,B (list), YAML (mapping)."""
+    section, _, name = key.partition(".")
+    typ = _field_type(type(getattr(Config(), section)), name)
+    origin = typing.get_origin(typ)
+    if origin is list:
+        return "A,B"
+    if origin is dict:
+        return "YAML"
+    return {bool: "BOOL", int: "INT", float: "FLOAT"}.get(typ, "TEXT")
 
 
 def _parse_value(text: Any, typ, key: str, problems: list[str]):
@@ -341,10 +386,15 @@ def build_config(config_file: str | None, cli_tokens: list[str], stage: str = "p
     if base:
         apply_overrides(cfg, base, problems, "defaults")
     if config_file:
-        apply_overrides(cfg, load_yaml(config_file), problems, str(config_file))
+        try:
+            apply_overrides(cfg, load_yaml(config_file), problems, str(config_file))
+        except ConfigError as e:  # an unreadable recipe is one problem among the others
+            problems += e.problems
     apply_overrides(cfg, parse_cli_overrides(cli_tokens, problems), problems)
-    if not problems:
-        problems = validate(cfg, stage)
+    # Values that could not be parsed kept their defaults; validation must not report those defaults
+    # (nor checks that involve them) as if the user had set them.
+    unparsed = {p.split(":", 1)[0].split(" ", 1)[0] for p in problems}
+    problems += [p for p in validate(cfg, stage) if not any(key in p for key in unparsed)]
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -372,4 +422,5 @@ def save_yaml(cfg: Config, path: str | Path) -> None:
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "DistillConfig",
     "build_config", "validate", "to_dict", "from_dict", "save_yaml", "load_yaml", "apply_overrides",
+    "field_docs", "field_defaults",
 ]

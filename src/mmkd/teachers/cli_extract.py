@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -126,8 +125,10 @@ def run(args: argparse.Namespace) -> int:
     from mmkd.teachers import load_teacher
     from mmkd.teachers.extract import ExtractOptions, extract_features, format_table
     from mmkd.teachers.registry import find_known
+    from mmkd.utils.console import Summary
     from mmkd.utils.dist import destroy, init_distributed, pick_device
 
+    started = Summary("extract")
     if args.reapply_availability:
         return _reapply(args)
     opts = _options(args)
@@ -166,10 +167,21 @@ def run(args: argparse.Namespace) -> int:
         for warning in summary.get("warnings", []):
             print(f"mmkd extract: warning: {warning}", file=sys.stderr)
         skipped = {**summary.get("skipped", {}), **dict(index_problems)}
-        if skipped:
-            print(f"unreadable samples (kept as unavailable rows): {json.dumps(skipped)}", file=sys.stderr)
         print(f"feature store: {opts['out']}")
+        _summarise(started, opts["out"], summary["teachers"], skipped)
     return 0
+
+
+def _summarise(started, out: str, table: dict[str, dict[str, float]], skipped: dict[str, int]) -> None:
+    from mmkd.utils.console import skipped_line
+
+    num_rows = int(max((row["rows"] for row in table.values()), default=0))
+    started.add("feature store", out)
+    started.add("rows", f"{num_rows:,} samples x {len(table)} teacher(s)")
+    started.add("available", ", ".join(f"{name} {row['share_available']:.0%}" for name, row in table.items()))
+    started.add("samples", skipped_line(skipped, num_rows - sum(skipped.values()))
+                + (" (kept as rows no teacher teaches)" if skipped else ""))
+    started.emit()
 
 
 def _reapply(args: argparse.Namespace) -> int:

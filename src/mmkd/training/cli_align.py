@@ -36,8 +36,11 @@ def _check_out(args: argparse.Namespace):
 
     from mmkd.errors import UsageError
     from mmkd.models.alignment import alignment_paths
-    from mmkd.utils.outputs import check_replaceable, json_with_keys
+    from mmkd.utils.outputs import check_replaceable, json_with_keys, refuse_file_as_folder
 
+    if args.out:  # the weights' folder is created: a file in its place is the user's to fix
+        for parent in reversed(Path(args.out).parents):
+            refuse_file_as_folder(parent, "--out")
     if args.out and Path(args.out).suffix != ".safetensors":
         raise UsageError(f"--out: {args.out!r} must end in .safetensors; the report is written beside it with the "
                          f"suffix .json (e.g. --out {Path(args.out).with_suffix('.safetensors')})")
@@ -54,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
     from mmkd.data.feature_store import FeatureStore
     from mmkd.errors import UsageError
     from mmkd.models.alignment import save_alignment, train_alignment
+    from mmkd.utils.console import Summary
     from mmkd.utils.locks import writer_lock
 
+    started = Summary("align")
     for name in ("latent_dim", "steps", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: {getattr(args, name)} is not allowed; use 1 or more")
@@ -74,4 +79,11 @@ def run(args: argparse.Namespace) -> int:
     if report["mean_pair_cosine"] is not None:
         print(f"mean cosine between teachers' projections of the same sample: {report['mean_pair_cosine']:.3f}")
     print(f"saved {weights}")
+    started.add("weights", weights)
+    started.add("steps", f"{args.steps:,} (batch {args.batch_size}, latent {args.latent_dim})")
+    rows = {t: r["rows_available"] for t, r in report["teachers"].items()}
+    started.add("rows used", ", ".join(f"{t} {n:,}" for t, n in rows.items()))
+    if report["mean_pair_cosine"] is not None:
+        started.add("agreement", f"mean cosine {report['mean_pair_cosine']:.3f} between teachers' projections")
+    started.emit()
     return 0

@@ -24,25 +24,31 @@ Example:
 """
 
 
+# Stage 2's own defaults over the dataclass ones (which are stage 1's): the paper's lr, no warm-up.
+BASE_DEFAULTS = {"optim.lr": 1e-6, "optim.warmup_steps": 0, "train.out": "runs/distill"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mmkd.training.cli_common import add_run_arguments
 
-    add_run_arguments(parser, "distill")
+    add_run_arguments(parser, "distill", base=BASE_DEFAULTS)
     parser.add_argument("--exclude-teacher", action="append", default=[], metavar="NAME",
                         help="leave this teacher out (repeatable): leave-one-teacher-out ablations")
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmkd.training.cli_common import config_from_args, exit_code
+    from mmkd.training.cli_common import config_from_args, exit_code, print_run_summary
     from mmkd.training.loop import fit
     from mmkd.training.stage2 import DistillTask
+    from mmkd.utils.console import Summary
 
+    started = Summary("distill")
     rest = list(getattr(args, "_rest", []))
     if args.exclude_teacher:
         rest += ["--distill.exclude_teachers", ",".join(args.exclude_teacher)]
-    cfg = config_from_args(args, rest, stage="distill",
-                           base={"optim.lr": 1e-6, "optim.warmup_steps": 0, "train.out": "runs/distill"})
+    cfg = config_from_args(args, rest, stage="distill", base=BASE_DEFAULTS)
     summary = fit(cfg, DistillTask)
     print(json.dumps({k: summary[k] for k in ("num_steps", "num_samples_seen", "num_skipped_samples", "final_loss",
                                               "final_terms", "samples_per_s")}))
+    print_run_summary(summary, cfg, started)
     return exit_code(summary, "distill", cfg)
