@@ -92,6 +92,12 @@ class DistillConfig:
     normalize_targets: bool = True  # the paper's released code does not normalise FD targets
     learnable_icl_temperature: bool = True  # the paper fixes it
     icl_temperature: float = 0.07
+    # paper: one ICL similarity matrix over the whole (gathered) batch, each row's targets from its own
+    # teacher (the authors' code); mmkd: each teacher's InfoNCE over its own rows only
+    icl_form: str = "mmkd"
+    # projection-space targets: linear (the authors' per-teacher projection, `clips_project_output`) or
+    # linear+mlp (the projection plus the alignment's modality MLP)
+    projection: str = "linear+mlp"
     kl_temperature: float = 0.05
     modality_routes: dict[str, list[str]] = field(default_factory=dict)  # modality -> teachers (policy=modality)
     decision_vocab: str = ""  # YAML: modality -> {classnames, templates}, for decision distillation
@@ -132,6 +138,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("auto", "fp32", "bf16"),
     "distill.target_space": ("projection", "adaptor", "relational", "decision"),
     "distill.policy": ("random-available", "mean-available", "score-weighted", "modality"),
+    "distill.icl_form": ("mmkd", "paper"),
+    "distill.projection": ("linear", "linear+mlp"),
 }
 
 
@@ -305,6 +313,11 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
                   "decision distillation needs --data.image_only_path IMAGES.csv (columns image, modality)")
             check("distill.decision_vocab", bool(cfg.distill.decision_vocab),
                   "decision distillation needs --distill.decision_vocab VOCAB.yaml (modality -> classnames, templates)")
+        if cfg.distill.icl_form == "paper" and cfg.distill.target_space != "projection" and cfg.distill.lambda_icl > 0:
+            problems.append(f"distill.icl_form: 'paper' needs distill.target_space projection (one similarity matrix "
+                            f"across teachers needs every target in the student's space), not "
+                            f"{cfg.distill.target_space!r}; use --distill.icl_form mmkd or --distill.target_space "
+                            f"projection")
         if cfg.distill.policy == "modality" and not cfg.distill.modality_routes:
             problems.append("distill.modality_routes: {} is not allowed; policy 'modality' needs a mapping "
                             "modality -> [teachers] (set it in the YAML recipe)")
