@@ -344,7 +344,7 @@ class DistillTask:
             local = {"image": outputs["decision_image"], "weight": torch.from_numpy(weights).to(outputs["image"].device)}
             gd = gather_rows(local, rank, world_size)
             if world_size > 1:
-                weights = gd["weight"].cpu().numpy()
+                weights = gd["weight"].detach().cpu().numpy()
             decision_total = self.decision.loss(gd["image"], outputs["prompts"], rows, weights)
         terms["fd"], terms["icl"], terms["kl"], terms["decision"] = fd_total, icl_total, kl_total, decision_total
         # Zero-weighted use of every output keeps DDP's gradient bookkeeping whole when a batch has
