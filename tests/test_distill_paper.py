@@ -142,3 +142,13 @@ def test_mmkd_defaults_differ_from_the_paper_terms(setup):
     assert a["fd"].item() == pytest.approx(b["fd"].item(), abs=1e-6)  # FD does not depend on the ICL form
     assert abs(a["icl"].item() - b["icl"].item()) > 1e-3
     assert abs(a["fd"].item() - c["fd"].item()) > 1e-4
+
+
+def test_paper_icl_in_the_adaptor_space_is_refused():
+    from mmkd.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        build_config(str(RECIPE), ["--data", "x", "--store", "s", "--distill.target_space", "adaptor",
+                                   "--distill.projection", "mlp"], stage="distill")
+    text = str(e.value)
+    assert "distill.icl_form" in text and "adaptor" in text and "distill.projection" in text  # both, at once

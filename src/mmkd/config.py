@@ -313,11 +313,11 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
                   "decision distillation needs --data.image_only_path IMAGES.csv (columns image, modality)")
             check("distill.decision_vocab", bool(cfg.distill.decision_vocab),
                   "decision distillation needs --distill.decision_vocab VOCAB.yaml (modality -> classnames, templates)")
-        if cfg.distill.icl_form == "paper" and cfg.distill.target_space != "projection" and cfg.distill.lambda_icl > 0:
-            problems.append(f"distill.icl_form: 'paper' needs distill.target_space projection (one similarity matrix "
-                            f"across teachers needs every target in the student's space), not "
-                            f"{cfg.distill.target_space!r}; use --distill.icl_form mmkd or --distill.target_space "
-                            f"projection")
+        if cfg.distill.icl_form == "paper" and cfg.distill.target_space == "adaptor" and cfg.distill.lambda_icl > 0:
+            problems.append("distill.icl_form: 'paper' is not allowed with distill.target_space 'adaptor' (one "
+                            "similarity matrix across teachers needs every target in the student's space, and adaptor "
+                            "targets stay in each teacher's own); use --distill.icl_form mmkd or --distill.target_space "
+                            "projection")
         if cfg.distill.policy == "modality" and not cfg.distill.modality_routes:
             problems.append("distill.modality_routes: {} is not allowed; policy 'modality' needs a mapping "
                             "modality -> [teachers] (set it in the YAML recipe)")

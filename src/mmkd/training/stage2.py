@@ -128,7 +128,8 @@ class DistillTask:
                     p.requires_grad_(False)
                 if self.alignment.latent_dim != embed_dim:
                     raise UsageError(f"alignment latent dim {self.alignment.latent_dim} != student embed dim "
-                                     f"{embed_dim}; rerun `mmkd align --store {d.store} --latent-dim {embed_dim}`")
+                                     f"{embed_dim}; rerun `mmkd align --store {d.store} --student {cfg.model.init or cfg.model.name}` "
+                                     f"(or --latent-dim {embed_dim})")
         heads = {}
         if self.space == "adaptor":
             heads = {t: nn.Linear(embed_dim, self.store.embed_dim(t)) for t in self.teachers}
