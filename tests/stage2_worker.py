@@ -5,7 +5,8 @@
 
 SPEC.json: {"common": [distill CLI tokens], "cases": {name: [extra tokens]}, "indices": [...],
 "split": [rows of rank 0, rows of rank 1, ...]}. For every case the real DistillTask is built, the
-global batch `indices` is cut into consecutive per-rank parts (`split`, unequal on purpose), the
+global batch `indices` is cut into consecutive per-rank parts (`split`, unequal on purpose; a rank
+with 0 rows runs a blank sample as the training loop does), the
 forward runs under DDP when distributed, and rank 0 writes OUT_DIR/<case>.safetensors: every loss
 term and the gradient of every trainable parameter after DDP's averaging.
 """
@@ -48,9 +49,14 @@ def main(spec_path: str, out_dir: str) -> None:
         tokenize = BatchTokenizer(student.tokenizer, student.model)
         batch = collate_pairs([dataset[i] for i in mine], tokenize=tokenize)
         task.set_epoch(0)
-        task.prepare(batch)
         extra_inputs = task.extra_inputs(0, info, torch.device("cpu"))
-        outputs = train_module(batch.images, batch.tokens, **extra_inputs)
+        if mine:
+            task.prepare(batch)
+            outputs = train_module(batch.images, batch.tokens, **extra_inputs)
+        else:  # as the training loop does: one blank sample through the model, its outputs dropped
+            size = student.preprocess_cfg["size"]
+            outputs = train_module(torch.zeros(1, 3, size, size), tokenize(["-"]), **extra_inputs)
+            outputs = {k: v[:0] if k in ("image", "text") or k.startswith("head_") else v for k, v in outputs.items()}
         terms = task.losses(outputs, batch, info.rank, info.world_size)
         terms["loss"].backward()
         if info.is_main:

@@ -55,14 +55,22 @@ def setup(tmp_path_factory):
     return root, {"common": common, "indices": list(range(16)), "split": [9, 7]}
 
 
-def _run(root: Path, spec: dict, cases: tuple[str, ...], world_size: int) -> Path:
-    out = root / f"out-{world_size}-{'-'.join(cases)}"
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(root: Path, spec: dict, cases: tuple[str, ...], world_size: int, tag: str = "") -> Path:
+    out = root / f"out-{world_size}-{'-'.join(cases)}{tag}"
     out.mkdir()
     spec_file = out / "spec.json"
     spec_file.write_text(json.dumps({**spec, "cases": {c: CASES[c] for c in cases}}))
     launcher = [sys.executable] if world_size == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world_size), "--master_port",
-        str(29600 + len(cases))]
+        str(_free_port())]
     r = subprocess.run([*launcher, str(WORKER), str(spec_file), str(out)], capture_output=True, text=True,
                        env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
     assert r.returncode == 0, r.stderr[:6000]
@@ -101,3 +109,13 @@ def test_every_target_space_under_torchrun_equals_one_process(setup):
     one = load_file(str(setup[0] / f"out-1-{'-'.join(cases)}" / "projection.safetensors"))
     paper = load_file(str(setup[0] / f"out-1-{'-'.join(cases)}" / "projection-paper.safetensors"))
     assert abs(one["term/icl"].item() - paper["term/icl"].item()) > 1e-4, "the two ICL forms differ"
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_rank_without_rows_still_equals_one_process(setup):
+    """All 16 rows on rank 0, none on rank 1 (e.g. every sample it read was unreadable)."""
+    root, spec = setup
+    cases = ("projection-paper", "relational")
+    one = _run(root, spec, cases, 1, "-all")
+    _compare(one, _run(root, {**spec, "split": [16, 0]}, cases, 2, "-empty"), cases)
