@@ -36,9 +36,8 @@ from torch import nn
 
 from mmkd.errors import UsageError
 from mmkd.losses.contrastive import clip_loss
-from mmkd.losses.distill import (_weighted_means, feature_distillation, feature_distillation_many,
-                                 interactive_contrastive, interactive_contrastive_joint, interactive_contrastive_many,
-                                 relational_kl)
+from mmkd.losses.distill import (feature_distillation, feature_distillation_many, interactive_contrastive,
+                                 interactive_contrastive_joint, interactive_contrastive_many, relational_kl)
 from mmkd.losses.gather import gather_rows
 from mmkd.training.policies import teacher_weights
 
@@ -316,7 +315,7 @@ class DistillTask:
                 icl_N = interactive_contrastive_joint(s_img, s_txt, mix_img, mix_txt, outputs["icl_temperature"],
                                                       keep_N)
                 icl_total = icl_total + icl_N.sum() / num_taught
-                icl_T = _weighted_means(icl_N.unsqueeze(0).expand(len(taught), -1), w_TN)  # per teacher, to log
+                icl_T = (w_TN * icl_N).sum(dim=1) / w_TN.sum(dim=1)  # each teacher's rows' mean, to log
             else:
                 icl_T = interactive_contrastive_many(s_img, s_txt, t_img, t_txt, outputs["icl_temperature"], w_TN)
                 icl_total = icl_total + (share_T * icl_T).sum()
