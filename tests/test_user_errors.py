@@ -26,10 +26,7 @@ import pytest
 from helpers import make_pairs
 
 PENDING = {  # case -> the branch that implements it (not yet merged into this one)
-    "caption-over-128-kib": "i16", "bom-csv-is-read": "i16",
-    "eval-csv-caption-not-utf8": "i18", "predict-template-with-two-slots": "i18",
     "teachers-check-hints-name-the-folder": "i15a",
-    "align-negative-lr": "i15b", "align-no-available-rows": "i15b", "distill-without-signal-warns": "i15b",
 }
 
 

@@ -102,6 +102,11 @@ class DistillConfig:
     normalize_targets: bool = True  # L2-normalise the FD targets (the paper's released code does not)
     learnable_icl_temperature: bool = True  # learn the ICL temperature (the paper fixes it)
     icl_temperature: float = 0.07  # temperature of the ICL logits (its start value when learnable)
+    # paper: one ICL similarity matrix over the whole (gathered) batch, each row's targets from its own
+    # teacher (the authors' code); mmkd: each teacher's InfoNCE over its own rows only
+    icl_form: str = "mmkd"  # how ICL is formed: mmkd (per teacher, its own rows) | paper (one matrix, all rows)
+    # linear (the authors' per-teacher projection, `clips_project_output`) or linear+mlp (+ the modality MLP)
+    projection: str = "linear+mlp"  # projection-space targets: linear | linear+mlp
     kl_temperature: float = 0.05  # temperature of the relational KL similarity distributions
     modality_routes: dict[str, list[str]] = field(default_factory=dict)  # modality -> teachers (policy=modality)
     decision_vocab: str = ""  # YAML: modality -> {classnames, templates}, for decision distillation
@@ -149,6 +154,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("auto", "fp32", "bf16"),
     "distill.target_space": ("projection", "adaptor", "relational", "decision"),
     "distill.policy": ("random-available", "mean-available", "score-weighted", "modality"),
+    "distill.icl_form": ("mmkd", "paper"),
+    "distill.projection": ("linear", "linear+mlp"),
     "distill.check_data": ("sample", "full", "off"),
 }
 
@@ -372,6 +379,11 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
                   "decision distillation needs --data.image_only_path IMAGES.csv (columns image, modality)")
             check("distill.decision_vocab", bool(cfg.distill.decision_vocab),
                   "decision distillation needs --distill.decision_vocab VOCAB.yaml (modality -> classnames, templates)")
+        if cfg.distill.icl_form == "paper" and cfg.distill.target_space == "adaptor" and cfg.distill.lambda_icl > 0:
+            problems.append("distill.icl_form: 'paper' is not allowed with distill.target_space 'adaptor' (one "
+                            "similarity matrix across teachers needs every target in the student's space, and adaptor "
+                            "targets stay in each teacher's own); use --distill.icl_form mmkd or --distill.target_space "
+                            "projection")
         if cfg.distill.policy == "modality" and not cfg.distill.modality_routes:
             problems.append("distill.modality_routes: {} is not allowed; policy 'modality' needs a mapping "
                             "modality -> [teachers] (set it in the YAML recipe)")

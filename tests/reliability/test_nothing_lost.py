@@ -111,7 +111,7 @@ def test_out_naming_an_existing_file_is_a_clear_error(world, tmp_path, capsys, c
         "eval": ["eval", "--model", root / "ref1", "--datasets", "real_mini", "--tasks", "zero-shot",
                  "--out", user_file],
         "report": ["report", results, "--out", user_file],
-        "align": ["align", "--store", store, "--steps", "2", "--out", user_file],
+        "align": ["align", "--store", store, "--latent-dim", "64", "--steps", "2", "--out", user_file],
     }[command]
     code, err = cli(capsys, *args)
     clean_refusal(code, err, "--out", str(user_file))
@@ -121,7 +121,7 @@ def test_out_naming_an_existing_file_is_a_clear_error(world, tmp_path, capsys, c
 def test_align_out_json_cannot_overwrite_its_own_weights(world, tmp_path, capsys):
     _, _, store = world
     out = tmp_path / "align.json"
-    code, err = cli(capsys, "align", "--store", store, "--steps", "2", "--out", out)
+    code, err = cli(capsys, "align", "--store", store, "--latent-dim", "64", "--steps", "2", "--out", out)
     clean_refusal(code, err, "--out", ".safetensors")
     assert not out.exists()
 
@@ -385,7 +385,7 @@ def test_manifest_paths_are_confined_to_the_store(world, tmp_path, capsys):
     code, err = cli(capsys, "extract", "--reapply-availability", "--out", store, "--availability", "always")
     clean_refusal(code, err, "../../victim.npy", "outside")
     assert victim.read_bytes() == before
-    code, err = cli(capsys, "align", "--store", store, "--steps", "2")
+    code, err = cli(capsys, "align", "--store", store, "--latent-dim", "64", "--steps", "2")
     clean_refusal(code, err, "outside")
 
 

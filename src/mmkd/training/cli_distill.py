@@ -16,10 +16,15 @@ Loss = CLIP + lambda_fd * FD + lambda_icl * ICL + lambda_kl * relational KL, per
 Target spaces (--distill.target_space): projection (alignment autoencoder; run `mmkd align`
 first), adaptor (trainable per-teacher heads), relational (KL only; set --distill.lambda_kl).
 FD targets are normalised unless --distill.normalize_targets false (the paper's released code);
-the ICL temperature is learnable unless --distill.learnable_icl_temperature false.
+the ICL temperature is learnable unless --distill.learnable_icl_temperature false; ICL runs per
+teacher over its own rows unless --distill.icl_form paper (one matrix across teachers, as the
+authors' code); projection targets pass the alignment's modality MLP unless
+--distill.projection linear. --config configs/mmkd_b16/distill-paper.yaml sets all of the
+authors' choices. Every term is computed over the batch gathered from all processes, so
+torchrun with N processes trains as one process with the same global batch.
 
 Example:
-  mmkd align --store store/
+  mmkd align --store store/ --student runs/s1
   mmkd distill --data pairs.csv --store store/ --init runs/s1 --out runs/s2 --epochs 2 --lr 1e-4
 """
 
