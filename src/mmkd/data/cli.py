@@ -60,14 +60,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmkd.data import select as sel
     from mmkd.data.index_build import ensure_index, resolve_source
-    from mmkd.data.pairs import _refuse_urls, detect_format
+    from mmkd.data.pairs import detect_format
+    from mmkd.data.sources import refuse_urls
     from mmkd.errors import UsageError
 
     if args.action == "select" and not args.out:
         raise UsageError("--out: give the folder to write the selection into")
     if args.workers < 0:
         raise UsageError(f"--workers: {args.workers} is not allowed; use 0 (every core) or more")
-    _refuse_urls(args.data)
+    refuse_urls(args.data)
     fmt = detect_format(args.data) if args.format == "auto" else args.format
     if fmt == "selection":
         raise UsageError(f"--data: {args.data} is already a selection; give the shards or table it was made from")

@@ -45,6 +45,7 @@ from typing import Any, Iterable, Literal, Sequence, cast
 
 import numpy as np
 
+from mmkd.data.records import ids_digest
 from mmkd.errors import UsageError
 from mmkd.utils.io import atomic_write_json, read_json
 
@@ -109,14 +110,6 @@ def provenance_fingerprint(provenance: dict[str, Any], embed_dim: int) -> str:
         keyed[key] = provenance.get(key)
     blob = json.dumps(keyed, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
-
-
-def _ids_digest(sample_ids: Iterable[str]) -> str:
-    h = hashlib.sha256()
-    for sid in sample_ids:
-        h.update(sid.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def _write_id_list(path: Path, sample_ids: Iterable[str]) -> None:
@@ -354,7 +347,7 @@ class FeatureStore:
         pass streams the store's id list `chunk_bytes` at a time, keeping only the ids asked for.
         """
         ids = sample_ids if isinstance(sample_ids, Sequence) else list(sample_ids)  # a lazy index view stays lazy
-        if len(ids) == self.num_samples and _ids_digest(ids) == self.manifest.get("sample_ids_sha256"):
+        if len(ids) == self.num_samples and ids_digest(ids) == self.manifest.get("sample_ids_sha256"):
             return np.arange(len(ids), dtype=np.int64)
         if self._row_of is not None:
             found = self._row_of
@@ -490,7 +483,7 @@ class FeatureStoreWriter:
             "format_version": FORMAT_VERSION,
             "dtype": FEATURE_DTYPE,
             "num_samples": len(sample_ids),
-            "sample_ids_sha256": _ids_digest(sample_ids),
+            "sample_ids_sha256": ids_digest(sample_ids),
             "chunk_rows": int(chunk_rows),
             "complete": False,
             "teachers": _make_teachers(path, teachers, len(sample_ids)),
@@ -763,7 +756,7 @@ def _check_compatible(path: Path, manifest: dict[str, Any], sample_ids: Sequence
     if manifest.get("format_version") != FORMAT_VERSION:
         raise UsageError(f"--out: {str(path)!r} has store format {manifest.get('format_version')}, "
                          f"this mmkd writes {FORMAT_VERSION}; write to a new folder")
-    if manifest["num_samples"] != len(sample_ids) or manifest["sample_ids_sha256"] != _ids_digest(sample_ids):
+    if manifest["num_samples"] != len(sample_ids) or manifest["sample_ids_sha256"] != ids_digest(sample_ids):
         raise UsageError(f"--out: the store {str(path)!r} was made from a different dataset "
                          f"({manifest['num_samples']} samples, other sample ids); write to a new folder")
     existing = {t["name"]: t for t in manifest["teachers"]}

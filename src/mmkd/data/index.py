@@ -212,7 +212,7 @@ class SourceIndex:
     def record(self, row: int, modality: str | None = None, caption_key: str = "caption",
                modality_key: str = "modality"):
         """The `PairRecord` of `row`. `modality` overrides the one read from `modality_key`."""
-        from mmkd.data.pairs import CAPTION_TOO_LONG, PairRecord
+        from mmkd.data.records import CAPTION_TOO_LONG, PairRecord
 
         if self.kind == "webdataset":
             shard = self.shard_of(row)

@@ -75,7 +75,7 @@ def resolve_source(path: str, fmt: str, image_key: str = "image", caption_key: s
                    id_key: str = "sample_id", fields: tuple[str, ...] = (), index_dir: str = "") -> Source:
     """The files of `--data` and where their index lives. `fields` are indexed on top of the built-in
     ones (BIOMEDICA's label, panel and licence fields for shards)."""
-    from mmkd.data.pairs import expand_shards
+    from mmkd.data.sources import expand_shards
 
     if fmt == "webdataset":
         shards = [os.path.abspath(s) for s in expand_shards(path)]
@@ -153,7 +153,7 @@ def _open_npy(path: Path, dtype, shape) -> np.memmap:
 
 def merge(source: Source, plan: dict[str, Any], build_dir: Path) -> dict[str, Any]:
     """Write the new generation from the parts and the previous generation's kept rows; returns its meta."""
-    from mmkd.data.feature_store import _ids_digest
+    from mmkd.data.records import ids_digest
 
     old = SourceIndex(source.index_dir) if plan["old_generation"] else None
     reused = [e["old"] for e in plan["shards"] if e["old"] is not None]
@@ -268,7 +268,7 @@ def merge(source: Source, plan: dict[str, Any], build_dir: Path) -> dict[str, An
         elif old is not None:
             table = TableLayout(**old.meta["table"])
         meta_out["table"] = asdict(table)
-    meta_out["sample_ids_sha256"] = _ids_digest(SourceIndex(source.index_dir, meta_out).iter_sample_ids())
+    meta_out["sample_ids_sha256"] = ids_digest(SourceIndex(source.index_dir, meta_out).iter_sample_ids())
     meta_out["bytes_per_sample"] = round(sum(f.stat().st_size for f in gen_dir.iterdir()) / max(1, total), 2)
     atomic_write_text(source.index_dir / INDEX_FILE, json.dumps(meta_out, indent=1))
     if old is not None and plan["old_generation"] != plan["generation"]:

@@ -16,7 +16,6 @@ collate function drops it and counts it.
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 import os
@@ -27,38 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from mmkd.data.records import (  # noqa: F401 - the readers' public names
+    BAD_CAPTION_ENCODING, BAD_TAR_MEMBER, CAPTION_TOO_LONG, DECOMPRESSION_BOMB, EMPTY_CAPTION, IMAGE_EXTS, MISSING_FILE,
+    MISSING_IMAGE, UNREADABLE_IMAGE, PairRecord, Skip)
+from mmkd.data.sources import expand_shards, refuse_urls  # noqa: F401 - expand_shards is public here too
 from mmkd.errors import UsageError
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
-
-# Skip reasons (fixed names: they appear in summary.json).
-MISSING_FILE = "missing_file"
-UNREADABLE_IMAGE = "unreadable_image"
-DECOMPRESSION_BOMB = "decompression_bomb"
-EMPTY_CAPTION = "empty_caption"
-BAD_CAPTION_ENCODING = "bad_caption_encoding"
-MISSING_IMAGE = "missing_image"
-BAD_TAR_MEMBER = "bad_tar_member"
-CAPTION_TOO_LONG = "caption_too_long"  # a CSV/JSONL caption over 128 KiB (mmkd.data.index.MAX_CAPTION_CHARS)
-
-
-@dataclass(frozen=True)
-class PairRecord:
-    """Where one sample lives. `image` is a file path, or (tar path, offset, size) for shards."""
-
-    sample_id: str
-    image: str | tuple[str, int, int] | None
-    caption: str | tuple[str, int, int] | None  # text, or a tar member (txt/json) to read
-    modality: str = ""
-    caption_json_key: str = ""  # when `caption` is a tar .json member: the key holding the caption
-    problem: str = ""  # a skip reason found while indexing (e.g. caption_too_long): the sample is skipped
-
-
-@dataclass(frozen=True)
-class Skip:
-    reason: str
-    sample_id: str = ""
-
 
 def detect_format(path: str) -> str:
     p = path.lower()
@@ -76,34 +48,6 @@ def detect_format(path: str) -> str:
         f"--data: cannot tell the format of {path!r}; use a .csv, .jsonl, .tar (or a folder of .tar shards), "
         f"or set --data.format csv|jsonl|webdataset"
     )
-
-
-def _refuse_urls(spec: str) -> None:
-    """`pipe:` specs would run a shell command and URLs fetch remote bytes: only local files are read."""
-    if spec.startswith("pipe:") or "://" in spec:
-        raise UsageError(f"--data: {spec!r} is a URL or pipe; mmkd reads local shards only (download them first)")
-
-
-def expand_shards(spec: str) -> list[str]:
-    """A .tar file, a folder of .tar (searched recursively, as BIOMEDICA's commercial/, noncommercial/
-    and other/ subsets are laid out; hidden folders are skipped), a glob, or a brace
-    range `shard-{000..009}.tar`. No `pipe:` URLs."""
-    _refuse_urls(spec)
-    if os.path.isdir(spec):
-        shards = []
-        for folder, dirs, files in os.walk(spec):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            shards.extend(os.path.join(folder, f) for f in sorted(files) if f.endswith(".tar"))
-    else:
-        import braceexpand
-
-        shards = []
-        for part in braceexpand.braceexpand(spec):
-            shards.extend(sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part])
-    missing = [s for s in shards if not os.path.isfile(s)]
-    if not shards or missing:
-        raise UsageError(f"--data: no shard files found for {spec!r}" + (f" (missing: {missing[:3]})" if missing else ""))
-    return shards
 
 
 def read_table(path: Path, fmt: str, what: str = "--data") -> list[dict[str, Any]]:
@@ -155,7 +99,7 @@ def index_source(path: str, fmt: str = "auto", image_key: str = "image", caption
 
     if not path:
         raise UsageError("--data: no training data given; pass --data PATH (CSV, JSONL or .tar shards)")
-    _refuse_urls(path)
+    refuse_urls(path)
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt not in ("csv", "jsonl", "webdataset", "selection"):
         raise UsageError(f"--data.format: {fmt!r} is not allowed; choose auto, csv, jsonl or webdataset")

@@ -187,7 +187,7 @@ def format_counts(c: dict[str, Any], total: int) -> str:
 
 
 def _ids_digest(index: SourceIndex, rows: np.ndarray) -> str:
-    from mmkd.data.feature_store import _ids_digest as digest
+    from mmkd.data.records import ids_digest as digest
 
     return digest(index.iter_sample_ids(rows))
 

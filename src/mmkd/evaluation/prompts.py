@@ -47,6 +47,9 @@ def template_slot(template: str, where: str = "templates") -> str:
     if len(slots) > 1:
         shown = " and ".join("{" + s + "}" for s in slots)
         raise UsageError(f"{where}: template {template!r} has two different slots ({shown}); use one of them")
+    if fields.count("") > 1:  # "{} and {}" asks for two positional values; a template has one class name
+        raise UsageError(f"{where}: template {template!r} has {fields.count('')} {{}} slots but names one class; "
+                         f"write {{c}} wherever the class name goes (it may repeat)")
     return slots[0]
 
 

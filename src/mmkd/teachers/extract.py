@@ -205,12 +205,13 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
 def _check_existing_rows(out: str, records: Sequence[PairRecord], sample_ids: Sequence[str], mode: str) -> None:
     """Before resuming or extending a store: the rows it holds were made from these images and captions."""
     from mmkd.data.content import check_rows, open_content
-    from mmkd.data.feature_store import MANIFEST, _ids_digest, _read_manifest
+    from mmkd.data.feature_store import MANIFEST, _read_manifest
+    from mmkd.data.records import ids_digest
 
     if not (Path(out) / MANIFEST).is_file():
         return
     manifest = _read_manifest(Path(out))
-    if manifest.get("num_samples") != len(sample_ids) or manifest.get("sample_ids_sha256") != _ids_digest(sample_ids):
+    if manifest.get("num_samples") != len(sample_ids) or manifest.get("sample_ids_sha256") != ids_digest(sample_ids):
         return  # other sample ids: FeatureStoreWriter.open refuses with its own message
     content = open_content(out)
     if content is not None and content.shape[0] == len(records):

@@ -84,7 +84,6 @@ class DistillForward(nn.Module):
 
 def _check_content(store, records, rows, mode: str) -> None:
     """The training data is the data the store was made from (content digests of images and captions)."""
-    import sys
 
     from mmkd.data.content import check_rows, open_content
 
@@ -172,21 +171,32 @@ class DistillTask:
         self._warn_if_no_signal()
 
     def _warn_if_no_signal(self) -> None:
-        """Say once (rank 0) when the distillation terms asked for can never be non-zero: no training
-        sample has an available teacher, and no decision term brings other targets."""
+        """Say once (rank 0) when no distillation term can ever be non-zero: every distillation weight is 0,
+        or no training sample has an available teacher and no decision term brings other targets."""
+        import warnings
+
         from mmkd.utils.dist import env_dist_info
 
-        if self.decision is not None or not self.needs_features or not env_dist_info().is_main:
+        d = self.cfg.distill
+        if not env_dist_info().is_main:
+            return
+        if self.decision is None and not (self.feature_terms or d.lambda_kl > 0):
+            warnings.warn(f"no distillation signal: every distillation weight is 0 for target space {self.space!r} "
+                          f"(lambda_fd {d.lambda_fd:g}, lambda_icl {d.lambda_icl:g}, lambda_kl {d.lambda_kl:g}, "
+                          f"lambda_decision {d.lambda_decision:g}); this run trains with the CLIP loss only. Set "
+                          f"--distill.lambda_fd / --distill.lambda_icl (or --distill.lambda_kl, "
+                          f"--distill.lambda_decision)", stacklevel=2)
+            return
+        if self.decision is not None or not self.needs_features:
             return
         cols = [self.store.teachers.index(t) for t in self.teachers]
         if self.store.available[:, cols][self.row_of_index].any():
             return
-        d = self.cfg.distill
-        print(f"mmkd distill: warning: no distillation signal: none of the {len(self.row_of_index)} training samples "
-              f"has an available teacher in {d.store} (teachers {', '.join(self.teachers)}), and there is no decision "
-              f"term; this run trains with the CLIP loss only. Decide availability again with `mmkd extract --out "
-              f"{d.store} --reapply-availability --availability threshold|always`, or add decision distillation "
-              f"(--distill.lambda_decision)", file=sys.stderr, flush=True)
+        warnings.warn(f"no distillation signal: none of the {len(self.row_of_index)} training samples has an "
+                      f"available teacher in {d.store} (teachers {', '.join(self.teachers)}), and there is no decision "
+                      f"term; this run trains with the CLIP loss only. Decide availability again with `mmkd extract "
+                      f"--out {d.store} --reapply-availability --availability threshold|always`, or add decision "
+                      f"distillation (--distill.lambda_decision)", stacklevel=2)
 
     def extra_inputs(self, position: int, info, device) -> dict[str, torch.Tensor]:
         if self.decision is None:
