@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench reliability venv clean
+.PHONY: demo test test-slow bench reliability paper-dry-run venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) bench/run_all.py
+
+# the paper's pipeline at full size with random weights in the published formats (about 10 GB scratch)
+paper-dry-run: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) bench/paper_dry_run.py --readme README.md
 
 reliability: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m slow tests/reliability --timeout 3600

@@ -128,7 +128,7 @@ def test_partial_image_init_is_reported_and_keeps_the_rest(sources, tmp_path):
 def test_an_init_below_half_of_a_tower_is_refused(sources, tmp_path):
     root, bert, _ = sources
     _clip_checkpoint(tmp_path / "wide.pt", {**TINY_VISION, "width": 96, "head_width": 32}, seed=5)
-    with pytest.raises(UsageError, match=r"--model.image_init: .* less than half.*another shape"):
+    with pytest.raises(UsageError, match=r"--model.image_init: .*less than half.*another shape"):
         create_student("mmkd-tiny-vit-hf", hf_text_path=str(bert), image_init=str(tmp_path / "wide.pt"))
     wide_bert = _bert_folder(tmp_path / "bert48", hidden=48)
     text_only = tmp_path / "text-of-other-size"
@@ -137,7 +137,7 @@ def test_an_init_below_half_of_a_tower_is_refused(sources, tmp_path):
         (text_only / f).write_text((bert / f).read_text())
     (text_only / "config.json").write_text((bert / "config.json").read_text())
     (text_only / "model.safetensors").write_bytes((wide_bert / "model.safetensors").read_bytes())
-    with pytest.raises(UsageError, match=r"--model.hf_text_path: .* less than half"):
+    with pytest.raises(UsageError, match=r"--model.hf_text_path: .*less than half"):
         create_student("mmkd-tiny-vit-hf", hf_text_path=str(text_only))
     # the CLI: exit 2, the reasons, no traceback
     from helpers import make_pairs
@@ -189,3 +189,44 @@ def test_run_summary_records_each_tower(sources, tmp_path):
     assert towers["image"]["num_loaded"] == towers["image"]["num_tensors"] > 0
     assert towers["text"]["num_loaded"] == towers["text"]["num_tensors"] - 2  # the projection head is new
     assert "image tower <- " in r.stderr and "text tower <- " in r.stderr
+
+
+def test_training_augmentation_is_the_authors_random_resized_crop_seeded_per_sample(tmp_path):
+    import yaml
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode, RandomResizedCrop, Resize
+
+    from mmkd.data.pairs import PairDataset, index_source
+    from mmkd.models.student import build_transforms, default_preprocess_cfg, resolve_model_config
+    from mmkd.training.augment import SeededSamples
+    from helpers import make_pairs
+
+    pp = default_preprocess_cfg(resolve_model_config("mmkd-b16")[0])
+    train, evaluation = build_transforms(pp)
+    crop = train.transforms[0]
+    assert isinstance(crop, RandomResizedCrop) and crop.size == (224, 224)
+    assert crop.scale == (0.9, 1.0) and crop.interpolation == InterpolationMode.BICUBIC
+    assert isinstance(evaluation.transforms[0], Resize)
+    assert build_transforms(pp, "none")[0] is not None and not isinstance(build_transforms(pp, "none")[0].transforms[0],
+                                                                          RandomResizedCrop)
+    image = Image.fromarray((torch.rand(300, 260, 3) * 255).byte().numpy())
+    crops = {tuple(train(image).shape) for _ in range(3)}
+    assert crops == {(3, 224, 224)}
+
+    table = make_pairs(tmp_path / "data", n=4, size=64)
+    records = index_source(str(table))[0]
+    tiny_train = build_transforms(default_preprocess_cfg(resolve_model_config("mmkd-tiny-vit")[0]),
+                                  crop_scale_min=0.3)[0]
+    seeded = SeededSamples(PairDataset(records, tiny_train), seed=5)
+    state = torch.random.get_rng_state()
+    first = seeded[2]["image"]
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's generator is untouched
+    assert torch.equal(seeded[2]["image"], first)  # a pure function of (seed, epoch, index)
+    seeded.epoch = 1
+    assert not torch.equal(seeded[2]["image"], first)  # a new crop in the next epoch
+
+    r = run_cli("pretrain", "--data", str(table), "--out", str(tmp_path / "run"), "--batch-size", "2",
+                "--max-steps", "1", "--train.progress", "false", "--data.crop_scale_min", "0.5")
+    assert r.returncode == 0, r.stderr
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]
+    assert saved["augment"] == "random-resized-crop" and saved["crop_scale_min"] == 0.5
