@@ -174,7 +174,11 @@ def clip_bpe_tokenizer(folder: Path):
 
     simple = SimpleTokenizer()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(simple.encoder))
+    # open_clip names the two special tokens <start_of_text>/<end_of_text>; OpenAI's (and HF's) files say
+    # <|startoftext|>/<|endoftext|> for the same ids 49406/49407
+    hf_names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {hf_names.get(token, token): i for token, i in simple.encoder.items()}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
     merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
