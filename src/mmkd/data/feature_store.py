@@ -41,7 +41,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence, cast
 
 import numpy as np
 
@@ -104,7 +104,7 @@ def provenance_fingerprint(provenance: dict[str, Any], embed_dim: int) -> str:
     Library versions and paths are left out on purpose: moving the weights or upgrading
     numpy does not make stored features stale; different weights or preprocessing do.
     """
-    keyed = {"embed_dim": int(embed_dim)}
+    keyed: dict[str, Any] = {"embed_dim": int(embed_dim)}
     for key in ("weights", "preprocess", "tokenizer"):
         keyed[key] = provenance.get(key)
     blob = json.dumps(keyed, sort_keys=True, default=str).encode()
@@ -119,11 +119,11 @@ def _ids_digest(sample_ids: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _open_npy(path: Path, mode: str):
+def _open_npy(path: Path, mode: Literal["r", "r+"]):
     return np.load(path, mmap_mode=mode)
 
 
-def _open_array(root: Path, spec: dict[str, Any], mode: str, files: dict[str, np.memmap]) -> np.memmap:
+def _open_array(root: Path, spec: dict[str, Any], mode: Literal["r", "r+"], files: dict[str, np.memmap]) -> np.memmap:
     """One array of a store: a whole `.npy` file, or a column block of a shared features file.
 
     Read mappings are advised as random access: batches gather scattered rows, and the kernel's
@@ -136,7 +136,7 @@ def _open_array(root: Path, spec: dict[str, Any], mode: str, files: dict[str, np
             raw.madvise(mmap.MADV_RANDOM)
     if "columns" in spec:
         a, b = spec["columns"]
-        return files[name][:, a:b]
+        return cast(np.memmap, files[name][:, a:b])  # a column view of a memmap is a memmap
     return files[name]
 
 
@@ -153,8 +153,8 @@ def _last_closing_quote(buf: bytes) -> int:
         if quotes % 2:
             end = buf.rindex(b'"')
         return buf.rfind(b'"', 0, end)
-    quotes = [m.start() for m in _QUOTE_OR_ESCAPE.finditer(buf) if m.group() == b'"']
-    return quotes[len(quotes) // 2 * 2 - 1] if len(quotes) >= 2 else -1
+    at = [m.start() for m in _QUOTE_OR_ESCAPE.finditer(buf) if m.group() == b'"']
+    return at[len(at) // 2 * 2 - 1] if len(at) >= 2 else -1
 
 
 def iter_json_strings(path: Path, chunk_bytes: int = 1 << 22) -> Iterable[str]:
@@ -244,7 +244,7 @@ class FeatureStore:
                 raise UsageError(f"teacher {name!r} has no {kind!r} array in {str(self.path)!r}; "
                                  f"it has: {', '.join(arrays)}")
             self._arrays[key] = _open_array(self.path, arrays[kind], "r", self._files)
-        return self._arrays[key]
+        return cast(np.memmap, self._arrays[key])
 
     def has_array(self, name: str, kind: str) -> bool:
         return kind in self._entry(name)["arrays"]
@@ -402,7 +402,7 @@ class FeatureStoreWriter:
     @classmethod
     def open(cls, path: str | os.PathLike, sample_ids: Sequence[str], teachers: Sequence[TeacherEntry],
              chunk_rows: int = DEFAULT_CHUNK_ROWS, create: bool = True, extra_manifest: dict | None = None
-             ) -> "FeatureStoreWriter":
+             ) -> FeatureStoreWriter:
         path = Path(path)
         if not sample_ids:
             raise UsageError("the dataset holds no samples; nothing to write into a feature store")

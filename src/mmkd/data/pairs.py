@@ -297,7 +297,7 @@ class PairDataset:
         self.max_image_pixels = max_image_pixels
 
     @classmethod
-    def from_config(cls, data_cfg, image_transform: Callable | None = None) -> tuple["PairDataset", Counter]:
+    def from_config(cls, data_cfg, image_transform: Callable | None = None) -> tuple[PairDataset, Counter]:
         records, index_skips = index_source(data_cfg.path, data_cfg.format, data_cfg.image_key,
                                             data_cfg.caption_key, data_cfg.id_key, data_cfg.modality_key)
         if not records:
@@ -336,7 +336,7 @@ class Batch:
     def __len__(self) -> int:
         return len(self.captions)
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """Called by a DataLoader with pin_memory=True: page-locked tensors copy to a GPU asynchronously."""
         self.images = self.images.pin_memory() if self.images.numel() else self.images
         if self.tokens is not None:

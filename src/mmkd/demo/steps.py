@@ -12,15 +12,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-# Headline metric per task for the demo's table: one number per (model, dataset, task).
-TASK_METRIC = {
-    "zero-shot": ("balanced_accuracy",),
-    "linear-probe": ("balanced_accuracy",),
-    "retrieval": ("i2t_recall@5", "t2i_recall@5"),  # their mean
-    "vqa": ("accuracy",),
-    "mil-classification": ("auroc",),
-    "survival": ("c_index",),
-}
+from mmkd.evaluation.report_table import HEADLINE_METRIC
+
+# Headline metric per task for the demo's table (the report's): one number per (model, dataset, task).
+TASK_METRIC = HEADLINE_METRIC
 TASKS = tuple(TASK_METRIC)
 
 

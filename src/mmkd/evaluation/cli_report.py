@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 
 DESCRIPTION = """Turn a folder of `mmkd eval` results into:
+  report.html     one self-contained page: the headline table (models × task types and overall,
+                  95 % CI as ±, best per column marked), one plot per task, the per-dataset detail
+  results.md      the same tables in markdown
+  headline.csv    the headline table: model, column, value, ci_half_width, datasets_run,
+                  datasets_listed, ranked, best
   results.csv     every (model, dataset, task, metric) with its 95 % CI
-  results.md      markdown tables, models × datasets with a mean column, per task and metric
-  plots/*.png     a bar chart per task (CI error bars) and a radar chart across tasks
-  report.html     one self-contained page with the tables, the plots (embedded) and provenance
+  plots/TASK.png  the task's headline metric per dataset, one marker per model, CI whiskers
 
 example:
   mmkd eval --model runs/a --model runs/b --tasks zero-shot --datasets real_mini --out results
@@ -35,5 +38,6 @@ def run(args: argparse.Namespace) -> int:
     for p in written["plots"]:
         print(f"plot: {p}")
     print()
-    print(Path(written["markdown"]).read_text(encoding="utf-8"))
+    markdown = Path(written["markdown"]).read_text(encoding="utf-8")
+    print(markdown.split("\n## Per dataset")[0].rstrip())  # the headline table; the rest is in the files
     return 0

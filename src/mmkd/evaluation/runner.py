@@ -175,7 +175,7 @@ def parse_catalog(data: dict[str, Any], base_dir: str | Path) -> list[DatasetEnt
         if len(problems) > n_before:
             continue
         entries.append(DatasetEntry(
-            name=str(name), tasks=list(tasks), format=fmt, path=resolve_data_path(raw["path"], base), split=split,
+            name=str(name), tasks=list(tasks), format=str(fmt), path=resolve_data_path(raw["path"], base), split=split,
             classnames=classnames, templates=templates, modality=raw.get("modality"), raw=dict(raw),
             split_files=split_files, catalog_dir=base))
     if problems:
@@ -397,7 +397,7 @@ def evaluate(model, catalog, tasks: Iterable[str], out_dir: str | Path | None, *
     if cache is None:
         root = cache_dir if cache_dir is not None else (Path(out_dir) / ".feature_cache" if out_dir else None)
         cache = FeatureCache(root)
-    model_name = model_name or getattr(model, "name", "model")
+    model_name = str(model_name or getattr(model, "name", "model"))
     jobs = [(e, t) for e in entries for t in tasks if t in e.tasks]
     if not jobs:
         raise UsageError(f"--tasks: no dataset of the catalog lists any of {', '.join(tasks)}; "

@@ -23,6 +23,7 @@ so a cache hit never opens the slide.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -140,10 +141,11 @@ class TilingConfig:
         return int(self.stride or self.tile_size)
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], where: str = "dataset") -> "TilingConfig":
+    def from_options(cls, options: dict[str, Any], where: str = "dataset") -> TilingConfig:
         """A config from catalog options (unknown keys ignored); all bad values reported at once."""
         defaults = cls()
-        values, problems = {}, []
+        values: dict[str, Any] = {}
+        problems: list[str] = []
         for name, kind, ok, rule in (
                 ("tile_size", int, lambda v: v >= 1, "an integer >= 1"),
                 ("stride", int, lambda v: v >= 1, "an integer >= 1"),
@@ -346,6 +348,9 @@ def open_patches(path: Path, tiling: TilingConfig, slide_id: str):
     if ext in OPENSLIDE_ONLY_EXTS + OPENSLIDE_TIFF_EXTS and _openslide_reads(path):
         return TiledOpenSlide(path, tiling, slide_id)
     if ext in OPENSLIDE_ONLY_EXTS:
+        if importlib.util.find_spec("openslide") is not None:
+            raise DataError(f"slide {str(path)!r}: OpenSlide does not recognise this .{ext} file (truncated, or "
+                            f"not a slide); check the file, or export the slide as tiles")
         raise UsageError(f"slide {str(path)!r}: .{ext} files need openslide-python; install it with "
                          f"`pip install mmkd[slides]` (and the OpenSlide library), or export the slide as tiles")
     if ext not in IMAGE_EXTS:

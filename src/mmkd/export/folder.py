@@ -61,6 +61,7 @@ def resolve_checkpoint(path: str | Path) -> SourceCheckpoint:
                          f"(RUN/checkpoints/step_XXXXXXXX)")
     from mmkd.utils.runs import STATE_FILE, latest_checkpoint
 
+    ckpt: Path | None
     if (path / CONFIG_FILE).is_file():
         ckpt = path
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else None

@@ -118,7 +118,7 @@ def train_alignment(store, latent_dim: int, *, steps: int = 500, batch_size: int
 
 def _cross_teacher_nce(latents, mask, teachers, temperature) -> torch.Tensor:
     total, count = torch.zeros(()), 0
-    for modality, by_teacher in latents.items():
+    for by_teacher in latents.values():
         names = [t for t in teachers if t in by_teacher]
         for a in range(len(names)):
             for b in range(a + 1, len(names)):

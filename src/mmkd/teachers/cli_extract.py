@@ -27,7 +27,7 @@ among --candidates captions (S's own plus others of the same chunk); `threshold`
 image and own caption >= --threshold; `always`. The rank margin is stored as the score.
 """
 
-_DEFAULTS = {"batch_size": 64, "chunk_rows": 1024, "availability": "rank", "candidates": 10, "threshold": 0.25,
+_DEFAULTS: dict[str, Any] = {"batch_size": 64, "chunk_rows": 1024, "availability": "rank", "candidates": 10, "threshold": 0.25,
              "seed": 0, "workers": 0, "device": "auto", "data_format": "auto", "image_key": "image",
              "caption_key": "caption", "id_key": "sample_id"}
 

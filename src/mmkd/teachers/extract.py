@@ -182,6 +182,7 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
     else:
         _sync_error(dist_info, None)
         writer = FeatureStoreWriter.open(out, sample_ids, entries, chunk_rows=opts.chunk_rows, create=False)
+    assert writer is not None  # rank 0's set-up error was raised on every rank above
 
     names = list(teachers)
     pending = writer.pending(names)

@@ -154,6 +154,7 @@ def import_author_features(root: str | os.PathLike, out: str | os.PathLike, chun
             continue
         if c != chunk:
             chunk, buf = c, _Chunk(writer, c, teachers, projected_dim)
+        assert buf is not None  # the first row of a pending chunk starts its buffer
         buf.add(row, record, root, problems)
         if row == buf.stop - 1:
             for name in pending[c]:
@@ -189,11 +190,11 @@ class _Chunk:
         folder = root / Path(record.get("imgpath", "")).parent
         raw = _load_pt(folder / RAW_FILE)
         projected = _load_pt(folder / PROJECTED_FILE)
-        for got in (raw, projected):
-            if isinstance(got, str):
-                self.problems[got] += 1
-                problems[got] += 1
-                return
+        if isinstance(raw, str) or isinstance(projected, str):  # a problem name instead of the tensors
+            got = raw if isinstance(raw, str) else projected
+            self.problems[got] += 1
+            problems[got] += 1
+            return
         listed = set(record.get("available_clips") or [])
         for name, dim in self.teachers.items():
             keys = [f"{name}_img", f"{name}_txt"]

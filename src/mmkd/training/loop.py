@@ -77,7 +77,7 @@ class RunState:
                 "last_loss": self.last_loss}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "RunState":
+    def from_json(cls, d: dict[str, Any]) -> RunState:
         return cls(step=d["step"], num_optimizer_steps=d["num_optimizer_steps"],
                    num_samples_seen=d["num_samples_seen"], num_bad_steps=d["num_bad_steps"],
                    consecutive_bad_steps=d.get("consecutive_bad_steps", 0), skipped=Counter(d.get("skipped", {})),
@@ -237,7 +237,7 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
     optimizer = build_optimizer(module, cfg.optim, device_type)
     # Shard-level problems found while indexing are counted once, on rank 0.
     state = RunState(skipped=Counter(index_skips) if info.is_main else Counter())
-    if resume_from is not None:
+    if saved is not None:
         check_resume_task(saved, task)
     if info.is_main:  # written once every check has passed: a refused resume leaves the run folder as it was
         try:

@@ -133,7 +133,7 @@ class DistillTask:
         self.epoch = 0
         self._prepared: tuple[Any, dict[str, Any]] | None = None
         self._host: torch.Tensor | None = None
-        self._copy_done: torch.cuda.Event | None = None
+        self._copy_done: Any = None  # a torch.cuda.Event once the pinned block exists
         self.decision = None
         if d.lambda_decision > 0 or self.space == "decision":
             from mmkd.training.decision import DecisionTargets, teacher_specs_from_store

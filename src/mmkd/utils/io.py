@@ -35,7 +35,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
 # went to the temporary file, as a full disk would. Reliability tests use it to check that every
 # writer leaves the previous state intact; unset, it costs one dictionary lookup per write.
 _TEST_FAULT_ENV = "MMKD_TEST_ENOSPC_AT_WRITE"
-_test_fault = {"setting": "", "writes": 0}
+_test_fault: dict[str, Any] = {"setting": "", "writes": 0}
 
 
 def _test_write_fault(path: Path) -> None:
