@@ -28,7 +28,6 @@ Exit code 0 when every stage passed. `--readme` rewrites the block between the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess

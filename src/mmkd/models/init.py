@@ -201,7 +201,7 @@ def init_text_tower(model: torch.nn.Module, folder: str | Path) -> TowerReport |
     files = hf_weight_files(folder)
     text = getattr(model, "text", None)
     transformer = getattr(text, "transformer", None)
-    if not files or transformer is None or not hasattr(transformer, "base_model_prefix"):
+    if not files or text is None or transformer is None or not hasattr(transformer, "base_model_prefix"):
         return None
     state: dict[str, torch.Tensor] = {}
     for f in files:

@@ -87,7 +87,7 @@ def discover_teachers(root: str | os.PathLike, max_rows: int = DISCOVERY_ROWS) -
     dims: dict[str, int] = {}
     projected_dim = None
     rows_read = 0
-    for row, record in _meta_lines(meta):
+    for _, record in _meta_lines(meta):
         if rows_read >= max_rows or (rows_read and projected_dim and listed.keys() <= dims.keys()):
             break
         folder = root / Path(record.get("imgpath", "")).parent
