@@ -28,6 +28,7 @@ Exit code 0 when every stage passed. `--readme` rewrites the block between the
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -148,7 +149,7 @@ def dir_bytes(path: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="", help="scratch folder (default: a new temporary folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch folder (about 10 GB)")
+    parser.add_argument("--keep", action="store_true", help="keep the inputs, runs and store (about 10 GB) after a pass")
     parser.add_argument("--readme", default="", help="rewrite the paper-dry-run block of this file with the times")
     parser.add_argument("--reuse-inputs", action="store_true",
                         help="keep the inputs an earlier run wrote into --out (and the stages that passed)")
@@ -229,10 +230,14 @@ def main() -> int:
     print(f"store: {store_bytes / 2 ** 20:.1f} MiB for {NUM_PAIRS} samples = {per_sample / 1024:.1f} KiB per sample "
           f"(nine teachers, raw image+text features and availability, float16)")
     print(f"total: {total / 60:.1f} min; {'PASSED' if ok else 'FAILED (see ' + str(log) + ')'}")
+    results = {"passed": ok, "total_s": total, "store_bytes_per_sample": per_sample,
+               "stages": [vars(s) for s in stages]}
+    (work / "results.json").write_text(json.dumps(results, indent=2))
     if ok and args.readme:
         write_readme(Path(args.readme), stages, total, per_sample)
-    if ok and not args.keep and not args.out:
-        shutil.rmtree(work, ignore_errors=True)
+    if ok and not args.keep:  # about 10 GB: the big parts go, the log and results.json stay in --out
+        for big in ((work,) if not args.out else (inputs, runs, store, work / "export")):
+            shutil.rmtree(big, ignore_errors=True)
     return 0 if ok else 1
 
 
