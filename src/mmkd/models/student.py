@@ -6,7 +6,10 @@ mmkd's configs in `mmkd/models/configs/` (`mmkd-tiny-vit`, `mmkd-tiny-vit-hf`, `
 `mmkd-b16` — the paper's ViT-B/16 + BiomedBERT student).
 
 HF text towers (BiomedBERT-style) are built from a local folder with the model's `config.json`
-and tokenizer files (`hf_text_path`), so nothing is downloaded.
+and tokenizer files (`hf_text_path`), so nothing is downloaded; weights in that folder start the
+text tower, and `image_init` starts the image tower (`mmkd.models.init`, reported per tower).
+mmkd-b16 pools text with the [CLS] last hidden state (no BERT pooler), as BiomedCLIP, UniMed-CLIP
+and the MMKD-CLIP authors' student do.
 """
 
 from __future__ import annotations
