@@ -255,8 +255,8 @@ def write_readme(path: Path, stages: list[Stage], total: float, per_sample: floa
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    rows = "\n".join(f"| {s.name} | {s.wall_s:.0f} | {s.peak_rss_gb:.2f} |" + (f" {s.note}" if s.note else "")
-                     for s in stages)
+    rows = "\n".join(f"| {s.name} | {s.note} | |" if s.note.startswith("skipped") else
+                     f"| {s.name} | {s.wall_s:.0f} | {s.peak_rss_gb:.2f} |" for s in stages)
     block = (f"{MARK}\n`make paper-dry-run` (= `python bench/paper_dry_run.py --readme README.md`) last passed in "
              f"**{total / 60:.0f} minutes** on {os.cpu_count()} CPU cores ({cpu}), store "
              f"{per_sample / 1024:.1f} KiB per sample:\n\n| stage | wall s | peak RSS GB |\n|---|---:|---:|\n{rows}\n"
