@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +77,7 @@ class TrainConfig:
     save_every: int = 0  # steps between checkpoints (0: only at the end of each epoch and of the run)
     keep_checkpoints: int = 2  # how many step checkpoints to keep
     resume: str = ""  # "" | latest | a checkpoint directory
+    overwrite: bool = False  # start over in an --out folder that holds a run (removes only mmkd's own files)
     compile: bool = False  # torch.compile the model
     max_bad_steps: int = 5  # stop after this many consecutive non-finite losses (saving first)
     progress: bool = True  # progress bar
@@ -103,6 +103,7 @@ class DistillConfig:
     decision_temperature: float = 0.05  # tau of teacher and student class distributions
     decision_batch_size: int = 0  # image-only samples per micro-batch (0: same as the pair micro-batch)
     decision_teachers: dict[str, str] = field(default_factory=dict)  # teacher -> spec (default: store provenance)
+    check_data: str = "sample"  # sample | full | off: compare the data's content digests with the store's rows
 
 
 @dataclass
@@ -138,6 +139,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("auto", "fp32", "bf16"),
     "distill.target_space": ("projection", "adaptor", "relational", "decision"),
     "distill.policy": ("random-available", "mean-available", "score-weighted", "modality"),
+    "distill.check_data": ("sample", "full", "off"),
 }
 
 
@@ -229,6 +231,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"--config: {path} is not valid YAML: {e}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"--config: {path} must hold a mapping of sections (data, model, optim, train, distill)"])
+    data.pop("segments", None)  # a run's config.yaml: the history of its resumes (mmkd.training.run_folder)
     return _flatten(data)
 
 
@@ -282,7 +285,8 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
         problems.append(f"model.image_init: {cfg.model.image_init!r} is not allowed together with model.init "
                         f"({cfg.model.init!r}): --init loads the whole student; drop one of them")
     check("model.context_length", cfg.model.context_length >= 0, "use 0 (model default) or a positive length")
-    check("optim.lr", cfg.optim.lr > 0 and math.isfinite(cfg.optim.lr), "use a positive learning rate")
+    check("optim.lr", 0 < cfg.optim.lr < 1e30, "use a positive learning rate below 1e30 (larger ones overflow the "
+          "optimiser's float32 arithmetic)")
     check("optim.weight_decay", cfg.optim.weight_decay >= 0, "use 0 or more")
     check("optim.beta1", 0 <= cfg.optim.beta1 < 1, "use a value in [0, 1)")
     check("optim.beta2", 0 <= cfg.optim.beta2 < 1, "use a value in [0, 1)")

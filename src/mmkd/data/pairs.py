@@ -108,9 +108,13 @@ def read_table(path: Path, fmt: str, what: str = "--data") -> list[dict[str, Any
         for line_no, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise UsageError(f"{what}: {path}:{line_no} is not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise UsageError(f"{what}: {path}:{line_no} holds a JSON {type(row).__name__}, not an object "
+                                     f"with the sample's fields")
+                rows.append(row)
     return rows
 
 
@@ -122,13 +126,16 @@ def index_table(path: str, fmt: str, image_key: str, caption_key: str, id_key: s
         missing = [k for k in (image_key, caption_key) if k not in rows[0]]
         if missing:
             raise UsageError(
-                f"--data: {path} has no column(s) {missing}; it has {sorted(rows[0])}. "
+                f"--data: {path} has no column(s) {missing}; it has {sorted(str(k) for k in rows[0])}. "
                 f"Set --data.image_key / --data.caption_key to the right names"
             )
     root = table_path.parent
     records = []
     for i, row in enumerate(rows):
         image = row.get(image_key)
+        if image is not None and not isinstance(image, str):
+            raise UsageError(f"--data: {path}, sample {i + 1}: {image_key!r} is a JSON {type(image).__name__}, not "
+                             f"an image path")
         image_path = str(root / image) if image else None
         records.append(PairRecord(
             sample_id=str(row.get(id_key) or i),
@@ -261,22 +268,26 @@ def _find_caption(obj: Any, key: str) -> str:
     return ""
 
 
-def load_image(record: PairRecord, max_pixels: int):
-    """PIL RGB image of a record, or a Skip with the reason."""
+def load_image(record: PairRecord, max_pixels: int, data: bytes | None = None):
+    """PIL RGB image of a record, or a Skip with the reason. `data`: the image's bytes, when the caller
+    has read them already (e.g. to hash them)."""
     from PIL import Image
 
     if record.image is None:
         return Skip(MISSING_IMAGE, record.sample_id)
     try:
-        if isinstance(record.image, tuple):
-            data: bytes | str = _read_member(record.image)
+        source: bytes | str
+        if data is not None:
+            source = data
+        elif isinstance(record.image, tuple):
+            source = _read_member(record.image)
         else:
             if not os.path.isfile(record.image):
                 return Skip(MISSING_FILE, record.sample_id)
-            data = record.image
+            source = record.image
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return decode_image(data, max_pixels)
+            return decode_image(source, max_pixels)
     except (_Bomb, Image.DecompressionBombError, Image.DecompressionBombWarning):
         return Skip(DECOMPRESSION_BOMB, record.sample_id)
     except EOFError:

@@ -23,7 +23,9 @@ def _fit(tokens: list[str], task: str) -> dict[str, Any]:
     from mmkd.config import build_config
     from mmkd.training.loop import fit
 
-    common = ["--train.progress", "false", "--train.keep_checkpoints", "1", "--train.log_every", "10"]
+    # A step that runs again (its done-marker is missing) starts its run over: --overwrite.
+    common = ["--train.progress", "false", "--train.keep_checkpoints", "1", "--train.log_every", "10",
+              "--train.overwrite", "true"]
     if task == "pretrain":
         from mmkd.training.stage1 import ClipTask
 

@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images/texts per encoder call (default: 64)")
     parser.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default: 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files at the result paths even when they are not earlier `mmkd eval` results")
 
 
 def _device(spec: str) -> str:
@@ -73,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--num-bootstrap: {args.num_bootstrap} is negative; use 0 to turn CIs off")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size: {args.batch_size} must be at least 1")
+    from mmkd.utils.outputs import refuse_file_as_folder
+
+    refuse_file_as_folder(args.out, "--out")
+    if args.cache_dir:
+        refuse_file_as_folder(args.cache_dir, "--cache-dir")
     entries = load_catalog(args.datasets)  # fail on catalog problems before loading any model
     only = [n.strip() for n in args.only.split(",") if n.strip()] or None
     names = args.name or [None] * len(args.model)
@@ -85,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         model_name = name or getattr(model, "name", None) or Path(spec).name
         cache = FeatureCache(cache_root, batch_size=args.batch_size, num_workers=args.workers)
         records = evaluate(model, entries, tasks, args.out, seed=args.seed, num_bootstrap=args.num_bootstrap,
-                           cache=cache, model_name=model_name, only=only)
+                           cache=cache, model_name=model_name, only=only, overwrite=args.overwrite)
         for r in records:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in r["metrics"].items() if v is not None)
             print(f"{model_name}  {r['dataset']}  {r['task']}: {shown}")

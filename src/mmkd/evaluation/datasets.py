@@ -112,6 +112,8 @@ class CaptionSplit:
 
 def pick_split(available: list[str], requested: str | None, dataset: str) -> str:
     """The evaluation split: the catalog's `split`, else test, else the only split there is."""
+    if not available:
+        raise DataError(f"dataset {dataset}: the data has no rows")
     if requested:
         want = canonical_split(requested)
         if want not in available:

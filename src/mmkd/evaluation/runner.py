@@ -373,7 +373,8 @@ def _as_entries(catalog) -> list[DatasetEntry]:
 
 def evaluate(model, catalog, tasks: Iterable[str], out_dir: str | Path | None, *, seed: int = 0,
              num_bootstrap: int = 1000, cache: FeatureCache | None = None, cache_dir: str | Path | None = None,
-             model_name: str | None = None, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
+             model_name: str | None = None, only: Iterable[str] | None = None,
+             overwrite: bool = False) -> list[dict[str, Any]]:
     """Evaluate one ClipEncoder on every (dataset, task) of `catalog` that `tasks` selects.
 
     `catalog`: a YAML path, a parsed mapping, or a list of DatasetEntry. A dataset runs each
@@ -402,6 +403,11 @@ def evaluate(model, catalog, tasks: Iterable[str], out_dir: str | Path | None, *
     if not jobs:
         raise UsageError(f"--tasks: no dataset of the catalog lists any of {', '.join(tasks)}; "
                          f"the catalog's datasets list: " + "; ".join(f"{e.name}: {','.join(e.tasks)}" for e in entries))
+    if out_dir is not None:  # before any work: no result may replace a file that is not an earlier result
+        from mmkd.utils.outputs import check_replaceable, json_with_keys
+
+        check_replaceable([result_path(out_dir, model_name, e.name, t) for e, t in jobs],
+                          json_with_keys("dataset", "task", "metrics"), "--out", "an evaluation result", overwrite)
     records, missing = [], []
     for entry, task in jobs:
         if not entry.path.exists():

@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only decide availability again in the finished store --out, by --availability "
                              "(and --threshold), from the stored scores and features; no teacher is run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--check-data", choices=["sample", "full", "off"], default="sample",
+                        help="when --out already holds rows: compare the content digests of the data's images and "
+                             "captions with the store's, on a sample of rows or on all (default: sample)")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -143,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         extract_opts = ExtractOptions(batch_size=int(opts["batch_size"]), chunk_rows=int(opts["chunk_rows"]),
                                       availability=opts["availability"], candidates=int(opts["candidates"]),
                                       threshold=float(opts["threshold"]), seed=int(opts["seed"]),
-                                      num_workers=int(opts["workers"]), progress=not args.no_progress)
+                                      num_workers=int(opts["workers"]), progress=not args.no_progress,
+                                      check_data=args.check_data)
         summary = extract_features(records, teachers, opts["out"], extract_opts, dist_info,
                                    extra_manifest={"source": {"data": str(opts["data"]),
                                                               "format": opts["data_format"]}})
@@ -151,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         destroy()
     if summary is not None:
         print(format_table(summary["teachers"]))
+        for warning in summary.get("warnings", []):
+            print(f"mmkd extract: warning: {warning}", file=sys.stderr)
         skipped = {**summary.get("skipped", {}), **dict(index_problems)}
         if skipped:
             print(f"unreadable samples (kept as unavailable rows): {json.dumps(skipped)}", file=sys.stderr)
@@ -167,4 +173,6 @@ def _reapply(args: argparse.Namespace) -> int:
     threshold = args.threshold if args.threshold is not None else _DEFAULTS["threshold"]
     summary = reapply_availability(args.out, rule, threshold)
     print(format_table(summary["teachers"]))
+    for warning in summary.get("warnings", []):
+        print(f"mmkd extract: warning: {warning}", file=sys.stderr)
     return 0

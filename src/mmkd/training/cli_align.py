@@ -22,23 +22,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lambda-nce", type=float, default=0.0, help="weight of the cross-teacher InfoNCE")
-    parser.add_argument("--out", default="", help="weights file (default STORE/alignment.safetensors)")
+    parser.add_argument("--out", default="", help="weights file, ending in .safetensors; the report is written "
+                                                   "beside it as .json (default STORE/alignment.safetensors)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out (and its .json) even when they are not an earlier `mmkd align` output")
     parser.add_argument("--seed", type=int, default=0)
 
 
+def _check_out(args: argparse.Namespace):
+    """(weights, report) paths: the weights end in .safetensors (so the .json report beside them is another
+    file), and neither replaces a file that is not an earlier alignment."""
+    from pathlib import Path
+
+    from mmkd.errors import UsageError
+    from mmkd.models.alignment import alignment_paths
+    from mmkd.utils.outputs import check_replaceable, json_with_keys
+
+    if args.out and Path(args.out).suffix != ".safetensors":
+        raise UsageError(f"--out: {args.out!r} must end in .safetensors; the report is written beside it with the "
+                         f"suffix .json (e.g. --out {Path(args.out).with_suffix('.safetensors')})")
+    weights, report = alignment_paths(args.store, args.out)
+    ours = json_with_keys("teacher_dims", "latent_dim")
+    check_replaceable([report], ours, "--out", "an alignment report", args.overwrite)
+    check_replaceable([weights], lambda p: ours(report), "--out", "alignment weights", args.overwrite)
+    return weights, report
+
+
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+
     from mmkd.data.feature_store import FeatureStore
     from mmkd.errors import UsageError
-    from mmkd.models.alignment import alignment_paths, save_alignment, train_alignment
+    from mmkd.models.alignment import save_alignment, train_alignment
+    from mmkd.utils.locks import writer_lock
 
     for name in ("latent_dim", "steps", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: {getattr(args, name)} is not allowed; use 1 or more")
+    weights, report_path = _check_out(args)
     store = FeatureStore(args.store)
     model, report = train_alignment(store, args.latent_dim, steps=args.steps, batch_size=args.batch_size,
                                     lr=args.lr, lambda_nce=args.lambda_nce, seed=args.seed)
-    weights, _ = alignment_paths(args.store, args.out)
-    save_alignment(model, weights, store, report)
+    with contextlib.ExitStack() as lock:
+        if not args.out:  # writing into the store: one writer at a time
+            lock.enter_context(writer_lock(args.store, "--store", "feature store", command="mmkd align"))
+        save_alignment(model, weights, store, report)
     print(f"{'teacher':<20} {'rows':>8} {'rel. recon. error':>18}")
     for t, r in report["teachers"].items():
         err = r["relative_reconstruction_error"]

@@ -31,6 +31,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     for flag in FLAG_ALIASES:
         parser.add_argument(f"--{flag}", dest=f"_flag_{flag.replace('-', '_')}", metavar="VALUE",
                             help=f"{flag_help.get(flag, '')} (= --{FLAG_ALIASES[flag]})")
+    parser.add_argument("--overwrite", dest="_overwrite", action="store_true",
+                        help="start over in an --out folder that already holds a run: removes only the files mmkd "
+                             "wrote there and says which (= --train.overwrite true)")
 
 
 def config_from_args(args: argparse.Namespace, rest: list[str], stage: str, base: dict | None = None) -> Config:
@@ -41,4 +44,26 @@ def config_from_args(args: argparse.Namespace, rest: list[str], stage: str, base
         value = getattr(args, f"_flag_{flag.replace('-', '_')}", None)
         if value is not None:
             tokens += [f"--{FLAG_ALIASES[flag]}", value]
+    if getattr(args, "_overwrite", False):
+        tokens += ["--train.overwrite", "true"]
     return build_config(args.config, tokens + rest, stage=stage, base=base)
+
+
+def exit_code(summary: dict, command: str, cfg: Config) -> int:
+    """0 for a finished run; for one stopped by a signal, say where it stopped and how to resume, and return
+    the shell's code for that signal (130 for SIGINT, 143 for SIGTERM), so `pretrain && distill` stops."""
+    import signal
+    import sys
+    from pathlib import Path
+
+    from mmkd.training.run_folder import resume_command
+    from mmkd.utils.runs import latest_checkpoint
+
+    if not summary.get("stopped_by_signal"):
+        return 0
+    name = summary.get("signal") or "SIGTERM"
+    run_dir = Path(cfg.train.out)
+    print(f"mmkd {command}: stopped by {name} at step {summary['num_steps']} of {summary['total_steps']}; "
+          f"checkpoint {latest_checkpoint(run_dir)}. Resume with:\n  {resume_command(command, run_dir)}\n"
+          f"(under torchrun: the same arguments after `-m mmkd`)", file=sys.stderr)
+    return 128 + int(getattr(signal, name, signal.SIGTERM))

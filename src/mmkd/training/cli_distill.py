@@ -97,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmkd.training.cli_common import config_from_args
+    from mmkd.training.cli_common import config_from_args, exit_code
     from mmkd.training.loop import fit
     from mmkd.training.stage2 import DistillTask
 
@@ -111,4 +111,4 @@ def run(args: argparse.Namespace) -> int:
     summary = fit(cfg, DistillTask)
     print(json.dumps({k: summary[k] for k in ("num_steps", "num_samples_seen", "num_skipped_samples", "final_loss",
                                               "final_terms", "samples_per_s")}))
-    return 0
+    return exit_code(summary, "distill", cfg)

@@ -75,6 +75,21 @@ class DistillForward(nn.Module):
         return out
 
 
+def _check_content(store, records, rows, mode: str) -> None:
+    """The training data is the data the store was made from (content digests of images and captions)."""
+    import sys
+
+    from mmkd.data.content import check_rows, open_content
+
+    content = open_content(store.path)
+    if content is None or content.shape[0] != store.num_samples:
+        if mode != "off":
+            print(f"mmkd distill: note: the feature store {store.path} records no content digests (made by an older "
+                  f"mmkd or imported); the data cannot be compared with it", file=sys.stderr)
+        return
+    check_rows(content, records, rows, mode, repr(str(store.path)), "--store")
+
+
 class DistillTask:
     name = "distill"
 
@@ -105,6 +120,7 @@ class DistillTask:
             raise UsageError(f"--store: {len(missing)} of {len(records)} training samples have no row in "
                              f"{self.store.path} (e.g. {missing[:3]}); extract features for this data with "
                              f"`mmkd extract --data {cfg.data.path} ...`") from None
+        _check_content(self.store, records, self.row_of_index, getattr(d, "check_data", "sample"))
         self.alignment = None
         self.precomputed = False
         if self.space == "projection":
