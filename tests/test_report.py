@@ -106,6 +106,8 @@ def naive_headline(folder):
     """(model, task) -> (mean over datasets, CI half-width, datasets), and overall, by plain loops."""
     per = defaultdict(list)
     for path in sorted(folder.glob("*/*.json")):
+        if path.name.startswith("."):  # the report's own marker of what it wrote
+            continue
         r = json.loads(path.read_text())
         names = HEADLINE[r["task"]]
         value = sum(r["metrics"][n] for n in names) / len(names)

@@ -19,10 +19,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "align": ("mmkd.training.cli_align", "train the teacher alignment autoencoder on a feature store"),
     "distill": ("mmkd.training.cli_distill", "stage 2: multi-teacher distillation into the student"),
     "eval": ("mmkd.evaluation.cli", "evaluate a model on a dataset catalog (six task types)"),
+    "datasets": ("mmkd.evaluation.prepare.cli", "list, prepare (from the official downloads) and check evaluation datasets"),
     "report": ("mmkd.evaluation.cli_report", "turn a results folder into tables, plots and an HTML page"),
     "export": ("mmkd.export.cli", "export a checkpoint as an open_clip-loadable folder with a model card"),
     "predict": ("mmkd.export.cli_predict", "zero-shot prediction of labels for images"),
     "synth": ("mmkd.synth.cli", "write the synthetic multi-modality corpus and evaluation sets"),
+    "data": ("mmkd.data.cli", "index a data source, and save metadata selections (e.g. BIOMEDICA subsets)"),
     "demo": ("mmkd.demo.cli", "the whole pipeline end to end on built-in data"),
 }
 

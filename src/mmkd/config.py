@@ -34,6 +34,12 @@ class DataConfig:
     image_only_path: str = ""  # stage 2 only: images without captions (folder or CSV) for decision distillation
     augment: str = "random-resized-crop"  # random-resized-crop (the authors': scale crop_scale_min..1, bicubic) | none
     crop_scale_min: float = 0.9  # smallest crop area fraction of RandomResizedCrop (the authors': 0.9)
+    select: list[str] = field(default_factory=list)  # FIELD=V1,V2 metadata clauses (repeatable, ANDed) or YAML files
+    license: str = ""  # "" (all) | commercial | noncommercial: keep samples whose licence allows that use
+    index_dir: str = ""  # where the persistent index lives (default: $MMKD_CACHE/index/..., ~/.cache/mmkd/index/...)
+    index_fields: list[str] = field(default_factory=list)  # more JSON keys / columns to index for selection
+    index_workers: int = 0  # processes that build the index (0: the cores, shared by the ranks of a node)
+    index_check: str = "stat"  # stat (size + mtime of each shard) | full (also re-list every shard's headers)
 
 
 @dataclass
@@ -131,8 +137,14 @@ FLAG_ALIASES: dict[str, str] = {
     "device": "train.device",
 }
 
+# Keys whose flag may be given several times (the values accumulate) and whose values are never split
+# at commas: each `--data.select FIELD=V1,V2` is one clause.
+REPEATABLE = ("data.select",)
+
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.format": ("auto", "csv", "jsonl", "webdataset"),
+    "data.format": ("auto", "csv", "jsonl", "webdataset", "selection"),
+    "data.license": ("", "commercial", "noncommercial"),
+    "data.index_check": ("stat", "full"),
     "data.augment": ("random-resized-crop", "none"),
     "optim.schedule": ("cosine", "constant"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -205,6 +217,8 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], problems: list[str],
             problems.append(f"{key}{where}: unknown key" + (f"; did you mean {hint[0]}?" if hint else ""))
             continue
         section = getattr(cfg, section_name)
+        if key in REPEATABLE and not isinstance(raw, list):
+            raw = [raw]  # one clause, commas included
         value = _parse_value(raw, _field_type(type(section), name), key, problems)
         if value is not None:
             setattr(section, name, value)
@@ -235,9 +249,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return _flatten(data)
 
 
-def parse_cli_overrides(tokens: list[str], problems: list[str]) -> dict[str, str]:
+def parse_cli_overrides(tokens: list[str], problems: list[str]) -> dict[str, Any]:
     """Parse `--a.b VALUE`, `--a.b=VALUE` and short aliases (`--lr 1e-4`) into dotted keys."""
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     i = 0
     while i < len(tokens):
         tok = tokens[i]
@@ -253,7 +267,10 @@ def parse_cli_overrides(tokens: list[str], problems: list[str]) -> dict[str, str
             else:
                 value = "true"  # a bare flag switches a boolean on
         key = FLAG_ALIASES.get(name, name.replace("-", "_") if "." not in name else _dash_key(name))
-        out[key] = value
+        if key in REPEATABLE:
+            out.setdefault(key, []).append(value)
+        else:
+            out[key] = value
         i += 1
     return out
 
@@ -277,6 +294,7 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
         check(key, getattr(getattr(cfg, section), name) in choices, f"choose one of {', '.join(choices)}")
     check("data.path", bool(cfg.data.path), "give the training data with --data PATH (CSV, JSONL or .tar shards)")
     check("data.num_workers", cfg.data.num_workers >= 0, "use 0 or more")
+    check("data.index_workers", cfg.data.index_workers >= 0, "use 0 (all cores) or more")
     check("data.max_skipped_fraction", 0.0 <= cfg.data.max_skipped_fraction <= 1.0, "use a fraction in [0, 1]")
     check("data.crop_scale_min", 0.0 < cfg.data.crop_scale_min <= 1.0, "use a fraction in (0, 1] (the authors': 0.9)")
     check("model.name", bool(cfg.model.name) or stage == "distill",  # distill: the --init run's own model

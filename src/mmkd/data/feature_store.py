@@ -111,12 +111,29 @@ def provenance_fingerprint(provenance: dict[str, Any], embed_dim: int) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def _ids_digest(sample_ids: Sequence[str]) -> str:
+def _ids_digest(sample_ids: Iterable[str]) -> str:
     h = hashlib.sha256()
     for sid in sample_ids:
         h.update(sid.encode("utf-8", "surrogatepass"))
         h.update(b"\0")
     return h.hexdigest()
+
+
+def _write_id_list(path: Path, sample_ids: Iterable[str]) -> None:
+    """sample_ids.json (one JSON list, as `json.dumps` writes it) written a block of ids at a time, so
+    memory does not grow with the ids (they may be a lazy sequence over a data index)."""
+    from itertools import islice
+
+    from mmkd.utils.io import atomic_path
+
+    ids = iter(sample_ids)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="ascii") as f:
+        f.write("[")
+        first = True
+        while block := list(islice(ids, 65536)):
+            f.write(("" if first else ", ") + ", ".join(map(json.dumps, block)))
+            first = False
+        f.write("]\n")
 
 
 def _open_npy(path: Path, mode: Literal["r", "r+"]):
@@ -336,7 +353,7 @@ class FeatureStore:
         order (same count and digest as the manifest's) the rows are the identity; otherwise one
         pass streams the store's id list `chunk_bytes` at a time, keeping only the ids asked for.
         """
-        ids = sample_ids if isinstance(sample_ids, list) else list(sample_ids)
+        ids = sample_ids if isinstance(sample_ids, Sequence) else list(sample_ids)  # a lazy index view stays lazy
         if len(ids) == self.num_samples and _ids_digest(ids) == self.manifest.get("sample_ids_sha256"):
             return np.arange(len(ids), dtype=np.int64)
         if self._row_of is not None:
@@ -468,7 +485,7 @@ class FeatureStoreWriter:
         if path.exists() and not all(_creation_leftover(p) for p in path.iterdir()):
             raise UsageError(f"--out: {str(path)!r} exists and is not a feature store; choose an empty or new folder")
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path / SAMPLE_IDS, list(sample_ids), indent=None)
+        _write_id_list(path / SAMPLE_IDS, sample_ids)
         manifest = {
             "format_version": FORMAT_VERSION,
             "dtype": FEATURE_DTYPE,
@@ -650,7 +667,8 @@ def _check_manifest(path: Path, manifest: Any) -> None:
             problems.append("chunks is not a list")
             chunks = []
         for rec in chunks:
-            ok = (isinstance(rec, dict) and rec.get("teacher") in arrays_of and is_int(rec.get("start"))
+            ok = (isinstance(rec, dict) and isinstance(rec.get("teacher"), str) and rec["teacher"] in arrays_of
+                  and is_int(rec.get("start"))
                   and is_int(rec.get("stop")) and is_int(n) and rec["start"] <= rec["stop"] <= n
                   and isinstance(rec.get("sha256"), dict)
                   and all(k in arrays_of[rec["teacher"]] and isinstance(v, str) for k, v in rec["sha256"].items()))

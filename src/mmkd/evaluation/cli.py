@@ -18,8 +18,10 @@ examples:
   mmkd eval --model runs/distill --tasks zero-shot,linear-probe --datasets real_mini
   mmkd eval --model local-dir:exports/student --model hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 \\
             --tasks zero-shot,retrieval --datasets my_catalog.yaml --out results/
+  mmkd eval --model SPEC --datasets paper --tasks all     # the MMKD-CLIP benchmark: what is present runs,
+                                                          # what is absent is listed with its prepare command
 Built-in catalogs: real_mini (the images shipped with mmkd), public_biomedical (layouts of the
-common public sets; download them yourself)."""
+common public sets; download them yourself), paper (the paper's benchmark; `mmkd datasets`)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "folder or spec name)")
     parser.add_argument("--tasks", default="zero-shot,linear-probe,retrieval",
                         help="comma-separated tasks: zero-shot, linear-probe, retrieval, vqa, mil-classification, "
-                             "survival; each dataset runs the ones it lists (default: %(default)s)")
+                             "survival, or `all`; each dataset runs the ones it lists (default: %(default)s)")
     parser.add_argument("--datasets", required=True, metavar="CATALOG",
                         help="catalog YAML (a `datasets:` mapping name -> tasks, format, path, ...), or the name of a "
                              "built-in catalog (real_mini, public_biomedical)")
@@ -65,7 +67,11 @@ def run(args: argparse.Namespace) -> int:
 
     from mmkd.evaluation.runner import FeatureCache, evaluate, load_catalog
 
+    from mmkd.evaluation.runner import TASKS
+
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if tasks == ["all"]:
+        tasks = list(TASKS)
     if not tasks:
         raise UsageError("--tasks: empty; give e.g. zero-shot,linear-probe,retrieval")
     if args.name and len(args.name) != len(args.model):
@@ -98,4 +104,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"{model_name}  {r['dataset']}  {r['task']}: {shown}")
         print(f"{model_name}: {len(records)} result(s) in {args.out} (feature cache: {cache.hits} hit(s), "
               f"{cache.misses} encoded)")
+    _print_absent(entries, tasks, only)
     return 0
+
+
+def _print_absent(entries, tasks: list[str], only) -> None:
+    """The selected datasets that are not on disk, each with how to get it."""
+    from mmkd.evaluation.runner import absent_hint
+
+    wanted = [e for e in entries if (not only or e.name in only) and any(t in e.tasks for t in tasks)]
+    absent = [e for e in wanted if not e.path.exists()]
+    if absent:
+        print(f"absent ({len(absent)} of {len(wanted)} dataset(s); `mmkd datasets check` for details):")
+        for e in absent:
+            print(f"  {e.name}: {absent_hint(e)}")

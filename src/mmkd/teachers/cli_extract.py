@@ -21,6 +21,7 @@ examples:
       --teacher plip=hf:/models/plip --out features/
   mmkd extract --config extract.yaml        # keys: data, teachers {name: spec}, out, batch_size, ...
   torchrun --nproc_per_node 4 -m mmkd extract --data shards/ --teacher QuiltNet --out features/
+  mmkd extract --data subset/ ...           # a selection made by `mmkd data select`
 
 Availability (may teacher T teach sample S?): `rank` (default) — T ranks S's own caption first
 among --candidates captions (S's own plus others of the same chunk); `threshold` — cosine of
@@ -29,7 +30,7 @@ image and own caption >= --threshold; `always`. The rank margin is stored as the
 
 _DEFAULTS: dict[str, Any] = {"batch_size": 64, "chunk_rows": 1024, "availability": "rank", "candidates": 10, "threshold": 0.25,
              "seed": 0, "workers": 0, "device": "auto", "data_format": "auto", "image_key": "image",
-             "caption_key": "caption", "id_key": "sample_id"}
+             "caption_key": "caption", "id_key": "sample_id", "select": None, "license": ""}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caption-key", default=None, help="column/JSON key with the caption (default: caption)")
     parser.add_argument("--id-key", default=None, help="column with the sample id (default: sample_id; row "
                                                        "number when absent)")
+    parser.add_argument("--select", action="append", default=None, metavar="FIELD=V1,V2",
+                        help="keep the samples whose metadata FIELD has one of the values (repeatable, ANDed; or a "
+                             "YAML file FIELD: [values]); see `mmkd data select`")
+    parser.add_argument("--license", choices=["commercial", "noncommercial"], default=None,
+                        help="keep samples whose licence allows this use (default: all)")
     parser.add_argument("--teacher", action="append", default=[], metavar="NAME=SPEC",
                         help="a teacher to extract, repeatable. SPEC: local-dir:PATH, hf-hub:ORG/NAME, "
                              "ARCH@WEIGHTS_FILE, hf:PATH_OR_ID, pmc-clip:PATH, medclip:PATH, unimed-clip:PATH, or "
@@ -131,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
         device = f"cuda:{dist_info.local_rank}"
     try:
         records, index_problems = index_source(opts["data"], opts["data_format"], opts["image_key"],
-                                               opts["caption_key"], opts["id_key"])
+                                               opts["caption_key"], opts["id_key"], select=opts["select"] or (),
+                                               license=opts["license"] or "",
+                                               progress=not args.no_progress and dist_info.is_main)
         if not records:
             raise UsageError(f"--data: {opts['data']!r} holds no samples")
         teachers = {}

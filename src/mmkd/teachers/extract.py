@@ -23,6 +23,7 @@ import torch
 
 from mmkd.data.content import ROW_BYTES, digest_of, image_bytes
 from mmkd.data.feature_store import FeatureStore, FeatureStoreWriter, TeacherEntry
+from mmkd.data.index import sample_ids_of
 from mmkd.data.pairs import PairRecord, Skip, load_image, read_caption
 from mmkd.errors import UsageError
 from mmkd.models.adapter import ClipEncoder
@@ -173,7 +174,7 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
 
     if opts.availability not in availability.RULES:
         raise UsageError(f"--availability: {opts.availability!r} is not a rule; choose from {availability.RULES}")
-    sample_ids = [r.sample_id for r in records]
+    sample_ids = sample_ids_of(records)  # lazy over a data index: nothing held per sample
     entries = [TeacherEntry(name, int(enc.embed_dim), dict(enc.provenance), settings=opts.settings())
                for name, enc in teachers.items()]
     writer = None
@@ -201,7 +202,7 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
         return _extract(records, teachers, out, opts, dist_info, writer)
 
 
-def _check_existing_rows(out: str, records: Sequence[PairRecord], sample_ids: list[str], mode: str) -> None:
+def _check_existing_rows(out: str, records: Sequence[PairRecord], sample_ids: Sequence[str], mode: str) -> None:
     """Before resuming or extending a store: the rows it holds were made from these images and captions."""
     from mmkd.data.content import check_rows, open_content
     from mmkd.data.feature_store import MANIFEST, _ids_digest, _read_manifest

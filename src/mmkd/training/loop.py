@@ -311,7 +311,8 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
     if cfg.model.grad_checkpointing:
         student.model.set_grad_checkpointing(True)
     train_transform = build_transforms(student.preprocess_cfg, cfg.data.augment, cfg.data.crop_scale_min)[0]
-    dataset, index_skips = PairDataset.from_config(cfg.data, train_transform)
+    dataset, index_skips = PairDataset.from_config(cfg.data, train_transform,
+                                                   progress=cfg.train.progress and info.is_main)
     dataset = SeededSamples(dataset, cfg.train.seed)
     task = make_task(student, cfg, device, records=dataset.records)
     module = task.module.to(device)

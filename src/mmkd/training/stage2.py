@@ -95,7 +95,8 @@ class DistillTask:
 
     def __init__(self, student, cfg, device, records=None):
         from mmkd.data.feature_store import FeatureStore
-        from mmkd.data.pairs import index_source
+        from mmkd.data.index import sample_ids_of
+        from mmkd.data.pairs import records_from_config
 
         d = cfg.distill
         self.cfg = cfg
@@ -111,10 +112,9 @@ class DistillTask:
         embed_dim = student.embed_dim
         # Preflight: every training sample has a store row.
         if records is None:  # built on its own (not by fit): index the training data here
-            records, _ = index_source(cfg.data.path, cfg.data.format, cfg.data.image_key, cfg.data.caption_key,
-                                      cfg.data.id_key, cfg.data.modality_key)
+            records, _ = records_from_config(cfg.data)
         try:  # memory grows with the training set, not with the store (`FeatureStore.rows_of`)
-            self.row_of_index = self.store.rows_of([r.sample_id for r in records])
+            self.row_of_index = self.store.rows_of(sample_ids_of(records))
         except KeyError as e:
             missing = e.args[0]
             raise UsageError(f"--store: {len(missing)} of {len(records)} training samples have no row in "
