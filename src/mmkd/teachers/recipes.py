@@ -48,18 +48,22 @@ class TeacherRecipe:
     context_length: int       # tokens per caption
     preprocessing: str
     licence: str
-    obtain: str               # how to get the weights into the sub-folder
+    obtain: str               # how to get the weights into the sub-folder; {root} is the teachers folder
     store_key: str            # the key the MMKD-CLIP authors' feature files use for this teacher
     notes: str = ""
 
     def spec(self, root: str | Path) -> str:
         return self.spec_template.format(path=str(Path(root) / self.folder))
 
+    def how_to_obtain(self, root: str | Path = "teachers") -> str:
+        """How to get the weights into `root`'s sub-folder for this teacher."""
+        return self.obtain.replace("{root}", str(root))
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-_HF = "huggingface-cli download {repo} --local-dir teachers/{folder}"
+_HF = "huggingface-cli download {repo} --local-dir {{root}}/{folder}"
 _OPEN_CLIP_MARKERS = ("open_clip_config.json",)
 
 RECIPES: dict[str, TeacherRecipe] = {r.name: r for r in [
@@ -95,7 +99,7 @@ RECIPES: dict[str, TeacherRecipe] = {r.name: r for r in [
         "224 px, resize short side (bicubic) + centre crop, OpenAI CLIP mean/std",
         "MIT (LICENSE of github.com/WeixiongLin/PMC-CLIP); weights trained on PMC-OA",
         "download checkpoint.pt from the Hugging Face dataset axiong/pmc_oa_beta (or image_encoder(resnet50).pth, "
-        "text_encoder.pth and text_projection_layer.pth from axiong/pmc_oa) into teachers/pmc-clip/, and "
+        "text_encoder.pth and text_projection_layer.pth from axiong/pmc_oa) into {root}/pmc-clip/, and "
         + _HF.format(repo="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext", folder="pmc-clip/text"),
         "PMCCLIP", "own code: mmkd.teachers.custom.pmc_clip"),
     TeacherRecipe(
@@ -129,7 +133,7 @@ RECIPES: dict[str, TeacherRecipe] = {r.name: r for r in [
         "BSD per the medclip package's setup.py classifier (github.com/RyanWangZf/MedCLIP has no LICENSE file); "
         "trained on MIMIC-CXR/CheXpert (their data terms apply)",
         "download the MedCLIP-ViT zip (URL in medclip/medclip_vit_weight.txt of github.com/RyanWangZf/MedCLIP), "
-        "unzip pytorch_model.bin into teachers/medclip/, and "
+        "unzip pytorch_model.bin into {root}/medclip/, and "
         + _HF.format(repo="emilyalsentzer/Bio_ClinicalBERT", folder="medclip/text"), "MedCLIP",
         "own code: mmkd.teachers.custom.medclip (Swin-T; the ResNet-50 variant loads too)"),
 ]}
@@ -180,12 +184,13 @@ def check_folder(root: str | Path, device: str = "cpu", names: list[str] | None 
         folder = root / recipe.folder
         result = CheckResult(recipe.name, str(folder), "missing", expected_dim=recipe.embed_dim)
         if not folder.is_dir():
-            result.message = f"no folder {folder}; to get it: {recipe.obtain}"
+            result.message = f"no folder {folder}; to get it: {recipe.how_to_obtain(root)}"
             results.append(result)
             continue
         if not _present(folder, recipe.markers):
             result.status = "incomplete"
-            result.message = f"{folder} has none of {', '.join(recipe.markers)}; to get it: {recipe.obtain}"
+            result.message = (f"{folder} has none of {', '.join(recipe.markers)}; to get it: "
+                              f"{recipe.how_to_obtain(root)}")
             results.append(result)
             continue
         result.spec = recipe.spec(root)
