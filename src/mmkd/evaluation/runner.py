@@ -88,8 +88,13 @@ class DatasetEntry:
     catalog_name: str | None = None
 
     def option(self, key: str, default: Any = None) -> Any:
-        """A task-specific option from the raw catalog entry (e.g. `image_key`, `label_key`)."""
-        return self.raw.get(key, default)
+        """A task-specific option from the raw catalog entry (e.g. `image_key`, `label_key`). An option whose
+        default is a string (a column name, a mode) must be a string in the catalog too."""
+        value = self.raw.get(key, default)
+        if isinstance(default, str) and not isinstance(value, str):
+            raise UsageError(f"datasets.{self.name}.{key}: {value!r} is not allowed; give a string (default "
+                             f"{default!r})")
+        return value
 
 
 def resolve_data_path(value: str, base: Path) -> Path:
