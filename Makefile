@@ -1,16 +1,18 @@
-# mmkd — the two commands: `make demo` and `make test`.
+# mmkd — the two commands: `make demo` and `make test` (and `make lint` before a commit).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The tested version of every dependency; pyproject.toml keeps the ranges a library user installs from.
+PIN    := -c constraints.txt
 
-.PHONY: demo test test-slow bench reliability venv clean
+.PHONY: demo test test-slow lint bench reliability venv constraints browser clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet $(PIN) torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet $(PIN) -e '.[test,lint]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -21,6 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -x --timeout 900
 
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy
+
 test-slow: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m slow --timeout 3600
 
@@ -29,6 +35,16 @@ bench: $(STAMP)
 
 reliability: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m slow tests/reliability --timeout 3600
+
+# After a change of dependencies: pin what .venv now has (mmkd itself left out).
+constraints: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --all --exclude-editable | grep -viE '^(mmkd|pip)=='; } > constraints.tmp
+	mv constraints.tmp constraints.txt
+
+# Headless Chromium for the report page test (tests/test_report.py; it skips without chromium); needs root.
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends chromium fonts-liberation fonts-dejavu-core; }
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from _common import (CAPTION_WORDS, caption_vocabulary, build_bert_folder, median, print_header,
                      reference_captions, set_threads, synthetic_captions, transformer_flops)

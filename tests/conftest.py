@@ -9,6 +9,13 @@ DATA = ROOT / "tests" / "data"
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _index_cache(tmp_path_factory):
+    """Data indexes of the tests (and of the commands they start) go to a temporary folder, not ~/.cache."""
+    os.environ.setdefault("MMKD_CACHE", str(tmp_path_factory.mktemp("mmkd-cache")))
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _quiet_threads():
     import torch
 

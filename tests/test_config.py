@@ -69,3 +69,26 @@ def test_parse_cli_overrides_bare_flag_is_true():
     problems = []
     out = parse_cli_overrides(["--train.compile", "--lr", "3"], problems)
     assert out == {"train.compile": "true", "optim.lr": "3"} and not problems
+
+
+def test_parse_and_validation_problems_are_reported_together(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"optim": {"lr": "fast"}}))
+    with pytest.raises(ConfigError) as e:
+        build_config(str(recipe), ["--data", "x.csv", "--train.epochs", "0", "--optim.beta2", "1.5"])
+    keys = sorted(p.split(":")[0] for p in e.value.problems)
+    assert keys == ["optim.beta2", "optim.lr", "train.epochs"]
+
+
+def test_a_value_that_did_not_parse_is_not_validated_as_its_default():
+    # batch_size fails to parse and keeps its default 32, which accum_steps 3 does not divide:
+    # only the parse problem is the user's
+    with pytest.raises(ConfigError) as e:
+        build_config(None, ["--data", "x.csv", "--train.batch_size", "many", "--train.accum_steps", "3"])
+    assert len(e.value.problems) == 1 and "'many'" in e.value.problems[0]
+
+
+def test_a_missing_recipe_is_one_problem_among_the_others(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        build_config(str(tmp_path / "none.yaml"), ["--data", "x.csv", "--train.epochs", "x"])
+    assert len(e.value.problems) == 2 and "--config" in e.value.problems[0]

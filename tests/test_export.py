@@ -252,6 +252,25 @@ def test_licence_rank(licence, rank):
     assert licence_rank(licence) == rank
 
 
+def test_card_names_no_unknown_licence_and_says_so(tmp_path):
+    from mmkd.export.folder import resolve_checkpoint
+    from mmkd.export.model_card import gather_facts, render_card
+
+    unknown_only = {"distill": {"teachers": [{"name": "NoSuchTeacher", "embed_dim": 8},
+                                             {"name": "Other", "embed_dim": 8, "licence": "unknown"}]}}
+    card = render_card(gather_facts(resolve_checkpoint(make_run(tmp_path / "a", train_state=unknown_only)), "a"))
+    front = card.split("---")[1]
+    assert "license" not in front and '"None"' not in card and "| None |" not in card  # no made-up licence
+    assert "**Licence unknown for teacher NoSuchTeacher, teacher Other.**" in card
+    assert "Most restrictive licence" not in card
+    mixed = {"distill": {"teachers": [{"name": "NoSuchTeacher", "embed_dim": 8},
+                                      {"name": "t2", "embed_dim": 8, "licence": "MIT"}]}}
+    card = render_card(gather_facts(resolve_checkpoint(make_run(tmp_path / "b", train_state=mixed)), "b"))
+    assert card.startswith("---\nlibrary_name: open_clip\nlicense: mit\n")
+    assert "**Most restrictive licence: MIT**" in card and "**Licence unknown for teacher NoSuchTeacher.**" in card
+    assert "| teacher NoSuchTeacher | not stated |" in card
+
+
 def test_teacher_without_a_recorded_licence_gets_the_registry_one():
     from mmkd.export.model_card import teachers_of
 

@@ -131,3 +131,21 @@ def test_all_teacher_fd_and_icl_equal_the_per_teacher_terms():
     sum(feature_distillation(si, ti[t], w[t]) + interactive_contrastive(si, st, ti[t], tt[t], temp, w[t])
         for t in range(T)).backward()
     torch.testing.assert_close(g_many, si.grad)
+
+
+def test_joint_icl_is_one_matrix_over_the_kept_rows():
+    """The authors' ICL: each kept row against every kept row's target, whoever its teacher."""
+    from mmkd.losses.distill import interactive_contrastive_joint
+
+    si, st = _feats(6, 4, 10), _feats(6, 4, 11)
+    ti, tt = 1.7 * _feats(6, 4, 12), 0.6 * _feats(6, 4, 13)  # unnormalised targets are used as given
+    keep = torch.tensor([True, True, False, True, True, True])
+    rows = [0, 1, 3, 4, 5]
+    scale = math.log(1 / 0.07)
+    got = interactive_contrastive_joint(si, st, ti, tt, 1 / scale, keep)
+    assert got[2].item() == 0.0
+    for a, i in enumerate(rows):
+        l1 = -math.log(torch.softmax(torch.stack([scale * si[i] @ tt[j] for j in rows]), 0)[a])
+        l2 = -math.log(torch.softmax(torch.stack([scale * st[i] @ ti[j] for j in rows]), 0)[a])
+        assert abs(got[i].item() - (l1 + l2) / 2) < 1e-5
+    assert interactive_contrastive_joint(si, st, ti, tt, 0.5, torch.tensor([True] + [False] * 5)).abs().sum() == 0

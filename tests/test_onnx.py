@@ -1,15 +1,14 @@
-"""`mmkd export --onnx`: both towers as ONNX, equal to PyTorch under onnxruntime (skipped without the extra)."""
+"""`mmkd export --onnx`: both towers as ONNX, equal to PyTorch under onnxruntime (the `onnx` extra, part of `test`)."""
 
 from __future__ import annotations
 
 import json
 
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from test_export import build_tiny_bert, make_run
-
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
 
 TOL = 1e-5
 

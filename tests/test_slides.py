@@ -107,17 +107,20 @@ def test_max_patches_is_a_stable_subset(tmp_path):
     assert len(a) == 4 and a.tolist() == b.tolist() and {tuple(c) for c in a.tolist()} <= expected
 
 
-def test_openslide_formats_need_the_extra(tmp_path):
-    from mmkd.errors import UsageError
+def test_openslide_formats_need_the_extra(tmp_path, monkeypatch):
+    """Without openslide-python an .svs names the extra; with it, a file OpenSlide cannot read says so."""
+    import sys
+
+    from mmkd.errors import DataError, UsageError
     from mmkd.evaluation.slides import TilingConfig, open_patches
 
-    import importlib.util
-
-    if importlib.util.find_spec("openslide") is not None:
-        pytest.skip("openslide-python is installed (the tiled-TIFF test covers that path)")
     (tmp_path / "x.svs").write_bytes(b"not really a slide")
-    with pytest.raises(UsageError, match="openslide-python"):
+    with pytest.raises(DataError, match="OpenSlide does not recognise"):
         open_patches(tmp_path / "x.svs", TilingConfig(), "x")
+    monkeypatch.setitem(sys.modules, "openslide", None)  # how Python marks a module as not importable
+    with pytest.raises(UsageError, match="openslide-python") as err:
+        open_patches(tmp_path / "x.svs", TilingConfig(), "x")
+    assert not isinstance(err.value, DataError)
 
 
 def write_slides(root: Path, seed: int = 0) -> Path:
@@ -209,9 +212,9 @@ def test_bad_tiling_option_names_the_key():
 
 
 def test_openslide_tiled_tiff_is_tiled_at_level_zero(tmp_path):
-    """With the `slides` extra, a tiled TIFF goes through OpenSlide; tissue is found on a 32x thumbnail."""
-    pytest.importorskip("openslide")
-    tifffile = pytest.importorskip("tifffile")
+    """A tiled TIFF goes through OpenSlide (the `slides` extra); tissue is found on a 32x thumbnail."""
+    import openslide  # noqa: F401  (the `slides` extra, installed by the `test` extra)
+    import tifffile
     from mmkd.evaluation.slides import TiledOpenSlide, TilingConfig, open_patches
 
     img, expected = synthetic_slide(rows=12, cols=16)

@@ -310,7 +310,7 @@ def test_slides_follow_the_planted_share(corpus):
         assert share == pytest.approx(truth.loc[s.slide_id].tumour_share, abs=1e-4)
         assert (s.label == "carcinoma") == (share > 0)
         assert s.time > 0 and s.event in (0, 1)
-    for patient, group in slides.groupby("patient_id"):
+    for _, group in slides.groupby("patient_id"):
         assert group.label.nunique() == 1 and group.time.nunique() == 1
     assert set(slides.label) == {"benign", "carcinoma"}
 
@@ -398,7 +398,7 @@ def test_a_tiny_vit_learns_every_modality():
         steps = 20 * (len(x_train) // 64)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps)
-        for step in range(steps):
+        for _ in range(steps):
             idx = torch.randint(0, len(x_train), (64,))
             loss = torch.nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
             opt.zero_grad()

@@ -28,9 +28,9 @@ def load_model(spec: str, device: str = "cpu", name: str | None = None) -> ClipE
     path = Path(spec)
     if path.is_dir() and is_mmkd_checkpoint(path):
         from mmkd.models.student import create_student
-        from mmkd.utils.runs import latest_checkpoint
+        from mmkd.utils.runs import require_weights
 
-        ckpt = path if (path / "open_clip_config.json").is_file() else latest_checkpoint(path)
+        ckpt = require_weights(path, "--model").parent  # never a silent random init
         student = create_student(str(ckpt))
         return OpenClipEncoder(student.model, student.eval_transform, student.tokenizer,
                                name=name or path.name, provenance={"spec": spec, **student.source}, device=device)

@@ -8,9 +8,12 @@ problem at once, each naming the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
-import math
+import functools
+import io
+import tokenize
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,7 @@ from mmkd.errors import ConfigError
 @dataclass
 class DataConfig:
     path: str = ""  # CSV/JSONL file, or webdataset shards (a .tar, a folder of .tar, a glob, a {000..009} pattern)
-    format: str = "auto"  # auto | csv | jsonl | webdataset
+    format: str = "auto"  # format of data.path: auto (from the name) | csv | jsonl | webdataset
     image_key: str = "image"  # column / json key holding the image path (CSV/JSONL)
     caption_key: str = "caption"  # column / json key holding the caption; for webdataset the key inside the .json
     id_key: str = "sample_id"  # optional column with a stable sample id (defaults to the row number / tar key)
@@ -33,6 +36,12 @@ class DataConfig:
     max_image_pixels: int = 64_000_000  # larger images are skipped as decompression bombs
     max_skipped_fraction: float = 0.5  # stop the run when more than this share of samples is unreadable
     image_only_path: str = ""  # stage 2 only: images without captions (folder or CSV) for decision distillation
+    select: list[str] = field(default_factory=list)  # FIELD=V1,V2 metadata clauses (repeatable, ANDed) or YAML files
+    license: str = ""  # "" (all) | commercial | noncommercial: keep samples whose licence allows that use
+    index_dir: str = ""  # where the persistent index lives (default: $MMKD_CACHE/index/..., ~/.cache/mmkd/index/...)
+    index_fields: list[str] = field(default_factory=list)  # more JSON keys / columns to index for selection
+    index_workers: int = 0  # processes that build the index (0: the cores, shared by the ranks of a node)
+    index_check: str = "stat"  # stat (size + mtime of each shard) | full (also re-list every shard's headers)
 
 
 @dataclass
@@ -41,19 +50,19 @@ class ModelConfig:
     init: str = ""  # initial weights: a checkpoint/run dir, .safetensors, or .pt/.bin (opened with weights_only=True)
     hf_text_path: str = ""  # local folder of the HF text model (config + tokenizer) for HF text towers
     context_length: int = 0  # 0 keeps the model config's context length
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = False  # recompute activations in the backward pass to save memory
     pad_to_longest: bool = True  # pad each text batch to its longest caption instead of the full context
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-5
-    weight_decay: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    warmup_steps: int = 2000
-    schedule: str = "cosine"  # cosine | constant
+    lr: float = 5e-5  # peak learning rate, reached after the warm-up
+    weight_decay: float = 0.2  # AdamW weight decay (not applied to 1-D parameters: gains, biases, logit scale)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.98  # AdamW beta2
+    eps: float = 1e-6  # AdamW epsilon
+    warmup_steps: int = 2000  # steps of linear warm-up from 0 to lr
+    schedule: str = "cosine"  # learning rate after the warm-up: cosine | constant
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     fused: bool = False  # fused AdamW (CUDA only)
@@ -61,43 +70,50 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    out: str = "runs/pretrain"
-    epochs: int = 1
+    out: str = "runs/pretrain"  # run folder: config.yaml, metrics.jsonl, checkpoints/, summary.json
+    epochs: int = 1  # passes over the data
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
     batch_size: int = 32  # global batch size (all ranks, all accumulation micro-steps)
     accum_steps: int = 1  # gradient accumulation micro-steps per optimiser step
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    seed: int = 0  # seed of initialisation, data order and augmentation
+    device: str = "auto"  # where to train: auto (cuda when present) | cpu | cuda
+    precision: str = "auto"  # autocast precision: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     log_every: int = 10  # steps between metric lines
     save_every: int = 0  # steps between checkpoints (0: only at the end of each epoch and of the run)
     keep_checkpoints: int = 2  # how many step checkpoints to keep
-    resume: str = ""  # "" | latest | a checkpoint directory
+    resume: str = ""  # continue a run: latest, or a checkpoint folder ("" starts afresh)
+    overwrite: bool = False  # start over in an --out folder that holds a run (removes only mmkd's own files)
     compile: bool = False  # torch.compile the model
     max_bad_steps: int = 5  # stop after this many consecutive non-finite losses (saving first)
-    progress: bool = True  # progress bar
+    progress: bool = True  # show a progress bar
 
 
 @dataclass
 class DistillConfig:
     store: str = ""  # feature store directory
     alignment: str = ""  # alignment weights (default: STORE/alignment.safetensors)
-    target_space: str = "projection"  # projection | adaptor | relational | decision
-    policy: str = "random-available"  # random-available | mean-available | score-weighted | modality
-    exclude_teachers: list[str] = field(default_factory=list)
-    lambda_fd: float = 50.0
-    lambda_icl: float = 1.0
-    lambda_kl: float = 0.0
-    lambda_decision: float = 0.0
-    normalize_targets: bool = True  # the paper's released code does not normalise FD targets
-    learnable_icl_temperature: bool = True  # the paper fixes it
-    icl_temperature: float = 0.07
-    kl_temperature: float = 0.05
+    target_space: str = "projection"  # what the student is matched to: projection | adaptor | relational | decision
+    policy: str = "random-available"  # who teaches: random-available | mean-available | score-weighted | modality
+    exclude_teachers: list[str] = field(default_factory=list)  # teachers left out (leave-one-teacher-out ablations)
+    lambda_fd: float = 50.0  # weight of the feature-distillation (FD) term
+    lambda_icl: float = 1.0  # weight of the interactive contrastive (ICL) term
+    lambda_kl: float = 0.0  # weight of the relational KL term
+    lambda_decision: float = 0.0  # weight of decision distillation on image-only samples
+    normalize_targets: bool = True  # L2-normalise the FD targets (the paper's released code does not)
+    learnable_icl_temperature: bool = True  # learn the ICL temperature (the paper fixes it)
+    icl_temperature: float = 0.07  # temperature of the ICL logits (its start value when learnable)
+    # paper: one ICL similarity matrix over the whole (gathered) batch, each row's targets from its own
+    # teacher (the authors' code); mmkd: each teacher's InfoNCE over its own rows only
+    icl_form: str = "mmkd"  # how ICL is formed: mmkd (per teacher, its own rows) | paper (one matrix, all rows)
+    # linear (the authors' per-teacher projection, `clips_project_output`) or linear+mlp (+ the modality MLP)
+    projection: str = "linear+mlp"  # projection-space targets: linear | linear+mlp
+    kl_temperature: float = 0.05  # temperature of the relational KL similarity distributions
     modality_routes: dict[str, list[str]] = field(default_factory=dict)  # modality -> teachers (policy=modality)
     decision_vocab: str = ""  # YAML: modality -> {classnames, templates}, for decision distillation
     decision_temperature: float = 0.05  # tau of teacher and student class distributions
     decision_batch_size: int = 0  # image-only samples per micro-batch (0: same as the pair micro-batch)
     decision_teachers: dict[str, str] = field(default_factory=dict)  # teacher -> spec (default: store provenance)
+    check_data: str = "sample"  # sample | full | off: compare the data's content digests with the store's rows
 
 
 @dataclass
@@ -125,18 +141,68 @@ FLAG_ALIASES: dict[str, str] = {
     "device": "train.device",
 }
 
+# Keys whose flag may be given several times (the values accumulate) and whose values are never split
+# at commas: each `--data.select FIELD=V1,V2` is one clause.
+REPEATABLE = ("data.select",)
+
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.format": ("auto", "csv", "jsonl", "webdataset"),
+    "data.format": ("auto", "csv", "jsonl", "webdataset", "selection"),
+    "data.license": ("", "commercial", "noncommercial"),
+    "data.index_check": ("stat", "full"),
     "optim.schedule": ("cosine", "constant"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
     "distill.target_space": ("projection", "adaptor", "relational", "decision"),
     "distill.policy": ("random-available", "mean-available", "score-weighted", "modality"),
+    "distill.icl_form": ("mmkd", "paper"),
+    "distill.projection": ("linear", "linear+mlp"),
+    "distill.check_data": ("sample", "full", "off"),
 }
 
 
 def _field_type(cls, name: str):
     return typing.get_type_hints(cls)[name]
+
+
+@functools.lru_cache(maxsize=1)
+def field_docs() -> dict[str, str]:
+    """"section.key" -> the field's one-line meaning: the comment written beside it in this file.
+
+    The comments above are the only description of the fields; `--help` reads them from here.
+    """
+    source = Path(__file__).read_text(encoding="utf-8")
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    section_of = {typing.get_type_hints(Config)[f.name].__name__: f.name for f in dataclasses.fields(Config)}
+    docs = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name in section_of:
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    text = comments.get(item.end_lineno or item.lineno) or comments.get(item.lineno - 1, "")
+                    docs[f"{section_of[node.name]}.{item.target.id}"] = text
+    return docs
+
+
+def field_defaults(base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """"section.key" -> default value, with a stage's own `base` defaults applied (e.g. distill's lr 1e-6)."""
+    cfg = Config()
+    problems: list[str] = []
+    apply_overrides(cfg, base or {}, problems, "defaults")
+    assert not problems, problems
+    return {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in _all_keys(cfg)}
+
+
+def field_type_name(key: str) -> str:
+    """A short name of a field's type for help texts: INT, FLOAT, BOOL, TEXT, A,B (list), YAML (mapping)."""
+    section, _, name = key.partition(".")
+    typ = _field_type(type(getattr(Config(), section)), name)
+    origin = typing.get_origin(typ)
+    if origin is list:
+        return "A,B"
+    if origin is dict:
+        return "YAML"
+    return {bool: "BOOL", int: "INT", float: "FLOAT"}.get(typ, "TEXT")
 
 
 def _parse_value(text: Any, typ, key: str, problems: list[str]):
@@ -197,6 +263,8 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], problems: list[str],
             problems.append(f"{key}{where}: unknown key" + (f"; did you mean {hint[0]}?" if hint else ""))
             continue
         section = getattr(cfg, section_name)
+        if key in REPEATABLE and not isinstance(raw, list):
+            raw = [raw]  # one clause, commas included
         value = _parse_value(raw, _field_type(type(section), name), key, problems)
         if value is not None:
             setattr(section, name, value)
@@ -223,12 +291,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"--config: {path} is not valid YAML: {e}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"--config: {path} must hold a mapping of sections (data, model, optim, train, distill)"])
+    data.pop("segments", None)  # a run's config.yaml: the history of its resumes (mmkd.training.run_folder)
     return _flatten(data)
 
 
-def parse_cli_overrides(tokens: list[str], problems: list[str]) -> dict[str, str]:
+def parse_cli_overrides(tokens: list[str], problems: list[str]) -> dict[str, Any]:
     """Parse `--a.b VALUE`, `--a.b=VALUE` and short aliases (`--lr 1e-4`) into dotted keys."""
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     i = 0
     while i < len(tokens):
         tok = tokens[i]
@@ -244,7 +313,10 @@ def parse_cli_overrides(tokens: list[str], problems: list[str]) -> dict[str, str
             else:
                 value = "true"  # a bare flag switches a boolean on
         key = FLAG_ALIASES.get(name, name.replace("-", "_") if "." not in name else _dash_key(name))
-        out[key] = value
+        if key in REPEATABLE:
+            out.setdefault(key, []).append(value)
+        else:
+            out[key] = value
         i += 1
     return out
 
@@ -268,10 +340,12 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
         check(key, getattr(getattr(cfg, section), name) in choices, f"choose one of {', '.join(choices)}")
     check("data.path", bool(cfg.data.path), "give the training data with --data PATH (CSV, JSONL or .tar shards)")
     check("data.num_workers", cfg.data.num_workers >= 0, "use 0 or more")
+    check("data.index_workers", cfg.data.index_workers >= 0, "use 0 (all cores) or more")
     check("data.max_skipped_fraction", 0.0 <= cfg.data.max_skipped_fraction <= 1.0, "use a fraction in [0, 1]")
     check("model.name", bool(cfg.model.name), "give a model name or config file with --model")
     check("model.context_length", cfg.model.context_length >= 0, "use 0 (model default) or a positive length")
-    check("optim.lr", cfg.optim.lr > 0 and math.isfinite(cfg.optim.lr), "use a positive learning rate")
+    check("optim.lr", 0 < cfg.optim.lr < 1e30, "use a positive learning rate below 1e30 (larger ones overflow the "
+          "optimiser's float32 arithmetic)")
     check("optim.weight_decay", cfg.optim.weight_decay >= 0, "use 0 or more")
     check("optim.beta1", 0 <= cfg.optim.beta1 < 1, "use a value in [0, 1)")
     check("optim.beta2", 0 <= cfg.optim.beta2 < 1, "use a value in [0, 1)")
@@ -305,6 +379,11 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
                   "decision distillation needs --data.image_only_path IMAGES.csv (columns image, modality)")
             check("distill.decision_vocab", bool(cfg.distill.decision_vocab),
                   "decision distillation needs --distill.decision_vocab VOCAB.yaml (modality -> classnames, templates)")
+        if cfg.distill.icl_form == "paper" and cfg.distill.target_space == "adaptor" and cfg.distill.lambda_icl > 0:
+            problems.append("distill.icl_form: 'paper' is not allowed with distill.target_space 'adaptor' (one "
+                            "similarity matrix across teachers needs every target in the student's space, and adaptor "
+                            "targets stay in each teacher's own); use --distill.icl_form mmkd or --distill.target_space "
+                            "projection")
         if cfg.distill.policy == "modality" and not cfg.distill.modality_routes:
             problems.append("distill.modality_routes: {} is not allowed; policy 'modality' needs a mapping "
                             "modality -> [teachers] (set it in the YAML recipe)")
@@ -319,10 +398,15 @@ def build_config(config_file: str | None, cli_tokens: list[str], stage: str = "p
     if base:
         apply_overrides(cfg, base, problems, "defaults")
     if config_file:
-        apply_overrides(cfg, load_yaml(config_file), problems, str(config_file))
+        try:
+            apply_overrides(cfg, load_yaml(config_file), problems, str(config_file))
+        except ConfigError as e:  # an unreadable recipe is one problem among the others
+            problems += e.problems
     apply_overrides(cfg, parse_cli_overrides(cli_tokens, problems), problems)
-    if not problems:
-        problems = validate(cfg, stage)
+    # Values that could not be parsed kept their defaults; validation must not report those defaults
+    # (nor checks that involve them) as if the user had set them.
+    unparsed = {p.split(":", 1)[0].split(" ", 1)[0] for p in problems}
+    problems += [p for p in validate(cfg, stage) if not any(key in p for key in unparsed)]
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -350,4 +434,5 @@ def save_yaml(cfg: Config, path: str | Path) -> None:
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "DistillConfig",
     "build_config", "validate", "to_dict", "from_dict", "save_yaml", "load_yaml", "apply_overrides",
+    "field_docs", "field_defaults",
 ]

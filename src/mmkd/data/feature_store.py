@@ -41,10 +41,11 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence, cast
 
 import numpy as np
 
+from mmkd.data.records import ids_digest
 from mmkd.errors import UsageError
 from mmkd.utils.io import atomic_write_json, read_json
 
@@ -104,40 +105,77 @@ def provenance_fingerprint(provenance: dict[str, Any], embed_dim: int) -> str:
     Library versions and paths are left out on purpose: moving the weights or upgrading
     numpy does not make stored features stale; different weights or preprocessing do.
     """
-    keyed = {"embed_dim": int(embed_dim)}
+    keyed: dict[str, Any] = {"embed_dim": int(embed_dim)}
     for key in ("weights", "preprocess", "tokenizer"):
         keyed[key] = provenance.get(key)
     blob = json.dumps(keyed, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
-def _ids_digest(sample_ids: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for sid in sample_ids:
-        h.update(sid.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-    return h.hexdigest()
+def _write_id_list(path: Path, sample_ids: Iterable[str]) -> None:
+    """sample_ids.json (one JSON list, as `json.dumps` writes it) written a block of ids at a time, so
+    memory does not grow with the ids (they may be a lazy sequence over a data index)."""
+    from itertools import islice
+
+    from mmkd.utils.io import atomic_path
+
+    ids = iter(sample_ids)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="ascii") as f:
+        f.write("[")
+        first = True
+        while block := list(islice(ids, 65536)):
+            f.write(("" if first else ", ") + ", ".join(map(json.dumps, block)))
+            first = False
+        f.write("]\n")
 
 
-def _open_npy(path: Path, mode: str):
+def _open_npy(path: Path, mode: Literal["r", "r+"]):
     return np.load(path, mmap_mode=mode)
 
 
-def _open_array(root: Path, spec: dict[str, Any], mode: str, files: dict[str, np.memmap]) -> np.memmap:
+def _inside(root: Path, name: Any, what: str = "array") -> Path:
+    """`root / name`, refused unless it stays inside the store: a manifest names files relative to the
+    store, and one naming `../x` or `/x` must not make mmkd read or write elsewhere."""
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"feature store {str(root)!r}: its manifest names the {what} file {name!r}, which is not "
+                         f"a relative path; the manifest is damaged. Re-extract into a new folder")
+    path = root / name
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if os.path.isabs(name) or os.path.commonpath([real_root, real]) != real_root:
+        raise UsageError(f"feature store {str(root)!r}: its manifest names the {what} file {name!r}, outside "
+                         f"the store; refusing to read or write it. Re-extract into a new folder")
+    return path
+
+
+def _open_array(root: Path, spec: dict[str, Any], mode: Literal["r", "r+"], files: dict[str, np.memmap]) -> np.memmap:
     """One array of a store: a whole `.npy` file, or a column block of a shared features file.
 
     Read mappings are advised as random access: batches gather scattered rows, and the kernel's
     default read-ahead would read far more of the file from disk than the rows asked for."""
-    name = spec["file"]
+    path = _inside(root, spec.get("file") if isinstance(spec, dict) else None)
+    name = str(spec["file"])
     if name not in files:
-        files[name] = _open_npy(root / name, mode)
+        try:
+            files[name] = _open_npy(path, mode)  # never allow_pickle: an object array is refused
+        except (OSError, ValueError, EOFError) as e:
+            raise UsageError(f"feature store {str(root)!r}: the array file {name!r} is unreadable ({e}); rerun the "
+                             f"command that wrote the store, or extract into a new folder") from None
         raw = getattr(files[name], "_mmap", None)
         if mode == "r" and raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_RANDOM"):
             raw.madvise(mmap.MADV_RANDOM)
+    arr = files[name]
     if "columns" in spec:
         a, b = spec["columns"]
-        return files[name][:, a:b]
-    return files[name]
+        if arr.ndim != 2 or not 0 <= a <= b <= arr.shape[1]:
+            raise UsageError(f"feature store {str(root)!r}: {name!r} has shape {arr.shape}, which has no columns "
+                             f"{a}:{b}; the manifest does not describe the files. Extract into a new folder")
+        arr = cast(np.memmap, arr[:, a:b])  # a column view of a memmap is a memmap
+    if "shape" in spec and list(arr.shape) != list(spec["shape"]) or \
+            "dtype" in spec and arr.dtype != np.dtype(spec["dtype"]):
+        raise UsageError(f"feature store {str(root)!r}: {name!r} holds {list(arr.shape)} {arr.dtype}, the manifest "
+                         f"says {spec.get('shape')} {spec.get('dtype')}; extract into a new folder")
+    return arr
 
 
 _QUOTE_OR_ESCAPE = re.compile(rb'\\.|"', re.S)
@@ -153,8 +191,8 @@ def _last_closing_quote(buf: bytes) -> int:
         if quotes % 2:
             end = buf.rindex(b'"')
         return buf.rfind(b'"', 0, end)
-    quotes = [m.start() for m in _QUOTE_OR_ESCAPE.finditer(buf) if m.group() == b'"']
-    return quotes[len(quotes) // 2 * 2 - 1] if len(quotes) >= 2 else -1
+    at = [m.start() for m in _QUOTE_OR_ESCAPE.finditer(buf) if m.group() == b'"']
+    return at[len(at) // 2 * 2 - 1] if len(at) >= 2 else -1
 
 
 def iter_json_strings(path: Path, chunk_bytes: int = 1 << 22) -> Iterable[str]:
@@ -204,7 +242,7 @@ class FeatureStore:
         if not manifest_path.is_file():
             raise UsageError(f"feature store {str(self.path)!r} has no {MANIFEST}; create it with `mmkd extract` "
                              f"or `mmkd import-features`")
-        self.manifest: dict[str, Any] = read_json(manifest_path)
+        self.manifest: dict[str, Any] = _read_manifest(self.path)
         version = self.manifest.get("format_version")
         if version not in READABLE_VERSIONS:
             raise UsageError(f"feature store {str(self.path)!r} has format version {version}; this mmkd reads "
@@ -212,6 +250,7 @@ class FeatureStore:
         if not self.manifest.get("complete") and not allow_partial:
             raise UsageError(f"feature store {str(self.path)!r} is incomplete (an extraction was interrupted); "
                              f"rerun the same `mmkd extract`/`import-features` command to finish it")
+        _check_manifest(self.path, self.manifest)
         self.num_samples: int = int(self.manifest["num_samples"])
         self.teachers: list[str] = [t["name"] for t in self.manifest["teachers"]]
         self._entries = {t["name"]: t for t in self.manifest["teachers"]}
@@ -244,7 +283,7 @@ class FeatureStore:
                 raise UsageError(f"teacher {name!r} has no {kind!r} array in {str(self.path)!r}; "
                                  f"it has: {', '.join(arrays)}")
             self._arrays[key] = _open_array(self.path, arrays[kind], "r", self._files)
-        return self._arrays[key]
+        return cast(np.memmap, self._arrays[key])
 
     def has_array(self, name: str, kind: str) -> bool:
         return kind in self._entry(name)["arrays"]
@@ -279,7 +318,15 @@ class FeatureStore:
     @property
     def sample_ids(self) -> list[str]:
         if self._sample_ids is None:
-            self._sample_ids = read_json(self.path / SAMPLE_IDS)
+            try:
+                ids = read_json(self.path / SAMPLE_IDS)
+            except (OSError, ValueError) as e:
+                raise UsageError(f"feature store {str(self.path)!r}: {SAMPLE_IDS} is unreadable ({e}); extract "
+                                 f"into a new folder") from None
+            if not isinstance(ids, list) or len(ids) != self.num_samples or not all(isinstance(i, str) for i in ids):
+                raise UsageError(f"feature store {str(self.path)!r}: {SAMPLE_IDS} is not a list of "
+                                 f"{self.num_samples} sample ids; extract into a new folder")
+            self._sample_ids = ids
         return self._sample_ids
 
     def row_of(self, sample_id: str) -> int:
@@ -299,8 +346,8 @@ class FeatureStore:
         order (same count and digest as the manifest's) the rows are the identity; otherwise one
         pass streams the store's id list `chunk_bytes` at a time, keeping only the ids asked for.
         """
-        ids = sample_ids if isinstance(sample_ids, list) else list(sample_ids)
-        if len(ids) == self.num_samples and _ids_digest(ids) == self.manifest.get("sample_ids_sha256"):
+        ids = sample_ids if isinstance(sample_ids, Sequence) else list(sample_ids)  # a lazy index view stays lazy
+        if len(ids) == self.num_samples and ids_digest(ids) == self.manifest.get("sample_ids_sha256"):
             return np.arange(len(ids), dtype=np.int64)
         if self._row_of is not None:
             found = self._row_of
@@ -391,6 +438,7 @@ class FeatureStoreWriter:
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any]):
+        _check_manifest(path, manifest)
         self.path = path
         self.manifest = manifest
         self.num_samples = int(manifest["num_samples"])
@@ -401,8 +449,10 @@ class FeatureStoreWriter:
 
     @classmethod
     def open(cls, path: str | os.PathLike, sample_ids: Sequence[str], teachers: Sequence[TeacherEntry],
-             chunk_rows: int = DEFAULT_CHUNK_ROWS, create: bool = True, extra_manifest: dict | None = None
-             ) -> "FeatureStoreWriter":
+             chunk_rows: int = DEFAULT_CHUNK_ROWS, create: bool = True, extra_manifest: dict | None = None,
+             record_content: bool = False) -> FeatureStoreWriter:
+        """`record_content`: a new store gets content.npy, each row's digest of its image and caption
+        (mmkd.data.content), written with the row's first committed chunk."""
         path = Path(path)
         if not sample_ids:
             raise UsageError("the dataset holds no samples; nothing to write into a feature store")
@@ -412,7 +462,8 @@ class FeatureStoreWriter:
                                  f"digits, '_', '-', '.' (up to 64 characters)")
         manifest_path = path / MANIFEST
         if manifest_path.is_file():
-            manifest = read_json(manifest_path)
+            manifest = _read_manifest(path)
+            _check_manifest(path, manifest)
             _check_compatible(path, manifest, sample_ids, teachers)
             new = [t for t in teachers if t.name not in {e["name"] for e in manifest["teachers"]}]
             if new and not create:
@@ -427,18 +478,24 @@ class FeatureStoreWriter:
         if path.exists() and not all(_creation_leftover(p) for p in path.iterdir()):
             raise UsageError(f"--out: {str(path)!r} exists and is not a feature store; choose an empty or new folder")
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path / SAMPLE_IDS, list(sample_ids), indent=None)
+        _write_id_list(path / SAMPLE_IDS, sample_ids)
         manifest = {
             "format_version": FORMAT_VERSION,
             "dtype": FEATURE_DTYPE,
             "num_samples": len(sample_ids),
-            "sample_ids_sha256": _ids_digest(sample_ids),
+            "sample_ids_sha256": ids_digest(sample_ids),
             "chunk_rows": int(chunk_rows),
             "complete": False,
             "teachers": _make_teachers(path, teachers, len(sample_ids)),
             "chunks": [],
             **(extra_manifest or {}),
         }
+        if record_content:
+            from mmkd.data.content import CONTENT_FILE, ROW_BYTES
+
+            _create_array(path / CONTENT_FILE, "uint8", (len(sample_ids), ROW_BYTES))
+            manifest["content"] = {"file": CONTENT_FILE, "digest": "blake2b-64(image file bytes) + "
+                                   "blake2b-64(caption UTF-8); zeros where unreadable"}
         atomic_write_json(path / MANIFEST, manifest)
         return cls(path, manifest)
 
@@ -475,10 +532,15 @@ class FeatureStoreWriter:
         return self._maps[key]
 
     def write_chunk(self, chunk: int, teacher: str, arrays: dict[str, np.ndarray],
-                    record_extra: dict[str, Any] | None = None) -> None:
+                    record_extra: dict[str, Any] | None = None, content: np.ndarray | None = None) -> None:
         """Write rows of `chunk` for `teacher` and commit them. `arrays` must hold every array
-        kind of the teacher with exactly the chunk's row count."""
+        kind of the teacher with exactly the chunk's row count; `content` ([rows, 16] uint8) the rows'
+        digests, for a store that records them."""
         start, stop = self.chunk_bounds(chunk)
+        if content is not None and "content" in self.manifest:
+            target = self._content_map()
+            target[start:stop] = content
+            target.flush()
         kinds = self._entries[teacher]["arrays"]
         if set(arrays) != set(kinds):
             raise ValueError(f"{teacher}: chunk arrays {sorted(arrays)} != store arrays {sorted(kinds)}")
@@ -498,6 +560,13 @@ class FeatureStoreWriter:
         record = {"teacher": teacher, "chunk": chunk, "start": start, "stop": stop, "sha256": digests,
                   **(record_extra or {})}
         atomic_write_json(self._record_path(teacher, chunk), record, indent=None)
+
+    def _content_map(self) -> np.memmap:
+        if "content" not in self._files:
+            from mmkd.data.content import CONTENT_FILE
+
+            self._files["content"] = _open_npy(self.path / CONTENT_FILE, "r+")
+        return self._files["content"]
 
     def rewrite_kind(self, chunk: int, teacher: str, kind: str, data: np.ndarray) -> None:
         """Replace one array of a committed chunk (e.g. availability under a new rule) and its checksum."""
@@ -537,10 +606,103 @@ class FeatureStoreWriter:
         return self.manifest
 
 
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = read_json(path / MANIFEST)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"feature store {str(path)!r}: {MANIFEST} is unreadable ({e}); rerun the command that "
+                         f"wrote the store, or extract into a new folder") from None
+    if not isinstance(manifest, dict):
+        raise UsageError(f"feature store {str(path)!r}: {MANIFEST} holds {type(manifest).__name__}, not a manifest; "
+                         f"extract into a new folder")
+    return manifest
+
+
+def _check_manifest(path: Path, manifest: Any) -> None:
+    """Everything of a manifest that reading or writing relies on: types, teacher names usable as folder
+    names, array files inside the store with shapes and dtypes that fit, chunk records within the rows.
+    A damaged or forged manifest is a UsageError, before any file is opened."""
+    problems: list[str] = []
+
+    def is_int(v: Any, low: int = 0) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    if not isinstance(manifest, dict):
+        problems.append("it is not a JSON object")
+    else:
+        n = manifest.get("num_samples")
+        if not is_int(n):
+            problems.append(f"num_samples is {n!r}")
+        if not is_int(manifest.get("chunk_rows", 1), 1):
+            problems.append(f"chunk_rows is {manifest.get('chunk_rows')!r}")
+        teachers = manifest.get("teachers")
+        arrays_of: dict[str, dict] = {}
+        if not isinstance(teachers, list):
+            problems.append("teachers is not a list")
+            teachers = []
+        for t in teachers:
+            name = t.get("name") if isinstance(t, dict) else None
+            if not isinstance(name, str) or not _NAME_RE.match(name) or name in arrays_of:
+                problems.append(f"teacher name {name!r} is not a usable (unique) name")
+                continue
+            dim, arrays = t.get("embed_dim"), t.get("arrays")
+            if not is_int(dim, 1) or not isinstance(arrays, dict) or not set(CORE_KINDS) <= set(arrays):
+                problems.append(f"teacher {name!r}: embed_dim {dim!r} or its arrays are missing")
+                continue
+            for key in ("settings", "provenance"):
+                if not isinstance(t.get(key, {}), dict):
+                    problems.append(f"teacher {name!r}: {key} is not a mapping")
+            for kind, spec in arrays.items():
+                problems += _spec_problems(path, name, kind, spec, n, dim)
+            arrays_of[name] = arrays
+        chunks = manifest.get("chunks", [])
+        if not isinstance(chunks, list):
+            problems.append("chunks is not a list")
+            chunks = []
+        for rec in chunks:
+            ok = (isinstance(rec, dict) and isinstance(rec.get("teacher"), str) and rec["teacher"] in arrays_of
+                  and is_int(rec.get("start"))
+                  and is_int(rec.get("stop")) and is_int(n) and rec["start"] <= rec["stop"] <= n
+                  and isinstance(rec.get("sha256"), dict)
+                  and all(k in arrays_of[rec["teacher"]] and isinstance(v, str) for k, v in rec["sha256"].items()))
+            if not ok:
+                problems.append(f"chunk record {str(rec)[:80]} does not fit the store")
+                break
+    if problems:
+        raise UsageError(f"feature store {str(path)!r}: its manifest is damaged ({'; '.join(problems[:3])}); rerun "
+                         f"the command that wrote it, or extract into a new folder")
+
+
+def _spec_problems(root: Path, teacher: str, kind: Any, spec: Any, n: Any, dim: int) -> list[str]:
+    where = f"teacher {teacher!r} array {kind!r}"
+    if not isinstance(kind, str) or not isinstance(spec, dict):
+        return [f"{where} is not described by a mapping"]
+    _inside(root, spec.get("file"), f"{teacher}/{kind}")  # raises: never read or write outside the store
+    shape, dtype = spec.get("shape"), spec.get("dtype")
+    try:
+        if not isinstance(dtype, str):
+            raise TypeError
+        np.dtype(dtype)
+    except (TypeError, ValueError):
+        return [f"{where}: dtype {dtype!r}"]
+    expected = {"image": [n, dim], "text": [n, dim], "available": [n], "score": [n]}.get(kind)
+    if not isinstance(shape, list) or (expected is not None and shape != expected) or \
+            not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape) or not shape or \
+            shape[0] != n:
+        return [f"{where}: shape {shape!r}"]
+    cols = spec.get("columns")
+    if "columns" in spec and not (isinstance(cols, list) and len(cols) == 2 and all(
+            isinstance(c, int) and not isinstance(c, bool) for c in cols) and 0 <= cols[0] <= cols[1]
+                                 and cols[1] - cols[0] == shape[-1] and len(shape) == 2):
+        return [f"{where}: columns {cols!r}"]
+    return []
+
+
 def _creation_leftover(p: Path) -> bool:
     """What an interrupted creation of a store (killed, or a full disk, before its manifest was
     written) leaves behind; a rerun may start over in such a folder."""
-    return p.name in (SAMPLE_IDS, "teachers") or (p.name.startswith(".") and p.name.endswith(".tmp"))
+    return (p.name in (SAMPLE_IDS, "teachers", "content.npy", ".mmkd.lock")
+            or (p.name.startswith(".") and p.name.endswith(".tmp")))
 
 
 def _reserve_space(file: Path) -> None:
@@ -594,7 +756,7 @@ def _check_compatible(path: Path, manifest: dict[str, Any], sample_ids: Sequence
     if manifest.get("format_version") != FORMAT_VERSION:
         raise UsageError(f"--out: {str(path)!r} has store format {manifest.get('format_version')}, "
                          f"this mmkd writes {FORMAT_VERSION}; write to a new folder")
-    if manifest["num_samples"] != len(sample_ids) or manifest["sample_ids_sha256"] != _ids_digest(sample_ids):
+    if manifest["num_samples"] != len(sample_ids) or manifest["sample_ids_sha256"] != ids_digest(sample_ids):
         raise UsageError(f"--out: the store {str(path)!r} was made from a different dataset "
                          f"({manifest['num_samples']} samples, other sample ids); write to a new folder")
     existing = {t["name"]: t for t in manifest["teachers"]}

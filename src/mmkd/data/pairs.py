@@ -1,9 +1,12 @@
 """Image-text pairs from CSV/JSONL files or webdataset tar shards, as one random-access dataset.
 
-Every source is turned into an index of records (`PairRecord`) so that all formats share one
+Every source is turned into a sequence of records (`PairRecord`) so that all formats share one
 sampler: a seeded permutation per epoch, split across ranks, which is what makes mid-epoch
-resume exact. Tar shards are indexed once (member offsets) and read by seeking, so a sample is
-found in O(1) without unpacking the shard.
+resume exact. The records come from a persistent, memory-mapped index of the source
+(`mmkd.data.index`), built on the first launch and only refreshed where a shard changed: tar
+members and CSV/JSONL records are read by seeking to their offsets, so a sample is found in
+O(1) without unpacking a shard or holding a caption in memory. Metadata clauses
+(`--data.select`, `mmkd.data.select`) and saved selections choose a subset of the index.
 
 A sample that cannot be read is not an error: `load_sample` returns a `Skip` carrying the
 reason (missing file, unreadable image, decompression bomb, empty caption, ...) and the
@@ -13,48 +16,21 @@ collate function drops it and counts it.
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 import os
-import re
-import tarfile
+import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+from mmkd.data.records import (  # noqa: F401 - the readers' public names
+    BAD_CAPTION_ENCODING, BAD_TAR_MEMBER, CAPTION_TOO_LONG, DECOMPRESSION_BOMB, EMPTY_CAPTION, IMAGE_EXTS, MISSING_FILE,
+    MISSING_IMAGE, UNREADABLE_IMAGE, PairRecord, Skip)
+from mmkd.data.sources import expand_shards, refuse_urls  # noqa: F401 - expand_shards is public here too
 from mmkd.errors import UsageError
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
-
-# Skip reasons (fixed names: they appear in summary.json).
-MISSING_FILE = "missing_file"
-UNREADABLE_IMAGE = "unreadable_image"
-DECOMPRESSION_BOMB = "decompression_bomb"
-EMPTY_CAPTION = "empty_caption"
-BAD_CAPTION_ENCODING = "bad_caption_encoding"
-MISSING_IMAGE = "missing_image"
-BAD_TAR_MEMBER = "bad_tar_member"
-
-
-@dataclass(frozen=True)
-class PairRecord:
-    """Where one sample lives. `image` is a file path, or (tar path, offset, size) for shards."""
-
-    sample_id: str
-    image: str | tuple[str, int, int] | None
-    caption: str | tuple[str, int, int] | None  # text, or a tar member (txt/json) to read
-    modality: str = ""
-    caption_json_key: str = ""  # when `caption` is a tar .json member: the key holding the caption
-
-
-@dataclass(frozen=True)
-class Skip:
-    reason: str
-    sample_id: str = ""
-
 
 def detect_format(path: str) -> str:
     p = path.lower()
@@ -62,7 +38,11 @@ def detect_format(path: str) -> str:
         return "csv"
     if p.endswith(".jsonl") or p.endswith(".json"):
         return "jsonl"
-    if p.endswith(".tar") or "{" in p or "*" in p or os.path.isdir(path):
+    if os.path.isdir(path):
+        from mmkd.data.select import is_selection
+
+        return "selection" if is_selection(path) else "webdataset"
+    if p.endswith(".tar") or "{" in p or "*" in p:
         return "webdataset"
     raise UsageError(
         f"--data: cannot tell the format of {path!r}; use a .csv, .jsonl, .tar (or a folder of .tar shards), "
@@ -70,127 +50,87 @@ def detect_format(path: str) -> str:
     )
 
 
-def _refuse_urls(spec: str) -> None:
-    """`pipe:` specs would run a shell command and URLs fetch remote bytes: only local files are read."""
-    if spec.startswith("pipe:") or "://" in spec:
-        raise UsageError(f"--data: {spec!r} is a URL or pipe; mmkd reads local shards only (download them first)")
-
-
-def expand_shards(spec: str) -> list[str]:
-    """A .tar file, a folder of .tar, a glob, or a brace range `shard-{000..009}.tar`. No `pipe:` URLs."""
-    _refuse_urls(spec)
-    if os.path.isdir(spec):
-        shards = sorted(str(p) for p in Path(spec).glob("*.tar"))
-    else:
-        import braceexpand
-
-        shards = []
-        for part in braceexpand.braceexpand(spec):
-            shards.extend(sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part])
-    missing = [s for s in shards if not os.path.isfile(s)]
-    if not shards or missing:
-        raise UsageError(f"--data: no shard files found for {spec!r}" + (f" (missing: {missing[:3]})" if missing else ""))
-    return shards
-
-
 def read_table(path: Path, fmt: str, what: str = "--data") -> list[dict[str, Any]]:
-    """Rows of a CSV/TSV or JSONL file as dicts; `what` names the option in error messages."""
+    """Rows of a CSV/TSV or JSONL file as dicts; `what` names the option in error messages.
+
+    A UTF-8 byte-order mark is dropped; a field over csv's default limit (128 KiB) is read whole."""
     if not path.is_file():
         raise UsageError(f"{what}: file {str(path)!r} does not exist")
     # Bytes that are not UTF-8 are kept as surrogate escapes: the row stays (image paths are still the
     # file's bytes) and `read_caption` skips a caption holding them as bad_caption_encoding.
     if fmt == "csv":
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
-            return list(csv.DictReader(f, dialect=dialect))
+            reader = csv.DictReader(f, dialect=dialect)
+            old_limit = csv.field_size_limit()
+            csv.field_size_limit(2 ** 31 - 1)
+            try:
+                return list(reader)
+            except csv.Error as e:
+                raise UsageError(f"{what}: {path}:{reader.line_num} is not valid CSV ({e}); fix that line") from None
+            finally:
+                csv.field_size_limit(old_limit)
     rows = []
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         for line_no, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise UsageError(f"{what}: {path}:{line_no} is not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise UsageError(f"{what}: {path}:{line_no} holds a JSON {type(row).__name__}, not an object "
+                                     f"with the sample's fields")
+                rows.append(row)
     return rows
 
 
-def index_table(path: str, fmt: str, image_key: str, caption_key: str, id_key: str, modality_key: str) -> list[PairRecord]:
-    """Records of a CSV/JSONL file; image paths are relative to the file's folder."""
-    table_path = Path(path)
-    rows = read_table(table_path, fmt)
-    if rows:
-        missing = [k for k in (image_key, caption_key) if k not in rows[0]]
-        if missing:
-            raise UsageError(
-                f"--data: {path} has no column(s) {missing}; it has {sorted(rows[0])}. "
-                f"Set --data.image_key / --data.caption_key to the right names"
-            )
-    root = table_path.parent
-    records = []
-    for i, row in enumerate(rows):
-        image = row.get(image_key)
-        image_path = str(root / image) if image else None
-        records.append(PairRecord(
-            sample_id=str(row.get(id_key) or i),
-            image=image_path,
-            caption=row.get(caption_key) or "",
-            modality=str(row.get(modality_key) or ""),
-        ))
-    return records
-
-
-_KEY_RE = re.compile(r"^(.*?)\.([^/]*)$")
-
-
-def index_shards(shards: list[str], caption_key: str) -> tuple[list[PairRecord], Counter]:
-    """Records of webdataset shards: members grouped by key (name up to the first dot of the basename)."""
-    records: list[PairRecord] = []
-    broken: Counter = Counter()
-    for shard in shards:
-        groups: dict[str, dict[str, tuple[str, int, int]]] = {}
-        order: list[str] = []
-        try:
-            with tarfile.open(shard, "r:") as tf:
-                for member in tf:
-                    if not member.isfile():
-                        continue
-                    dirname, base = os.path.split(member.name)
-                    key, _, ext = base.partition(".")
-                    key = f"{dirname}/{key}" if dirname else key
-                    if key not in groups:
-                        groups[key] = {}
-                        order.append(key)
-                    groups[key][ext.lower()] = (shard, member.offset_data, member.size)
-        except (tarfile.TarError, OSError, EOFError):
-            # A truncated/corrupt shard: keep the members indexed before the damage.
-            broken[BAD_TAR_MEMBER] += 1
-        shard_name = Path(shard).stem
-        for key in order:
-            members = groups[key]
-            image = next((members[e] for e in IMAGE_EXTS if e in members), None)
-            if "txt" in members:
-                caption, json_key = members["txt"], ""
-            elif "json" in members:
-                caption, json_key = members["json"], caption_key
-            else:
-                caption, json_key = None, ""
-            records.append(PairRecord(sample_id=f"{shard_name}/{key}", image=image, caption=caption,
-                                      caption_json_key=json_key))
-    return records, broken
-
-
 def index_source(path: str, fmt: str = "auto", image_key: str = "image", caption_key: str = "caption",
-                 id_key: str = "sample_id", modality_key: str = "modality") -> tuple[list[PairRecord], Counter]:
-    """All records of a data source, plus shard-level problems found while indexing."""
+                 id_key: str = "sample_id", modality_key: str = "modality", *, select: Sequence[str] = (),
+                 license: str = "", index_dir: str = "", index_fields: Sequence[str] = (), index_workers: int = 0,
+                 index_check: str = "stat", progress: bool | None = None) -> tuple[Sequence[PairRecord], Counter]:
+    """The records of a data source (CSV/JSONL, shards, or a saved selection), narrowed by `select`
+    clauses and `license`, plus shard-level problems found while indexing (damaged shards).
+
+    The index is built or refreshed first when needed (`mmkd.data.index_build.ensure_index`); the
+    records are an `IndexedRecords` view over its memory-mapped arrays."""
+    from mmkd.data import select as sel
+    from mmkd.data.index_build import ensure_index, resolve_source
+
     if not path:
         raise UsageError("--data: no training data given; pass --data PATH (CSV, JSONL or .tar shards)")
-    _refuse_urls(path)
+    refuse_urls(path)
     fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt in ("csv", "jsonl"):
-        return index_table(path, fmt, image_key, caption_key, id_key, modality_key), Counter()
-    if fmt == "webdataset":
-        return index_shards(expand_shards(path), caption_key)
-    raise UsageError(f"--data.format: {fmt!r} is not allowed; choose auto, csv, jsonl or webdataset")
+    if fmt not in ("csv", "jsonl", "webdataset", "selection"):
+        raise UsageError(f"--data.format: {fmt!r} is not allowed; choose auto, csv, jsonl or webdataset")
+    clauses = sel.parse_clauses(select, license)
+    progress = sys.stderr.isatty() if progress is None else progress
+    saved, selection_path = None, path
+    if fmt == "selection":
+        saved = sel.read_selection(path)
+        src = saved["source"]
+        path, fmt = src["data"], src["format"]
+        image_key, caption_key, id_key = src["image_key"], src["caption_key"], src["id_key"]
+        modality_key = saved["modality_key"]
+        index_dir = index_dir or (saved["index"]["dir"] if os.path.isdir(saved["index"]["dir"]) else "")
+    fields = (modality_key, *index_fields, *clauses, *(saved["select"] if saved else ()))
+    source = resolve_source(path, fmt, image_key, caption_key, id_key, tuple(dict.fromkeys(fields)), index_dir)
+    index = ensure_index(source, index_workers, progress, index_check)
+    rows = modality = None
+    modality_values: list[str] = []
+    if saved is not None:
+        rows, modality, modality_values = sel.selection_rows(selection_path, saved, index)
+    records = sel.selected_records(index, rows, modality, modality_values, caption_key, modality_key, clauses)
+    problems = Counter({BAD_TAR_MEMBER: sum(1 for s in index.shards if s.get("damaged"))})
+    return records, +problems
+
+
+def records_from_config(data_cfg, progress: bool | None = None) -> tuple[Sequence[PairRecord], Counter]:
+    """`index_source` with every setting of a `DataConfig` (data.path, format, keys, select, license, index_*)."""
+    return index_source(data_cfg.path, data_cfg.format, data_cfg.image_key, data_cfg.caption_key, data_cfg.id_key,
+                        data_cfg.modality_key, select=data_cfg.select, license=data_cfg.license,
+                        index_dir=data_cfg.index_dir, index_fields=data_cfg.index_fields,
+                        index_workers=data_cfg.index_workers, index_check=data_cfg.index_check, progress=progress)
 
 
 def _read_member(ref: tuple[str, int, int]) -> bytes:
@@ -224,6 +164,8 @@ class _Bomb(Exception):
 
 
 def read_caption(record: PairRecord) -> str | Skip:
+    if record.problem:
+        return Skip(record.problem, record.sample_id)
     cap = record.caption
     if isinstance(cap, tuple):
         try:
@@ -261,22 +203,26 @@ def _find_caption(obj: Any, key: str) -> str:
     return ""
 
 
-def load_image(record: PairRecord, max_pixels: int):
-    """PIL RGB image of a record, or a Skip with the reason."""
+def load_image(record: PairRecord, max_pixels: int, data: bytes | None = None):
+    """PIL RGB image of a record, or a Skip with the reason. `data`: the image's bytes, when the caller
+    has read them already (e.g. to hash them)."""
     from PIL import Image
 
     if record.image is None:
         return Skip(MISSING_IMAGE, record.sample_id)
     try:
-        if isinstance(record.image, tuple):
-            data: bytes | str = _read_member(record.image)
+        source: bytes | str
+        if data is not None:
+            source = data
+        elif isinstance(record.image, tuple):
+            source = _read_member(record.image)
         else:
             if not os.path.isfile(record.image):
                 return Skip(MISSING_FILE, record.sample_id)
-            data = record.image
+            source = record.image
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return decode_image(data, max_pixels)
+            return decode_image(source, max_pixels)
     except (_Bomb, Image.DecompressionBombError, Image.DecompressionBombWarning):
         return Skip(DECOMPRESSION_BOMB, record.sample_id)
     except EOFError:
@@ -290,16 +236,16 @@ class PairDataset:
     `caption` (str), `index`, `sample_id`, `modality` — or a `Skip`.
     """
 
-    def __init__(self, records: list[PairRecord], image_transform: Callable | None = None,
+    def __init__(self, records: Sequence[PairRecord], image_transform: Callable | None = None,
                  max_image_pixels: int = 64_000_000):
         self.records = records
         self.image_transform = image_transform
         self.max_image_pixels = max_image_pixels
 
     @classmethod
-    def from_config(cls, data_cfg, image_transform: Callable | None = None) -> tuple["PairDataset", Counter]:
-        records, index_skips = index_source(data_cfg.path, data_cfg.format, data_cfg.image_key,
-                                            data_cfg.caption_key, data_cfg.id_key, data_cfg.modality_key)
+    def from_config(cls, data_cfg, image_transform: Callable | None = None,
+                    progress: bool | None = None) -> tuple[PairDataset, Counter]:
+        records, index_skips = records_from_config(data_cfg, progress)
         if not records:
             raise UsageError(f"--data: {data_cfg.path!r} holds no samples")
         return cls(records, image_transform, data_cfg.max_image_pixels), index_skips
@@ -336,7 +282,7 @@ class Batch:
     def __len__(self) -> int:
         return len(self.captions)
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """Called by a DataLoader with pin_memory=True: page-locked tensors copy to a GPU asynchronously."""
         self.images = self.images.pin_memory() if self.images.numel() else self.images
         if self.tokens is not None:

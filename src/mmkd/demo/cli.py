@@ -118,6 +118,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"        plots in {Path(report.get('html', root)).parent / 'plots'}")
     print(f"table:  {root / 'results.md'}; per-result JSON in {root / 'eval'}")
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min")
+    from mmkd.utils.console import Summary
+
+    closing = Summary("demo")
+    closing.started = started
+    closing.add("folder", root.resolve())
+    closing.add("steps", f"{len(runner.steps)} (logs in {root / 'logs'})")
+    closing.add("table", root / "results.md")
+    closing.add("report", report.get("html"))
+    closing.emit()
     return 0
 
 

@@ -54,9 +54,9 @@ def _merged_catalog(parts: dict[str, Path], out: Path, recipe: DemoRecipe) -> di
                 # One training-set size and a short C grid keep eight models' probes fast.
                 entry.update({"fractions": [1.0], "shots": [], "c_grid": list(recipe.probe_c_grid)})
             datasets[name] = entry
-    catalog = {"datasets": datasets}
-    parse_catalog(catalog, out.parent)  # fail here, not in eight evaluation steps
-    return catalog
+    merged = {"datasets": datasets}
+    parse_catalog(merged, out.parent)  # fail here, not in eight evaluation steps
+    return merged
 
 
 def _reuse_or_replace(write, folder: Path, **kwargs):

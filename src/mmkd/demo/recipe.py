@@ -17,6 +17,7 @@ of the images are image-only samples (no caption) that decision distillation may
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,13 @@ STAGE2_VARIANTS: dict[str, dict[str, Any]] = {
                          "distill.policy": "score-weighted"},
     "projection-modality": {"distill.target_space": "projection", "distill.lambda_fd": 50.0, "distill.lambda_icl": 1.0,
                             "distill.policy": "modality"},  # routes: each modality -> its experts (`routes()`)
+    # The MMKD-CLIP authors' stage 2 as configs/mmkd_b16/distill-paper.yaml holds it (their loss terms,
+    # linear projection targets, no clipping), on the demo's shared schedule (lr, steps, warm-up) so that
+    # it compares with the other variants; `projection` is the same space with mmkd's defaults.
+    "paper-exact": {"distill.target_space": "projection", "distill.projection": "linear", "distill.icl_form": "paper",
+                    "distill.normalize_targets": False, "distill.learnable_icl_temperature": False,
+                    "distill.icl_temperature": 1 / math.log(1 / 0.07), "distill.lambda_fd": 50.0,
+                    "distill.lambda_icl": 1.0, "distill.policy": "random-available", "optim.grad_clip": 0.0},
     # Both: the gated experts' decisions on image-only samples and their features on the pairs.
     "decision-gated+projection-modality": {"distill.target_space": "projection", "distill.lambda_decision": 1.0,
                                            "distill.lambda_fd": 50.0, "distill.lambda_icl": 1.0,

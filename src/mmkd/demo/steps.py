@@ -12,15 +12,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-# Headline metric per task for the demo's table: one number per (model, dataset, task).
-TASK_METRIC = {
-    "zero-shot": ("balanced_accuracy",),
-    "linear-probe": ("balanced_accuracy",),
-    "retrieval": ("i2t_recall@5", "t2i_recall@5"),  # their mean
-    "vqa": ("accuracy",),
-    "mil-classification": ("auroc",),
-    "survival": ("c_index",),
-}
+from mmkd.evaluation.report_table import HEADLINE_METRIC
+
+# Headline metric per task for the demo's table (the report's): one number per (model, dataset, task).
+TASK_METRIC = HEADLINE_METRIC
 TASKS = tuple(TASK_METRIC)
 
 
@@ -28,7 +23,9 @@ def _fit(tokens: list[str], task: str) -> dict[str, Any]:
     from mmkd.config import build_config
     from mmkd.training.loop import fit
 
-    common = ["--train.progress", "false", "--train.keep_checkpoints", "1", "--train.log_every", "10"]
+    # A step that runs again (its done-marker is missing) starts its run over: --overwrite.
+    common = ["--train.progress", "false", "--train.keep_checkpoints", "1", "--train.log_every", "10",
+              "--train.overwrite", "true"]
     if task == "pretrain":
         from mmkd.training.stage1 import ClipTask
 

@@ -32,7 +32,8 @@ def train_open_clip_teacher(pairs_csv: str, run_dir: str, export_dir: str, model
     cfg = build_config(None, ["--data", pairs_csv, "--model", model, "--out", run_dir, "--epochs", str(epochs),
                               "--batch-size", str(batch_size), "--lr", str(lr), "--seed", str(seed),
                               "--optim.warmup_steps", "20", "--optim.weight_decay", "0.1",
-                              "--train.progress", "false", "--train.keep_checkpoints", "1"])
+                              "--train.progress", "false", "--train.keep_checkpoints", "1",
+                              "--train.overwrite", "true"])  # a rerun of the step starts its run over
     summary = fit(cfg, ClipTask)
     export(run_dir, export_dir, name=Path(export_dir).name, overwrite=True, verify=True)
     return {"spec": f"local-dir:{Path(export_dir).resolve()}", "summary": _short(summary)}

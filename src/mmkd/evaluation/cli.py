@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from mmkd.errors import UsageError
 
@@ -18,8 +19,10 @@ examples:
   mmkd eval --model runs/distill --tasks zero-shot,linear-probe --datasets real_mini
   mmkd eval --model local-dir:exports/student --model hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 \\
             --tasks zero-shot,retrieval --datasets my_catalog.yaml --out results/
+  mmkd eval --model SPEC --datasets paper --tasks all     # the MMKD-CLIP benchmark: what is present runs,
+                                                          # what is absent is listed with its prepare command
 Built-in catalogs: real_mini (the images shipped with mmkd), public_biomedical (layouts of the
-common public sets; download them yourself)."""
+common public sets; download them yourself), paper (the paper's benchmark; `mmkd datasets`)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,11 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "spec or name+weights, a transformers CLIP/SigLIP folder (anything mmkd.load_model "
                              "accepts); repeat for several models")
     parser.add_argument("--name", action="append", default=None, metavar="NAME",
-                        help="the name results are filed under, one per --model in the same order (default: the "
-                             "folder or spec name)")
+                        help="the name results are filed under (OUT/NAME/), one per --model in the same order "
+                             "(default: the model folder's name, run-step for a checkpoint folder; a name already "
+                             "holding another model's results is refused)")
     parser.add_argument("--tasks", default="zero-shot,linear-probe,retrieval",
                         help="comma-separated tasks: zero-shot, linear-probe, retrieval, vqa, mil-classification, "
-                             "survival; each dataset runs the ones it lists (default: %(default)s)")
+                             "survival, or `all`; each dataset runs the ones it lists (default: %(default)s)")
     parser.add_argument("--datasets", required=True, metavar="CATALOG",
                         help="catalog YAML (a `datasets:` mapping name -> tasks, format, path, ...), or the name of a "
                              "built-in catalog (real_mini, public_biomedical)")
@@ -48,22 +52,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images/texts per encoder call (default: 64)")
     parser.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default: 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files at the result paths even when they are not earlier `mmkd eval` results")
 
 
-def _device(spec: str) -> str:
-    if spec != "auto":
-        return spec
-    import torch
+MODEL_MARKER = ".model.json"  # OUT/<name>/.model.json: which model a result folder holds
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+def default_name(spec: str) -> str:
+    """The name results are filed under when --name is not given: the model folder's name, with the run's
+    name in front for a checkpoint folder (runs/s2/checkpoints/step_00000300 -> s2-step_00000300)."""
+    text = spec.split(":", 1)[1] if spec.startswith(("local-dir:", "hf:")) else spec
+    arch, at, weights = text.partition("@")
+    if at and not Path(text).exists():  # ARCH@WEIGHTS_FILE
+        return f"{arch}-{Path(weights).stem}"
+    path = Path(text.rstrip("/\\") or text)
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        return f"{path.parent.parent.name}-{path.name}"
+    return path.name or text
+
+
+def model_identity(spec: str) -> str:
+    """What a result folder's model is: the spec with any local path made absolute (./a and a are the same)."""
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in ("local-dir", "hf") and Path(rest).exists():
+        return f"{prefix}:{Path(rest).resolve()}"
+    return str(Path(spec).resolve()) if Path(spec).exists() else spec
+
+
+def claim_names(out: str | Path, specs: list[str], names: list[str], explicit: bool,
+                replace_earlier: bool = False) -> None:
+    """Refuse names that would file two different models' results in one folder (this call, or an earlier one
+    unless `replace_earlier`, i.e. --overwrite).
+
+    Each model folder OUT/<name>/ records which model it holds in `.model.json` (hidden from `mmkd report`).
+    """
+    from mmkd.evaluation.runner import result_path
+    from mmkd.utils.io import read_json
+
+    seen: dict[str, str] = {}
+    for spec, name in zip(specs, names):
+        identity = model_identity(spec)
+        folder = result_path(out, name, "x", "x").parent
+        marker = folder / MODEL_MARKER
+        earlier = seen.get(folder.name)
+        if earlier is None and marker.is_file() and not replace_earlier:
+            try:
+                earlier = read_json(marker).get("identity")
+            except (OSError, ValueError, AttributeError):
+                earlier = None
+        if earlier is not None and earlier != identity:
+            hint = f"give --name for each --model (e.g. --name {_suggest(spec)})" if not explicit else \
+                "choose another --name"
+            if earlier != seen.get(folder.name):
+                hint += ", or --overwrite to replace them"
+            raise UsageError(f"--name: results of {earlier} are already filed under {str(folder)!r}; {spec!r} would "
+                             f"overwrite them. {hint[0].upper() + hint[1:]}")
+        seen[folder.name] = identity
+
+
+def _suggest(spec: str) -> str:
+    path = Path(spec.split(":", 1)[1] if spec.startswith(("local-dir:", "hf:")) else spec).resolve()
+    return f"{path.parent.name}-{default_name(spec)}" if path.parent.name else default_name(spec) + "-2"
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from mmkd.evaluation.runner import TASKS, FeatureCache, evaluate, load_catalog, result_path
+    from mmkd.utils.console import Summary
+    from mmkd.utils.dist import checked_device
+    from mmkd.utils.io import atomic_write_json
 
-    from mmkd.evaluation.runner import FeatureCache, evaluate, load_catalog
-
+    started = Summary("eval")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if tasks == ["all"]:
+        tasks = list(TASKS)
     if not tasks:
         raise UsageError("--tasks: empty; give e.g. zero-shot,linear-probe,retrieval")
     if args.name and len(args.name) != len(args.model):
@@ -73,22 +135,50 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--num-bootstrap: {args.num_bootstrap} is negative; use 0 to turn CIs off")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size: {args.batch_size} must be at least 1")
+    from mmkd.utils.outputs import refuse_file_as_folder
+
+    refuse_file_as_folder(args.out, "--out")
+    if args.cache_dir:
+        refuse_file_as_folder(args.cache_dir, "--cache-dir")
+    device = checked_device(args.device)
     entries = load_catalog(args.datasets)  # fail on catalog problems before loading any model
     only = [n.strip() for n in args.only.split(",") if n.strip()] or None
-    names = args.name or [None] * len(args.model)
+    names = args.name or [default_name(spec) for spec in args.model]
+    claim_names(args.out, args.model, names, explicit=bool(args.name), replace_earlier=args.overwrite)
     cache_root = None if args.no_cache else Path(args.cache_dir or Path(args.out) / ".feature_cache")
-    device = _device(args.device)
     from mmkd import load_model
 
-    for spec, name in zip(args.model, names):
-        model = load_model(spec, device=device, name=name)
-        model_name = name or getattr(model, "name", None) or Path(spec).name
+    num_results, datasets = 0, set()
+    for spec, model_name in zip(args.model, names):
+        model = load_model(spec, device=device, name=model_name)
         cache = FeatureCache(cache_root, batch_size=args.batch_size, num_workers=args.workers)
+        marker = result_path(args.out, model_name, "x", "x").parent / MODEL_MARKER
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(marker, {"identity": model_identity(spec), "spec": spec})
         records = evaluate(model, entries, tasks, args.out, seed=args.seed, num_bootstrap=args.num_bootstrap,
-                           cache=cache, model_name=model_name, only=only)
+                           cache=cache, model_name=model_name, only=only, overwrite=args.overwrite)
         for r in records:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in r["metrics"].items() if v is not None)
             print(f"{model_name}  {r['dataset']}  {r['task']}: {shown}")
         print(f"{model_name}: {len(records)} result(s) in {args.out} (feature cache: {cache.hits} hit(s), "
               f"{cache.misses} encoded)")
+        num_results += len(records)
+        datasets.update(r["dataset"] for r in records)
+        started.add(f"model {model_name}", f"{spec} -> {marker.parent}")
+    started.add("results", f"{num_results} in {args.out} ({len(datasets)} dataset(s), tasks {', '.join(tasks)})")
+    started.add("next", f"mmkd report {args.out}")
+    _print_absent(entries, tasks, only)
+    started.emit()
     return 0
+
+
+def _print_absent(entries, tasks: list[str], only) -> None:
+    """The selected datasets that are not on disk, each with how to get it."""
+    from mmkd.evaluation.runner import absent_hint
+
+    wanted = [e for e in entries if (not only or e.name in only) and any(t in e.tasks for t in tasks)]
+    absent = [e for e in wanted if not e.path.exists()]
+    if absent:
+        print(f"absent ({len(absent)} of {len(wanted)} dataset(s); `mmkd datasets check` for details):")
+        for e in absent:
+            print(f"  {e.name}: {absent_hint(e)}")

@@ -17,6 +17,7 @@ details["settings"].
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -29,9 +30,10 @@ VAL_FRACTION = 0.2
 MAX_ITER = 1000
 
 
-def stratified_take(y: np.ndarray, rng: np.random.Generator, *, fraction: float | None = None,
+def stratified_take(y: np.ndarray, rng: np.random.Generator, *, fraction: float = 1.0,
                     shots: int | None = None) -> np.ndarray:
-    """Sorted indices of a per-class subsample: ceil(fraction · n_c) (≥ 1) or min(shots, n_c) per class."""
+    """Sorted indices of a per-class subsample: min(shots, n_c) per class if `shots` is given, else
+    ceil(fraction · n_c) (≥ 1)."""
     chosen = []
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
@@ -123,7 +125,8 @@ def run(model, entry, *, seed: int, cache, num_bootstrap: int) -> dict:
     if bad:
         raise UsageError(f"datasets.{entry.name}.fractions: {bad} must lie in (0, 1]")
     c_grid = tuple(float(c) for c in entry.option("c_grid", C_GRID))
-    settings = [(f"fraction={f:g}", {"fraction": f}) for f in fractions] + [(f"shots={k}", {"shots": k}) for k in shots]
+    settings: list[tuple[str, dict[str, Any]]] = [(f"fraction={f:g}", {"fraction": f}) for f in fractions]
+    settings += [(f"shots={k}", {"shots": k}) for k in shots]
     results, headline = {}, None
     for label, how in settings:
         idx = stratified_take(y["train"], np.random.default_rng([seed, len(results)]), **how)

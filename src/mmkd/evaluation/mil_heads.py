@@ -95,7 +95,7 @@ class MILTrainConfig:
     dropout: float = 0.25
 
     @classmethod
-    def from_options(cls, options: dict, where: str = "dataset") -> "MILTrainConfig":
+    def from_options(cls, options: dict, where: str = "dataset") -> MILTrainConfig:
         """Settings from catalog options prefixed `mil_` (e.g. `mil_epochs: 60`); bad values reported at once."""
         from mmkd.evaluation.head_options import head_config
 

@@ -36,7 +36,7 @@ TASKS: dict[str, str] = {
     "survival": "mmkd.evaluation.survival:run",
 }
 
-FORMATS = ("imagefolder", "csv", "jsonl", "medmnist", "vqa", "slides")
+FORMATS = ("imagefolder", "txt", "csv", "jsonl", "medmnist", "vqa", "slides")
 
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "auroc", "f1", "precision", "recall")
 RETRIEVAL_METRICS = tuple(f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10))
@@ -67,7 +67,9 @@ class DatasetEntry:
     `split`: the split a task evaluates on (e.g. "test"), or None for the format's default; when
     the catalog gives a mapping {split: file} it is kept, resolved, in `split_files`.
     `classnames`: class names in label order (list), or a mapping folder/label -> display name.
-    `templates`: prompt templates (inline list, or read from a .txt/.yaml file), or None.
+    `templates`: prompt templates (inline list, or read from a .txt/.yaml/.json file), or None.
+    `prompts`: per-class prompt sentences {class name or label: [sentence, ...]}, or None
+    (see evaluation.catalog_values for every accepted form).
     `raw`: the entry exactly as written in the catalog, for task-specific options.
     """
 
@@ -82,47 +84,12 @@ class DatasetEntry:
     raw: dict[str, Any] = field(default_factory=dict)
     split_files: dict[str, Path] = field(default_factory=dict)
     catalog_dir: Path | None = None
+    prompts: dict[str, list[str]] | None = None
+    catalog_name: str | None = None
 
     def option(self, key: str, default: Any = None) -> Any:
         """A task-specific option from the raw catalog entry (e.g. `image_key`, `label_key`)."""
         return self.raw.get(key, default)
-
-
-def _resolve_list_or_file(value: Any, base: Path, what: str, problems: list[str], builtin_dir: Path | None = None):
-    """Inline list, or a path (relative to `base`, else a built-in data file name) to read a list from."""
-    if value is None:
-        return None
-    if isinstance(value, dict) and what.endswith("classnames"):  # folder/label -> display name
-        return {str(k): str(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    if isinstance(value, str):
-        candidates = [base / value]
-        if builtin_dir is not None:
-            candidates += [builtin_dir / value, builtin_dir / f"{value}.txt", builtin_dir / f"{value}.yaml"]
-        for path in candidates:
-            if path.is_file():
-                if what == "templates":
-                    from mmkd.evaluation.prompts import read_templates
-
-                    return read_templates(path)
-                return _read_name_list(path)
-        problems.append(f"{what}: {value!r} is neither an inline list nor an existing file (looked in {base})")
-        return None
-    problems.append(f"{what}: expected a list or a file path, got {type(value).__name__}")
-    return None
-
-
-def _read_name_list(path: Path) -> list[str]:
-    if path.suffix in (".yaml", ".yml", ".json"):
-        import yaml
-
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            data = next(iter(data.values()))
-        return [str(v) for v in data or []]
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def resolve_data_path(value: str, base: Path) -> Path:
@@ -133,8 +100,9 @@ def resolve_data_path(value: str, base: Path) -> Path:
     return (expanded if expanded.is_absolute() else base / expanded).resolve()
 
 
-def parse_catalog(data: dict[str, Any], base_dir: str | Path) -> list[DatasetEntry]:
+def parse_catalog(data: dict[str, Any], base_dir: str | Path, catalog_name: str | None = None) -> list[DatasetEntry]:
     """Validate a catalog mapping and resolve it; every problem is reported at once (ConfigError)."""
+    from mmkd.evaluation.catalog_values import resolve_classnames, resolve_prompts
     from mmkd.evaluation.prompts import PROMPTS_DIR
 
     base = Path(base_dir).resolve()
@@ -170,14 +138,15 @@ def parse_catalog(data: dict[str, Any], base_dir: str | Path) -> list[DatasetEnt
         elif split is not None and not isinstance(split, str):
             problems.append(f"{where}.split: expected a split name or a mapping split -> file")
             split = None
-        classnames = _resolve_list_or_file(raw.get("classnames"), base, f"{where}.classnames", problems)
-        templates = _resolve_list_or_file(raw.get("templates"), base, f"{where}.templates", problems, PROMPTS_DIR)
+        classnames = resolve_classnames(raw.get("classnames"), base, str(name), f"{where}.classnames", problems)
+        templates, prompts = resolve_prompts(raw.get("templates"), raw.get("prompts"), base, PROMPTS_DIR, str(name),
+                                             where, problems)
         if len(problems) > n_before:
             continue
         entries.append(DatasetEntry(
-            name=str(name), tasks=list(tasks), format=fmt, path=resolve_data_path(raw["path"], base), split=split,
+            name=str(name), tasks=list(tasks), format=str(fmt), path=resolve_data_path(raw["path"], base), split=split,
             classnames=classnames, templates=templates, modality=raw.get("modality"), raw=dict(raw),
-            split_files=split_files, catalog_dir=base))
+            split_files=split_files, catalog_dir=base, prompts=prompts, catalog_name=catalog_name))
     if problems:
         raise ConfigError(problems)
     return entries
@@ -201,7 +170,7 @@ def load_catalog(path: str | Path) -> list[DatasetEntry]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise UsageError(f"--datasets: {path} is not valid YAML: {e}") from None
-    return parse_catalog(data, path.parent)
+    return parse_catalog(data, path.parent, catalog_name=path.stem)
 
 
 def builtin_catalogs() -> list[str]:
@@ -331,9 +300,11 @@ def _check_result(task: str, result: dict) -> None:
 
 
 def run_one(model, entry: DatasetEntry, task: str, *, seed: int, cache: FeatureCache, num_bootstrap: int,
-            model_name: str) -> dict[str, Any]:
-    """Run one task on one dataset; returns the full result record (not yet written)."""
+            model_name: str, listed: list[str] | None = None) -> dict[str, Any]:
+    """Run one task on one dataset; returns the full result record (not yet written).
+    `listed`: the datasets of the catalog that list this task (the report's coverage denominator)."""
     from mmkd import __version__
+    from mmkd.evaluation.clip_benchmark import clip_benchmark_metrics
 
     fn = load_task(task)
     started = time.perf_counter()
@@ -347,6 +318,8 @@ def run_one(model, entry: DatasetEntry, task: str, *, seed: int, cache: FeatureC
         "task": task,
         "modality": entry.modality,
         "metrics": {k: (None if v is None else float(v)) for k, v in result["metrics"].items()},
+        "clip_benchmark": clip_benchmark_metrics(task, result["metrics"]),
+        "catalog": {"name": entry.catalog_name, "listed": sorted(listed) if listed is not None else [entry.name]},
         "ci": {k: [float(v[0]), float(v[1])] for k, v in (result.get("ci") or {}).items()},
         "prompts": result.get("prompts", details.pop("prompts", None)),
         "split_sizes": result.get("split_sizes", details.pop("split_sizes", None)),
@@ -373,7 +346,8 @@ def _as_entries(catalog) -> list[DatasetEntry]:
 
 def evaluate(model, catalog, tasks: Iterable[str], out_dir: str | Path | None, *, seed: int = 0,
              num_bootstrap: int = 1000, cache: FeatureCache | None = None, cache_dir: str | Path | None = None,
-             model_name: str | None = None, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
+             model_name: str | None = None, only: Iterable[str] | None = None,
+             overwrite: bool = False) -> list[dict[str, Any]]:
     """Evaluate one ClipEncoder on every (dataset, task) of `catalog` that `tasks` selects.
 
     `catalog`: a YAML path, a parsed mapping, or a list of DatasetEntry. A dataset runs each
@@ -397,25 +371,44 @@ def evaluate(model, catalog, tasks: Iterable[str], out_dir: str | Path | None, *
     if cache is None:
         root = cache_dir if cache_dir is not None else (Path(out_dir) / ".feature_cache" if out_dir else None)
         cache = FeatureCache(root)
-    model_name = model_name or getattr(model, "name", "model")
+    model_name = str(model_name or getattr(model, "name", "model"))
     jobs = [(e, t) for e in entries for t in tasks if t in e.tasks]
     if not jobs:
         raise UsageError(f"--tasks: no dataset of the catalog lists any of {', '.join(tasks)}; "
                          f"the catalog's datasets list: " + "; ".join(f"{e.name}: {','.join(e.tasks)}" for e in entries))
+    if out_dir is not None:  # before any work: no result may replace a file that is not an earlier result
+        from mmkd.utils.outputs import check_replaceable, json_with_keys
+
+        check_replaceable([result_path(out_dir, model_name, e.name, t) for e, t in jobs],
+                          json_with_keys("dataset", "task", "metrics"), "--out", "an evaluation result", overwrite)
     records, missing = [], []
+    listed = {t: [e.name for e in entries if t in e.tasks] for t in tasks}
     for entry, task in jobs:
         if not entry.path.exists():
-            missing.append(entry.name)
+            missing.append(entry)
             continue
-        record = run_one(model, entry, task, seed=seed, cache=cache, num_bootstrap=num_bootstrap, model_name=model_name)
+        record = run_one(model, entry, task, seed=seed, cache=cache, num_bootstrap=num_bootstrap, model_name=model_name,
+                         listed=listed[task])
         if out_dir is not None:
             atomic_write_json(result_path(out_dir, model_name, entry.name, task), record)
         records.append(record)
-    for name in sorted(set(missing)):
-        entry = next(e for e in entries if e.name == name)
-        warnings.warn(f"dataset {name}: {entry.path} does not exist, skipped (see the catalog's comments for the "
-                      f"expected layout)", stacklevel=2)
+    absent = list({e.name: e for e in missing}.values())
+    for entry in absent:
+        warnings.warn(f"dataset {entry.name}: {entry.path} does not exist, skipped ({absent_hint(entry)})", stacklevel=2)
     if not records:
-        raise UsageError(f"--datasets: none of the selected datasets exists on disk (missing: {', '.join(sorted(set(missing)))}); "
-                         "put the files where the catalog's `path` says, or edit the catalog")
+        hints = "\n".join(f"  - {e.name}: {absent_hint(e)}" for e in absent)
+        raise UsageError(f"--datasets: none of the selected datasets exists on disk:\n{hints}\n"
+                         "put the files where the catalog's `path` says (`mmkd datasets check` lists what is missing)")
     return records
+
+
+def absent_hint(entry: DatasetEntry) -> str:
+    """How to get a dataset that is not on disk: its `prepare` command, else the catalog's layout comment."""
+    prepare = entry.option("prepare")
+    source = entry.option("source")
+    if isinstance(prepare, dict):
+        where = f" (download: {source})" if source else ""
+        return f"mmkd datasets prepare {entry.name} --from DOWNLOAD{where}"
+    if source:
+        return f"download it from {source} and arrange it as the catalog entry says"
+    return "see the catalog's comments for the expected layout"

@@ -10,7 +10,10 @@ A slide (the `path` column of `slides.csv`, relative to the csv) is one of:
   white or grey (saturation near 0), stained tissue is coloured. The image must fit in memory;
 - an OpenSlide file (.svs, .ndpi, .mrxs, .scn, pyramidal .tif, ...) when `openslide-python` is
   installed (`pip install mmkd[slides]`): the same tiling at level 0, with tissue found on a
-  low-resolution level so the slide is never read whole.
+  low-resolution level so the slide is never read whole;
+- precomputed patch features (CLAM/MCAT `pt_files/<slide>.pt`, `h5_files/<slide>.h5` with a
+  `features` dataset, `.npy`, `.safetensors`): used as the bag as they are. They come from whatever
+  encoder wrote them, not from the evaluated model, so a warning says so.
 
 `slides.csv` columns: slide_id, path, and optional label (class name), time, event (0/1), patient_id.
 
@@ -23,6 +26,7 @@ so a cache hit never opens the slide.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -140,10 +144,11 @@ class TilingConfig:
         return int(self.stride or self.tile_size)
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], where: str = "dataset") -> "TilingConfig":
+    def from_options(cls, options: dict[str, Any], where: str = "dataset") -> TilingConfig:
         """A config from catalog options (unknown keys ignored); all bad values reported at once."""
         defaults = cls()
-        values, problems = {}, []
+        values: dict[str, Any] = {}
+        problems: list[str] = []
         for name, kind, ok, rule in (
                 ("tile_size", int, lambda v: v >= 1, "an integer >= 1"),
                 ("stride", int, lambda v: v >= 1, "an integer >= 1"),
@@ -346,6 +351,9 @@ def open_patches(path: Path, tiling: TilingConfig, slide_id: str):
     if ext in OPENSLIDE_ONLY_EXTS + OPENSLIDE_TIFF_EXTS and _openslide_reads(path):
         return TiledOpenSlide(path, tiling, slide_id)
     if ext in OPENSLIDE_ONLY_EXTS:
+        if importlib.util.find_spec("openslide") is not None:
+            raise DataError(f"slide {str(path)!r}: OpenSlide does not recognise this .{ext} file (truncated, or "
+                            f"not a slide); check the file, or export the slide as tiles")
         raise UsageError(f"slide {str(path)!r}: .{ext} files need openslide-python; install it with "
                          f"`pip install mmkd[slides]` (and the OpenSlide library), or export the slide as tiles")
     if ext not in IMAGE_EXTS:
@@ -369,10 +377,50 @@ def source_fingerprint(path: Path, tiling: TilingConfig) -> str:
     return h.hexdigest()[:16]
 
 
+FEATURE_EXTS = ("pt", "h5", "npy", "safetensors")
+
+
+def is_features_file(path: Path) -> bool:
+    return Path(path).is_file() and Path(path).suffix.lower().lstrip(".") in FEATURE_EXTS
+
+
+def read_features(path: Path) -> torch.Tensor:
+    """[N, D] float32 precomputed patch features of one slide (.pt tensors load with weights_only=True)."""
+    path = Path(path)
+    ext = path.suffix.lower().lstrip(".")
+    try:
+        if ext == "pt":
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = data.get("features") if isinstance(data, dict) else data
+        elif ext == "h5":
+            try:
+                import h5py
+            except ImportError:
+                raise UsageError(f"{path}: .h5 features need h5py: pip install 'mmkd[prepare]'") from None
+            with h5py.File(path, "r") as f:
+                data = torch.as_tensor(np.asarray(f["features"]))
+        elif ext == "npy":
+            data = torch.as_tensor(np.load(path, allow_pickle=False))
+        else:
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+            data = tensors.get("features", next(iter(tensors.values())) if len(tensors) == 1 else None)
+    except (OSError, KeyError, RuntimeError, ValueError) as e:
+        raise DataError(f"cannot read features {str(path)!r} ({type(e).__name__}: {e})") from None
+    if not isinstance(data, torch.Tensor) or data.ndim not in (2, 3):
+        raise DataError(f"{path}: expected a [patches, dim] tensor (or a `features` entry holding one)")
+    return data.reshape(-1, data.shape[-1]).float()
+
+
 def embed_slide(model, slide: SlideRecord, tiling: TilingConfig, cache, dataset: str) -> dict[str, torch.Tensor]:
     """{"features": [N, D] float32 normalised, "coords": [N, 2] int64} of one slide, from the cache
-    when the model, the slide's files and the tiling are unchanged."""
+    when the model, the slide's files and the tiling are unchanged (precomputed features: as read)."""
     from mmkd.evaluation.encode import encode_images
+
+    if is_features_file(slide.source):
+        feats = read_features(slide.source)
+        return {"features": feats, "coords": torch.full((len(feats), 2), -1, dtype=torch.int64)}
 
     def compute() -> dict[str, torch.Tensor]:
         patches = open_patches(slide.source, tiling, slide.slide_id)
@@ -397,6 +445,10 @@ def load_slide_bags(model, entry, cache) -> tuple[list[SlideRecord], list[torch.
     import warnings
 
     slides = read_slides_table(entry.path)
+    precomputed = sum(is_features_file(s.source) for s in slides)
+    if precomputed:
+        warnings.warn(f"dataset {entry.name}: {precomputed} of {len(slides)} slide(s) are precomputed patch features; "
+                      f"their bags come from the encoder that wrote them, not from the evaluated model", stacklevel=2)
     tiling = TilingConfig.from_options(entry.raw, where=f"datasets.{entry.name}")
     bags = embed_slides(model, slides, tiling, cache, entry.name)
     empty = [s.slide_id for s, b in zip(slides, bags) if len(b) == 0]

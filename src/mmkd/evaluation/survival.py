@@ -166,11 +166,11 @@ def fold_mean_c_index_ci(time_S, risk_S, event_S, fold_S, num_bootstrap: int, se
             pick = rng.choice(members, size=len(members), replace=True)
             per_fold.append(concordance_index(time_S[pick], risk_S[pick], event_S[pick]))
         values.append(np.nanmean(per_fold) if np.isfinite(per_fold).any() else np.nan)
-    values = np.asarray(values)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
+    finite = np.asarray(values)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
         return [float("nan"), float("nan")]
-    lo, hi = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    lo, hi = np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return [float(lo), float(hi)]
 
 
@@ -198,7 +198,7 @@ def run(model, entry, *, seed: int, cache, num_bootstrap: int) -> dict:
     config = MILTrainConfig.from_options(entry.raw, where=f"datasets.{entry.name}")
     slides, bags = load_slide_bags(model, entry, cache)
     kept = [i for i, s in enumerate(slides) if s.time is not None and s.event is not None]
-    if not kept or sum(slides[i].event for i in kept) < 2:
+    if not kept or sum(slides[i].event or 0 for i in kept) < 2:
         raise DataError(f"dataset {entry.name}: survival needs slides with `time` and `event` columns in slides.csv "
                         f"and at least 2 events (found {len(kept)} slides with both)")
     slides, bags = [slides[i] for i in kept], [bags[i] for i in kept]

@@ -68,8 +68,13 @@ def read_vqa_rows(path: Path, dataset: str = "vqa", options: dict | None = None)
     keys = {k: options.get(f"{k}_key", k) for k in ("image", "question", "answer", "answer_type", "split")}
     path = Path(path)
     fmt = "csv" if path.suffix.lower() in (".csv", ".tsv") else "jsonl"
+    from mmkd.evaluation.datasets import check_text_encoding
+
+    table = _read_rows(path, fmt, options.get("encoding"))
+    check_text_encoding([(n, r.get(keys[k])) for n, r in enumerate(table, 1) for k in ("question", "answer")],
+                        path, dataset, "question/answer")
     rows, problems = [], []
-    for n, raw in enumerate(_read_rows(path, fmt), 1):
+    for n, raw in enumerate(table, 1):
         missing = [keys[k] for k in ("image", "question", "answer") if raw.get(keys[k]) in (None, "")]
         if missing:
             problems.append(f"row {n}: no {', '.join(missing)}")

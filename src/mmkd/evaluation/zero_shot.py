@@ -3,9 +3,12 @@
 Legend: N images, C classes, D embedding dim.
 
 Class embedding = mean of the normalised embeddings of the class's prompts, renormalised
-(`prompts.class_embeddings`). Class probabilities = softmax(LOGIT_SCALE · cosine); AUROC uses
-them, the prediction is their argmax. LOGIT_SCALE is CLIP's trained maximum (100), fixed so that
-every model is scored the same way.
+(`prompts.class_embeddings`); a class's prompts are the templates filled with its name, or the
+entry's per-class `prompts` sentences. Class probabilities = softmax(LOGIT_SCALE · cosine); AUROC
+uses them, the prediction is their argmax. LOGIT_SCALE is CLIP's trained maximum (100), fixed so
+that every model is scored the same way (CLIP_benchmark uses the same 100).
+
+Multi-label data (evaluation.multilabel) is scored per label from the cosine similarities.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import numpy as np
 import torch
 
 from mmkd.errors import UsageError
-from mmkd.evaluation.prompts import DEFAULT_TEMPLATES, class_embeddings, class_prompts
+from mmkd.evaluation.prompts import (DEFAULT_TEMPLATES, class_embeddings, class_prompts, prompt_embeddings,
+                                     prompts_for_classes)
 
 LOGIT_SCALE = 100.0
 
@@ -62,29 +66,44 @@ def run(model, entry, *, seed: int, cache, num_bootstrap: int) -> dict:
     labeled = data.splits[split]
     if len(labeled) == 0:
         raise UsageError(f"dataset {entry.name}: split {split!r} has no images")
-    templates = list(entry.templates or DEFAULT_TEMPLATES)
-    prompts = class_prompts(data.classnames, templates)
+    templates: list[str] | None = None
+    if entry.prompts:
+        prompts = prompts_for_classes(entry.prompts, data.classnames, data.keys, f"datasets.{entry.name}.prompts")
+    else:
+        templates = list(entry.templates or DEFAULT_TEMPLATES)
+        prompts = class_prompts(data.classnames, templates)
     image_feats_ND = cache.image_features(model, entry.name, split, labeled.images)
     class_feats_CD = cache.get_or_compute(
         (cache.model_key(model), entry.name, "zero-shot.classes"),
-        lambda: {"features": class_embeddings(model, data.classnames, templates, cache.batch_size)},
+        lambda: {"features": prompt_embeddings(model, prompts, cache.batch_size)},
         fingerprint=texts_fingerprint([p for per_class in prompts for p in per_class]))["features"]
+    common = {
+        "prompts": {c: p for c, p in zip(data.classnames, prompts)},
+        "split_sizes": {name: len(s) for name, s in data.splits.items()},
+    }
+    details = {"split": split, "classnames": data.classnames, "templates": templates,
+               "prompt_source": "per-class sentences" if entry.prompts else "templates", "logit_scale": LOGIT_SCALE}
+    if data.multilabel:
+        from mmkd.evaluation.multilabel import evaluate_multilabel
+
+        scores_NC = (LOGIT_SCALE * image_feats_ND.float() @ class_feats_CD.float().T).numpy()
+        result = evaluate_multilabel(labeled.labels, scores_NC, data.classnames, num_bootstrap, seed)
+        result["details"] = {**details, **result["details"]}
+        return {**result, **common}
     probs_NC = zero_shot_probs(image_feats_ND, class_feats_CD).numpy()
     y_true = labeled.labels
-    metrics = classification_metrics(y_true, probs_NC)
+    from mmkd.evaluation.clip_benchmark import topk_accuracy
+
+    metrics = {**classification_metrics(y_true, probs_NC), "top5_accuracy": topk_accuracy(y_true, probs_NC, 5)}
     ci = bootstrap_classification_ci(y_true, probs_NC, num_bootstrap, seed)
     from sklearn.metrics import confusion_matrix
 
     return {
         "metrics": metrics,
         "ci": ci,
-        "prompts": {c: p for c, p in zip(data.classnames, prompts)},
-        "split_sizes": {name: len(s) for name, s in data.splits.items()},
+        **common,
         "details": {
-            "split": split,
-            "classnames": data.classnames,
-            "templates": templates,
-            "logit_scale": LOGIT_SCALE,
+            **details,
             "class_counts": np.bincount(y_true, minlength=len(data.classnames)).tolist(),
             "confusion_matrix": confusion_matrix(y_true, probs_NC.argmax(1),
                                                  labels=list(range(len(data.classnames)))).tolist(),

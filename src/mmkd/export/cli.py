@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from mmkd.errors import UsageError
     from mmkd.export.exporter import export
     from mmkd.export.folder import relink
+    from mmkd.utils.console import Summary
 
+    started = Summary("export")
     if args.relink:
         print(f"relinked {relink(args.relink)}")
         return 0
@@ -82,4 +84,17 @@ def run(args: argparse.Namespace) -> int:
     if strictest["rank"] >= 0:
         print(f"most restrictive licence: {', '.join(strictest['licences'])} ({', '.join(strictest['sources'])})")
     print(f'load it: open_clip.create_model_and_transforms("local-dir:{out}")')
+    started.add("folder", out)
+    started.add("from", manifest["source_checkpoint"])
+    if "parity" in manifest:
+        started.add("open_clip parity", "ok" if manifest["parity"]["passed"] else "FAILED")
+    else:
+        started.add("open_clip parity", "not checked (--no-verify)")
+    if "onnx" in manifest:
+        started.add("onnx", out / "onnx")
+    unknown = manifest["card"].get("unknown_licences") or []
+    started.add("licence", "; ".join(strictest["licences"]) or "none recorded")
+    if unknown:
+        started.add("licence unknown", f"{', '.join(unknown)} (the card says so and names none for them)")
+    started.emit()
     return 0

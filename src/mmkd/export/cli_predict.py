@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, default=0, metavar="K",
                         help="show only the K most probable labels per image (default: all)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
 
 
@@ -81,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--top: {args.top} is negative; use 0 (all labels) or a positive K")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size: {args.batch_size} must be at least 1")
+    from mmkd.utils.dist import checked_device
+
+    device = checked_device(args.device)
     templates = None
     if args.templates:
         from mmkd.evaluation.prompts import read_templates
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             templates = read_templates(args.templates)
         except UsageError as e:
             raise UsageError(f"--templates: {e}") from None
-    results = predict(args.model, args.images, labels, templates, args.top, args.batch_size, args.device)
+    results = predict(args.model, args.images, labels, templates, args.top, args.batch_size, device)
     if args.json:
         print(json.dumps({"model": args.model, "labels": labels, "templates": templates or "default",
                           "results": results}, indent=2))

@@ -61,6 +61,7 @@ def resolve_checkpoint(path: str | Path) -> SourceCheckpoint:
                          f"(RUN/checkpoints/step_XXXXXXXX)")
     from mmkd.utils.runs import STATE_FILE, latest_checkpoint
 
+    ckpt: Path | None
     if (path / CONFIG_FILE).is_file():
         ckpt = path
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
@@ -71,12 +72,38 @@ def resolve_checkpoint(path: str | Path) -> SourceCheckpoint:
                          f"directory with checkpoints/step_*; train one with `mmkd pretrain` first")
     if not (ckpt / WEIGHTS_FILE).is_file():
         raise UsageError(f"--checkpoint: {ckpt} has no {WEIGHTS_FILE}; is the checkpoint complete?")
+    check_safetensors(ckpt / WEIGHTS_FILE)
     state = {}
     if (ckpt / STATE_FILE).is_file():
-        state = json.loads((ckpt / STATE_FILE).read_text())
+        try:
+            state = json.loads((ckpt / STATE_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--checkpoint: {ckpt / STATE_FILE} is unreadable ({e}); export another checkpoint "
+                             f"(RUN/checkpoints/step_*)") from None
+        if not isinstance(state, dict):
+            raise UsageError(f"--checkpoint: {ckpt / STATE_FILE} is not a train state; export another checkpoint")
         state.pop("rng", None)
         state.pop("optimizer", None)
     return SourceCheckpoint(ckpt, run_dir, state)
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a truncated or forged safetensors file before anything is written: its header must parse and
+    every tensor must lie inside the file (safetensors checks both when opening)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            list(f.keys())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UsageError(f"--checkpoint: {path} is not a readable safetensors file ({e}); the file may be truncated "
+                         f"or forged. Export another checkpoint (RUN/checkpoints/step_*)") from None
+
+
+class ExportWriteError(UsageError):
+    """The export folder could not be written (disk full, quota, read-only); nothing partial is left."""
+
+    exit_code = 1
 
 
 def is_hf_text(model_cfg: dict[str, Any]) -> bool:
@@ -101,7 +128,7 @@ def _copy_hf_files(src: Path, dst: Path) -> list[str]:
     copied = []
     for name in HF_FILES:
         if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
+            shutil.copyfile(src / name, dst / name)
             copied.append(name)
     if not any(n in copied for n in ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
                                       "sentencepiece.bpe.model")):
@@ -136,6 +163,8 @@ def relink(folder: str | Path) -> Path:
 
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty --out unless --overwrite and it is an earlier export."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: {str(out)!r} is an existing file, not a folder; give a new folder path")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise UsageError(f"--out: {out} exists and is not empty; choose a new folder or pass --overwrite")
@@ -150,36 +179,53 @@ def write_export(source: SourceCheckpoint, out: str | Path, hf_text_path: str = 
 
     Returns the absolute path of `out`. The weights file is copied, so it is bit-identical to the checkpoint's.
     """
-    from mmkd.utils.io import atomic_write_json, atomic_write_text, fsync_dir
+    from mmkd.utils.io import apply_dir_umask
 
     out = Path(out).resolve()
     check_out(out, overwrite)
-    config = json.loads((source.checkpoint / CONFIG_FILE).read_text())
-    if "model_cfg" not in config:
-        raise UsageError(f"--checkpoint: {source.checkpoint / CONFIG_FILE} has no 'model_cfg'; not an mmkd checkpoint")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
-        shutil.copy2(source.checkpoint / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
-        with open(tmp / WEIGHTS_FILE, "rb+") as f:  # the rename below must not publish unflushed weights
-            os.fsync(f.fileno())
-        hf_files: list[str] = []
-        if is_hf_text(config["model_cfg"]):
-            hf_files = _copy_hf_files(find_hf_folder(source, config["model_cfg"], hf_text_path), tmp)
-            set_hf_reference(config, hf_model_name or str(out))
-        atomic_write_json(tmp / CONFIG_FILE, config)
-        if card_text:
-            atomic_write_text(tmp / CARD_FILE, card_text)
-        atomic_write_json(tmp / MANIFEST_FILE, {**(manifest or {}), "hf_files": hf_files})
-        fsync_dir(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-        fsync_dir(out.parent)
+        config = json.loads((source.checkpoint / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--checkpoint: {source.checkpoint / CONFIG_FILE} is unreadable ({e})") from None
+    if not isinstance(config, dict) or "model_cfg" not in config:
+        raise UsageError(f"--checkpoint: {source.checkpoint / CONFIG_FILE} has no 'model_cfg'; not an mmkd checkpoint")
+    tmp = out.parent / ".tmp-not-created"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+        apply_dir_umask(tmp)
+        _write_into(tmp, out, source, config, hf_text_path, hf_model_name, card_text, manifest)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportWriteError(f"--out: could not write the export {out}: {e.strerror or e}"
+                               f"{f' ({Path(e.filename).name})' if e.filename else ''}; nothing partial was left "
+                               f"behind. Free space (or fix the folder's permissions) and rerun") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_into(tmp: Path, out: Path, source: SourceCheckpoint, config: dict[str, Any], hf_text_path: str,
+                hf_model_name: str, card_text: str, manifest: dict[str, Any] | None) -> None:
+    from mmkd.utils.io import atomic_write_json, atomic_write_text, fsync_dir
+
+    shutil.copyfile(source.checkpoint / WEIGHTS_FILE, tmp / WEIGHTS_FILE)  # new file: its mode follows the umask
+    with open(tmp / WEIGHTS_FILE, "rb+") as f:  # the rename below must not publish unflushed weights
+        os.fsync(f.fileno())
+    hf_files: list[str] = []
+    if is_hf_text(config["model_cfg"]):
+        hf_files = _copy_hf_files(find_hf_folder(source, config["model_cfg"], hf_text_path), tmp)
+        set_hf_reference(config, hf_model_name or str(out))
+    atomic_write_json(tmp / CONFIG_FILE, config)
+    if card_text:
+        atomic_write_text(tmp / CARD_FILE, card_text)
+    atomic_write_json(tmp / MANIFEST_FILE, {**(manifest or {}), "hf_files": hf_files})
+    fsync_dir(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    fsync_dir(out.parent)
 
 
 def update_manifest(out: Path, **entries: Any) -> None:

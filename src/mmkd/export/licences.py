@@ -61,6 +61,12 @@ def licence_rank(licence: str | None) -> int:
     return 5
 
 
+def licence_known(licence: str | None) -> bool:
+    """False for a missing licence or one that says it is not known ("", None, "unknown ...", "n/a")."""
+    words = _tokens(licence or "")
+    return bool(words) and words[0] not in ("unknown", "none", "n", "na", "unspecified", "not")
+
+
 def most_restrictive(licences: dict[str, str | None]) -> tuple[int, list[str]]:
     """(highest rank, the sources holding it) over `{source: licence}`; (-1, []) for no sources."""
     if not licences:

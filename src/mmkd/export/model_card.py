@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mmkd.export.folder import CONFIG_FILE, WEIGHTS_FILE, SourceCheckpoint, is_hf_text
-from mmkd.export.licences import RANK_LABELS, licence_rank, most_restrictive
+from mmkd.export.licences import RANK_LABELS, licence_known, licence_rank, most_restrictive
 
 MAX_EVAL_ROWS = 60
 # Licence ids the Hugging Face Hub accepts in `license:` (the common ones); anything else is `other`.
@@ -151,7 +151,9 @@ def gather_facts(source: SourceCheckpoint, name: str, eval_paths: list[Path] | N
             licences[f"teacher {t['name']} training data"] = t["data_licence"]
     if data_licence:
         licences["training data"] = data_licence
-    rank, strictest = most_restrictive(licences)
+    # The card states only licences that are known; the others are listed as unknown, never as "None".
+    unknown = [source for source, licence in licences.items() if not licence_known(licence)]
+    rank, strictest = most_restrictive({s: lic for s, lic in licences.items() if s not in unknown})
     if eval_paths is None:
         eval_paths = [source.run_dir / "eval"] if source.run_dir is not None else []
     return {
@@ -179,6 +181,7 @@ def gather_facts(source: SourceCheckpoint, name: str, eval_paths: list[Path] | N
         "licences": licences,
         "most_restrictive": {"rank": rank, "meaning": RANK_LABELS.get(rank, ""), "sources": strictest,
                              "licences": sorted({str(licences[s]) for s in strictest})},
+        "unknown_licences": unknown,
         "model_licence": model_licence or None,
         "evaluation": read_eval_records(eval_paths),
         "source_checkpoint": str(source.checkpoint),
@@ -198,13 +201,15 @@ def _fmt(value: Any) -> str:
 def _front_matter(facts: dict[str, Any]) -> str:
     """Hugging Face metadata; `license` is a hub licence id when the stated licence is one, else `other`."""
     ms = facts["most_restrictive"]
-    licence = facts["model_licence"] or (ms["licences"][0] if len(ms["licences"]) == 1 else "")
+    licence = facts["model_licence"] or "; ".join(ms["licences"])
     hub_id = re.sub(r"[\s_]+", "-", licence.strip().lower())
     lines = ["---", "library_name: open_clip"]
-    if HUB_LICENCE_ID.match(hub_id):
+    if not licence:
+        pass  # no known licence: no `license` key rather than a made-up one (the card's Licences section says so)
+    elif HUB_LICENCE_ID.match(hub_id):
         lines.append(f"license: {hub_id}")
     else:
-        lines += ["license: other", f"license_name: {json.dumps(licence or 'unknown')}"]
+        lines += ["license: other", f"license_name: {json.dumps(licence)}"]
     stage_tag = "knowledge-distillation" if facts["stage"] == "distill" else "contrastive-pretraining"
     lines += ["pipeline_tag: zero-shot-image-classification", "tags:", "  - clip", "  - biomedical", "  - mmkd",
               f"  - {stage_tag}", "---", ""]
@@ -213,13 +218,21 @@ def _front_matter(facts: dict[str, Any]) -> str:
 
 def _licence_section(facts: dict[str, Any]) -> list[str]:
     ms, lines = facts["most_restrictive"], ["## Licences", ""]
-    if ms["rank"] < 0:
+    unknown = facts.get("unknown_licences") or []
+    if ms["rank"] < 0 and not unknown:
         lines += ["No teacher or data licence was recorded with this checkpoint. The weights' terms follow from the "
                   "student's initial weights and its training data: check them before use.", ""]
         return lines
-    lines += [f"> **Most restrictive licence: {', '.join(ms['licences'])}** ({ms['meaning']}), from "
-              f"{', '.join(ms['sources'])}. A model distilled from a teacher or trained on data is, conservatively, "
-              f"bound by the strictest of their terms; use these weights only as that licence allows.", ""]
+    if ms["rank"] >= 0:
+        lines += [f"> **Most restrictive licence: {', '.join(ms['licences'])}** ({ms['meaning']}), from "
+                  f"{', '.join(ms['sources'])}. A model distilled from a teacher or trained on data is, "
+                  f"conservatively, bound by the strictest of their terms; use these weights only as that licence "
+                  f"allows.", ""]
+    if unknown:
+        them = "it" if len(unknown) == 1 else "them"
+        lines += [f"> **Licence unknown for {', '.join(unknown)}.** No licence was recorded for {them}, so this "
+                  f"card and its metadata name none for {them}. Unknown terms grant nothing: check them before "
+                  f"using or sharing these weights.", ""]
     lines += ["| source | licence | restrictiveness |", "|---|---|---|"]
     for source, licence in facts["licences"].items():
         lines.append(f"| {source} | {licence or 'not stated'} | {RANK_LABELS[licence_rank(licence)]} |")

@@ -106,7 +106,7 @@ def export_onnx(folder: str | Path, opset: int = DEFAULT_OPSET, tolerance: float
     image_diff = float((_run(image_path, "pixels", pixels_B3HW) - image_ref_BD).abs().max())
     text_diff = float((_run(text_path, "tokens", tokens_BL) - text_ref_BD).abs().max())
     pp = getattr(model.visual, "preprocess_cfg", {}) or {}
-    info = {
+    info: dict[str, Any] = {
         "image_encoder": {"file": image_path.name, "input": "pixels", "shape": ["batch", 3, height, width],
                           "dtype": "float32"},
         "text_encoder": {"file": text_path.name, "input": "tokens", "shape": ["batch", int(tokens_BL.shape[1])],

@@ -12,6 +12,9 @@ student features they are compared with), T teachers.
 All take per-row weights `w_B` (0 drops a row) and return a scalar averaged over weighted rows.
 `feature_distillation_many` / `interactive_contrastive_many` compute FD and ICL for all teachers
 at once from [T, B, E] targets and [T, B] weights (stage 2 in the projection space).
+`interactive_contrastive_joint` is the ICL of the MMKD-CLIP authors' code: one similarity matrix
+over all rows, each row's targets from its own teacher, every other row a negative whichever
+teacher it came from (mmkd's default keeps each teacher's rows to themselves).
 """
 
 from __future__ import annotations
@@ -63,6 +66,27 @@ def interactive_contrastive_many(student_image_BE: torch.Tensor, student_text_BE
     per_row_TB = (rows(student_image_BE, teacher_text_TBE) + rows(student_text_BE, teacher_image_TBE)) / 2
     enough_T = (keep_TB.sum(dim=1) >= 2).to(dtype)
     return _weighted_means(per_row_TB, torch.where(keep_TB, w_TB, torch.zeros_like(w_TB))) * enough_T
+
+
+def interactive_contrastive_joint(student_image_BE: torch.Tensor, student_text_BE: torch.Tensor,
+                                  target_image_BE: torch.Tensor, target_text_BE: torch.Tensor,
+                                  temperature: torch.Tensor | float, keep_B: torch.Tensor) -> torch.Tensor:
+    """Per-row ICL [B] over one matrix of the kept rows (0 on the others, and everywhere when
+    fewer than 2 rows are kept): row i's positive is its own target, its negatives are the
+    targets of every other kept row. Targets are used as given (the authors do not normalise
+    them); logits = cos-like products / temperature, i.e. times the authors' fixed multiplier
+    when temperature = 1 / multiplier."""
+    dtype = student_image_BE.dtype
+    masked = torch.finfo(dtype).min
+    col_mask = ~keep_B.unsqueeze(0)  # [1, B]: rows without a teacher are no negatives either
+
+    def rows(a_BE: torch.Tensor, b_BE: torch.Tensor) -> torch.Tensor:
+        logits = (a_BE @ b_BE.to(dtype).T) / temperature
+        return -torch.diagonal(torch.log_softmax(logits.masked_fill(col_mask, masked), dim=-1))
+
+    per_row_B = (rows(student_image_BE, target_text_BE) + rows(student_text_BE, target_image_BE)) / 2
+    enough = (keep_B.sum() >= 2).to(dtype)
+    return torch.where(keep_B, per_row_B, torch.zeros_like(per_row_B)) * enough
 
 
 def _weighted_means(values_TB: torch.Tensor, w_TB: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ rank and DDP averaging gradients, the update equals a single process on the glob
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 
@@ -37,3 +39,22 @@ def gather_with_grad(feats_BD: torch.Tensor, rank: int, world_size: int,
     parts = dist_nn.all_gather(padded)
     gathered = torch.cat([part[:n] for part, n in zip(parts, sizes)])
     return gathered, sum(sizes[:rank])
+
+
+def gather_rows(tensors: dict[str, torch.Tensor], rank: int, world_size: int) -> dict[str, torch.Tensor]:
+    """Gather several per-row tensors of one batch (all [B, ...], same B) with one collective.
+
+    They are packed into one float32 [B, sum of widths] block, gathered with gradient
+    (`gather_with_grad`), and split back into [N, ...] tensors in rank order. Student features
+    keep their gradient path; constants (teacher targets, weights) simply ride along. One
+    process: the tensors themselves, unchanged.
+    """
+    if world_size == 1:
+        return dict(tensors)
+    names = list(tensors)
+    rows = tensors[names[0]].shape[0]
+    flat = [tensors[k].reshape(rows, math.prod(tensors[k].shape[1:])).float() for k in names]  # [B] -> [B, 1]
+    widths = [f.shape[1] for f in flat]
+    block_ND, _ = gather_with_grad(torch.cat(flat, dim=1), rank, world_size)
+    parts = torch.split(block_ND, widths, dim=1)
+    return {k: p.reshape(p.shape[0], *tensors[k].shape[1:]) for k, p in zip(names, parts)}

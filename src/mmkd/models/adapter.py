@@ -20,9 +20,11 @@ import torch.nn.functional as F
 class ClipEncoder(Protocol):
     name: str
     embed_dim: int
-    preprocess: Callable[[Any], torch.Tensor]
     tokenizer: Any
     provenance: dict[str, Any]
+
+    @property
+    def preprocess(self) -> Callable[[Any], torch.Tensor]: ...  # read-only: an attribute or a method
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor: ...
 

@@ -45,20 +45,30 @@ class AlignmentAE(nn.Module):
         return z + self.mlp[modality](z)
 
     @torch.no_grad()
+    def project_many(self, xs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The per-teacher linear projections `proj_t(x)` of several teachers' [B_t, D_t] inputs, frozen:
+        teachers of the same dim share one batched matmul. This alone is what the MMKD-CLIP authors
+        distil towards (`clips_project_output`); their modality MLPs only serve the reconstruction."""
+        z = {}
+        for dim in dict.fromkeys(x.shape[1] for x in xs.values()):
+            group = [t for t in xs if xs[t].shape[1] == dim]
+            w_GED = torch.stack([self.proj[t].weight for t in group])
+            b_GE = torch.stack([self.proj[t].bias for t in group])
+            if len({xs[t].shape[0] for t in group}) == 1:
+                x_GBD = torch.stack([xs[t].float() for t in group])
+                z.update(zip(group, torch.baddbmm(b_GE.unsqueeze(1), x_GBD, w_GED.transpose(1, 2)).unbind(0)))
+            else:
+                z.update({t: self.proj[t](xs[t].float()) for t in group})
+        return {t: z[t] for t in xs}
+
+    @torch.no_grad()
     def encode_many(self, xs: dict[str, torch.Tensor], modality: str) -> dict[str, torch.Tensor]:
         """`encode` of several teachers' [B, D_t] inputs at once, for frozen use (stage-2 targets):
-        teachers of the same dim share one batched matmul and the modality MLP runs once over all
-        of them, instead of 3 small calls per teacher."""
+        `project_many`, then the modality MLP once over all of them, instead of 3 small calls per teacher."""
         names = list(xs)
         if not names:
             return {}
-        z = {}
-        for dim in dict.fromkeys(xs[t].shape[1] for t in names):
-            group = [t for t in names if xs[t].shape[1] == dim]
-            w_GED = torch.stack([self.proj[t].weight for t in group])
-            b_GE = torch.stack([self.proj[t].bias for t in group])
-            x_GBD = torch.stack([xs[t].float() for t in group])
-            z.update(zip(group, torch.baddbmm(b_GE.unsqueeze(1), x_GBD, w_GED.transpose(1, 2)).unbind(0)))
+        z = self.project_many(xs)
         z_all = torch.cat([z[t] for t in names])
         out = z_all + self.mlp[modality](z_all)
         return dict(zip(names, out.split([xs[t].shape[0] for t in names])))
@@ -72,10 +82,16 @@ def alignment_paths(store_path: str | Path, alignment: str = "") -> tuple[Path, 
     return weights, weights.with_suffix(".json")
 
 
-def train_alignment(store, latent_dim: int, *, steps: int = 500, batch_size: int = 256, lr: float = 1e-3,
-                    lambda_nce: float = 0.0, temperature: float = 0.07, seed: int = 0,
+def train_alignment(store, latent_dim: int, *, epochs: int = 10, steps: int = 0, batch_size: int = 256,
+                    lr: float = 1e-3, lambda_nce: float = 0.0, temperature: float = 0.07, seed: int = 0,
                     teachers: list[str] | None = None, progress: bool = True) -> tuple[AlignmentAE, dict[str, Any]]:
-    """Fit the autoencoder on a store's available rows; returns the model and its per-teacher report."""
+    """Fit the autoencoder on a store's available rows; returns the model and its per-teacher report.
+
+    Training passes over every row with an available teacher `epochs` times (a seeded order per
+    pass), unless `steps` > 0 fixes the number of batches. A teacher available for no row is not
+    trained (its projection stays at its initial values; it teaches no sample in stage 2 either)
+    and is reported with `rows_available` 0.
+    """
     teachers = teachers or list(store.teachers)
     dims = {t: store.embed_dim(t) for t in teachers}
     torch.manual_seed(seed)
@@ -84,41 +100,66 @@ def train_alignment(store, latent_dim: int, *, steps: int = 500, batch_size: int
     avail = np.asarray(store.available)[:, [store.teachers.index(t) for t in teachers]]
     usable = np.nonzero(avail.any(axis=1))[0]
     if usable.size == 0:
-        raise UsageError(f"feature store {store.path}: no sample has an available teacher; nothing to align")
+        raise UsageError(f"--store: no sample of the feature store {store.path} has an available teacher "
+                         f"({', '.join(teachers)}), so there is nothing to align. Decide availability again, e.g. "
+                         f"`mmkd extract --out {store.path} --reapply-availability --availability threshold "
+                         f"--threshold 0.2` (or `--availability always`)")
+    batch = min(batch_size, usable.size)
+    steps_per_epoch = -(-usable.size // batch)
+    total = steps or epochs * steps_per_epoch
     rng = np.random.default_rng(seed)
-    iterator = range(steps)
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc="align", unit="step", dynamic_ncols=True)
-    for _ in iterator:
-        idx = np.sort(rng.choice(usable, size=min(batch_size, usable.size), replace=False))
-        batch = store.rows(idx, teachers=teachers)
-        mask = torch.from_numpy(batch["available"])
-        loss = torch.zeros(())
-        latents: dict[str, dict[str, torch.Tensor]] = {}
-        for j, t in enumerate(teachers):
-            rows = mask[:, j]
-            if rows.sum() == 0:
-                continue
-            for modality in ("image", "text"):
-                x = torch.from_numpy(batch[modality][t].astype(np.float32))
-                z = model.encode(t, x, modality)
-                recon = model.decode(t, z)
-                loss = loss + ((recon - x) ** 2).mean(dim=-1)[rows].mean()
-                latents.setdefault(modality, {})[t] = z
-        if lambda_nce > 0:
-            loss = loss + lambda_nce * _cross_teacher_nce(latents, mask, teachers, temperature)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    report = evaluate_alignment(model, store, teachers)
+        bar = tqdm(total=total, desc="align", unit="step", dynamic_ncols=True)
+    step = 0
+    while step < total:
+        order = rng.permutation(usable)  # one pass over every usable row
+        for start in range(0, order.size, batch):
+            if step == total:
+                break
+            loss = _reconstruction_step(model, store, np.sort(order[start:start + batch]), teachers, lambda_nce,
+                                        temperature)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+    if bar is not None:
+        bar.close()
+    report = evaluate_alignment(model, store, teachers, seed=seed)
+    report["steps"], report["epochs"] = total, round(total / steps_per_epoch, 3)
     return model, report
+
+
+def _reconstruction_step(model: AlignmentAE, store, idx: np.ndarray, teachers: list[str], lambda_nce: float,
+                         temperature: float) -> torch.Tensor:
+    """Reconstruction MSE of the batch's available (teacher, modality) features (+ the cross-teacher NCE)."""
+    batch = store.rows(idx, teachers=teachers)
+    mask = torch.from_numpy(batch["available"])
+    loss = torch.zeros(())
+    latents: dict[str, dict[str, torch.Tensor]] = {}
+    for j, t in enumerate(teachers):
+        rows = mask[:, j]
+        if rows.sum() == 0:
+            continue
+        for modality in ("image", "text"):
+            x = torch.from_numpy(batch[modality][t].astype(np.float32))
+            z = model.encode(t, x, modality)
+            recon = model.decode(t, z)
+            loss = loss + ((recon - x) ** 2).mean(dim=-1)[rows].mean()
+            latents.setdefault(modality, {})[t] = z
+    if lambda_nce > 0:
+        loss = loss + lambda_nce * _cross_teacher_nce(latents, mask, teachers, temperature)
+    return loss
 
 
 def _cross_teacher_nce(latents, mask, teachers, temperature) -> torch.Tensor:
     total, count = torch.zeros(()), 0
-    for modality, by_teacher in latents.items():
+    for by_teacher in latents.values():
         names = [t for t in teachers if t in by_teacher]
         for a in range(len(names)):
             for b in range(a + 1, len(names)):
@@ -136,9 +177,15 @@ def _cross_teacher_nce(latents, mask, teachers, temperature) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_alignment(model: AlignmentAE, store, teachers: list[str], max_rows: int = 4096) -> dict[str, Any]:
-    """Per teacher: relative reconstruction error; per pair: mean cosine of latents of the same sample."""
-    idx = np.arange(min(store.num_samples, max_rows))
+def evaluate_alignment(model: AlignmentAE, store, teachers: list[str], max_rows: int = 4096,
+                       seed: int = 0) -> dict[str, Any]:
+    """Per teacher: its available rows in the whole store and the relative reconstruction error on
+    them (None when it has none); per pair: mean cosine of latents of the same sample. Errors and
+    cosines are measured on up to `max_rows` rows that have an available teacher (seeded draw)."""
+    avail = np.asarray(store.available)[:, [store.teachers.index(t) for t in teachers]]
+    usable = np.nonzero(avail.any(axis=1))[0]
+    idx = usable if usable.size <= max_rows else np.sort(np.random.default_rng(seed).choice(usable, max_rows,
+                                                                                           replace=False))
     batch = store.rows(idx, teachers=teachers)
     mask = batch["available"]
     report: dict[str, Any] = {"teachers": {}, "pair_cosine": {}}
@@ -155,7 +202,7 @@ def evaluate_alignment(model: AlignmentAE, store, teachers: list[str], max_rows:
                 errs.append(float(rel[torch.from_numpy(rows)].mean()))
             latents[(t, modality)] = F.normalize(z, dim=-1)
         report["teachers"][t] = {"relative_reconstruction_error": float(np.mean(errs)) if errs else None,
-                                 "rows_available": int(rows.sum())}
+                                 "rows_available": int(avail[:, j].sum())}
     for a in range(len(teachers)):
         for b in range(a + 1, len(teachers)):
             both = torch.from_numpy(mask[:, a] & mask[:, b])
@@ -187,7 +234,8 @@ def load_alignment(path: Path, store=None) -> AlignmentAE:
 
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
-        raise UsageError(f"--distill.alignment: no alignment weights at {path}; run `mmkd align --store STORE` "
+        raise UsageError(f"--distill.alignment: no alignment weights at {path}; run `mmkd align --store STORE "
+                         f"--student STAGE1_RUN` "
                          f"first, or use --distill.target_space adaptor|relational which need none")
     meta = json.loads(meta_path.read_text())
     if store is not None:

@@ -167,7 +167,7 @@ def create_student(name: str = "mmkd-tiny-vit", init: str = "", hf_text_path: st
         tokenizer_dir = str(folder)
     tokenizer = build_tokenizer(model_cfg, tokenizer_dir)
     train_tf, eval_tf = build_transforms(preprocess_cfg)
-    source = {"name": name}
+    source: dict[str, Any] = {"name": name}
     if folder.is_dir() and (folder / WEIGHTS_FILE).is_file() and not init:
         init = str(folder)
     if init:

@@ -13,7 +13,7 @@ padding 256 x 256 ids and cutting most of them again costs more than the tokeniz
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,7 @@ class BatchTokenizer:
 
     def __call__(self, captions: Sequence[str]) -> torch.Tensor:
         if self.direct:
-            tok = self.tokenizer
+            tok: Any = self.tokenizer  # open_clip's HFTokenizer: .tokenizer, .clean_fn, .context_length
             ids = tok.tokenizer([tok.clean_fn(c) for c in captions], return_tensors="pt", padding="longest",
                                 max_length=tok.context_length, truncation=True).input_ids
             length = _round_up(ids.shape[1], self.multiple, max(tok.context_length, ids.shape[1]))

@@ -63,6 +63,13 @@ def load_weights_into(model: torch.nn.Module, path: str | Path, strict: bool = T
 
     file = find_weights(path)
     state = read_state_dict(file)
+    own = model.state_dict()
+    other = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if other:  # load_state_dict would end in a RuntimeError listing every one of them
+        k = other[0]
+        raise UsageError(f"--init: {file} does not match the model: {len(other)} tensor(s) have another shape, e.g. "
+                         f"{k} is {list(state[k].shape)} in the file and {list(own[k].shape)} in the model; check "
+                         f"--model matches the checkpoint's architecture")
     missing, unexpected = model.load_state_dict(state, strict=False)
     # position_ids buffers differ between transformers versions; they are not weights.
     missing = [k for k in missing if not k.endswith("position_ids")]

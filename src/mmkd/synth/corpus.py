@@ -114,7 +114,7 @@ class SynthSizes:
     patches_per_slide: int
 
     @classmethod
-    def default(cls, quick: bool = False, train_per_class: int | None = None) -> "SynthSizes":
+    def default(cls, quick: bool = False, train_per_class: int | None = None) -> SynthSizes:
         if quick:
             return cls(train_per_class or 24, (8, 4, 8), 4, 3, 5, 16, 6)
         return cls(train_per_class or 300, (40, 10, 50), 20, 3, 25, 80, 16)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SLIDE_CLASSNAMES = ["benign", "carcinoma"]
-BENIGN_PATTERNS = (("normal", 0.6), ("inflammation", 0.25), ("necrosis", 0.15))
+BENIGN_PATTERNS: tuple[tuple[str, float], ...] = (("normal", 0.6), ("inflammation", 0.25), ("necrosis", 0.15))
 HAZARD_BETA = 3.0
 BASELINE_HAZARD_PER_MONTH = 1.0 / 60.0
 
@@ -45,11 +45,11 @@ def plan_cohort(seed: int, num_slides: int, patches_per_slide: int) -> list[Slid
     num_patients = len(slides_of)
     has_tumour = np.zeros(num_patients, bool)
     has_tumour[rng.permutation(num_patients)[: (num_patients + 1) // 2]] = True
-    names, probs = zip(*BENIGN_PATTERNS)
+    names, probs = [n for n, _ in BENIGN_PATTERNS], [q for _, q in BENIGN_PATTERNS]
     plans: list[SlidePlan] = []
     for p in range(num_patients):
         target = rng.uniform(0.15, 0.75) if has_tumour[p] else 0.0
-        first_share = None
+        first_share: float | None = None
         patient_plans = []
         for _ in range(slides_of[p]):
             n_tumour = max(1, int(round(target * patches_per_slide))) if has_tumour[p] else 0
@@ -59,6 +59,7 @@ def plan_cohort(seed: int, num_slides: int, patches_per_slide: int) -> list[Slid
             first_share = share if first_share is None else first_share
             patient_plans.append(SlidePlan(f"S{len(plans) + len(patient_plans):04d}", f"P{p:04d}",
                                            SLIDE_CLASSNAMES[int(has_tumour[p])], patterns, share, 0.0, 0))
+        assert first_share is not None  # every patient has at least one slide
         hazard = BASELINE_HAZARD_PER_MONTH * np.exp(HAZARD_BETA * first_share)
         event_time, censor_time = rng.exponential(1.0 / hazard), rng.uniform(6.0, 120.0)
         time = max(0.1, round(float(min(event_time, censor_time)), 1))

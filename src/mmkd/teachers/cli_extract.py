@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -21,15 +20,16 @@ examples:
       --teacher plip=hf:/models/plip --out features/
   mmkd extract --config extract.yaml        # keys: data, teachers {name: spec}, out, batch_size, ...
   torchrun --nproc_per_node 4 -m mmkd extract --data shards/ --teacher QuiltNet --out features/
+  mmkd extract --data subset/ ...           # a selection made by `mmkd data select`
 
 Availability (may teacher T teach sample S?): `rank` (default) — T ranks S's own caption first
 among --candidates captions (S's own plus others of the same chunk); `threshold` — cosine of
 image and own caption >= --threshold; `always`. The rank margin is stored as the score.
 """
 
-_DEFAULTS = {"batch_size": 64, "chunk_rows": 1024, "availability": "rank", "candidates": 10, "threshold": 0.25,
+_DEFAULTS: dict[str, Any] = {"batch_size": 64, "chunk_rows": 1024, "availability": "rank", "candidates": 10, "threshold": 0.25,
              "seed": 0, "workers": 0, "device": "auto", "precision": "auto", "data_format": "auto", "image_key": "image",
-             "caption_key": "caption", "id_key": "sample_id"}
+             "caption_key": "caption", "id_key": "sample_id", "select": None, "license": ""}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caption-key", default=None, help="column/JSON key with the caption (default: caption)")
     parser.add_argument("--id-key", default=None, help="column with the sample id (default: sample_id; row "
                                                        "number when absent)")
+    parser.add_argument("--select", action="append", default=None, metavar="FIELD=V1,V2",
+                        help="keep the samples whose metadata FIELD has one of the values (repeatable, ANDed; or a "
+                             "YAML file FIELD: [values]); see `mmkd data select`")
+    parser.add_argument("--license", choices=["commercial", "noncommercial"], default=None,
+                        help="keep samples whose licence allows this use (default: all)")
     parser.add_argument("--teacher", action="append", default=[], metavar="NAME=SPEC",
                         help="a teacher to extract, repeatable. SPEC: local-dir:PATH, hf-hub:ORG/NAME, "
                              "ARCH@WEIGHTS_FILE, hf:PATH_OR_ID, pmc-clip:PATH, medclip:PATH, unimed-clip:PATH, or "
@@ -67,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only decide availability again in the finished store --out, by --availability "
                              "(and --threshold), from the stored scores and features; no teacher is run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--check-data", choices=["sample", "full", "off"], default="sample",
+                        help="when --out already holds rows: compare the content digests of the data's images and "
+                             "captions with the store's, on a sample of rows or on all (default: sample)")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -120,8 +128,10 @@ def run(args: argparse.Namespace) -> int:
     from mmkd.teachers import load_teacher
     from mmkd.teachers.extract import ExtractOptions, extract_features, format_table
     from mmkd.teachers.registry import find_known
+    from mmkd.utils.console import Summary
     from mmkd.utils.dist import destroy, init_distributed, pick_device
 
+    started = Summary("extract")
     if args.reapply_availability:
         return _reapply(args)
     opts = _options(args)
@@ -131,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
         device = f"cuda:{dist_info.local_rank}"
     try:
         records, index_problems = index_source(opts["data"], opts["data_format"], opts["image_key"],
-                                               opts["caption_key"], opts["id_key"])
+                                               opts["caption_key"], opts["id_key"], select=opts["select"] or (),
+                                               license=opts["license"] or "",
+                                               progress=not args.no_progress and dist_info.is_main)
         if not records:
             raise UsageError(f"--data: {opts['data']!r} holds no samples")
         teachers = {}
@@ -147,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
                                       availability=opts["availability"], candidates=int(opts["candidates"]),
                                       threshold=float(opts["threshold"]), seed=int(opts["seed"]),
                                       num_workers=int(opts["workers"]), progress=not args.no_progress,
+                                      check_data=args.check_data,
                                       precision=_resolve_precision(opts["precision"], device))
         summary = extract_features(records, teachers, opts["out"], extract_opts, dist_info,
                                    extra_manifest={"source": {"data": str(opts["data"]),
@@ -155,10 +168,11 @@ def run(args: argparse.Namespace) -> int:
         destroy()
     if summary is not None:
         print(format_table(summary["teachers"]))
+        for warning in summary.get("warnings", []):
+            print(f"mmkd extract: warning: {warning}", file=sys.stderr)
         skipped = {**summary.get("skipped", {}), **dict(index_problems)}
-        if skipped:
-            print(f"unreadable samples (kept as unavailable rows): {json.dumps(skipped)}", file=sys.stderr)
         print(f"feature store: {opts['out']}")
+        _summarise(started, opts["out"], summary["teachers"], skipped)
     return 0
 
 
@@ -170,6 +184,18 @@ def _resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+def _summarise(started, out: str, table: dict[str, dict[str, float]], skipped: dict[str, int]) -> None:
+    from mmkd.utils.console import skipped_line
+
+    num_rows = int(max((row["rows"] for row in table.values()), default=0))
+    started.add("feature store", out)
+    started.add("rows", f"{num_rows:,} samples x {len(table)} teacher(s)")
+    started.add("available", ", ".join(f"{name} {row['share_available']:.0%}" for name, row in table.items()))
+    started.add("samples", skipped_line(skipped, num_rows - sum(skipped.values()))
+                + (" (kept as rows no teacher teaches)" if skipped else ""))
+    started.emit()
+
+
 def _reapply(args: argparse.Namespace) -> int:
     from mmkd.teachers.extract import format_table, reapply_availability
 
@@ -179,4 +205,6 @@ def _reapply(args: argparse.Namespace) -> int:
     threshold = args.threshold if args.threshold is not None else _DEFAULTS["threshold"]
     summary = reapply_availability(args.out, rule, threshold)
     print(format_table(summary["teachers"]))
+    for warning in summary.get("warnings", []):
+        print(f"mmkd extract: warning: {warning}", file=sys.stderr)
     return 0

@@ -21,12 +21,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from mmkd.data.content import ROW_BYTES, digest_of, image_bytes
 from mmkd.data.feature_store import FeatureStore, FeatureStoreWriter, TeacherEntry
+from mmkd.data.index import sample_ids_of
 from mmkd.data.pairs import PairRecord, Skip, load_image, read_caption
 from mmkd.errors import UsageError
 from mmkd.models.adapter import ClipEncoder
 from mmkd.teachers import availability
 from mmkd.utils.dist import DistInfo
+from mmkd.utils.locks import writer_lock
 
 
 @dataclass
@@ -42,6 +45,7 @@ class ExtractOptions:
     shared_decode: bool = True  # False decodes the image once per teacher (the benchmark's baseline)
     precision: str = "fp32"  # fp32 | bf16 (autocast around every teacher's forward pass)
     progress: bool = True
+    check_data: str = "sample"  # sample | full | off: compare the data with the rows an existing store holds
 
     def settings(self) -> dict[str, Any]:
         """What changes stored rows besides the teacher itself (checked when resuming)."""
@@ -51,7 +55,9 @@ class ExtractOptions:
 
 
 class _RowsDataset(torch.utils.data.Dataset):
-    """Row -> (row, caption | None, {teacher: pixels_3HW} | None, skip reason | None)."""
+    """Row -> (row, caption | None, {teacher: pixels_3HW} | None, skip reason | None, content digest).
+
+    The digest (mmkd.data.content) hashes the image bytes read for decoding and the caption."""
 
     def __init__(self, records: Sequence[PairRecord], preprocess: dict[str, Any], max_pixels: int,
                  shared_decode: bool):
@@ -66,17 +72,19 @@ class _RowsDataset(torch.utils.data.Dataset):
     def __getitem__(self, row: int):
         record = self.records[row]
         caption = read_caption(record)
+        raw = image_bytes(record)
+        content = digest_of(raw, caption)
         if isinstance(caption, Skip):
-            return row, None, None, caption.reason
-        image = load_image(record, self.max_pixels)
+            return row, None, None, caption.reason, content
+        image = load_image(record, self.max_pixels, raw)
         if isinstance(image, Skip):
-            return row, None, None, image.reason
+            return row, None, None, image.reason, content
         pixels = {}
         for name, preprocess in self.preprocess.items():
             if not self.shared_decode and pixels:
                 image = load_image(record, self.max_pixels)
             pixels[name] = preprocess(image)
-        return row, caption, pixels, None
+        return row, caption, pixels, None, content
 
 
 class _ChunkBatches(torch.utils.data.Sampler):
@@ -108,6 +116,7 @@ class _ChunkBuffer:
         self.image = {t: np.zeros((n, d), np.float32) for t, d in dims.items()}
         self.text = {t: np.zeros((n, d), np.float32) for t, d in dims.items()}
         self.readable = np.zeros(n, bool)
+        self.content = np.zeros((n, ROW_BYTES), np.uint8)
         self.skipped: dict[int, str] = {}
         self.filled = 0
 
@@ -163,26 +172,56 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
                      opts: ExtractOptions, dist_info: DistInfo = DistInfo(),
                      extra_manifest: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Fill (or resume) the store at `out`. Returns the summary on rank 0, None elsewhere."""
-    from mmkd.utils.dist import barrier
 
     if opts.availability not in availability.RULES:
         raise UsageError(f"--availability: {opts.availability!r} is not a rule; choose from {availability.RULES}")
-    sample_ids = [r.sample_id for r in records]
+    sample_ids = sample_ids_of(records)  # lazy over a data index: nothing held per sample
     entries = [TeacherEntry(name, int(enc.embed_dim), dict(enc.provenance), settings=opts.settings())
                for name, enc in teachers.items()]
     writer = None
+    lock = contextlib.ExitStack()  # rank 0 holds the store's writer lock until the store is finished
     if dist_info.is_main:
         try:
+            if Path(out).exists() and not Path(out).is_dir():
+                raise UsageError(f"--out: {out!r} is an existing file, not a feature store folder; give a folder "
+                                 f"path (it is created)")
+            lock.enter_context(writer_lock(out, "--out", "feature store", command="mmkd extract"))
+            _check_existing_rows(out, records, sample_ids, opts.check_data)
             with _store_write_errors(out):
                 writer = FeatureStoreWriter.open(out, sample_ids, entries, chunk_rows=opts.chunk_rows, create=True,
-                                                 extra_manifest=extra_manifest)
+                                                 extra_manifest=extra_manifest, record_content=True)
             error = None
         except UsageError as e:
+            lock.close()
             error = str(e)
         _sync_error(dist_info, error)
     else:
         _sync_error(dist_info, None)
         writer = FeatureStoreWriter.open(out, sample_ids, entries, chunk_rows=opts.chunk_rows, create=False)
+    assert writer is not None  # rank 0's set-up error was raised on every rank above
+    with lock:
+        return _extract(records, teachers, out, opts, dist_info, writer)
+
+
+def _check_existing_rows(out: str, records: Sequence[PairRecord], sample_ids: Sequence[str], mode: str) -> None:
+    """Before resuming or extending a store: the rows it holds were made from these images and captions."""
+    from mmkd.data.content import check_rows, open_content
+    from mmkd.data.feature_store import MANIFEST, _read_manifest
+    from mmkd.data.records import ids_digest
+
+    if not (Path(out) / MANIFEST).is_file():
+        return
+    manifest = _read_manifest(Path(out))
+    if manifest.get("num_samples") != len(sample_ids) or manifest.get("sample_ids_sha256") != ids_digest(sample_ids):
+        return  # other sample ids: FeatureStoreWriter.open refuses with its own message
+    content = open_content(out)
+    if content is not None and content.shape[0] == len(records):
+        check_rows(content, records, None, mode, repr(str(out)), "--data")
+
+
+def _extract(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], out: str, opts: ExtractOptions,
+             dist_info: DistInfo, writer: FeatureStoreWriter) -> dict[str, Any] | None:
+    from mmkd.utils.dist import barrier
 
     names = list(teachers)
     pending = writer.pending(names)
@@ -204,10 +243,12 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
             buffer = _ChunkBuffer(*writer.chunk_bounds(chunk), dims)
         _encode_batch(batch, teachers, buffer, bars, opts.precision)
         if buffer.complete():
+            _same_rows_as_stored(writer, buffer, records, out)
             for teacher in pending[chunk]:
                 with _store_write_errors(out):
                     writer.write_chunk(chunk, teacher, buffer.arrays(teacher, opts, chunk),
-                                       record_extra={"skipped": {str(r): why for r, why in buffer.skipped.items()}})
+                                       record_extra={"skipped": {str(r): why for r, why in buffer.skipped.items()}},
+                                       content=buffer.content)
             buffer = None
     for bar in bars.values():
         bar.close()
@@ -218,9 +259,26 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
         return finish_store(writer)
 
 
-def _encode_batch(batch, teachers: dict[str, ClipEncoder], buffer: _ChunkBuffer, bars, precision: str = "fp32") -> None:
-    good = [(row, caption, pixels) for row, caption, pixels, _ in batch if caption is not None]
-    for row, _, _, reason in batch:
+def _same_rows_as_stored(writer: FeatureStoreWriter, buffer: _ChunkBuffer, records, out: str) -> None:
+    """A chunk that other teachers committed already: its rows must digest as stored (every row is checked
+    here, for free: the digests were computed while reading the chunk)."""
+    if "content" not in writer.manifest:
+        return
+    stored = np.asarray(writer._content_map()[buffer.start:buffer.stop])
+    written = stored.any(axis=1)
+    bad = np.flatnonzero(written & (stored != buffer.content).any(axis=1))
+    if bad.size:
+        shown = ", ".join(f"row {buffer.start + i} ({records[buffer.start + i].sample_id})" for i in bad[:5])
+        raise UsageError(f"--data: {bad.size} row(s) of chunk {buffer.start}:{buffer.stop} differ from the data the "
+                         f"feature store {out!r} was made from: {shown}. Their image or caption bytes changed under "
+                         f"the same sample ids; use the original data or a new --out")
+
+
+def _encode_batch(batch, teachers: dict[str, ClipEncoder], buffer: _ChunkBuffer, bars,
+                  precision: str = "fp32") -> None:
+    good = [(row, caption, pixels) for row, caption, pixels, _, _ in batch if caption is not None]
+    for row, _, _, reason, content in batch:
+        buffer.content[row - buffer.start] = np.frombuffer(content, np.uint8)
         if reason is not None:
             buffer.skipped[row] = reason
     buffer.filled += len(batch)
@@ -270,9 +328,26 @@ def finish_store(writer: FeatureStoreWriter) -> dict[str, Any]:
         for reason in rec.get("skipped", {}).values():
             skipped[reason] = skipped.get(reason, 0) + 1
     store = FeatureStore(writer.path, allow_partial=True)
-    summary = {"teachers": teacher_table(store), "skipped": skipped}
+    table = teacher_table(store)
+    summary = {"teachers": table, "skipped": skipped, "warnings": rarely_available(table)}
     writer.finalize(summary)
     return summary
+
+
+RARE_SHARE = 0.05
+
+
+def rarely_available(table: dict[str, dict[str, float]]) -> list[str]:
+    """A warning per teacher available for under 5 % of rows: it will teach almost nothing, and `align`
+    and `distill` get almost no signal from it."""
+    out = []
+    for name, row in table.items():
+        if row["share_available"] < RARE_SHARE:
+            out.append(f"{name}: teacher {name!r} is available for {row['share_available']:.1%} of rows (under "
+                       f"{RARE_SHARE * 100:.0f} %), so it will teach almost nothing; re-decide with `mmkd extract "
+                       f"--reapply-availability --availability threshold|always --out STORE` (or another "
+                       f"--availability rule / --threshold)")
+    return out
 
 
 def reapply_availability(path: str, rule: str, threshold: float = 0.25) -> dict[str, Any]:
@@ -281,11 +356,15 @@ def reapply_availability(path: str, rule: str, threshold: float = 0.25) -> dict[
     Readable rows are those with non-zero features (unreadable ones are all-zero). A rerun
     after a crash finishes the job (the store reads as incomplete until then).
     """
-    from pathlib import Path
 
     if rule not in availability.RULES:
         raise UsageError(f"--availability: {rule!r} is not a rule; choose from {availability.RULES}")
     store = FeatureStore(path, allow_partial=True)
+    with writer_lock(path, "--out", "feature store", command="mmkd extract --reapply-availability"):
+        return _reapply(store, path, rule, threshold)
+
+
+def _reapply(store: FeatureStore, path: str, rule: str, threshold: float) -> dict[str, Any]:
     writer = FeatureStoreWriter(Path(path), store.manifest)
     if rule == "rank":
         no_scores = [t for t in store.teachers if store.manifest_entry(t).get("settings", {}).get("candidates") is None]

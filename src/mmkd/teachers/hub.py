@@ -22,7 +22,8 @@ def resolve_hub_repo(repo_id: str, option: str = "--teacher", how_to_get: str = 
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError:  # pragma: no cover - huggingface_hub comes with transformers/open_clip
-        raise UsageError(f"{option}: hub id {repo_id!r} needs the huggingface_hub package; pip install huggingface_hub")
+        raise UsageError(f"{option}: hub id {repo_id!r} needs the huggingface_hub package; "
+                         "pip install huggingface_hub") from None
     try:
         return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=_cache_dir()))
     except LocalEntryNotFoundError:

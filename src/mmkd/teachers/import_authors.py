@@ -36,15 +36,19 @@ PROJECTED_FILE = "clips_project_output.pt"
 
 
 def _meta_lines(meta: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(meta, encoding="utf-8") as f:
+    with open(meta, encoding="utf-8", errors="surrogateescape") as f:
         row = 0
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                yield row, json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UsageError(f"ROOT: {meta}:{line_no} is not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise UsageError(f"ROOT: {meta}:{line_no} holds a JSON {type(record).__name__}, not a sample record "
+                                 f"(id, imgpath, txt, available_clips)")
+            yield row, record
             row += 1
 
 
@@ -73,6 +77,14 @@ def import_author_features(root: str | os.PathLike, out: str | os.PathLike, chun
     meta = root / "meta.jsonl"
     if not meta.is_file():
         raise UsageError(f"ROOT: {str(root)!r} has no meta.jsonl; pass the folder that holds meta.jsonl and features/")
+    from mmkd.utils.locks import writer_lock
+
+    with writer_lock(out, "--out", "feature store", command="mmkd import-features"):
+        return _import(root, meta, out, chunk_rows, teachers, projected_dim, progress)
+
+
+def _import(root: Path, meta: Path, out: str | os.PathLike, chunk_rows: int, teachers: dict[str, int] | None,
+            projected_dim: int, progress: bool) -> dict[str, Any]:
     teachers = dict(teachers or AUTHOR_TEACHERS)
     sample_ids = [str(m.get("id", row)) for row, m in _meta_lines(meta)]
     provenance = {"weights": {"source": "MMKD-CLIP authors' released features"}, "preprocess": "authors' pipeline",
@@ -98,6 +110,7 @@ def import_author_features(root: str | os.PathLike, out: str | os.PathLike, chun
             continue
         if c != chunk:
             chunk, buf = c, _Chunk(writer, c, teachers, projected_dim)
+        assert buf is not None  # the first row of a pending chunk starts its buffer
         buf.add(row, record, root, problems)
         if row == buf.stop - 1:
             for name in pending[c]:
@@ -129,15 +142,21 @@ class _Chunk:
 
     def add(self, row: int, record: dict[str, Any], root: Path, problems: Counter) -> None:
         i = row - self.start
-        folder = root / Path(record.get("imgpath", "")).parent
+        imgpath, listed_clips = record.get("imgpath", ""), record.get("available_clips") or []
+        if not isinstance(imgpath, str) or not isinstance(listed_clips, list) or \
+                not all(isinstance(c, str) for c in listed_clips):
+            self.problems["bad_meta_record"] += 1  # the row stays, unavailable for every teacher
+            problems["bad_meta_record"] += 1
+            return
+        folder = root / Path(imgpath).parent
         raw = _load_pt(folder / RAW_FILE)
         projected = _load_pt(folder / PROJECTED_FILE)
-        for got in (raw, projected):
-            if isinstance(got, str):
-                self.problems[got] += 1
-                problems[got] += 1
-                return
-        listed = set(record.get("available_clips") or [])
+        if isinstance(raw, str) or isinstance(projected, str):  # a problem name instead of the tensors
+            got = raw if isinstance(raw, str) else projected
+            self.problems[got] += 1
+            problems[got] += 1
+            return
+        listed = set(listed_clips)
         for name, dim in self.teachers.items():
             keys = [f"{name}_img", f"{name}_txt"]
             if not all(k in raw for k in keys):

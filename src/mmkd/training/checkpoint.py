@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mmkd.errors import UsageError
-from mmkd.utils.io import atomic_write_json, fsync_dir, read_json
+from mmkd.utils.io import apply_dir_umask, atomic_write_json, fsync_dir, read_json
 from mmkd.utils.runs import (CONFIG_FILE, EXTRA_FILE, MODEL_FILE, OPTIM_FILE, STATE_FILE,  # noqa: F401
                              checkpoint_dir, latest_checkpoint, list_checkpoints)
 
@@ -106,6 +106,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, open
         for stale in root.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step:08d}-", dir=root))
+        apply_dir_umask(tmp)
         atomic_save_safetensors(tmp / MODEL_FILE, _unshared(model.state_dict()))
         atomic_write_json(tmp / CONFIG_FILE, open_clip_config)
         if extra_modules:
@@ -156,6 +157,30 @@ def _unshared(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[k] = v.clone() if ptr in seen and ptr != -1 else v
         seen.setdefault(ptr, k)
     return out
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def checkpoint_is_finite(ckpt: str | Path) -> bool:
+    """Whether a checkpoint's student weights are all finite (False also when they cannot be read)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return not nonfinite_tensors(load_file(str(Path(ckpt) / MODEL_FILE)))
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
+def last_finite_checkpoint(run_dir: str | Path, before: Path | None = None) -> Path | None:
+    """The newest complete checkpoint of `run_dir` (older than `before`, when given) with finite weights."""
+    ckpts = list_checkpoints(run_dir)
+    if before is not None:
+        ckpts = [c for c in ckpts if int(c.name.split("_")[1]) < int(before.name.split("_")[1])]
+    return next((c for c in reversed(ckpts) if checkpoint_is_finite(c)), None)
 
 
 def read_train_state(ckpt: str | Path) -> dict[str, Any]:

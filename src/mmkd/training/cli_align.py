@@ -3,47 +3,171 @@
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 
 DESCRIPTION = """Train the alignment autoencoder of a feature store (MMKD-CLIP's teacher projection).
 
 One linear projection per teacher into the student's embedding size (shared by image and text),
 modality MLPs, one linear decoder per teacher, reconstruction loss; --lambda-nce adds a
 cross-teacher InfoNCE so that different teachers' projections of the same sample agree.
-Saves STORE/alignment.safetensors (+ .json with the report) and prints, per teacher, the
-reconstruction error and the mean cosine between teachers' projections of the same sample.
+Training passes --epochs times over every sample that has an available teacher.
+Saves STORE/alignment.safetensors (+ .json with the report) and prints, per teacher, its
+available rows, the reconstruction error and the mean cosine between teachers' projections of
+the same sample.
+
+The latent size must equal the student's embedding size: give the student (--student, its
+size is read from it) or the size itself (--latent-dim).
+
+examples:
+  mmkd align --store stores/biomedica-9t --student runs/mmkd-b16-stage1   # 512, the paper's student
+  mmkd align --store store/ --latent-dim 64 --epochs 20
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, help="feature store directory")
-    parser.add_argument("--latent-dim", type=int, default=64,
-                        help="latent size = the student's embedding size (512 for the paper's student)")
-    parser.add_argument("--steps", type=int, default=500, help="optimisation steps")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--student", default="", metavar="RUN|MODEL",
+                        help="the student that stage 2 will train: a run or checkpoint folder, a model-config JSON "
+                             "or a model name (mmkd-b16, ViT-B-16-quickgelu, ...); the latent size is its "
+                             "embedding size")
+    parser.add_argument("--latent-dim", type=int, default=None,
+                        help="latent size = the student's embedding size (default: read from --student)")
+    parser.add_argument("--epochs", type=int, default=10,
+                        help="passes over the samples that have an available teacher (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="fix the number of optimisation steps instead (default: 0, from --epochs)")
+    parser.add_argument("--batch-size", type=int, default=256, help="samples per step (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: %(default)s)")
     parser.add_argument("--lambda-nce", type=float, default=0.0, help="weight of the cross-teacher InfoNCE")
-    parser.add_argument("--out", default="", help="weights file (default STORE/alignment.safetensors)")
+    parser.add_argument("--out", default="", help="weights file, ending in .safetensors; the report is written "
+                                                   "beside it as .json (default STORE/alignment.safetensors)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out (and its .json) even when they are not an earlier `mmkd align` output")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def student_embed_dim(spec: str) -> int:
+    """The embedding size of a student given as a run folder, checkpoint folder, config JSON or model name."""
+    from mmkd.errors import UsageError
+    from mmkd.models.student import resolve_model_config
+    from mmkd.utils.runs import CONFIG_FILE, latest_checkpoint
+
+    path = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec)
+    if path.is_dir() and not (path / CONFIG_FILE).is_file():
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            raise UsageError(f"--student: {spec!r} is a folder without {CONFIG_FILE} and without checkpoints; give a "
+                             f"run folder (RUN/checkpoints/step_*), a checkpoint or export folder, or a model name")
+        path = ckpt
+    try:
+        model_cfg, _ = resolve_model_config(str(path) if path.is_dir() else spec)
+    except UsageError as e:
+        raise UsageError(str(e).replace("--model:", "--student:", 1)) from None
+    if "embed_dim" not in model_cfg:
+        raise UsageError(f"--student: the model config of {spec!r} has no embed_dim; give --latent-dim N")
+    return int(model_cfg["embed_dim"])
+
+
+def check_arguments(args: argparse.Namespace) -> int:
+    """Every bad value at once (UsageError); returns the latent size."""
+    from mmkd.errors import UsageError
+
+    problems = []
+
+    def check(flag: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            problems.append(f"--{flag}: {getattr(args, flag.replace('-', '_'))!r} is not allowed; {allowed}")
+
+    check("epochs", args.epochs >= 1, "use 1 or more")
+    check("steps", args.steps >= 0, "use 0 (from --epochs) or a positive step count")
+    check("batch-size", args.batch_size >= 1, "use 1 or more")
+    check("lr", math.isfinite(args.lr) and args.lr > 0, "use a positive learning rate, e.g. 1e-3")
+    check("lambda-nce", math.isfinite(args.lambda_nce) and args.lambda_nce >= 0, "use 0 (off) or a positive weight")
+    check("seed", args.seed >= 0, "use a seed >= 0")
+    if args.latent_dim is not None:
+        check("latent-dim", args.latent_dim >= 1, "use the student's embedding size (e.g. 512)")
+    latent = args.latent_dim
+    if args.student:
+        try:
+            embed = student_embed_dim(args.student)
+        except UsageError as e:
+            problems.append(str(e))
+        else:
+            if latent is not None and latent != embed:
+                problems.append(f"--latent-dim: {latent} differs from the embedding size {embed} of --student "
+                                f"{args.student}; stage 2 needs them equal: drop --latent-dim")
+            latent = embed
+    elif latent is None:
+        problems.append("--latent-dim: not given; give --student RUN|MODEL (the stage-1 run or model that stage 2 "
+                        "trains; its embedding size is used) or --latent-dim N (512 for the paper's student)")
+    if problems:
+        raise UsageError("; ".join(problems))
+    return latent
+
+
+def _check_out(args: argparse.Namespace):
+    """(weights, report) paths: the weights end in .safetensors (so the .json report beside them is another
+    file), and neither replaces a file that is not an earlier alignment."""
+    from pathlib import Path
+
+    from mmkd.errors import UsageError
+    from mmkd.models.alignment import alignment_paths
+    from mmkd.utils.outputs import check_replaceable, json_with_keys, refuse_file_as_folder
+
+    if args.out:  # the weights' folder is created: a file in its place is the user's to fix
+        for parent in reversed(Path(args.out).parents):
+            refuse_file_as_folder(parent, "--out")
+    if args.out and Path(args.out).suffix != ".safetensors":
+        raise UsageError(f"--out: {args.out!r} must end in .safetensors; the report is written beside it with the "
+                         f"suffix .json (e.g. --out {Path(args.out).with_suffix('.safetensors')})")
+    weights, report = alignment_paths(args.store, args.out)
+    ours = json_with_keys("teacher_dims", "latent_dim")
+    check_replaceable([report], ours, "--out", "an alignment report", args.overwrite)
+    check_replaceable([weights], lambda p: ours(report), "--out", "alignment weights", args.overwrite)
+    return weights, report
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmkd.data.feature_store import FeatureStore
-    from mmkd.errors import UsageError
-    from mmkd.models.alignment import alignment_paths, save_alignment, train_alignment
+    import contextlib
 
-    for name in ("latent_dim", "steps", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')}: {getattr(args, name)} is not allowed; use 1 or more")
+    from mmkd.data.feature_store import FeatureStore
+    from mmkd.models.alignment import save_alignment, train_alignment
+    from mmkd.utils.console import Summary
+    from mmkd.utils.locks import writer_lock
+
+    started = Summary("align")
+    latent_dim = check_arguments(args)
+    weights, report_path = _check_out(args)
     store = FeatureStore(args.store)
-    model, report = train_alignment(store, args.latent_dim, steps=args.steps, batch_size=args.batch_size,
-                                    lr=args.lr, lambda_nce=args.lambda_nce, seed=args.seed)
-    weights, _ = alignment_paths(args.store, args.out)
-    save_alignment(model, weights, store, report)
+    model, report = train_alignment(store, latent_dim, epochs=args.epochs, steps=args.steps,
+                                    batch_size=args.batch_size, lr=args.lr, lambda_nce=args.lambda_nce,
+                                    seed=args.seed, progress=not args.no_progress)
+    with contextlib.ExitStack() as lock:
+        if not args.out:  # writing into the store: one writer at a time
+            lock.enter_context(writer_lock(args.store, "--store", "feature store", command="mmkd align"))
+        save_alignment(model, weights, store, report)
+    print(f"latent size {latent_dim}; {report['steps']} steps ({report['epochs']:g} epochs)")
     print(f"{'teacher':<20} {'rows':>8} {'rel. recon. error':>18}")
+    idle = []
     for t, r in report["teachers"].items():
         err = r["relative_reconstruction_error"]
-        print(f"{t:<20} {r['rows_available']:>8} {err if err is None else f'{err:.4f}':>18}")
+        if not r["rows_available"]:
+            idle.append(t)
+        print(f"{t:<20} {r['rows_available']:>8} {'-' if err is None else f'{err:.4f}':>18}")
     if report["mean_pair_cosine"] is not None:
         print(f"mean cosine between teachers' projections of the same sample: {report['mean_pair_cosine']:.3f}")
+    for t in idle:
+        print(f"teacher {t}: no available rows, so its projection is untrained; it teaches no sample in stage 2. "
+              f"Re-decide availability (`mmkd extract --out {args.store} --reapply-availability ...`) or leave it out "
+              f"(`mmkd distill --exclude-teacher {t}`)")
     print(f"saved {weights}")
+    started.add("weights", weights)
+    started.add("steps", f"{report['steps']:,} ({report['epochs']:g} epochs, batch {args.batch_size}, latent {latent_dim})")
+    rows = {t: r["rows_available"] for t, r in report["teachers"].items()}
+    started.add("rows used", ", ".join(f"{t} {n:,}" for t, n in rows.items()))
+    if report["mean_pair_cosine"] is not None:
+        started.add("agreement", f"mean cosine {report['mean_pair_cosine']:.3f} between teachers' projections")
+    started.emit()
     return 0

@@ -16,33 +16,44 @@ Loss = CLIP + lambda_fd * FD + lambda_icl * ICL + lambda_kl * relational KL, per
 Target spaces (--distill.target_space): projection (alignment autoencoder; run `mmkd align`
 first), adaptor (trainable per-teacher heads), relational (KL only; set --distill.lambda_kl).
 FD targets are normalised unless --distill.normalize_targets false (the paper's released code);
-the ICL temperature is learnable unless --distill.learnable_icl_temperature false.
+the ICL temperature is learnable unless --distill.learnable_icl_temperature false; ICL runs per
+teacher over its own rows unless --distill.icl_form paper (one matrix across teachers, as the
+authors' code); projection targets pass the alignment's modality MLP unless
+--distill.projection linear. --config configs/mmkd_b16/distill-paper.yaml sets all of the
+authors' choices. Every term is computed over the batch gathered from all processes, so
+torchrun with N processes trains as one process with the same global batch.
 
 Example:
-  mmkd align --store store/
+  mmkd align --store store/ --student runs/s1
   mmkd distill --data pairs.csv --store store/ --init runs/s1 --out runs/s2 --epochs 2 --lr 1e-4
 """
+
+
+# Stage 2's own defaults over the dataclass ones (which are stage 1's): the paper's lr, no warm-up.
+BASE_DEFAULTS = {"optim.lr": 1e-6, "optim.warmup_steps": 0, "train.out": "runs/distill"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mmkd.training.cli_common import add_run_arguments
 
-    add_run_arguments(parser, "distill")
+    add_run_arguments(parser, "distill", base=BASE_DEFAULTS)
     parser.add_argument("--exclude-teacher", action="append", default=[], metavar="NAME",
                         help="leave this teacher out (repeatable): leave-one-teacher-out ablations")
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmkd.training.cli_common import config_from_args
+    from mmkd.training.cli_common import config_from_args, exit_code, print_run_summary
     from mmkd.training.loop import fit
     from mmkd.training.stage2 import DistillTask
+    from mmkd.utils.console import Summary
 
+    started = Summary("distill")
     rest = list(getattr(args, "_rest", []))
     if args.exclude_teacher:
         rest += ["--distill.exclude_teachers", ",".join(args.exclude_teacher)]
-    cfg = config_from_args(args, rest, stage="distill",
-                           base={"optim.lr": 1e-6, "optim.warmup_steps": 0, "train.out": "runs/distill"})
+    cfg = config_from_args(args, rest, stage="distill", base=BASE_DEFAULTS)
     summary = fit(cfg, DistillTask)
     print(json.dumps({k: summary[k] for k in ("num_steps", "num_samples_seen", "num_skipped_samples", "final_loss",
                                               "final_terms", "samples_per_s")}))
-    return 0
+    print_run_summary(summary, cfg, started)
+    return exit_code(summary, "distill", cfg)

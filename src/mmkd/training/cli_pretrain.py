@@ -24,12 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmkd.training.cli_common import config_from_args
+    from mmkd.training.cli_common import config_from_args, exit_code, print_run_summary
     from mmkd.training.loop import fit
     from mmkd.training.stage1 import ClipTask
+    from mmkd.utils.console import Summary
 
+    started = Summary("pretrain")
     cfg = config_from_args(args, getattr(args, "_rest", []), stage="pretrain")
     summary = fit(cfg, ClipTask)
     print(json.dumps({k: summary[k] for k in ("num_steps", "num_samples_seen", "num_skipped_samples", "final_loss",
                                               "samples_per_s")}, indent=None))
-    return 0
+    print_run_summary(summary, cfg, started)
+    return exit_code(summary, "pretrain", cfg)

@@ -16,6 +16,7 @@ import functools
 import math
 import random
 import signal
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from mmkd.config import Config, save_yaml, to_dict
+from mmkd.config import Config, to_dict
 from mmkd.data.pairs import Batch, PairDataset, collate_pairs
 from mmkd.data.sampler import ResumableBatchSampler
 from mmkd.errors import DataError, UsageError
@@ -32,9 +33,11 @@ from mmkd.models.student import Student, create_student
 from mmkd.models.text import BatchTokenizer
 from mmkd.training import checkpoint as ckpt_io
 from mmkd.training.optim import build_optimizer, lr_at, set_lr
+from mmkd.training.run_folder import check_out_folder, remove_owned, write_config
 from mmkd.training.telemetry import MetricsLogger, Throughput
 from mmkd.utils import dist as dist_utils
 from mmkd.utils.io import atomic_write_json
+from mmkd.utils.locks import writer_lock
 
 
 class Task(Protocol):
@@ -75,7 +78,7 @@ class RunState:
                 "last_loss": self.last_loss}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "RunState":
+    def from_json(cls, d: dict[str, Any]) -> RunState:
         return cls(step=d["step"], num_optimizer_steps=d["num_optimizer_steps"],
                    num_samples_seen=d["num_samples_seen"], num_bad_steps=d["num_bad_steps"],
                    consecutive_bad_steps=d.get("consecutive_bad_steps", 0), skipped=Counter(d.get("skipped", {})),
@@ -87,6 +90,7 @@ class _StopFlag:
 
     def __init__(self):
         self.requested = False
+        self.signum = 0
         self._old = {}
 
     def __enter__(self):
@@ -99,6 +103,7 @@ class _StopFlag:
 
     def _handle(self, signum, frame):
         self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -131,11 +136,19 @@ def check_resume_compatible(saved: dict[str, Any], cfg: Config) -> None:
     for section, key in (("model", "name"), ("train", "batch_size"), ("train", "accum_steps"), ("train", "seed"),
                          ("data", "path")):
         a, b = old.get(section, {}).get(key), getattr(getattr(cfg, section), key)
+        if key == "path" and a is not None and _same_path(a, b):  # ./data/x.csv is data/x.csv
+            continue
         if a is not None and a != b:
             problems.append(f"{section}.{key}: the checkpoint has {a!r}, this run {b!r}")
     if problems:
         raise UsageError("cannot resume with a different configuration: " + "; ".join(problems)
                          + ". Use the saved run's settings or start a new --out folder")
+
+
+def _same_path(a: str, b: str) -> bool:
+    import os
+
+    return a == b or os.path.realpath(a) == os.path.realpath(b)
 
 
 def check_resume_task(saved: dict[str, Any], task) -> None:
@@ -166,15 +179,42 @@ class StorageError(UsageError):
     exit_code = 1
 
 
+class NonFiniteWeightsError(DataError):
+    """The weights hold NaN or inf: nothing is saved, the run stops naming the last finite checkpoint."""
+
+
+def _nonfinite_weights(model: torch.nn.Module, extra_modules: dict[str, torch.nn.Module]) -> list[str]:
+    tensors = {k: v.detach() for k, v in model.state_dict().items()}
+    for name, m in (extra_modules or {}).items():
+        tensors.update({f"{name}.{k}": v.detach() for k, v in m.state_dict().items()})
+    return ckpt_io.nonfinite_tensors(tensors)
+
+
+def _refuse_nonfinite_checkpoint(ckpt: Path, model: torch.nn.Module, extra_modules) -> None:
+    bad = _nonfinite_weights(model, extra_modules)
+    if not bad:
+        return
+    earlier = ckpt_io.last_finite_checkpoint(ckpt.parent.parent, before=ckpt)
+    go_on = (f"resume from the last finite one with --resume {earlier} (and a lower --lr)" if earlier is not None
+             else "no earlier finite checkpoint exists; start over with --overwrite and a lower --lr")
+    raise UsageError(f"--resume: checkpoint {ckpt} holds weights that are not finite (NaN or inf in {len(bad)} "
+                     f"tensor(s), e.g. {', '.join(bad[:3])}); {go_on}")
+
+
 # Test-only: MMKD_TEST_NAN_AT_STEPS="3,4" makes the loss of those (0-based) steps NaN, so the
 # reliability tests exercise the real non-finite-step path without mocks. Read once per fit().
 _TEST_NAN_ENV = "MMKD_TEST_NAN_AT_STEPS"
 
 
-def _test_nan_steps() -> set[int]:
+def _test_nan_steps(env: str = _TEST_NAN_ENV) -> set[int]:
     import os
 
-    return {int(x) for x in os.environ.get(_TEST_NAN_ENV, "").split(",") if x.strip()}
+    return {int(x) for x in os.environ.get(env, "").split(",") if x.strip()}
+
+
+# Test-only: MMKD_TEST_NAN_WEIGHTS_AT_STEPS="3" puts a NaN into the first weight after the optimiser step of those
+# (0-based) steps, as an overflowing update would, so the tests exercise the real non-finite-weights path.
+_TEST_NAN_WEIGHTS_ENV = "MMKD_TEST_NAN_WEIGHTS_AT_STEPS"
 
 
 def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any]:
@@ -192,16 +232,68 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
         raise UsageError(f"--train.batch_size: {cfg.train.batch_size} / accum_steps {cfg.train.accum_steps} = "
                          f"{micro_global} is not divisible by the {info.world_size} processes; pick a multiple")
     run_dir = Path(cfg.train.out)
+    command = getattr(make_task, "name", None) or "pretrain"
     # A resume is checked before anything is written or loaded: an incompatible one leaves the run as it was.
-    resume_from = resolve_resume(cfg)
-    saved = ckpt_io.read_train_state(resume_from) if resume_from is not None else None
-    if saved is not None:
-        check_resume_compatible(saved, cfg)
-    if saved is not None and getattr(make_task, "name", None):
-        check_resume_task(saved, make_task)
+    # Only rank 0 looks at and writes the folder; its verdict reaches every rank.
+    lock = contextlib.ExitStack()
+    error = None
+    resume_from = saved = None
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            check_out_folder(run_dir, cfg.train.resume, cfg.train.overwrite)
+            if student is None:
+                _check_model_folder(cfg, command)
+            resume_from = resolve_resume(cfg)
+            saved = ckpt_io.read_train_state(resume_from) if resume_from is not None else None
+            if saved is not None:
+                check_resume_compatible(saved, cfg)
+            if saved is not None and getattr(make_task, "name", None):
+                check_resume_task(saved, make_task)
+            lock.enter_context(writer_lock(run_dir, "--out", "run folder", command=f"mmkd {command}"))
+            if cfg.train.overwrite:
+                removed = remove_owned(run_dir)
+                if removed:
+                    print(f"mmkd {command}: --overwrite: removed from {run_dir}: {', '.join(removed)}",
+                          file=sys.stderr)
+        except UsageError as e:
+            lock.close()
+            error = e
+    _agree(error, info)
+    if not info.is_main:
+        resume_from = resolve_resume(cfg)
+        saved = ckpt_io.read_train_state(resume_from) if resume_from is not None else None
+    with lock:
+        return _fit(cfg, make_task, student, info, device_type, device, micro_global, run_dir, command,
+                    resume_from, saved)
 
+
+def _check_model_folder(cfg: Config, command: str) -> None:
+    """A --model folder with a config but no loadable weights would build a random model: refused, unless
+    --init gives the weights, or a pretraining names the folder for its architecture (and says so)."""
+    from mmkd.utils.runs import CONFIG_FILE, require_weights
+
+    folder = Path(cfg.model.name.removeprefix("local-dir:"))
+    if cfg.model.init or not folder.is_dir() or (command == "pretrain" and (folder / CONFIG_FILE).is_file()):
+        return
+    if (folder / CONFIG_FILE).is_file() or (folder / "checkpoints").is_dir():
+        require_weights(folder, "--model")
+
+
+def _agree(error: UsageError | None, info) -> None:
+    """Rank 0's refusal (or None) reaches every rank, so that none waits forever at a collective."""
+    if info.distributed:
+        import torch.distributed as dist
+
+        box = [None if error is None else (str(error), type(error).__name__)]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None and error is None:
+            error = UsageError(box[0][0])
+    if error is not None:
+        raise error
+
+
+def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_global: int, run_dir: Path,
+         command: str, resume_from: Path | None, saved: dict[str, Any] | None) -> dict[str, Any]:
     # Every RNG the process holds is a function of the seed, so a run's RNG state (saved in each checkpoint)
     # does not depend on what the process did before.
     torch.manual_seed(cfg.train.seed)
@@ -210,9 +302,12 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
     if student is None:
         student = create_student(cfg.model.name, cfg.model.init, cfg.model.hf_text_path, cfg.model.context_length,
                                  seed=cfg.train.seed)
+        if "init" not in student.source and info.is_main:
+            print(f"mmkd {command}: starting from randomly initialised weights (no --init given)", file=sys.stderr)
     if cfg.model.grad_checkpointing:
         student.model.set_grad_checkpointing(True)
-    dataset, index_skips = PairDataset.from_config(cfg.data, student.train_transform)
+    dataset, index_skips = PairDataset.from_config(cfg.data, student.train_transform,
+                                                   progress=cfg.train.progress and info.is_main)
     task = make_task(student, cfg, device, records=dataset.records)
     module = task.module.to(device)
 
@@ -228,19 +323,20 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
     optimizer = build_optimizer(module, cfg.optim, device_type)
     # Shard-level problems found while indexing are counted once, on rank 0.
     state = RunState(skipped=Counter(index_skips) if info.is_main else Counter())
-    if resume_from is not None:
+    if saved is not None and resume_from is not None:
         check_resume_task(saved, task)
-    if info.is_main:  # written once every check has passed: a refused resume leaves the run folder as it was
-        try:
-            save_yaml(cfg, run_dir / "config.yaml")
-        except OSError as e:
-            raise StorageError(f"--out: cannot write the run folder {run_dir}: {e.strerror or e}; free space or "
-                               f"choose another --out") from None
-    if resume_from is not None:
         saved = ckpt_io.load_checkpoint(resume_from, student.model, optimizer, task.extra_modules(), restore_rng=True)
+        _refuse_nonfinite_checkpoint(resume_from, student.model, task.extra_modules())
         state = RunState.from_json(saved["run_state"])
         if not info.is_main:  # rank 0 carries the merged skip counts of the saved run
             state.skipped = Counter()
+    if info.is_main:  # written once every check has passed: a refused resume leaves the run folder as it was
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(run_dir, cfg, state.step if resume_from is not None else 0)
+        except OSError as e:
+            raise StorageError(f"--out: cannot write the run folder {run_dir}: {e.strerror or e}; free space or "
+                               f"choose another --out") from None
     module = module.to(device)
     train_module: torch.nn.Module = module
     if info.distributed:
@@ -260,6 +356,15 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
 
     def save(reason: str) -> Path | None:
         path = None
+        bad = _nonfinite_weights(student.model, task.extra_modules())
+        if not _all_finite(float("nan") if bad else 0.0, info.world_size, device):
+            last = ckpt_io.last_finite_checkpoint(run_dir)
+            go_on = (f"The last finite checkpoint is {last}: resume from it with a lower learning rate "
+                     f"(`--resume {last} --lr ...`)" if last is not None else
+                     "No finite checkpoint exists: start over with a lower --lr (--overwrite)")
+            raise NonFiniteWeightsError(
+                f"the weights are not finite at step {state.step} (NaN or inf in {len(bad) or 'some'} tensor(s), e.g. "
+                f"{', '.join(bad[:3]) or 'on another rank'}); no checkpoint was written for this step. {go_on}")
         run_state = state.to_json()
         run_state["skipped"] = _merged_skips(state.skipped, info.world_size)
         if info.is_main:
@@ -277,8 +382,9 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
 
         progress = tqdm(total=total_steps, initial=state.step, desc=f"{task.name}", unit="step", dynamic_ncols=True)
 
-    stopped_by_signal = False
+    stopped_by_signal: str | bool = False
     nan_steps = _test_nan_steps()
+    nan_weight_steps = _test_nan_steps(_TEST_NAN_WEIGHTS_ENV)
     module.train()
     with _StopFlag() as stop:
         while state.step < total_steps:
@@ -343,6 +449,9 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
                     if cfg.optim.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.grad_clip)
                     optimizer.step()
+                    if state.step in nan_weight_steps:  # test-only hook, see _TEST_NAN_WEIGHTS_ENV
+                        with torch.no_grad():
+                            next(module.parameters()).view(-1)[0] = float("nan")
                     _clamp_logit_scale(student.model)
                     state.num_optimizer_steps += 1
                     state.consecutive_bad_steps = 0
@@ -376,7 +485,7 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
                     save("periodic" if not end_of_epoch else "epoch")
                 if _stop_requested(stop, info.world_size, device):
                     save("signal")
-                    stopped_by_signal = True
+                    stopped_by_signal = signal.Signals(stop.signum).name if stop.signum else "SIGTERM"
                     break
             del batches, loader
             if stopped_by_signal:
@@ -465,7 +574,8 @@ def _merged_skips(skipped: Counter, world_size: int) -> dict[str, int]:
     return dict(merged)
 
 
-def _summary(state: RunState, throughput: Throughput, total_steps: int, stopped: bool, task, info, device) -> dict:
+def _summary(state: RunState, throughput: Throughput, total_steps: int, stopped: str | bool, task, info,
+             device) -> dict:
     skipped = _merged_skips(state.skipped, info.world_size)
     tp = throughput.summary()
     return {
@@ -474,7 +584,8 @@ def _summary(state: RunState, throughput: Throughput, total_steps: int, stopped:
         "num_optimizer_steps": state.num_optimizer_steps,
         "total_steps": total_steps,
         "completed": state.step >= total_steps,
-        "stopped_by_signal": stopped,
+        "stopped_by_signal": bool(stopped),
+        "signal": stopped or None,
         "num_samples_seen": state.num_samples_seen,
         "num_skipped_samples": skipped,
         "num_skipped_total": sum(skipped.values()),

@@ -73,6 +73,8 @@ def teacher_weights(policy: str, avail_BT: np.ndarray, *, scores_BT: np.ndarray 
                     teachers: list[str] | None = None) -> np.ndarray:
     avail_BT = np.asarray(avail_BT, dtype=bool)
     if policy == "random-available":
+        if indices_B is None:
+            raise ValueError("the random-available policy draws per sample: give indices_B")
         return random_available(avail_BT, uniform_draws(seed, epoch, indices_B))
     if policy == "mean-available":
         return mean_available(avail_BT)

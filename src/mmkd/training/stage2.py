@@ -16,10 +16,16 @@ Decision distillation (lambda_decision > 0, any space): on image-only samples, t
 image-vs-class-prompt distribution learns each teacher's zero-shot distribution (see
 mmkd.training.decision).
 Rows with no available teacher get the CLIP loss only.
+
+ICL (`distill.icl_form`): `mmkd` runs each teacher's InfoNCE over its own rows; `paper` is the
+authors' code: one matrix over every taught row, each row's targets from its own teacher.
+Every term is computed over the batch gathered from all ranks (`losses`), so N processes give
+the loss and gradients of one process with the same global batch, as in stage 1.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +37,8 @@ from torch import nn
 from mmkd.errors import UsageError
 from mmkd.losses.contrastive import clip_loss
 from mmkd.losses.distill import (feature_distillation, feature_distillation_many, interactive_contrastive,
-                                 interactive_contrastive_many, relational_kl)
+                                 interactive_contrastive_joint, interactive_contrastive_many, relational_kl)
+from mmkd.losses.gather import gather_rows
 from mmkd.training.policies import teacher_weights
 
 
@@ -75,12 +82,27 @@ class DistillForward(nn.Module):
         return out
 
 
+def _check_content(store, records, rows, mode: str) -> None:
+    """The training data is the data the store was made from (content digests of images and captions)."""
+
+    from mmkd.data.content import check_rows, open_content
+
+    content = open_content(store.path)
+    if content is None or content.shape[0] != store.num_samples:
+        if mode != "off":
+            print(f"mmkd distill: note: the feature store {store.path} records no content digests (made by an older "
+                  f"mmkd or imported); the data cannot be compared with it", file=sys.stderr)
+        return
+    check_rows(content, records, rows, mode, repr(str(store.path)), "--store")
+
+
 class DistillTask:
     name = "distill"
 
     def __init__(self, student, cfg, device, records=None):
         from mmkd.data.feature_store import FeatureStore
-        from mmkd.data.pairs import index_source
+        from mmkd.data.index import sample_ids_of
+        from mmkd.data.pairs import records_from_config
 
         d = cfg.distill
         self.cfg = cfg
@@ -96,15 +118,15 @@ class DistillTask:
         embed_dim = student.embed_dim
         # Preflight: every training sample has a store row.
         if records is None:  # built on its own (not by fit): index the training data here
-            records, _ = index_source(cfg.data.path, cfg.data.format, cfg.data.image_key, cfg.data.caption_key,
-                                      cfg.data.id_key, cfg.data.modality_key)
+            records, _ = records_from_config(cfg.data)
         try:  # memory grows with the training set, not with the store (`FeatureStore.rows_of`)
-            self.row_of_index = self.store.rows_of([r.sample_id for r in records])
+            self.row_of_index = self.store.rows_of(sample_ids_of(records))
         except KeyError as e:
             missing = e.args[0]
             raise UsageError(f"--store: {len(missing)} of {len(records)} training samples have no row in "
                              f"{self.store.path} (e.g. {missing[:3]}); extract features for this data with "
                              f"`mmkd extract --data {cfg.data.path} ...`") from None
+        _check_content(self.store, records, self.row_of_index, getattr(d, "check_data", "sample"))
         self.alignment = None
         self.precomputed = False
         if self.space == "projection":
@@ -120,7 +142,8 @@ class DistillTask:
                     p.requires_grad_(False)
                 if self.alignment.latent_dim != embed_dim:
                     raise UsageError(f"alignment latent dim {self.alignment.latent_dim} != student embed dim "
-                                     f"{embed_dim}; rerun `mmkd align --store {d.store} --latent-dim {embed_dim}`")
+                                     f"{embed_dim}; rerun `mmkd align --store {d.store} --student {cfg.model.init or cfg.model.name}` "
+                                     f"(or --latent-dim {embed_dim})")
         heads = {}
         if self.space == "adaptor":
             heads = {t: nn.Linear(embed_dim, self.store.embed_dim(t)) for t in self.teachers}
@@ -133,7 +156,7 @@ class DistillTask:
         self.epoch = 0
         self._prepared: tuple[Any, dict[str, Any]] | None = None
         self._host: torch.Tensor | None = None
-        self._copy_done: torch.cuda.Event | None = None
+        self._copy_done: Any = None  # a torch.cuda.Event once the pinned block exists
         self.decision = None
         if d.lambda_decision > 0 or self.space == "decision":
             from mmkd.training.decision import DecisionTargets, teacher_specs_from_store
@@ -145,15 +168,48 @@ class DistillTask:
             size = student.preprocess_cfg["size"]
             self.image_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
             self._decision_rows = None
+        self._warn_if_no_signal()
+
+    def _warn_if_no_signal(self) -> None:
+        """Say once (rank 0) when no distillation term can ever be non-zero: every distillation weight is 0,
+        or no training sample has an available teacher and no decision term brings other targets."""
+        import warnings
+
+        from mmkd.utils.dist import env_dist_info
+
+        d = self.cfg.distill
+        if not env_dist_info().is_main:
+            return
+        if self.decision is None and not (self.feature_terms or d.lambda_kl > 0):
+            warnings.warn(f"no distillation signal: every distillation weight is 0 for target space {self.space!r} "
+                          f"(lambda_fd {d.lambda_fd:g}, lambda_icl {d.lambda_icl:g}, lambda_kl {d.lambda_kl:g}, "
+                          f"lambda_decision {d.lambda_decision:g}); this run trains with the CLIP loss only. Set "
+                          f"--distill.lambda_fd / --distill.lambda_icl (or --distill.lambda_kl, "
+                          f"--distill.lambda_decision)", stacklevel=2)
+            return
+        if self.decision is not None or not self.needs_features:
+            return
+        cols = [self.store.teachers.index(t) for t in self.teachers]
+        if self.store.available[:, cols][self.row_of_index].any():
+            return
+        warnings.warn(f"no distillation signal: none of the {len(self.row_of_index)} training samples has an "
+                      f"available teacher in {d.store} (teachers {', '.join(self.teachers)}), and there is no decision "
+                      f"term; this run trains with the CLIP loss only. Decide availability again with `mmkd extract "
+                      f"--out {d.store} --reapply-availability --availability threshold|always`, or add decision "
+                      f"distillation (--distill.lambda_decision)", stacklevel=2)
 
     def extra_inputs(self, position: int, info, device) -> dict[str, torch.Tensor]:
         if self.decision is None:
             return {}
         micro = self.cfg.train.batch_size // self.cfg.train.accum_steps
         per_rank = (self.cfg.distill.decision_batch_size or micro) // info.world_size or 1
-        rows = self.decision.rows_for(position, per_rank, info.rank, info.world_size)
+        # Every rank's rows are a pure function of the position: the loss over the gathered batch
+        # needs all of them, and only the weights (unreadable images) have to travel.
+        all_rows = np.concatenate([self.decision.rows_for(position, per_rank, r, info.world_size)
+                                   for r in range(info.world_size)])
+        rows = all_rows[info.rank * per_rank:(info.rank + 1) * per_rank]
         images, weights = self.decision.load_images(rows, self.image_hw)
-        self._decision_rows = (rows, weights)
+        self._decision_rows = (all_rows, weights)
         return {"decision_images": images.to(device), "prompt_tokens": self.decision.prompt_tokens.to(device)}
 
     def set_epoch(self, epoch: int) -> None:
@@ -208,68 +264,114 @@ class DistillTask:
         """Teacher t's stored image and text features of the batch, float32 on the device."""
         return tuple(targets["on_device"][f"{kind}:{t}"] for kind in self.kinds)
 
-    def _all_targets(self, targets, teachers: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """FD/ICL targets of the teachers of this batch: stored features, through the frozen
-        alignment (all teachers at once) when the space is `projection`, normalised by default."""
-        raw = {t: self._raw(targets, t) for t in teachers}
+    def _all_targets(self, targets) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """FD/ICL targets of every teacher for the batch's rows: stored features, through the frozen
+        alignment when the space is `projection` (its linear projection only, or with the modality
+        MLP: `distill.projection`), normalised unless `distill.normalize_targets` is false."""
+        raw = {t: self._raw(targets, t) for t in self.teachers}
         if self.alignment is not None:
-            images = self.alignment.encode_many({t: raw[t][0] for t in teachers}, "image")
-            texts = self.alignment.encode_many({t: raw[t][1] for t in teachers}, "text")
-            raw = {t: (images[t], texts[t]) for t in teachers}
+            if self.cfg.distill.projection == "linear":
+                images = self.alignment.project_many({t: raw[t][0] for t in self.teachers})
+                texts = self.alignment.project_many({t: raw[t][1] for t in self.teachers})
+            else:
+                images = self.alignment.encode_many({t: raw[t][0] for t in self.teachers}, "image")
+                texts = self.alignment.encode_many({t: raw[t][1] for t in self.teachers}, "text")
+            raw = {t: (images[t], texts[t]) for t in self.teachers}
         if self.cfg.distill.normalize_targets:
             raw = {t: (F.normalize(img, dim=-1), F.normalize(txt, dim=-1)) for t, (img, txt) in raw.items()}
         return raw
 
+    def _local_rows(self, outputs, targets) -> dict[str, torch.Tensor]:
+        """Everything the loss reads per pair row of this rank, student outputs and teacher targets:
+        `losses` gathers it across ranks in one collective. Every rank builds the same keys and
+        widths, also for an empty micro-batch (0 rows), so the collectives always match."""
+        d = self.cfg.distill
+        on_device = targets["on_device"]
+        rows = {"image": outputs["image"], "text": outputs["text"], "weights": on_device["weights"],
+                "available": on_device["available"]}
+        if self.feature_terms:
+            fd_targets = self._all_targets(targets)
+            if self.space == "projection":  # all in the student's space: [B, T, E]
+                rows["target_image"] = torch.stack([fd_targets[t][0] for t in self.teachers], dim=1)
+                rows["target_text"] = torch.stack([fd_targets[t][1] for t in self.teachers], dim=1)
+            else:  # adaptor: each teacher's own space and its own head's outputs
+                for t in self.teachers:
+                    rows[f"target_image:{t}"], rows[f"target_text:{t}"] = fd_targets[t]
+                    rows[f"head_image:{t}"] = outputs[f"head_image:{t}"]
+                    rows[f"head_text:{t}"] = outputs[f"head_text:{t}"]
+        if d.lambda_kl > 0:
+            for t in self.teachers:
+                rows[f"raw_image:{t}"], rows[f"raw_text:{t}"] = self._raw(targets, t)
+        return rows
+
     # ---- the loss -----------------------------------------------------------------------------
     def losses(self, outputs, batch, rank: int, world_size: int) -> dict[str, torch.Tensor]:
+        """Every term over the global batch: the rows of all ranks are gathered (student features with
+        their gradient), and every rank computes the same loss. With DDP averaging the gradients this
+        equals one process on the global batch (see mmkd.losses.gather)."""
         d = self.cfg.distill
-        terms = clip_loss(outputs["image"], outputs["text"], outputs["logit_scale"], rank, world_size)
+        prepared, self._prepared = self._prepared, None
+        targets = prepared[1] if prepared is not None and prepared[0] is batch else self._load_targets(batch)
+        g = gather_rows(self._local_rows(outputs, targets), rank, world_size)
+        terms = clip_loss(g["image"], g["text"], outputs["logit_scale"])  # already global: no second gather
         zero = outputs["image"].sum() * 0.0
         fd_total, icl_total, kl_total = zero, zero, zero
-        if len(batch):
-            prepared, self._prepared = self._prepared, None
-            targets = prepared[1] if prepared is not None and prepared[0] is batch else self._load_targets(batch)
-            # Weights are decided on the host: which teachers teach this batch needs no device sync.
-            w_np = targets["weights"]
-            num_taught = max(int((w_np.sum(axis=1) > 0).sum()), 1)
-            taught = [j for j in range(len(self.teachers)) if w_np[:, j].any()]
-            share = {j: float(w_np[:, j].sum()) / num_taught for j in taught}  # a teacher's share of the taught rows
-            fd_targets = self._all_targets(targets, [self.teachers[j] for j in taught]) if self.feature_terms else {}
-            if self.feature_terms and self.space == "projection" and taught:
-                # Every target is in the student's space: all teachers' FD and ICL in a few batched ops.
-                names = [self.teachers[j] for j in taught]
-                w_TB = targets["on_device"]["weights"][:, taught].T
-                t_img, t_txt = (torch.stack([fd_targets[t][k] for t in names]) for k in (0, 1))
-                s_img, s_txt = outputs["image"], outputs["text"]
-                fd_T = feature_distillation_many(s_img, t_img, w_TB) + feature_distillation_many(s_txt, t_txt, w_TB)
-                icl_T = interactive_contrastive_many(s_img, s_txt, t_img, t_txt, outputs["icl_temperature"], w_TB)
-                share_T = torch.tensor([share[j] for j in taught], device=fd_T.device, dtype=fd_T.dtype)
-                fd_total, icl_total = fd_total + (share_T * fd_T).sum(), icl_total + (share_T * icl_T).sum()
-                for k, t in enumerate(names):
-                    terms[f"fd:{t}"], terms[f"icl:{t}"] = fd_T[k].detach(), icl_T[k].detach()
-            for j in taught:
-                t = self.teachers[j]
-                w_B = targets["on_device"]["weights"][:, j]
-                if self.feature_terms and self.space == "adaptor":  # each teacher's own space: one at a time
-                    s_img, s_txt = outputs[f"head_image:{t}"], outputs[f"head_text:{t}"]
-                    t_img, t_txt = fd_targets[t]
-                    fd = feature_distillation(s_img, t_img, w_B) + feature_distillation(s_txt, t_txt, w_B)
-                    icl = interactive_contrastive(s_img, s_txt, t_img, t_txt, outputs["icl_temperature"], w_B)
-                    fd_total = fd_total + share[j] * fd
-                    icl_total = icl_total + share[j] * icl
-                    terms[f"fd:{t}"], terms[f"icl:{t}"] = fd.detach(), icl.detach()
-                if d.lambda_kl > 0:
-                    raw_img, raw_txt = self._raw(targets, t)
-                    # Relational KL uses every row the teacher may teach (the in-batch distribution
-                    # needs several rows), not only the rows the policy drew for it.
-                    avail_B = targets["on_device"]["available"][:, j]
-                    kl = relational_kl(outputs["image"], outputs["text"], raw_img, raw_txt, d.kl_temperature, avail_B)
-                    kl_total = kl_total + kl / len(self.teachers)
-                    terms[f"kl:{t}"] = kl.detach()
+        # Which teachers teach the global batch is decided on the host: from the policy's own weights
+        # in one process (no device sync), from the gathered weights under torchrun.
+        w_np = targets["weights"] if world_size == 1 else g["weights"].detach().cpu().numpy()
+        num_taught = max(int((w_np.sum(axis=1) > 0).sum()), 1)
+        taught = [j for j in range(len(self.teachers)) if w_np[:, j].any()]
+        share = {j: float(w_np[:, j].sum()) / num_taught for j in taught}  # a teacher's share of the taught rows
+        w_NT = g["weights"]
+        if self.feature_terms and self.space == "projection" and taught:
+            # Every target is in the student's space: all teachers' FD and ICL in a few batched ops.
+            names = [self.teachers[j] for j in taught]
+            w_TN = w_NT[:, taught].T
+            t_img, t_txt = g["target_image"][:, taught].transpose(0, 1), g["target_text"][:, taught].transpose(0, 1)
+            s_img, s_txt = g["image"], g["text"]
+            fd_T = feature_distillation_many(s_img, t_img, w_TN) + feature_distillation_many(s_txt, t_txt, w_TN)
+            share_T = torch.tensor([share[j] for j in taught], device=fd_T.device, dtype=fd_T.dtype)
+            fd_total = fd_total + (share_T * fd_T).sum()
+            if d.icl_form == "paper":
+                # One matrix over every taught row; a row's targets are its own teacher's (the
+                # policy's mix of them when it gives a row several teachers).
+                mix_img = torch.einsum("tn,tne->ne", w_TN, t_img)
+                mix_txt = torch.einsum("tn,tne->ne", w_TN, t_txt)
+                keep_N = w_TN.sum(dim=0) > 0
+                icl_N = interactive_contrastive_joint(s_img, s_txt, mix_img, mix_txt, outputs["icl_temperature"],
+                                                      keep_N)
+                icl_total = icl_total + icl_N.sum() / num_taught
+                icl_T = (w_TN * icl_N).sum(dim=1) / w_TN.sum(dim=1)  # each teacher's rows' mean, to log
+            else:
+                icl_T = interactive_contrastive_many(s_img, s_txt, t_img, t_txt, outputs["icl_temperature"], w_TN)
+                icl_total = icl_total + (share_T * icl_T).sum()
+            for k, t in enumerate(names):
+                terms[f"fd:{t}"], terms[f"icl:{t}"] = fd_T[k].detach(), icl_T[k].detach()
+        for j in taught if self.feature_terms and self.space == "adaptor" else ():
+            t = self.teachers[j]  # each teacher's own space: one at a time
+            s_img, s_txt = g[f"head_image:{t}"], g[f"head_text:{t}"]
+            t_img, t_txt = g[f"target_image:{t}"], g[f"target_text:{t}"]
+            fd = feature_distillation(s_img, t_img, w_NT[:, j]) + feature_distillation(s_txt, t_txt, w_NT[:, j])
+            icl = interactive_contrastive(s_img, s_txt, t_img, t_txt, outputs["icl_temperature"], w_NT[:, j])
+            fd_total = fd_total + share[j] * fd
+            icl_total = icl_total + share[j] * icl
+            terms[f"fd:{t}"], terms[f"icl:{t}"] = fd.detach(), icl.detach()
+        for j in taught if d.lambda_kl > 0 else ():
+            t = self.teachers[j]
+            # Relational KL uses every row the teacher may teach (the in-batch distribution
+            # needs several rows), not only the rows the policy drew for it.
+            kl = relational_kl(g["image"], g["text"], g[f"raw_image:{t}"], g[f"raw_text:{t}"], d.kl_temperature,
+                               g["available"][:, j])
+            kl_total = kl_total + kl / len(self.teachers)
+            terms[f"kl:{t}"] = kl.detach()
         decision_total = zero
         if self.decision is not None and "decision_image" in outputs:
-            rows, weights = self._decision_rows
-            decision_total = self.decision.loss(outputs["decision_image"], outputs["prompts"], rows, weights)
+            rows, weights = self._decision_rows  # every rank's rows, and this rank's weights
+            local = {"image": outputs["decision_image"], "weight": torch.from_numpy(weights).to(outputs["image"].device)}
+            gd = gather_rows(local, rank, world_size)
+            if world_size > 1:
+                weights = gd["weight"].detach().cpu().numpy()
+            decision_total = self.decision.loss(gd["image"], outputs["prompts"], rows, weights)
         terms["fd"], terms["icl"], terms["kl"], terms["decision"] = fd_total, icl_total, kl_total, decision_total
         # Zero-weighted use of every output keeps DDP's gradient bookkeeping whole when a batch has
         # no row for some teacher (its head and the ICL temperature then get a zero gradient).
@@ -291,7 +393,8 @@ class DistillTask:
         return {"distill": {"store": str(Path(d.store).resolve()), "teachers": teachers, "target_space": self.space,
                             "policy": d.policy, "lambda_fd": d.lambda_fd, "lambda_icl": d.lambda_icl,
                             "lambda_kl": d.lambda_kl, "lambda_decision": d.lambda_decision, "normalize_targets": d.normalize_targets,
-                            "learnable_icl_temperature": d.learnable_icl_temperature}}
+                            "learnable_icl_temperature": d.learnable_icl_temperature, "icl_form": d.icl_form,
+                            "projection": d.projection}}
 
 
 def _registry_licence(name: str) -> str | None:

@@ -66,3 +66,27 @@ def pick_device(requested: str = "auto") -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
+
+
+def checked_device(requested: str, flag: str = "--device") -> str:
+    """`pick_device`, refusing a device this machine does not have with a usage error that names `flag`."""
+    import torch
+
+    from mmkd.errors import UsageError
+
+    device = pick_device(requested)
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"{flag}: {requested!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"{flag}: {requested!r} was asked for but no GPU is visible to PyTorch here; "
+                             f"use {flag} cpu (or auto)")
+        if parsed.index is not None and parsed.index >= count:
+            raise UsageError(f"{flag}: {requested!r} does not exist; this machine has {count} GPU(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    elif parsed.type != "cpu":
+        raise UsageError(f"{flag}: {requested!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device

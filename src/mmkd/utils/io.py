@@ -30,12 +30,24 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask (reading it needs setting it; set back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def apply_dir_umask(path: str | os.PathLike) -> None:
+    """`tempfile.mkdtemp` makes 0700 folders; give one the mode a new folder gets under the umask."""
+    os.chmod(path, 0o777 & ~current_umask())
+
+
 # Test-only fault injection: with MMKD_TEST_ENOSPC_AT_WRITE="N" (or "N:any-tag", the tag makes a new
 # setting restart the count) the Nth atomic write of the process fails with ENOSPC after its bytes
 # went to the temporary file, as a full disk would. Reliability tests use it to check that every
 # writer leaves the previous state intact; unset, it costs one dictionary lookup per write.
 _TEST_FAULT_ENV = "MMKD_TEST_ENOSPC_AT_WRITE"
-_test_fault = {"setting": "", "writes": 0}
+_test_fault: dict[str, Any] = {"setting": "", "writes": 0}
 
 
 def _test_write_fault(path: Path) -> None:
@@ -59,13 +71,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         _test_write_fault(path)
+        # mkstemp makes 0600, and some writers (safetensors) recreate the file: give the final file the
+        # permissions any new file gets under the umask, after it was written.
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         with open(tmp_path, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())

@@ -35,3 +35,25 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     ckpts = list_checkpoints(run_dir)
     return ckpts[-1] if ckpts else None
+
+
+def require_weights(folder: str | Path, option: str = "--model") -> Path:
+    """The weights file of a checkpoint folder, export folder or run directory (its latest checkpoint).
+
+    A folder that has a model config but no weights mmkd can load is refused (UsageError): building the
+    model from its config alone would silently give random weights."""
+    from mmkd.errors import UsageError
+
+    folder = Path(folder)
+    ckpt = folder if (folder / CONFIG_FILE).is_file() else latest_checkpoint(folder)
+    if ckpt is None:
+        raise UsageError(f"{option}: {str(folder)!r} holds no checkpoint (no {CONFIG_FILE} and no "
+                         f"checkpoints/step_*); give a run folder, a checkpoint folder or an export")
+    if (ckpt / MODEL_FILE).is_file():
+        return ckpt / MODEL_FILE
+    others = sorted(p.name for p in ckpt.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".safetensors"))
+    found = (f" (it has {', '.join(others)}: open such a file as `local-dir:{ckpt}` or with --init, where it is "
+             f"read with weights_only=True)" if others else "")
+    raise UsageError(f"{option}: {str(ckpt)!r} has a model config but no weights file {MODEL_FILE}{found}; "
+                     f"refusing to use randomly initialised weights. Point {option} at a complete checkpoint "
+                     f"(RUN/checkpoints/step_*) or export")

@@ -214,7 +214,7 @@ class MedClipPreprocess:
         side = max(self.size, *grey.size)
         square = Image.new("L", (side, side), 0)
         square.paste(grey, ((side - grey.size[0]) // 2, (side - grey.size[1]) // 2))
-        resized = square.resize((self.size, self.size), Image.BICUBIC)
+        resized = square.resize((self.size, self.size), Image.Resampling.BICUBIC)
         pixels_1HW = TF.to_tensor(resized)
         return ((pixels_1HW - self.mean) / self.std).repeat(3, 1, 1)
 

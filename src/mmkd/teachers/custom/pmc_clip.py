@@ -66,7 +66,7 @@ class PmcClipConfig:
     training_parts: bool = True  # False for the three extracted encoder files (no fusion/MLM parts)
 
     @classmethod
-    def from_pmc_json(cls, cfg: dict[str, Any] | None) -> "PmcClipConfig":
+    def from_pmc_json(cls, cfg: dict[str, Any] | None) -> PmcClipConfig:
         """From PMC-CLIP's own JSON format ({"embed_dim", "vision_cfg": {...}, "text_cfg": {...}})."""
         if not cfg:
             return cls()
@@ -183,17 +183,18 @@ def load(path: str, device: str = "cpu", name: str | None = None) -> ClipEncoder
                                                               "model_config.json", TEACHER))
     split = not options.get("weights") and not (folder / CHECKPOINT_NAMES[0]).is_file() and all(
         (folder / f).is_file() for f in SPLIT_FILES.values())
+    weights: Path | list[Path]
     if split:
         state, weights = _read_split_files(folder)
         cfg.training_parts = False
     else:
-        weights = common.find_file(folder, options.get("weights"), CHECKPOINT_NAMES, (".pt", ".pth", ".bin"),
-                                   TEACHER, "PMC-CLIP checkpoint (checkpoint.pt)")
-        state = common.read_published_checkpoint(weights, TEACHER)
+        weights = checkpoint = common.find_file(folder, options.get("weights"), CHECKPOINT_NAMES,
+                                                (".pt", ".pth", ".bin"), TEACHER, "PMC-CLIP checkpoint (checkpoint.pt)")
+        state = common.read_published_checkpoint(checkpoint, TEACHER)
         cfg.mlm = "mlm_projection" in state  # the MLM head exists only in checkpoints trained with --mlm
     bert_config = common.load_bert_config(text_dir, TEACHER)
     model = build_model(cfg, bert_config)
-    common.load_strict(model, state, TEACHER, folder if split else weights,
+    common.load_strict(model, state, TEACHER, folder if split else checkpoint,
                        hint="Expected PMC-CLIP's checkpoint.pt (RN50_fusion4) or its three extracted encoder files")
     preprocess = image_transform(cfg.image_size, is_train=False, mean=OPENAI_MEAN, std=OPENAI_STD)
     tokenizer = common.BertIdsTokenizer(text_dir, cfg.context_length, padding="max_length", teacher=TEACHER)

@@ -1,0 +1,150 @@
+"""`mmkd datasets prepare`: official downloads -> the layouts the catalog reads, with verified counts.
+
+A catalog entry's `prepare:` block names a layout family (one converter per family, the entry
+gives the file names, classes and published counts as data) and the entry's `path` says where the
+result goes. The flow: open the download (archive or folder, see download.py) -> the family's
+converter finds its files and counts examples per split and class -> the counts are checked
+against the entry's `prepare.published` figures (counts.py) -> the layout is written into a
+`<target>.partial` folder that is renamed into place at the end, with `PREPARED.json` (counts,
+which published figures they match, the sources) beside it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from mmkd.errors import UsageError
+from mmkd.evaluation.prepare.common import Context, Plan
+from mmkd.evaluation.prepare.counts import CountCheck, CountMismatch, check_counts
+from mmkd.evaluation.prepare.download import Download
+
+LAYOUTS: dict[str, str] = {
+    "class_folders": "mmkd.evaluation.prepare.images:class_folders",
+    "table_images": "mmkd.evaluation.prepare.images:table_images",
+    "h5_patches": "mmkd.evaluation.prepare.images:h5_patches",
+    "npz": "mmkd.evaluation.prepare.images:npz",
+    "vqa_records": "mmkd.evaluation.prepare.vqa:vqa_records",
+    "survival_mcat": "mmkd.evaluation.prepare.slides:survival_mcat",
+    "slide_labels": "mmkd.evaluation.prepare.slides:slide_labels",
+}
+MANIFEST = "PREPARED.json"
+FOLDER_FORMATS = ("txt", "imagefolder", "slides")  # the catalog path is the folder itself
+FILE_FORMATS = ("medmnist",)  # the catalog path is one file in a folder shared with other datasets
+
+
+def converter(layout: str) -> Callable[..., Plan]:
+    import importlib
+
+    if layout not in LAYOUTS:
+        raise UsageError(f"prepare.layout: {layout!r} is not a known layout; choose from {', '.join(LAYOUTS)}")
+    module, attr = LAYOUTS[layout].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def target_of(entry) -> tuple[Path, str, str]:
+    """(folder the prepared data goes in, the catalog path's file name in it or '', "file" | "folder").
+    A "file" target is written alone into a shared folder (MedMNIST's .npz files); a "folder"
+    target is a whole folder of its own, replaced as a unit."""
+    raw = str(entry.option("path", ""))
+    if "${MMKD_DATA}" in raw and not os.environ.get("MMKD_DATA"):
+        raise UsageError("MMKD_DATA is not set: `export MMKD_DATA=/path/to/data` (the folder prepared datasets go "
+                         "in), or give --out")
+    if entry.format in FOLDER_FORMATS:
+        return entry.path, "", "folder"
+    return entry.path.parent, entry.path.name, "file" if entry.format in FILE_FORMATS else "folder"
+
+
+def _manifest_path(folder: Path, file_name: str, kind: str) -> Path:
+    return folder / (f"{file_name}.prepared.json" if kind == "file" else MANIFEST)
+
+
+def prepare_dataset(entry, sources: list[str], *, out: str | Path | None = None, overwrite: bool = False,
+                    accept_counts: bool = False, splits: list[str] | None = None, link: bool = True,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Convert the download `sources` of catalog `entry` into its layout; returns the manifest."""
+    spec = entry.option("prepare")
+    if not isinstance(spec, dict):
+        raise UsageError(f"dataset {entry.name}: no converter (no `prepare:` in its catalog entry); "
+                         f"{entry.option('how_to_get') or 'arrange it as the catalog entry says'}")
+    if out is None:
+        folder, file_name, kind = target_of(entry)
+    else:
+        folder = Path(out).expanduser().resolve()
+        file_name, kind = ("", "folder") if entry.format in FOLDER_FORMATS else (entry.path.name, "folder")
+    if kind == "folder" and folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise UsageError(f"{folder} already exists and is not empty; pass --overwrite to replace it, or --out DIR")
+    if kind == "file" and (folder / file_name).exists() and not overwrite:
+        raise UsageError(f"{folder / file_name} already exists; pass --overwrite to replace it, or --out DIR")
+    scratch = folder.parent / f".{folder.name}.{entry.name}.scratch"
+    expected = str(spec.get("expected") or entry.option("source") or "the official download")
+    ctx = Context(entry.name, expected, file_name, scratch, splits, link)
+    try:
+        with Download.open(sources) as download:
+            plan = converter(str(spec.get("layout")))(download, spec, ctx)
+            check = check_counts(plan.counts, spec.get("published"))
+            log(f"{entry.name}: counted examples\n{check.table()}")
+            for note in plan.notes:
+                log(f"  note: {note}")
+            log(f"  {check.summary()}")
+            if not check.ok and not accept_counts:
+                raise CountMismatch(f"dataset {entry.name}: the download's counts match no published figure — it may "
+                                    f"be partial or another release; nothing was written. Pass --accept-counts to "
+                                    f"prepare it anyway")
+            info = _write(plan, folder, overwrite)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    manifest = _manifest(entry, sources, check, plan, info)
+    from mmkd.utils.io import atomic_write_json
+
+    atomic_write_json(_manifest_path(folder, file_name, plan.kind), manifest)
+    return manifest
+
+
+def _write(plan: Plan, folder: Path, overwrite: bool) -> dict:
+    if plan.kind == "file":
+        return plan.write(folder)
+    partial = folder.parent / f"{folder.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    info = plan.write(partial)
+    if folder.exists():
+        if not overwrite and any(folder.iterdir()):
+            raise UsageError(f"{folder} appeared while preparing; pass --overwrite to replace it")
+        shutil.rmtree(folder)
+    partial.rename(folder)
+    return info
+
+
+def _manifest(entry, sources, check: CountCheck, plan: Plan, info: dict) -> dict[str, Any]:
+    from mmkd import __version__
+
+    return {"dataset": entry.name, "counts": check.counted, "published_match": check.matched,
+            "published_differences": {k: v for k, v in check.differences.items() if v},
+            "notes": plan.notes, "sources": [str(Path(s).expanduser().resolve()) for s in sources],
+            "written": info, "mmkd_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def present(entry) -> bool:
+    """Whether the dataset's data is on disk where the catalog says."""
+    path = entry.path
+    if entry.format == "txt":
+        from mmkd.evaluation.datasets import list_files
+
+        return bool(list_files(path))
+    if entry.format == "slides":
+        return (path / "slides.csv").is_file() if path.is_dir() else path.is_file()
+    return path.exists()
+
+
+def read_manifest(entry) -> dict | None:
+    folder = entry.path if entry.format in FOLDER_FORMATS else entry.path.parent
+    path = _manifest_path(folder, entry.path.name, "file" if entry.format in FILE_FORMATS else "folder")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,75 @@
+"""Advisory writer locks on run folders and feature stores (`fcntl.flock`).
+
+One writer at a time: `mmkd pretrain`/`distill` hold RUN/.mmkd.lock while they run, `mmkd
+extract`, `import-features`, `align` and `extract --reapply-availability` hold STORE/.mmkd.lock.
+A second writer is refused at once with a message naming the holder (pid, host, command).
+Readers (eval, export, distill reading a store, `FeatureStore`) never take the lock, so they are
+never blocked.
+
+The lock belongs to the open file, so it ends with the process, also on SIGKILL: a stale lock
+file never blocks anyone (its recorded pid is only a hint for the message). Processes forked
+from the holder (data-loader workers) share the lock until they exit.
+
+Shared filesystems: on Linux NFS (v4, or v3 with lockd running) `flock` is carried out as a POSIX
+byte-range lock by the server, so two machines writing to one folder exclude each other. Some
+filesystems ignore locks (NFS mounted with `nolock`/`local_lock=all`, many FUSE and SMB mounts):
+there each machine only sees its own locks, and the rule "one writer per folder" is the user's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from mmkd.errors import UsageError
+
+LOCK_FILE = ".mmkd.lock"
+
+
+class LockedError(UsageError):
+    """Another process is writing the folder."""
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info.get("pid"):
+        return "a process whose pid could not be read"
+    where = f" on {info['host']}" if info.get("host") and info["host"] != socket.gethostname() else ""
+    return f"pid {info['pid']}{where}, `{info.get('command', '?')}`, since {info.get('since', '?')}"
+
+
+@contextlib.contextmanager
+def writer_lock(folder: str | os.PathLike, option: str = "--out", what: str = "folder",
+                command: str = "") -> Iterator[Path]:
+    """Hold the writer lock of `folder` (created if missing) for the `with` block.
+
+    Raises LockedError (exit 2) naming the holder when another process holds it; never waits."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise LockedError(f"{option}: the {what} {str(folder)!r} is being written by another mmkd process "
+                          f"({_holder(path)}); wait for it to finish, or write to another {option}") from None
+    try:
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(["mmkd", *sys.argv[1:3]]),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield path
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -1,0 +1,117 @@
+"""`mmkd align`: latent size from the student, epochs over the store, teachers without rows, bad values;
+`mmkd distill` saying when a run has no distillation signal."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from helpers import make_pairs
+from mmkd.data.feature_store import FeatureStoreWriter, TeacherEntry
+from mmkd.data.pairs import index_source
+
+N = 40
+# A tiny student whose embedding size is the paper's 512.
+STUDENT_512 = {"embed_dim": 512, "quick_gelu": True,
+               "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+               "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+def _store(root: Path, table: Path, available: dict[str, np.ndarray], dims=(24, 40)) -> Path:
+    records, _ = index_source(str(table))
+    rng = np.random.default_rng(0)
+    entries = [TeacherEntry(t, d, provenance={"weights": {"w": t}}) for t, d in zip(available, dims)]
+    writer = FeatureStoreWriter.open(root, [r.sample_id for r in records], entries, chunk_rows=16)
+    for entry in entries:
+        feats = {k: rng.normal(size=(len(records), entry.embed_dim)) for k in ("image", "text")}
+        feats = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in feats.items()}
+        for c in range(writer.num_chunks):
+            a, b = writer.chunk_bounds(c)
+            writer.write_chunk(c, entry.name, {"image": feats["image"][a:b], "text": feats["text"][a:b],
+                                               "available": available[entry.name][a:b],
+                                               "score": np.ones(b - a, np.float32)})
+    writer.finalize()
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("align")
+    table = make_pairs(root / "data", n=N)
+    (root / "student512.json").write_text(json.dumps(STUDENT_512))
+    return root, table
+
+
+def test_align_and_distill_a_512d_student(data):
+    """The latent size is read from the student, and stage 2 of that student runs on the alignment."""
+    root, table = data
+    store = _store(root / "store512", table, {"t0": np.arange(N) % 2 == 0, "t1": np.ones(N, bool)})
+    student = str(root / "student512.json")
+    r = run_cli("align", "--store", str(store), "--student", student, "--epochs", "3", "--batch-size", "16",
+                "--no-progress")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((store / "alignment.json").read_text())
+    assert meta["latent_dim"] == 512
+    assert meta["report"]["steps"] == 3 * 3  # 3 epochs of ceil(40 / 16) batches: every row, every pass
+    assert meta["report"]["teachers"]["t0"]["rows_available"] == N // 2
+    out = root / "s2-512"
+    r = run_cli("distill", "--data", str(table), "--store", str(store), "--model", student, "--out", str(out),
+                "--batch-size", "8", "--max-steps", "2", "--train.progress", "false", "--train.log_every", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "no distillation signal" not in r.stderr
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["loss/fd"] > 0
+    from mmkd.training.cli_align import student_embed_dim
+
+    assert student_embed_dim(str(out)) == 512  # a run folder as --student
+    assert student_embed_dim("mmkd-b16") == 512 and student_embed_dim("mmkd-tiny-vit") == 64
+
+
+def test_a_teacher_without_rows_is_reported(data):
+    root, table = data
+    store = _store(root / "store-idle", table, {"t0": np.ones(N, bool), "t1": np.zeros(N, bool)})
+    r = run_cli("align", "--store", str(store), "--latent-dim", "32", "--epochs", "2", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "teacher t1: no available rows" in r.stdout and "--exclude-teacher t1" in r.stdout
+    line = next(x for x in r.stdout.splitlines() if x.startswith("t1 "))
+    assert line.split() == ["t1", "0", "-"]
+    meta = json.loads((store / "alignment.json").read_text())
+    assert meta["report"]["teachers"]["t1"] == {"relative_reconstruction_error": None, "rows_available": 0}
+    assert meta["report"]["teachers"]["t0"]["relative_reconstruction_error"] is not None
+
+
+def test_a_store_without_available_rows_fails_naming_the_fix(data):
+    root, table = data
+    store = _store(root / "store-none", table, {"t0": np.zeros(N, bool), "t1": np.zeros(N, bool)})
+    r = run_cli("align", "--store", str(store), "--latent-dim", "32", "--no-progress")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "no sample" in r.stderr and "mmkd extract" in r.stderr and "--reapply-availability" in r.stderr
+    assert not (store / "alignment.safetensors").exists()
+    # distill on it says, once, that the run has no distillation signal
+    out = root / "s2-none"
+    r = run_cli("distill", "--data", str(table), "--store", str(store), "--out", str(out), "--batch-size", "8",
+                "--max-steps", "1", "--train.progress", "false", "--distill.target_space", "adaptor")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("no distillation signal") == 1 and "CLIP loss only" in r.stderr
+
+
+@pytest.mark.parametrize("args,flags", [
+    (["--latent-dim", "32", "--lr", "-1", "--epochs", "0"], ["--lr", "--epochs"]),
+    (["--latent-dim", "32", "--lr", "nan", "--batch-size", "0", "--lambda-nce", "-2"],
+     ["--lr", "--batch-size", "--lambda-nce"]),
+    (["--student", "mmkd-tiny-vit", "--latent-dim", "512"], ["--latent-dim"]),
+    ([], ["--latent-dim", "--student"]),
+    (["--student", "no-such-model"], ["--student"]),
+])
+def test_bad_values_are_clear_errors(data, args, flags, capsys):
+    """Every bad option is named at once, before the store is opened (exit 2; the CLI's own main)."""
+    from mmkd.cli import main
+
+    root, _ = data
+    assert main(["align", "--store", str(root / "not-read"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmkd align: error:")
+    for flag in flags:
+        assert flag in err, (flag, err)
