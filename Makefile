@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The tested version of every dependency; pyproject.toml keeps the ranges a library user installs from.
 PIN    := -c constraints.txt
 
-.PHONY: demo test test-slow lint bench reliability venv constraints browser clean
+.PHONY: demo test test-slow lint bench reliability paper-dry-run venv constraints browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) bench/run_all.py
+
+# the paper's pipeline at full size with random weights in the published formats (about 10 GB scratch)
+paper-dry-run: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) bench/paper_dry_run.py --readme README.md
 
 reliability: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m slow tests/reliability --timeout 3600

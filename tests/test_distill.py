@@ -143,3 +143,28 @@ def test_decision_distillation_on_image_only_samples(tmp_path):
     values = _terms(out, "decision")
     assert np.mean(values[-4:]) < 0.7 * np.mean(values[:4]), values
     assert (out / "decision_targets.safetensors").is_file()
+
+
+def test_distill_init_run_builds_the_runs_own_model(tmp_path):
+    """A run trained with --model X: distill --init RUN needs no --model; a conflicting one is refused."""
+    table = make_pairs(tmp_path / "data", n=32)
+    store = write_store(table, tmp_path / "store", dims=(48, 80))
+    s1 = run_cli("pretrain", "--data", str(table), "--out", str(tmp_path / "s1"), "--model", "mmkd-demo-vit",
+                 "--batch-size", "16", "--max-steps", "1", "--train.progress", "false")
+    assert s1.returncode == 0, s1.stderr
+    common = ["--data", str(table), "--store", str(store), "--batch-size", "16", "--max-steps", "2",
+              "--train.progress", "false", "--distill.target_space", "adaptor"]
+    r = run_cli("distill", *common, "--init", str(tmp_path / "s1"), "--out", str(tmp_path / "s2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = load_file(str(latest_checkpoint(tmp_path / "s1") / "open_clip_model.safetensors"))
+    b = load_file(str(latest_checkpoint(tmp_path / "s2") / "open_clip_model.safetensors"))
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}  # the demo-vit, not the default
+    saved = json.loads((latest_checkpoint(tmp_path / "s2") / "open_clip_config.json").read_text())
+    assert saved["model_cfg"]["vision_cfg"]["width"] == 128
+
+    r = run_cli("distill", *common, "--init", str(tmp_path / "s1"), "--out", str(tmp_path / "s3"),
+                "--model", "mmkd-tiny-vit")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "conflicts with the model of --init" in r.stderr and "text_cfg.heads: --model has 2, the run 4" in r.stderr
+    r = run_cli("distill", *common, "--out", str(tmp_path / "s4"))
+    assert r.returncode == 0 and "starts from random weights" in r.stderr, r.stderr[-3000:]

@@ -37,7 +37,7 @@ def test_reference_data_becomes_a_store(imported):
     store = FeatureStore(out)
     metas = _meta()
     assert store.num_samples == 8 and store.sample_ids == [m["id"] for m in metas]
-    assert store.teachers == list(AUTHOR_TEACHERS) and len(store.teachers) == 8
+    assert sorted(store.teachers) == sorted(AUTHOR_TEACHERS) and len(store.teachers) == 8  # discovered from the files
     for name in store.teachers:
         assert store.embed_dim(name) == (768 if name in ("BMCA", "PMCCLIP") else 512)
         assert store.image_features(name).shape == (8, store.embed_dim(name))
@@ -112,3 +112,51 @@ def test_cli(tmp_path, capsys):
     assert "meta.jsonl" in capsys.readouterr().err
     assert main(["import-features", str(REF), "--out", str(tmp_path / "u"), "--teacher-dims", "BMCA"]) == 2
     assert "NAME=DIM" in capsys.readouterr().err
+
+
+def _write_layout(root: Path, teachers: dict[str, int], rows: list[list[str]], seed: int = 0) -> Path:
+    """An authors'-layout folder: meta.jsonl + per-sample clips_output.pt / clips_project_output.pt holding
+    only each sample's available teachers (as the released data does)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i, available in enumerate(rows):
+        folder = root / "features" / "f0" / f"s{i}"
+        folder.mkdir(parents=True)
+        raw = {f"{t}_{m}": torch.from_numpy(rng.normal(size=teachers[t]).astype(np.float32))
+               for t in available for m in ("img", "txt")}
+        torch.save(raw, folder / "clips_output.pt")
+        torch.save({k: torch.from_numpy(rng.normal(size=256).astype(np.float32)) for k in raw},
+                   folder / "clips_project_output.pt")
+        lines.append(json.dumps({"folderid": "f0", "id": f"s{i}", "imgpath": f"features/f0/s{i}/img.jpg",
+                                 "txt": f"caption {i}", "available_clips": available}))
+    (root / "meta.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_other_teachers_are_discovered_from_the_files(tmp_path):
+    dims = {"RadCLIP": 1024, "PathCLIP": 384, "EyeCLIP": 512}
+    rows = [["RadCLIP"], ["PathCLIP", "RadCLIP"], ["EyeCLIP"], ["RadCLIP", "PathCLIP", "EyeCLIP"], []]
+    root = _write_layout(tmp_path / "layout", dims, rows)
+    summary = import_author_features(root, tmp_path / "store", chunk_rows=2, progress=False)
+    store = FeatureStore(tmp_path / "store")
+    assert store.teachers == ["RadCLIP", "PathCLIP", "EyeCLIP"]  # in order of first appearance
+    assert {t: store.embed_dim(t) for t in store.teachers} == dims
+    assert store.array("EyeCLIP", "projected_image").shape == (5, 256)  # the projected dim is read too
+    expected = np.array([[t in r for t in store.teachers] for r in rows])
+    np.testing.assert_array_equal(store.available, expected)
+    raw = torch.load(root / "features/f0/s1/clips_output.pt", weights_only=True)
+    np.testing.assert_allclose(store.array("PathCLIP", "text")[1].astype(np.float32), raw["PathCLIP_txt"].numpy(),
+                               rtol=2 ** -10, atol=2 ** -14)
+    assert summary["problems"] == {} and summary["listed_without_features"] == []
+    assert set(summary["teachers"]) == set(dims)
+
+
+def test_a_listed_teacher_without_features_is_reported(tmp_path, capsys):
+    from mmkd.cli import main
+
+    root = _write_layout(tmp_path / "layout", {"A": 64, "B": 32}, [["A"], ["A", "B"]])
+    meta = (root / "meta.jsonl").read_text().replace('["A"]', '["A", "Ghost"]', 1)
+    (root / "meta.jsonl").write_text(meta)
+    assert main(["import-features", str(root), "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    assert "Ghost" in capsys.readouterr().err
+    assert FeatureStore(tmp_path / "s").teachers == ["A", "B"]

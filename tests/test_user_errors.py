@@ -25,9 +25,7 @@ import pytest
 
 from helpers import make_pairs
 
-PENDING = {  # case -> the branch that implements it (not yet merged into this one)
-    "teachers-check-hints-name-the-folder": "i15a",
-}
+PENDING: dict[str, str] = {}  # case -> the branch that implements it (not yet merged into this one)
 
 
 @dataclass

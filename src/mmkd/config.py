@@ -36,6 +36,8 @@ class DataConfig:
     max_image_pixels: int = 64_000_000  # larger images are skipped as decompression bombs
     max_skipped_fraction: float = 0.5  # stop the run when more than this share of samples is unreadable
     image_only_path: str = ""  # stage 2 only: images without captions (folder or CSV) for decision distillation
+    augment: str = "random-resized-crop"  # random-resized-crop (the authors': scale crop_scale_min..1, bicubic) | none
+    crop_scale_min: float = 0.9  # smallest crop area fraction of RandomResizedCrop (the authors': 0.9)
     select: list[str] = field(default_factory=list)  # FIELD=V1,V2 metadata clauses (repeatable, ANDed) or YAML files
     license: str = ""  # "" (all) | commercial | noncommercial: keep samples whose licence allows that use
     index_dir: str = ""  # where the persistent index lives (default: $MMKD_CACHE/index/..., ~/.cache/mmkd/index/...)
@@ -48,7 +50,10 @@ class DataConfig:
 class ModelConfig:
     name: str = "mmkd-tiny-vit"  # open_clip model name, a model-config JSON file, or an mmkd built-in tiny config
     init: str = ""  # initial weights: a checkpoint/run dir, .safetensors, or .pt/.bin (opened with weights_only=True)
-    hf_text_path: str = ""  # local folder of the HF text model (config + tokenizer) for HF text towers
+    image_init: str = ""  # image tower only: open_clip ARCH:TAG, hf-hub:/local-dir: spec, or a .pt/.bin/.safetensors
+    image_init_logit_scale: bool = True  # also take logit_scale from the image_init file (as the authors' strict=False)
+    hf_text_path: str = ""  # local folder of the HF text model (config + tokenizer [+ weights]) for HF text towers
+    text_pretrained: bool = True  # load the HF text tower's weights from hf_text_path when it holds them
     context_length: int = 0  # 0 keeps the model config's context length
     grad_checkpointing: bool = False  # recompute activations in the backward pass to save memory
     pad_to_longest: bool = True  # pad each text batch to its longest caption instead of the full context
@@ -149,6 +154,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("auto", "csv", "jsonl", "webdataset", "selection"),
     "data.license": ("", "commercial", "noncommercial"),
     "data.index_check": ("stat", "full"),
+    "data.augment": ("random-resized-crop", "none"),
     "optim.schedule": ("cosine", "constant"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
@@ -342,7 +348,12 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
     check("data.num_workers", cfg.data.num_workers >= 0, "use 0 or more")
     check("data.index_workers", cfg.data.index_workers >= 0, "use 0 (all cores) or more")
     check("data.max_skipped_fraction", 0.0 <= cfg.data.max_skipped_fraction <= 1.0, "use a fraction in [0, 1]")
-    check("model.name", bool(cfg.model.name), "give a model name or config file with --model")
+    check("data.crop_scale_min", 0.0 < cfg.data.crop_scale_min <= 1.0, "use a fraction in (0, 1] (the authors': 0.9)")
+    check("model.name", bool(cfg.model.name) or stage == "distill",  # distill: the --init run's own model
+          "give a model name or config file with --model")
+    if cfg.model.init and cfg.model.image_init:
+        problems.append(f"model.image_init: {cfg.model.image_init!r} is not allowed together with model.init "
+                        f"({cfg.model.init!r}): --init loads the whole student; drop one of them")
     check("model.context_length", cfg.model.context_length >= 0, "use 0 (model default) or a positive length")
     check("optim.lr", 0 < cfg.optim.lr < 1e30, "use a positive learning rate below 1e30 (larger ones overflow the "
           "optimiser's float32 arithmetic)")

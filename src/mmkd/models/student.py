@@ -6,7 +6,10 @@ mmkd's configs in `mmkd/models/configs/` (`mmkd-tiny-vit`, `mmkd-tiny-vit-hf`, `
 `mmkd-b16` — the paper's ViT-B/16 + BiomedBERT student).
 
 HF text towers (BiomedBERT-style) are built from a local folder with the model's `config.json`
-and tokenizer files (`hf_text_path`), so nothing is downloaded.
+and tokenizer files (`hf_text_path`), so nothing is downloaded; weights in that folder start the
+text tower, and `image_init` starts the image tower (`mmkd.models.init`, reported per tower).
+mmkd-b16 pools text with the [CLS] last hidden state (no BERT pooler), as BiomedCLIP, UniMed-CLIP
+and the MMKD-CLIP authors' student do.
 """
 
 from __future__ import annotations
@@ -114,12 +117,27 @@ def build_tokenizer(model_cfg: dict[str, Any], tokenizer_dir: str | None = None)
     return SimpleTokenizer(context_length=context_length, **text.get("tokenizer_kwargs", {}))
 
 
-def build_transforms(preprocess_cfg: dict[str, Any]):
-    """(train transform, eval transform) from a preprocess config."""
-    from open_clip.transform import PreprocessCfg, image_transform_v2
+AUGMENTATIONS = ("random-resized-crop", "none")
 
+
+def build_transforms(preprocess_cfg: dict[str, Any], augment: str = "random-resized-crop",
+                     crop_scale_min: float = 0.9):
+    """(train transform, eval transform) from a preprocess config.
+
+    Training augmentation as the MMKD-CLIP authors' (their open_clip fork's train transform):
+    `RandomResizedCrop(size, scale=(crop_scale_min, 1), ratio=(3/4, 4/3), bicubic)`, then the
+    model's normalisation, no flip or colour jitter. `augment="none"` trains on the eval transform
+    (resize, centre crop).
+    """
+    from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_v2
+
+    if augment not in AUGMENTATIONS:
+        raise UsageError(f"--data.augment: {augment!r} is not one of {', '.join(AUGMENTATIONS)}")
     pp = PreprocessCfg(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in preprocess_cfg.items()})
-    return image_transform_v2(pp, is_train=False), image_transform_v2(pp, is_train=False)
+    eval_tf = image_transform_v2(pp, is_train=False)
+    if augment == "none":
+        return eval_tf, eval_tf
+    return image_transform_v2(pp, is_train=True, aug_cfg=AugmentationCfg(scale=(crop_scale_min, 1.0))), eval_tf
 
 
 @dataclass
@@ -147,8 +165,18 @@ class Student:
 
 
 def create_student(name: str = "mmkd-tiny-vit", init: str = "", hf_text_path: str = "",
-                   context_length: int = 0, seed: int | None = None) -> Student:
-    """Build a student from a config name (see module doc), optionally loading initial weights."""
+                   context_length: int = 0, seed: int | None = None, image_init: str = "",
+                   image_init_logit_scale: bool = True, text_pretrained: bool = True) -> Student:
+    """Build a student from a config name (see module doc), optionally loading initial weights.
+
+    `init` loads the whole student (strictly; see `weights.load_weights_into`). Without it the towers
+    may start from pretrained weights (`mmkd.models.init`): the image tower from `image_init`, an HF
+    text tower from the weights in `hf_text_path` (unless `text_pretrained` is False). What each
+    tower got is in `student.source["towers"]`.
+    """
+    if init and image_init:
+        raise UsageError(f"--model.image_init {image_init!r} and --init {init!r} are both set: --init loads the "
+                         f"whole student and would overwrite the image tower; drop one of them")
     model_cfg, preprocess_overrides = resolve_model_config(name)
     bundled = Path(name[len("local-dir:"):] if name.startswith("local-dir:") else name)
     recorded = model_cfg.get("text_cfg", {}).get("hf_model_name") or ""
@@ -174,7 +202,52 @@ def create_student(name: str = "mmkd-tiny-vit", init: str = "", hf_text_path: st
         from mmkd.models.weights import load_weights_into
 
         source["init"] = load_weights_into(model, init)
+    else:
+        source["towers"] = _init_towers(model, model_cfg, image_init, image_init_logit_scale,
+                                        text_pretrained)
     return Student(model, model_cfg, preprocess_cfg, tokenizer, train_tf, eval_tf, source)
+
+
+def _init_towers(model: torch.nn.Module, model_cfg: dict[str, Any], image_init: str, logit_scale: bool,
+                 text_pretrained: bool) -> dict[str, Any]:
+    """Pretrained tower inits; each tower's entry is its report, or why it starts from random weights."""
+    from mmkd.models.init import init_image_tower, init_text_tower
+
+    towers: dict[str, Any] = {"image": {"init": "random", "why": "no --model.image_init"}}
+    if image_init:
+        towers["image"] = {"init": "pretrained", **init_image_tower(model, image_init, logit_scale).as_dict()}
+    hf_name = model_cfg.get("text_cfg", {}).get("hf_model_name") or ""
+    if not hf_name:
+        towers["text"] = {"init": "random", "why": "an open_clip text tower (no pretrained text init)"}
+    elif not text_pretrained:
+        towers["text"] = {"init": "random", "why": "--model.text_pretrained false"}
+    else:
+        report = init_text_tower(model, hf_name)
+        towers["text"] = ({"init": "pretrained", **report.as_dict()} if report is not None else
+                          {"init": "random", "why": f"{hf_name} holds no weights (model.safetensors or "
+                                                    f"pytorch_model.bin), only the config"})
+    return towers
+
+
+def describe_towers(source: dict[str, Any]) -> list[str]:
+    """One human line per tower: what it starts from."""
+    if "init" in source:
+        init = source["init"]
+        return [f"student <- {init['path']}" + (f" ({init['layout']} layout, renamed)" if init.get("layout") else "")]
+    lines = []
+    for tower, entry in source.get("towers", {}).items():
+        if entry.get("init") == "random":
+            lines.append(f"{tower} tower: random weights ({entry['why']})")
+        else:
+            text = (f"{tower} tower <- {entry['source']}: {entry['num_loaded']}/{entry['num_tensors']} tensors "
+                    f"loaded, {len(entry['missing'])} missing, {len(entry['unexpected'])} unexpected, "
+                    f"{len(entry['mismatched'])} mismatched")
+            if entry.get("other_towers"):
+                text += f", {entry['other_towers']} of other towers ignored"
+            if entry["missing"]:
+                text += f" (missing: {', '.join(entry['missing'][:3])}{', ...' if len(entry['missing']) > 3 else ''})"
+            lines.append(text)
+    return lines
 
 
 def num_params(model: torch.nn.Module) -> int:

@@ -1,4 +1,11 @@
-"""Loading weights safely: safetensors, or `.pt`/`.bin` with `torch.load(weights_only=True)` only."""
+"""Loading weights safely: safetensors, or `.pt`/`.bin` with `torch.load(weights_only=True)` only.
+
+`read_state_dict` unwraps the containers training scripts save (`{"state_dict": ...}`,
+`{"model": ...}`) and the DistributedDataParallel / torch.compile prefixes (`module.`,
+`_orig_mod.`). `load_weights_into` loads a whole model strictly; checkpoints in a known foreign
+layout are renamed through an explicit key map first (`KEY_MAPS`), and a checkpoint of another
+architecture is refused with the mismatching tensors named.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,27 @@ import torch
 from mmkd.errors import UsageError
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
+# Weight files an open_clip folder or Hub repo may hold, preferred first (open_clip's own order).
+OPEN_CLIP_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_CONTAINER_KEYS = ("state_dict", "model")
+
+
+class WeightsMismatchError(UsageError):
+    """The weights belong to another architecture; `details` names the mismatching tensors."""
+
+    def __init__(self, message: str, details: str):
+        super().__init__(message)
+        self.details = details
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+# Foreign layouts of a whole student, renamed into open_clip's CustomTextCLIP names. The MMKD-CLIP
+# authors' student (MMKD_B16.pth) and UniMed-CLIP use their open_clip fork's CLIP class, whose HF text
+# tower is `text_encoder` (open_clip 3.x: `text`); the image tower and logit_scale keep their names.
+# Source: wangshansong1/MMKD-CLIP@127544c src/open_clip/model.py (CLIP.__init__, self.text_encoder).
+KEY_MAPS: dict[str, dict[str, str]] = {
+    "mmkd-clip-authors": {"text_encoder.": "text."},
+}
 
 
 def find_weights(path: str | Path) -> Path:
@@ -18,8 +46,9 @@ def find_weights(path: str | Path) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        if (path / WEIGHTS_FILE).is_file():
-            return path / WEIGHTS_FILE
+        for name in OPEN_CLIP_WEIGHT_NAMES:
+            if (path / name).is_file():
+                return path / name
         from mmkd.utils.runs import latest_checkpoint
 
         ckpt = latest_checkpoint(path)
@@ -50,33 +79,104 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"{path}: refused to load: it is not a plain tensor checkpoint ({type(e).__name__}: {str(e)[:200]}). "
             f"mmkd opens .pt/.bin files with weights_only=True only; convert trusted files to safetensors"
         ) from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+    return unwrap_state_dict(obj, str(path))
+
+
+def unwrap_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
+    """The tensors of a (possibly nested) training container, without DDP/compile prefixes."""
+    for _ in range(3):  # {"state_dict": {...}}, {"model": {...}}, or both nested
+        key = next((k for k in _CONTAINER_KEYS if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
+        if key is None or any(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        obj = obj[key]
     if not isinstance(obj, dict):
-        raise UsageError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
-    return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        raise UsageError(f"{where}: expected a dict of tensors, found {type(obj).__name__}")
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        for prefix in _WRAPPER_PREFIXES:
+            k = k.removeprefix(prefix)
+        out[k] = v
+    return out
 
 
-def load_weights_into(model: torch.nn.Module, path: str | Path, strict: bool = True) -> dict[str, Any]:
-    """Load weights into `model`; a mismatch names the missing and unexpected keys."""
+def apply_key_map(state: dict[str, torch.Tensor], model_keys: set[str]) -> tuple[dict[str, torch.Tensor], str]:
+    """Rename a foreign layout listed in KEY_MAPS when that makes more of its keys fit the model.
+
+    Returns the (possibly renamed) state and the layout's name ("" when no map applied).
+    """
+    best, best_name, best_hits = state, "", len(model_keys & state.keys())
+    for name, mapping in KEY_MAPS.items():
+        renamed = {}
+        for k, v in state.items():
+            for old, new in mapping.items():
+                if k.startswith(old):
+                    k = new + k[len(old):]
+                    break
+            renamed[k] = v
+        hits = len(model_keys & renamed.keys())
+        if hits > best_hits:
+            best, best_name, best_hits = renamed, name, hits
+    return best, best_name
+
+
+def _not_weights(key: str) -> bool:
+    # position_ids buffers differ between transformers versions; they are not weights.
+    return key.endswith("position_ids")
+
+
+def load_weights_into(model: torch.nn.Module, path: str | Path, strict: bool = True,
+                      option: str = "--init") -> dict[str, Any]:
+    """Load weights into `model`; a mismatch names the missing, unexpected and wrongly shaped tensors."""
     from mmkd.utils.io import sha256_file
 
     file = find_weights(path)
-    state = read_state_dict(file)
-    own = model.state_dict()
-    other = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if other:  # load_state_dict would end in a RuntimeError listing every one of them
-        k = other[0]
-        raise UsageError(f"--init: {file} does not match the model: {len(other)} tensor(s) have another shape, e.g. "
-                         f"{k} is {list(state[k].shape)} in the file and {list(own[k].shape)} in the model; check "
-                         f"--model matches the checkpoint's architecture")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # position_ids buffers differ between transformers versions; they are not weights.
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
-    if strict and (missing or unexpected):
-        raise UsageError(
-            f"--init: {file} does not match the model: {len(missing)} missing key(s) {missing[:5]}, "
-            f"{len(unexpected)} unexpected key(s) {unexpected[:5]}; check --model matches the checkpoint"
-        )
-    return {"path": str(file), "sha256": sha256_file(file)}
+    own = {k: v for k, v in model.state_dict().items() if not _not_weights(k)}
+    state, layout = apply_key_map(read_state_dict(file), set(own))
+    state = {k: v for k, v in state.items() if not _not_weights(k)}
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                  if k in state and state[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if mismatched or (strict and (missing or unexpected)):
+        details = _mismatch_details(len(own), mismatched, missing, unexpected)
+        raise WeightsMismatchError(f"{option}: {file} does not fit the model: {details}. Fix: {_fix(file)}", details)
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    info = {"path": str(file), "sha256": sha256_file(file)}
+    if layout:
+        info["layout"] = layout
+    return info
+
+
+def _mismatch_details(num_own: int, mismatched: list[str], missing: list[str], unexpected: list[str]) -> str:
+    parts = []
+    if mismatched:
+        parts.append(f"{len(mismatched)} tensor(s) have another shape (checkpoint vs model): "
+                     + "; ".join(mismatched[:4]) + ("; ..." if len(mismatched) > 4 else ""))
+    if missing:
+        parts.append(f"{len(missing)} of the model's {num_own} tensors are missing: {missing[:4]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensor(s) are not in the model: {unexpected[:4]}")
+    return "; ".join(parts)
+
+
+def _fix(file: Path) -> str:
+    saved = _saved_model_name(file)
+    return ("the checkpoint belongs to another architecture: pass the --model it was trained with"
+            + (f" ({saved!r})" if saved else "") + ", or, to start only the image tower from it, "
+            "--model.image_init FILE (e.g. a MetaCLIP/open_clip CLIP checkpoint)")
+
+
+def _saved_model_name(file: Path) -> str:
+    """The --model a mmkd checkpoint was trained with, read from its run's config.yaml ("" when unknown)."""
+    import yaml
+
+    for folder in (file.parent, *file.parents[:3]):
+        cfg = folder / "config.yaml"
+        if cfg.is_file():
+            try:
+                return str((yaml.safe_load(cfg.read_text()) or {}).get("model", {}).get("name") or "")
+            except (yaml.YAMLError, AttributeError, OSError):
+                return ""
+    return ""

@@ -26,10 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="feature store folder (created, or resumed)")
     parser.add_argument("--chunk-rows", type=int, default=1024, help="rows per committed chunk (default: 1024)")
     parser.add_argument("--teacher-dims", action="append", default=[], metavar="NAME=DIM",
-                        help="teacher keys and raw dims to import (repeatable); default: the authors' eight "
-                             "(BMCA=768, BiomedCLIP=512, UniMedCLIP=512, PMCCLIP=768, QuiltNet=512, "
+                        help="teacher keys and raw dims to import (repeatable); default: discovered from the files "
+                             "(available_clips of meta.jsonl and the <Name>_img/_txt tensors; the authors' release "
+                             "has BMCA=768, BiomedCLIP=512, UniMedCLIP=512, PMCCLIP=768, QuiltNet=512, "
                              "GenMedClip=512, PLIP=512, PUBMEDCLIP=512)")
-    parser.add_argument("--projected-dim", type=int, default=512, help="dim of the projected features (512)")
+    parser.add_argument("--projected-dim", type=int, default=None,
+                        help="dim of the projected features (default: read from clips_project_output.pt; 512)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -55,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
                                      teachers=_dims(args.teacher_dims), projected_dim=args.projected_dim,
                                      progress=not args.no_progress)
     print(format_table(summary["teachers"]))
+    if summary.get("listed_without_features"):
+        print(f"warning: listed in available_clips but without features in the files read, not imported: "
+              f"{', '.join(summary['listed_without_features'])}; pass --teacher-dims NAME=DIM to import them",
+              file=sys.stderr)
     if summary["problems"]:
         print(f"samples with problems (kept as unavailable rows): {json.dumps(summary['problems'])}",
               file=sys.stderr)

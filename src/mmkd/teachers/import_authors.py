@@ -27,10 +27,12 @@ import numpy as np
 from mmkd.data.feature_store import FeatureStore, FeatureStoreWriter, TeacherEntry
 from mmkd.errors import UsageError
 
-# The authors' teacher keys and raw dims (README of the reference data).
+# The authors' teacher keys and raw dims in their released demo data; an import discovers its own
+# teachers from the files (`discover_teachers`), this table only documents what to expect.
 AUTHOR_TEACHERS: dict[str, int] = {"BMCA": 768, "BiomedCLIP": 512, "UniMedCLIP": 512, "PMCCLIP": 768,
                                    "QuiltNet": 512, "GenMedClip": 512, "PLIP": 512, "PUBMEDCLIP": 512}
 PROJECTED_DIM = 512
+DISCOVERY_ROWS = 10_000  # feature files read at most to find every listed teacher's dimension
 RAW_FILE = "clips_output.pt"
 PROJECTED_FILE = "clips_project_output.pt"
 
@@ -69,23 +71,78 @@ def _load_pt(path: Path) -> dict[str, Any] | str:
     return obj
 
 
-def import_author_features(root: str | os.PathLike, out: str | os.PathLike, chunk_rows: int = 1024,
-                           teachers: dict[str, int] | None = None, projected_dim: int = PROJECTED_DIM,
-                           progress: bool = True) -> dict[str, Any]:
-    """Write (or resume) a store from the authors' layout. Returns the summary."""
+def discover_teachers(root: str | os.PathLike, max_rows: int = DISCOVERY_ROWS) -> dict[str, Any]:
+    """The teachers of an authors'-layout folder and their dims, read from the files themselves.
+
+    Teacher names are the `available_clips` entries of meta.jsonl plus every `<Name>_img`/`<Name>_txt`
+    pair found in the feature files; each one's raw dim (and the projected dim) comes from the first
+    feature file holding it. Feature files are read in row order until every listed teacher has a dim
+    (at most `max_rows`). Returns {"teachers": {name: dim} in order of first appearance,
+    "projected_dim": int | None, "listed_without_features": [names], "rows_read": int}.
+    """
     root = Path(root)
     meta = root / "meta.jsonl"
     if not meta.is_file():
         raise UsageError(f"ROOT: {str(root)!r} has no meta.jsonl; pass the folder that holds meta.jsonl and features/")
+    listed: dict[str, None] = {}
+    for _, record in _meta_lines(meta):
+        for name in record.get("available_clips") or []:
+            listed.setdefault(str(name), None)
+    dims: dict[str, int] = {}
+    projected_dim = None
+    rows_read = 0
+    for _, record in _meta_lines(meta):
+        if rows_read >= max_rows or (rows_read and projected_dim and listed.keys() <= dims.keys()):
+            break
+        folder = root / Path(record.get("imgpath", "")).parent
+        raw = _load_pt(folder / RAW_FILE)
+        rows_read += 1
+        if isinstance(raw, str):
+            continue
+        for key, value in raw.items():
+            name = key[:-4] if key.endswith("_img") else ""
+            if name and f"{name}_txt" in raw and hasattr(value, "numel"):
+                dims.setdefault(name, int(value.numel()))
+        projected = _load_pt(folder / PROJECTED_FILE)
+        if projected_dim is None and isinstance(projected, dict):
+            first = next((v for k, v in projected.items() if k.endswith("_img") and hasattr(v, "numel")), None)
+            projected_dim = int(first.numel()) if first is not None else None
+    order = list(dict.fromkeys([*listed, *dims]))
+    return {"teachers": {n: dims[n] for n in order if n in dims}, "projected_dim": projected_dim,
+            "listed_without_features": [n for n in listed if n not in dims], "rows_read": rows_read}
+
+
+def import_author_features(root: str | os.PathLike, out: str | os.PathLike, chunk_rows: int = 1024,
+                           teachers: dict[str, int] | None = None, projected_dim: int | None = None,
+                           progress: bool = True) -> dict[str, Any]:
+    """Write (or resume) a store from the authors' layout. Returns the summary.
+
+    `teachers` (name -> raw dim) and `projected_dim` default to what `discover_teachers` finds.
+    """
+    root = Path(root)
+    meta = root / "meta.jsonl"
+    if not meta.is_file():
+        raise UsageError(f"ROOT: {str(root)!r} has no meta.jsonl; pass the folder that holds meta.jsonl and features/")
+    discovered: dict[str, Any] = {"listed_without_features": []}
+    if teachers is None or projected_dim is None:
+        discovered = discover_teachers(root)
+    if teachers is None:
+        teachers = discovered["teachers"]
+        if not teachers:
+            raise UsageError(f"ROOT: no teacher features found in the first {discovered['rows_read']} samples of "
+                             f"{root} (files {RAW_FILE} with <Name>_img/<Name>_txt tensors); check the folder, or "
+                             f"name the teachers with --teacher-dims NAME=DIM")
+    teachers = dict(teachers)
+    projected_dim = projected_dim or discovered.get("projected_dim") or PROJECTED_DIM
     from mmkd.utils.locks import writer_lock
 
     with writer_lock(out, "--out", "feature store", command="mmkd import-features"):
-        return _import(root, meta, out, chunk_rows, teachers, projected_dim, progress)
+        return _import(root, meta, out, chunk_rows, teachers, projected_dim, progress,
+                       discovered["listed_without_features"])
 
 
-def _import(root: Path, meta: Path, out: str | os.PathLike, chunk_rows: int, teachers: dict[str, int] | None,
-            projected_dim: int, progress: bool) -> dict[str, Any]:
-    teachers = dict(teachers or AUTHOR_TEACHERS)
+def _import(root: Path, meta: Path, out: str | os.PathLike, chunk_rows: int, teachers: dict[str, int],
+            projected_dim: int, progress: bool, listed_without_features: list[str]) -> dict[str, Any]:
     sample_ids = [str(m.get("id", row)) for row, m in _meta_lines(meta)]
     provenance = {"weights": {"source": "MMKD-CLIP authors' released features"}, "preprocess": "authors' pipeline",
                   "tokenizer": "authors' pipeline", "imported_from": str(root.resolve())}
@@ -123,7 +180,8 @@ def _import(root: Path, meta: Path, out: str | os.PathLike, chunk_rows: int, tea
     store = FeatureStore(writer.path, allow_partial=True)
     from mmkd.teachers.extract import teacher_table
 
-    summary = {"teachers": teacher_table(store), "problems": dict(store_problems)}
+    summary = {"teachers": teacher_table(store), "problems": dict(store_problems),
+               "listed_without_features": listed_without_features}
     writer.finalize(summary)
     return summary
 

@@ -89,7 +89,7 @@ def load_open_clip_arch(arch: str, weights_file: str, spec: str, device: str = "
                         name: str | None = None) -> OpenClipEncoder:
     import open_clip
 
-    from mmkd.models.weights import load_weights_into
+    from mmkd.models.weights import WeightsMismatchError, load_weights_into
 
     if open_clip.get_model_config(arch) is None:
         raise UsageError(f"--teacher: {spec!r}: {arch!r} is not an open_clip architecture; "
@@ -104,10 +104,9 @@ def load_open_clip_arch(arch: str, weights_file: str, spec: str, device: str = "
     finally:
         logging.getLogger().setLevel(previous)
     try:
-        info = load_weights_into(model, weights_file, strict=True)
-    except RuntimeError as e:  # size mismatches: the weights belong to another architecture
-        raise UsageError(f"--teacher: {spec!r}: the weights do not fit architecture {arch!r} "
-                         f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)[:200]}); "
+        info = load_weights_into(model, weights_file, strict=True, option="--teacher")
+    except WeightsMismatchError as e:  # the weights belong to another architecture
+        raise UsageError(f"--teacher: {spec!r}: the weights do not fit architecture {arch!r}: {e.details}; "
                          f"check the architecture name") from None
     provenance = _provenance(spec, "open_clip:arch", model, {Path(info["path"]).name: info["sha256"]}, tokenizer)
     return OpenClipEncoder(model, preprocess, tokenizer, name=name or arch, provenance=provenance, device=device)

@@ -1,23 +1,29 @@
 """Recipes for the nine MMKD-CLIP teachers: where the weights come from, how a local copy is laid out,
 which spec loads it, and what it must produce; `check_folder(DIR)` tries all nine in a local folder.
 
-Conventional layout (one sub-folder per teacher; `configs/mmkd_b16/extract.yaml` uses it):
+Conventional layout (one sub-folder per teacher, each laid out as its published repository lists
+its files; `configs/mmkd_b16/extract.yaml` uses it):
 
     teachers/
-      bmca-clip/     open_clip folder: open_clip_config.json + open_clip_model.safetensors (or .bin)
-      biomedclip/    open_clip folder: open_clip_config.json + open_clip_pytorch_model.bin + tokenizer
-                     files; text_cfg.hf_model_name must name a local BiomedBERT folder (or the HF cache)
-      unimed-clip/   unimed_clip_vit_b16.pt + text/ (BiomedBERT-base-uncased-abstract)
+      bmca-clip/     BMC_CLIP_CF.pt (BIOMEDICA/BMC_CLIP_CF: an open_clip ViT-L-14 training checkpoint,
+                     state_dict with module. keys; no open_clip_config.json)
+      biomedclip/    open_clip_config.json + open_clip_pytorch_model.bin (microsoft/BiomedCLIP-...); its
+                     text_cfg.hf_model_name names microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract, found in
+                     the Hugging Face cache (or edit it to a local folder)
+      unimed-clip/   unimed-clip-vit-b16.pt (Hub copy UzairK/unimed-clip-vit-b16) or unimed_clip_vit_b16.pt
+                     (README link) + text/ (BiomedBERT-base-uncased-abstract)
       pmc-clip/      checkpoint.pt (or the three extracted encoder files) + text/ (PubMedBERT fulltext)
       quiltnet/      open_clip folder (wisdomik/QuiltNet-B-32)
-      genmedclip/    open_clip folder
+      genmedclip/    open_clip folder (wisdomik/GenMedClip)
       plip/          transformers CLIPModel folder (vinid/plip)
       pubmedclip/    transformers CLIPModel folder (flaviagiammarino/pubmed-clip-vit-base-patch32)
-      medclip/       pytorch_model.bin + text/ (Bio_ClinicalBERT) [+ vision/config.json]
+      medclip/       pytorch_model.bin (from MedCLIP's medclip-vit-pretrained.zip) + text/ (Bio_ClinicalBERT)
+                     [+ vision/config.json]
 
 The registry (`mmkd.teachers.registry.KNOWN_TEACHERS`) holds hub ids, domains and licences; a
-recipe adds the local layout, the preprocessing and the check. Facts marked "unverified" could
-not be checked from this machine; the model card or repository rules.
+recipe adds the local layout, the preprocessing and the check. Facts marked "not verified" could
+not be checked from this machine (sources: the issue-15 research notes); the model card or
+repository rules.
 """
 
 from __future__ import annotations
@@ -42,28 +48,33 @@ class TeacherRecipe:
     context_length: int       # tokens per caption
     preprocessing: str
     licence: str
-    obtain: str               # how to get the weights into the sub-folder
+    obtain: str               # how to get the weights into the sub-folder; {root} is the teachers folder
     store_key: str            # the key the MMKD-CLIP authors' feature files use for this teacher
     notes: str = ""
 
     def spec(self, root: str | Path) -> str:
         return self.spec_template.format(path=str(Path(root) / self.folder))
 
+    def how_to_obtain(self, root: str | Path = "teachers") -> str:
+        """How to get the weights into `root`'s sub-folder for this teacher."""
+        return self.obtain.replace("{root}", str(root))
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-_HF = "huggingface-cli download {repo} --local-dir teachers/{folder}"
+_HF = "huggingface-cli download {repo} --local-dir {{root}}/{folder}"
 _OPEN_CLIP_MARKERS = ("open_clip_config.json",)
 
 RECIPES: dict[str, TeacherRecipe] = {r.name: r for r in [
     TeacherRecipe(
-        "BMCA-CLIP", "bmca-clip", "local-dir:{path}", _OPEN_CLIP_MARKERS, 768, 77,
-        f"224 px, resize short side (bicubic) + centre crop, {OPENAI} (from its open_clip_config.json)",
-        "MIT per the BIOMEDICA model card (unverified here)",
-        _HF.format(repo="BIOMEDICA/BMCA-CLIP", folder="bmca-clip") + " (repo id unverified; BIOMEDICA's "
-        "BMC-CLIP collection also lists BMC_CLIP_CF)", "BMCA",
-        "open_clip ViT-L/14; the folder must hold open_clip_config.json and the weights file"),
+        "BMCA-CLIP", "bmca-clip", "ViT-L-14@{path}/BMC_CLIP_CF.pt", ("BMC_CLIP_CF.pt",), 768, 77,
+        f"224 px, resize short side (bicubic) + centre crop, {OPENAI} (open_clip's ViT-L-14 defaults; the repo has "
+        "no open_clip_config.json)",
+        "MIT per the Hub listing of BIOMEDICA/BMC_CLIP_CF",
+        _HF.format(repo="BIOMEDICA/BMC_CLIP_CF", folder="bmca-clip") + " (it holds BMC_CLIP_CF.pt)", "BMCA",
+        "open_clip ViT-L-14 (continual pretraining from commonpool_xl_clip_s13b_b90k); BMC_CLIP_CF.pt is a "
+        "training checkpoint (state_dict, module. keys), loaded with weights_only=True"),
     TeacherRecipe(
         "BiomedCLIP", "biomedclip", "local-dir:{path}", _OPEN_CLIP_MARKERS, 512, 256,
         "224 px, resize short side (bicubic) + centre crop, OpenAI CLIP mean/std",
@@ -74,37 +85,41 @@ RECIPES: dict[str, TeacherRecipe] = {r.name: r for r in [
         "Hugging Face cache", "BiomedCLIP",
         "open_clip ViT-B/16 (timm) + PubMedBERT text tower, CLS last hidden state, MLP projection"),
     TeacherRecipe(
-        "UniMed-CLIP", "unimed-clip", "unimed-clip:{path}", ("unimed_clip_vit_b16.pt", "*.pt"), 512, 256,
+        "UniMed-CLIP", "unimed-clip", "unimed-clip:{path}",
+        ("unimed-clip-vit-b16.pt", "unimed_clip_vit_b16.pt", "*.pt"), 512, 256,
         "224 px, resize short side (bicubic) + centre crop, OpenAI CLIP mean/std",
-        "CC BY-NC-SA 4.0 per the project repository (unverified here): non-commercial",
-        "download unimed_clip_vit_b16.pt from the link in github.com/mbzuai-oryx/UniMed-CLIP's README into "
-        "teachers/unimed-clip/, and " + _HF.format(repo="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract",
-                                                     folder="unimed-clip/text"), "UniMedCLIP",
-        "own code: mmkd.teachers.custom.unimed_clip"),
+        "CC BY-NC 4.0 (LICENSE of github.com/mbzuai-oryx/UniMed-CLIP): non-commercial",
+        _HF.format(repo="UzairK/unimed-clip-vit-b16", folder="unimed-clip") + " (unimed-clip-vit-b16.pt, the copy "
+        "the project's demo app loads; or unimed_clip_vit_b16.pt from the README's link), and "
+        + _HF.format(repo="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract", folder="unimed-clip/text"),
+        "UniMedCLIP", "own code: mmkd.teachers.custom.unimed_clip; the released file's container (state_dict, "
+        "module. prefix) is not verified here, both forms load"),
     TeacherRecipe(
         "PMC-CLIP", "pmc-clip", "pmc-clip:{path}", ("checkpoint.pt", "image_encoder(resnet50).pth"), 768, 77,
         "224 px, resize short side (bicubic) + centre crop, OpenAI CLIP mean/std",
         "MIT (LICENSE of github.com/WeixiongLin/PMC-CLIP); weights trained on PMC-OA",
         "download checkpoint.pt from the Hugging Face dataset axiong/pmc_oa_beta (or image_encoder(resnet50).pth, "
-        "text_encoder.pth and text_projection_layer.pth from axiong/pmc_oa) into teachers/pmc-clip/, and "
+        "text_encoder.pth and text_projection_layer.pth from axiong/pmc_oa) into {root}/pmc-clip/, and "
         + _HF.format(repo="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext", folder="pmc-clip/text"),
         "PMCCLIP", "own code: mmkd.teachers.custom.pmc_clip"),
     TeacherRecipe(
         "QuiltNet", "quiltnet", "local-dir:{path}", _OPEN_CLIP_MARKERS, 512, 77,
         "224 px, resize short side (bicubic) + centre crop, OpenAI CLIP mean/std",
-        "MIT per the model card (unverified here); Quilt-1M data terms apply",
-        _HF.format(repo="wisdomik/QuiltNet-B-32", folder="quiltnet"), "QuiltNet", "open_clip ViT-B/32"),
+        "not verified here (see the model card); Quilt-1M data terms apply",
+        _HF.format(repo="wisdomik/QuiltNet-B-32", folder="quiltnet"), "QuiltNet",
+        "open_clip ViT-B/32; which Quilt variant MMKD-CLIP used (B-32 or B-16, both 512-d) is not stated, and the "
+        "weights file name (open_clip_pytorch_model.bin or .safetensors) is not verified: either loads"),
     TeacherRecipe(
         "GenMedCLIP", "genmedclip", "local-dir:{path}", _OPEN_CLIP_MARKERS, 512, 77,
-        "as in its open_clip_config.json (ViT-B: 224 px, OpenAI CLIP mean/std expected)",
-        "unknown: check the authors' release before redistributing features",
-        "no public download location is known to mmkd; obtain the authors' open_clip export "
-        "(open_clip_config.json + weights) and put it in teachers/genmedclip/", "GenMedClip",
-        "open_clip ViT-B (the MMKD-CLIP authors' store key is GenMedClip)"),
+        "as in its open_clip_config.json (ViT-B, 224 px, OpenAI CLIP mean/std expected)",
+        "MIT per the Hub listing of wisdomik/GenMedClip (the model card is empty)",
+        _HF.format(repo="wisdomik/GenMedClip", folder="genmedclip"), "GenMedClip",
+        "open_clip ViT-B (MedicalNarratives); whether patch 16 or 32 is not established here, its "
+        "open_clip_config.json says (the MMKD-CLIP authors' store key is GenMedClip)"),
     TeacherRecipe(
         "PLIP", "plip", "hf:{path}", ("config.json",), 512, 77,
         "224 px as in its preprocessor_config.json (CLIP image processor: resize, centre crop, CLIP mean/std)",
-        "research use only per the model card (OpenPath/Twitter data terms; unverified here)",
+        "research use only per the model card (OpenPath/Twitter data terms; its licence tag is not verified here)",
         _HF.format(repo="vinid/plip", folder="plip"), "PLIP", "transformers CLIPModel ViT-B/32"),
     TeacherRecipe(
         "PubMedCLIP", "pubmedclip", "hf:{path}", ("config.json",), 512, 77,
@@ -115,9 +130,10 @@ RECIPES: dict[str, TeacherRecipe] = {r.name: r for r in [
     TeacherRecipe(
         "MedCLIP", "medclip", "medclip:{path}", ("pytorch_model.bin",), 512, 77,
         "grey-scale, zero-pad to square, resize 224 (bicubic), mean 0.5863 / std 0.2795, repeated to 3 channels",
-        "MIT (LICENSE of github.com/RyanWangZf/MedCLIP); trained on MIMIC-CXR/CheXpert (their data terms apply)",
+        "BSD per the medclip package's setup.py classifier (github.com/RyanWangZf/MedCLIP has no LICENSE file); "
+        "trained on MIMIC-CXR/CheXpert (their data terms apply)",
         "download the MedCLIP-ViT zip (URL in medclip/medclip_vit_weight.txt of github.com/RyanWangZf/MedCLIP), "
-        "unzip pytorch_model.bin into teachers/medclip/, and "
+        "unzip pytorch_model.bin into {root}/medclip/, and "
         + _HF.format(repo="emilyalsentzer/Bio_ClinicalBERT", folder="medclip/text"), "MedCLIP",
         "own code: mmkd.teachers.custom.medclip (Swin-T; the ResNet-50 variant loads too)"),
 ]}
@@ -168,12 +184,13 @@ def check_folder(root: str | Path, device: str = "cpu", names: list[str] | None 
         folder = root / recipe.folder
         result = CheckResult(recipe.name, str(folder), "missing", expected_dim=recipe.embed_dim)
         if not folder.is_dir():
-            result.message = f"no folder {recipe.folder}/; to get it: {recipe.obtain}"
+            result.message = f"no folder {folder}; to get it: {recipe.how_to_obtain(root)}"
             results.append(result)
             continue
         if not _present(folder, recipe.markers):
             result.status = "incomplete"
-            result.message = (f"{recipe.folder}/ has none of {', '.join(recipe.markers)}; to get it: {recipe.obtain}")
+            result.message = (f"{folder} has none of {', '.join(recipe.markers)}; to get it: "
+                              f"{recipe.how_to_obtain(root)}")
             results.append(result)
             continue
         result.spec = recipe.spec(root)

@@ -3,7 +3,8 @@
 A plain dict of records, filled here. `spec` is what `load_teacher` gets when a user names
 the teacher without a spec (`--teacher BiomedCLIP`); `{path}` in it is a local copy the user
 passes instead (`--teacher BiomedCLIP=local-dir:/models/biomedclip`). Facts marked
-"unverified" could not be checked on this machine (no network); the model card rules.
+"not verified" could not be checked from this machine; the model card or repository rules.
+Sources: issue-15 research notes (Hub listings, the repositories' LICENSE/setup.py/README files).
 """
 
 from __future__ import annotations
@@ -33,31 +34,35 @@ class TeacherInfo:
 _HUB = "on a machine with network: `huggingface-cli download {hub}`; copy the cache (or the folder) here"
 
 KNOWN_TEACHERS: dict[str, TeacherInfo] = {t.name: t for t in [
-    TeacherInfo("BMCA-CLIP", "BIOMEDICA/BMCA-CLIP", "hf-hub:BIOMEDICA/BMCA-CLIP", "local-dir:{path}", 768,
-                "biomedical literature figures (24M PMC pairs)", "MIT (unverified; see model card)", "open_clip",
-                77, "ViT-L/14", _HUB.format(hub="BIOMEDICA/BMCA-CLIP") + " (repo id unverified; BIOMEDICA's "
-                "collection also lists BMC_CLIP_CF)", False),
+    TeacherInfo("BMCA-CLIP", "BIOMEDICA/BMC_CLIP_CF", "", "ViT-L-14@{path}/BMC_CLIP_CF.pt", 768,
+                "biomedical literature figures (BIOMEDICA, PMC)", "MIT (Hub listing of BIOMEDICA/BMC_CLIP_CF)",
+                "open_clip", 77, "ViT-L/14 (open_clip ViT-L-14, continually pretrained from commonpool_xl)",
+                _HUB.format(hub="BIOMEDICA/BMC_CLIP_CF") + "; the repo holds BMC_CLIP_CF.pt, an open_clip training "
+                "checkpoint (state_dict with module. keys) and no open_clip_config.json, so it loads as "
+                "ViT-L-14@.../BMC_CLIP_CF.pt", False),
     TeacherInfo("BiomedCLIP", "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
                 "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "local-dir:{path}", 512,
                 "biomedical literature figures (PMC-15M)", "MIT", "open_clip", 256, "ViT-B/16 + PubMedBERT",
                 _HUB.format(hub="microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")
                 + "; its text tower also needs microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract in the cache",
                 False),
-    TeacherInfo("UniMed-CLIP", "", "", "unimed-clip:{path}", 512,
-                "radiology, ultrasound, retina, pathology (UniMed)", "CC BY-NC-SA 4.0 (unverified; see repo)",
+    TeacherInfo("UniMed-CLIP", "UzairK/unimed-clip-vit-b16", "", "unimed-clip:{path}", 512,
+                "radiology, ultrasound, retina, pathology (UniMed)", "CC BY-NC 4.0 (LICENSE of the repository)",
                 "custom:mmkd.teachers.custom.unimed_clip", 256, "ViT-B/16 + BiomedBERT (open_clip fork)",
-                "download the checkpoint linked from github.com/mbzuai-oryx/UniMed-CLIP and pass unimed-clip:PATH",
-                True),
+                "`huggingface-cli download UzairK/unimed-clip-vit-b16` (unimed-clip-vit-b16.pt, the copy the "
+                "project's own demo app loads) or the README's link (unimed_clip_vit_b16.pt), plus "
+                "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract as text/; pass unimed-clip:PATH", True),
     TeacherInfo("PMC-CLIP", "", "", "pmc-clip:{path}", 768, "biomedical literature figures (PMC-OA)",
-                "MIT (unverified; see repo)", "custom:mmkd.teachers.custom.pmc_clip", 77, "ResNet-50 + PubMedBERT",
+                "MIT (LICENSE of the repository)", "custom:mmkd.teachers.custom.pmc_clip", 77, "ResNet-50 + PubMedBERT",
                 "download checkpoint.pt linked from github.com/WeixiongLin/PMC-CLIP and pass pmc-clip:PATH", True),
     TeacherInfo("QuiltNet", "wisdomik/QuiltNet-B-32", "hf-hub:wisdomik/QuiltNet-B-32", "local-dir:{path}", 512,
-                "histopathology (Quilt-1M)", "MIT (research use; see model card)", "open_clip", 77, "ViT-B/32",
+                "histopathology (Quilt-1M)", "not verified here: see the model card (Quilt-1M data terms apply)",
+                "open_clip", 77, "ViT-B/32 (which Quilt variant MMKD-CLIP used, B-32 or B-16, is not stated)",
                 _HUB.format(hub="wisdomik/QuiltNet-B-32"), False),
-    TeacherInfo("GenMedCLIP", "", "", "local-dir:{path}", 512, "general medical imaging",
-                "unknown (see the authors' release)", "open_clip", 77, "ViT-B (open_clip)",
-                "no Hub id is known to mmkd; export it as an open_clip folder (open_clip_config.json + weights) "
-                "and pass local-dir:PATH", False),
+    TeacherInfo("GenMedCLIP", "wisdomik/GenMedClip", "hf-hub:wisdomik/GenMedClip", "local-dir:{path}", 512,
+                "general medical imaging (MedicalNarratives, 12 domains)", "MIT (Hub listing; the model card is empty)",
+                "open_clip", 77, "ViT-B (open_clip; patch 16 or 32 not established here: its open_clip_config.json "
+                "says)", _HUB.format(hub="wisdomik/GenMedClip"), False),
     TeacherInfo("PLIP", "vinid/plip", "hf:vinid/plip", "hf:{path}", 512, "pathology (OpenPath, Twitter)",
                 "research use only (see model card)", "transformers", 77, "CLIP ViT-B/32",
                 _HUB.format(hub="vinid/plip"), False),
@@ -66,7 +71,8 @@ KNOWN_TEACHERS: dict[str, TeacherInfo] = {t.name: t for t in [
                 "transformers", 77, "CLIP ViT-B/32",
                 _HUB.format(hub="flaviagiammarino/pubmed-clip-vit-base-patch32"), False),
     TeacherInfo("MedCLIP", "", "", "medclip:{path}", 512, "chest X-ray (MIMIC-CXR, CheXpert)",
-                "see github.com/RyanWangZf/MedCLIP", "custom:mmkd.teachers.custom.medclip", 77,
+                "BSD per its package's setup.py classifier (the repository has no LICENSE file)",
+                "custom:mmkd.teachers.custom.medclip", 77,
                 "Swin-T + Bio_ClinicalBERT", "download the pretrained weights as described at "
                 "github.com/RyanWangZf/MedCLIP and pass medclip:PATH", True),
 ]}

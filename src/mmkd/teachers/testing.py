@@ -18,8 +18,12 @@ import numpy as np
 
 def make_open_clip_teacher(folder: str | Path, seed: int = 0, embed_dim: int = 48, image_size: int = 32,
                            width: int = 32, mean: tuple = (0.48145466, 0.4578275, 0.40821073),
-                           std: tuple = (0.26862954, 0.26130258, 0.27577711), context_length: int = 32) -> Path:
-    """An open_clip CLIP (ViT image tower, transformer text tower) saved as a `local-dir:` folder."""
+                           std: tuple = (0.26862954, 0.26130258, 0.27577711), context_length: int = 32,
+                           weights_name: str = "open_clip_model.safetensors") -> Path:
+    """An open_clip CLIP (ViT image tower, transformer text tower) saved as a `local-dir:` folder.
+
+    `weights_name="open_clip_pytorch_model.bin"` writes the weights as the Hub repos of open_clip models
+    publish them (a plain state dict saved by torch.save)."""
     import torch
 
     from mmkd.models.student import build_open_clip_model
@@ -37,8 +41,31 @@ def make_open_clip_teacher(folder: str | Path, seed: int = 0, embed_dim: int = 4
     torch.manual_seed(seed)
     model = build_open_clip_model(model_cfg)
     atomic_write_json(folder / "open_clip_config.json", {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
-    atomic_save_safetensors(folder / "open_clip_model.safetensors", dict(model.state_dict()))
+    if weights_name.endswith(".safetensors"):
+        atomic_save_safetensors(folder / weights_name, dict(model.state_dict()))
+    else:
+        torch.save(dict(model.state_dict()), folder / weights_name)
     return folder
+
+
+def write_hub_cache(cache: str | Path, repo_id: str, files: str | Path, revision: str = "0" * 40) -> Path:
+    """Put the files of folder `files` into a Hugging Face cache (`HF_HUB_CACHE` layout) as `repo_id`.
+
+    Libraries then find the repo offline by its id (`AutoConfig.from_pretrained(repo_id)`, an
+    open_clip config naming it as `hf_model_name`), exactly as after `huggingface-cli download`.
+    Returns the snapshot folder.
+    """
+    import shutil
+
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for f in Path(files).iterdir():
+        if f.is_file():
+            shutil.copy2(f, snapshot / f.name)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
 
 
 def _byte_level_clip_tokenizer(folder: Path):

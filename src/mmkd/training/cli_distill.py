@@ -30,7 +30,72 @@ Example:
 
 
 # Stage 2's own defaults over the dataclass ones (which are stage 1's): the paper's lr, no warm-up.
-BASE_DEFAULTS = {"optim.lr": 1e-6, "optim.warmup_steps": 0, "train.out": "runs/distill"}
+# model.name "": the student is built from the --init run's own model config (student_from_init).
+BASE_DEFAULTS = {"optim.lr": 1e-6, "optim.warmup_steps": 0, "train.out": "runs/distill", "model.name": ""}
+
+
+def student_from_init(cfg) -> None:
+    """Stage 2 starts from a trained student: its architecture is the one `--init` was trained with.
+
+    Without --model the student is built from the init checkpoint's own open_clip_config.json (a run,
+    a checkpoint or an export folder); a --model that differs from it is refused. Without --init the
+    student starts from random weights, which is almost never meant: warn.
+    """
+    import sys
+    from pathlib import Path
+
+    from mmkd.errors import UsageError
+    from mmkd.models.student import CHECKPOINT_CONFIG
+    from mmkd.utils.runs import latest_checkpoint
+
+    if not cfg.model.init:
+        print("mmkd distill: warning: no --init, so the student starts from random weights; stage 2 is meant to "
+              "start from a stage-1 run (--init RUN)", file=sys.stderr)
+        cfg.model.name = cfg.model.name or "mmkd-tiny-vit"
+        return
+    init = Path(cfg.model.init)
+    folder = init if (init / CHECKPOINT_CONFIG).is_file() else latest_checkpoint(init) if init.is_dir() else None
+    if folder is None or not (folder / CHECKPOINT_CONFIG).is_file():
+        if not cfg.model.name:
+            raise UsageError(f"--init: {cfg.model.init!r} is a weights file without its model config; give the "
+                             f"student's architecture with --model (or --init the run / checkpoint folder)")
+        return
+    if not cfg.model.name:
+        cfg.model.name = str(folder)
+        return
+    conflict = _model_conflict(cfg, folder)
+    if conflict:
+        raise UsageError(f"--model {cfg.model.name!r} conflicts with the model of --init {cfg.model.init!r} "
+                         f"({conflict}); drop --model (distill builds the student from the run's own config) or "
+                         f"pass the model the run was trained with")
+
+
+def _model_conflict(cfg, folder) -> str:
+    """The first difference between --model's config and the checkpoint's ("" when they agree)."""
+    import json
+
+    from mmkd.models.student import CHECKPOINT_CONFIG, resolve_model_config
+
+    saved = json.loads((folder / CHECKPOINT_CONFIG).read_text())["model_cfg"]
+    wanted, _ = resolve_model_config(cfg.model.name)
+    if cfg.model.context_length:
+        wanted.setdefault("text_cfg", {})["context_length"] = cfg.model.context_length
+    paths = {"hf_model_name", "hf_tokenizer_name"}  # local folders: where, not what
+
+    def diff(a, b, prefix=""):
+        for key in sorted(set(a) | set(b)):
+            if key in paths:
+                continue
+            x, y = a.get(key), b.get(key)
+            if isinstance(x, dict) and isinstance(y, dict):
+                found = diff(x, y, f"{prefix}{key}.")
+                if found:
+                    return found
+            elif x != y:
+                return f"{prefix}{key}: --model has {x!r}, the run {y!r}"
+        return ""
+
+    return diff(wanted, saved)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if args.exclude_teacher:
         rest += ["--distill.exclude_teachers", ",".join(args.exclude_teacher)]
     cfg = config_from_args(args, rest, stage="distill", base=BASE_DEFAULTS)
+    student_from_init(cfg)
     summary = fit(cfg, DistillTask)
     print(json.dumps({k: summary[k] for k in ("num_steps", "num_samples_seen", "num_skipped_samples", "final_loss",
                                               "final_terms", "samples_per_s")}))

@@ -29,9 +29,10 @@ from mmkd.config import Config, to_dict
 from mmkd.data.pairs import Batch, PairDataset, collate_pairs
 from mmkd.data.sampler import ResumableBatchSampler
 from mmkd.errors import DataError, UsageError
-from mmkd.models.student import Student, create_student
+from mmkd.models.student import Student, build_transforms, create_student, describe_towers
 from mmkd.models.text import BatchTokenizer
 from mmkd.training import checkpoint as ckpt_io
+from mmkd.training.augment import SeededSamples
 from mmkd.training.optim import build_optimizer, lr_at, set_lr
 from mmkd.training.run_folder import check_out_folder, remove_owned, write_config
 from mmkd.training.telemetry import MetricsLogger, Throughput
@@ -301,13 +302,18 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
     np.random.seed(cfg.train.seed % 2 ** 32)
     if student is None:
         student = create_student(cfg.model.name, cfg.model.init, cfg.model.hf_text_path, cfg.model.context_length,
-                                 seed=cfg.train.seed)
-        if "init" not in student.source and info.is_main:
-            print(f"mmkd {command}: starting from randomly initialised weights (no --init given)", file=sys.stderr)
+                                 seed=cfg.train.seed, image_init=cfg.model.image_init,
+                                 image_init_logit_scale=cfg.model.image_init_logit_scale,
+                                 text_pretrained=cfg.model.text_pretrained)
+        if info.is_main:  # what each tower starts from: a checkpoint, pretrained weights, or random
+            for line in describe_towers(student.source):
+                print(f"mmkd {command}: init: {line}", file=sys.stderr)
     if cfg.model.grad_checkpointing:
         student.model.set_grad_checkpointing(True)
-    dataset, index_skips = PairDataset.from_config(cfg.data, student.train_transform,
+    train_transform = build_transforms(student.preprocess_cfg, cfg.data.augment, cfg.data.crop_scale_min)[0]
+    dataset, index_skips = PairDataset.from_config(cfg.data, train_transform,
                                                    progress=cfg.train.progress and info.is_main)
+    dataset = SeededSamples(dataset, cfg.train.seed)
     task = make_task(student, cfg, device, records=dataset.records)
     module = task.module.to(device)
 
@@ -390,6 +396,7 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
         while state.step < total_steps:
             epoch, step_in_epoch = divmod(state.step, steps_per_epoch)
             sampler.set_position(epoch, step_in_epoch * cfg.train.accum_steps)
+            dataset.epoch = epoch
             if hasattr(task, "set_epoch"):
                 task.set_epoch(epoch)
             # The loader draws its worker seed from its own generator, never from the global RNG: a run resumed
@@ -494,6 +501,7 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
         progress.close()
     logger.close()
     summary = _summary(state, throughput, total_steps, stopped_by_signal, task, info, device)
+    summary["init"] = student.source  # what each tower started from: loaded / missing / unexpected
     if logger.lines_lost:
         summary["metrics_lines_lost"] = logger.lines_lost
     if info.is_main:

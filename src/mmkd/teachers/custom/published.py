@@ -94,8 +94,10 @@ def _swin_arch(config) -> tuple:
             config.window_size, config.mlp_ratio)
 
 
-def save_unimed_clip(folder: str | Path, model, model_cfg: dict | None = None) -> Path:
-    """Write `model` (a UniMedClip) as unimed_clip_vit_b16.pt in the fork's training container."""
+def save_unimed_clip(folder: str | Path, model, model_cfg: dict | None = None,
+                     file_name: str = "unimed_clip_vit_b16.pt") -> Path:
+    """Write `model` (a UniMedClip) in the fork's training container, as unimed_clip_vit_b16.pt (the README's
+    link) or, with `file_name="unimed-clip-vit-b16.pt"`, as the Hub copy UzairK/unimed-clip-vit-b16 names it."""
     from mmkd.teachers.custom.unimed_clip import DEFAULT_MODEL_CONFIG, resolve_model_config
 
     folder = Path(folder)
@@ -105,6 +107,6 @@ def save_unimed_clip(folder: str | Path, model, model_cfg: dict | None = None) -
         (folder / "model_config.json").write_text(json.dumps(cfg, indent=2))
     state = dict(model.state_dict())
     state.update(_legacy_bert_buffers("text_encoder.transformer.", model.text_encoder.config))
-    path = folder / "unimed_clip_vit_b16.pt"
+    path = folder / file_name
     torch.save(_training_container(state, "unimed_clip_vit_b16", epoch=40), path)
     return path

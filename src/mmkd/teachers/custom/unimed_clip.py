@@ -2,7 +2,8 @@
 
 Spec: `unimed-clip:DIR[?tokenizer=TEXT_DIR&weights=FILE&config=JSON]`. Expected folder layout:
 
-    DIR/unimed_clip_vit_b16.pt   the released checkpoint (linked from the project README):
+    DIR/unimed_clip_vit_b16.pt   the released checkpoint (linked from the project README; the Hub copy
+                                 UzairK/unimed-clip-vit-b16 names it unimed-clip-vit-b16.pt):
                                  {"epoch", "name", "state_dict": {"module.visual...": ...}, ...}
                                  or a bare state dict, with or without the `module.` prefix
     DIR/text/                    Hugging Face folder of microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract
@@ -37,7 +38,8 @@ from mmkd.teachers.custom import _common as common
 
 TEACHER = "unimed-clip"
 HF_TEXT = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
-CHECKPOINT_NAMES = ("unimed_clip_vit_b16.pt",)
+# the README link's name, and the Hub copy's (UzairK/unimed-clip-vit-b16, loaded by the project's app.py)
+CHECKPOINT_NAMES = ("unimed_clip_vit_b16.pt", "unimed-clip-vit-b16.pt")
 CONTEXT_LENGTH = 256
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
