@@ -23,6 +23,9 @@ shapes) x steps/s / the card's dense bf16 peak (a table of common cards; `--peak
 overrides). Channels-last is not used: a ViT has a single patch convolution, where it does
 not help.
 
+Extraction with the nine teachers at real size (images/s, bf16 vs fp32 cosine): `--stage extract`,
+which runs bench/gpu_extract.py with the remaining options.
+
 Usage: python bench/bench_gpu.py [--batch N] [--steps 20] [--compile] [--full-context] [--paper] [--profile]
 Prints `RATIO gpu_stage2_vs_stage1: <stage-2 / stage-1 step time>x (target <= 1.10)` and
 `FIGURE` lines with samples/s, TFLOP/s and MFU of each stage.
@@ -216,10 +219,17 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the student (longer warm-up)")
     parser.add_argument("--full-context", action="store_true", help="pad captions to 256 tokens, as the paper does")
     parser.add_argument("--paper", action="store_true", help="the paper's student even on CPU (slow)")
-    parser.add_argument("--stage", choices=("1", "2", "both"), default="both", help="which stages to time")
+    parser.add_argument("--stage", choices=("1", "2", "both", "extract"), default="both",
+                        help="which stages to time; extract: the nine teachers (bench/gpu_extract.py)")
     parser.add_argument("--profile", action="store_true", help="print where each stage's step time goes")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="the card's dense bf16 peak, TFLOP/s")
-    args = parser.parse_args()
+    args, rest = parser.parse_known_args()
+    if args.stage == "extract":
+        import gpu_extract
+
+        return gpu_extract.main(rest + (["--batch", str(args.batch)] if args.batch else []))
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     set_threads()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

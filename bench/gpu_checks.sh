@@ -4,6 +4,8 @@
 #             student (ViT-B/16 + BERT-base, bf16, fused AdamW, SDPA), captions padded to the
 #             longest, and where the step time goes;
 #   full      the same with the paper's full 256-token context (the text-padding saving on a GPU);
+#   extract   bench_gpu.py --stage extract (gpu_extract.py): images/s of each of the nine teachers at real size (published formats,
+#             random weights) in bf16 autocast, all nine together, and bf16 vs fp32 cosine per teacher;
 #   demo      the quick demo end to end on CUDA (extract, align, both stages, every evaluation);
 #   compile   bench_gpu.py --compile, stage 1 (torch.compile; the longest warm-up, so it runs last).
 # Each part has its own time limit, so one slow part does not hide the others.
@@ -14,7 +16,7 @@
 set -u
 LOG=${1:-runs/gpu_checks}
 shift $(($# > 0 ? 1 : 0))
-PARTS=${*:-bench full demo compile}
+PARTS=${*:-bench extract full demo compile}
 PY=${PYTHON:-python3}
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1
@@ -26,7 +28,7 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, log to LOG/NAME.txt,
     echo "=== $name (limit ${limit} s): $*"
     timeout "$limit" "$@" > "$LOG/$name.txt" 2>&1
     local rc=$?
-    grep -E "^(RATIO|FIGURE|stage[12]:|student:|text attention|  parts|  device busy|overall|mmkd demo|report:|yes|NO)" \
+    grep -E "^(RATIO|FIGURE|stage[12]:|student:|text attention|  parts|  device busy|overall|mmkd demo|report:|yes|NO|all [0-9]+ teachers)" \
         "$LOG/$name.txt" || tail -n 20 "$LOG/$name.txt"
     echo "=== $name: exit $rc after $((SECONDS - start)) s"
 }
@@ -40,9 +42,10 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, log to LOG/NAME.txt,
 for p in $PARTS; do
     case $p in
         bench) part bench_gpu 200 "$PY" bench/bench_gpu.py --profile ;;
+        extract) part bench_gpu_extract 300 "$PY" bench/bench_gpu.py --stage extract ;;
         full) part bench_gpu_full_context 130 "$PY" bench/bench_gpu.py --full-context ;;
         demo) part demo_quick 240 "$PY" -m mmkd demo --quick --out "${DEMO_OUT:-/tmp/mmkd-gpu-demo}" ;;
         compile) part bench_gpu_compile 300 "$PY" bench/bench_gpu.py --compile --stage 1 --steps 10 ;;
-        *) echo "unknown part $p (bench, full, demo, compile)"; exit 2 ;;
+        *) echo "unknown part $p (bench, extract, full, demo, compile)"; exit 2 ;;
     esac
 done

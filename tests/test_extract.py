@@ -266,3 +266,37 @@ def test_cli_recipe_prints_the_table_and_usage_errors(world, tmp_path, capsys):
     assert "--data" in err and "--out" in err
     assert main(["extract", "--data", str(world["csv"]), "--out", str(tmp_path / "o"), "--teacher", "mystery"]) == 2
     assert "not a known teacher" in capsys.readouterr().err
+
+
+BF16_COSINE_TOLERANCE = 0.99  # stated in docs/PERFORMANCE.md; bench/bench_extract_precision.py measures real sizes
+
+
+def test_bf16_extraction_stays_within_the_stated_cosine_of_fp32(world, tmp_path):
+    """bf16 autocast changes only the arithmetic: every stored feature stays within the stated cosine of
+    open_clip's own fp32 output, the precision is recorded, and a resume in another precision is refused."""
+    import open_clip
+
+    out = tmp_path / "bf16"
+    _extract(world["csv"], {"oc": f"local-dir:{world['oc']}"}, out, chunk_rows=8, batch_size=5, candidates=5,
+             precision="bf16")
+    store = FeatureStore(out)
+    records, _ = index_source(str(world["csv"]))
+    good = [i for i in range(30) if i not in BROKEN]
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{world['oc']}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{world['oc']}")
+    with torch.no_grad():
+        pixels = torch.stack([preprocess(Image.open(records[i].image).convert("RGB")) for i in good])
+        ref_img = F.normalize(model.eval().encode_image(pixels), dim=-1)
+        ref_txt = F.normalize(model.encode_text(tokenizer([records[i].caption for i in good])), dim=-1)
+    for stored, ref in ((store.image_features("oc"), ref_img), (store.text_features("oc"), ref_txt)):
+        cos = F.cosine_similarity(torch.from_numpy(stored[good].astype(np.float32)), ref, dim=-1)
+        assert cos.min() >= BF16_COSINE_TOLERANCE, cos.min()
+        assert not torch.allclose(torch.from_numpy(stored[good].astype(np.float32)), ref, atol=2 ** -11)  # really bf16
+    assert store.manifest_entry("oc")["settings"]["precision"] == "bf16"
+
+    partial = tmp_path / "partial"
+    _extract(world["csv"], {"oc": f"local-dir:{world['oc']}"}, partial, chunk_rows=8, batch_size=5, candidates=5,
+             precision="bf16")
+    with pytest.raises(UsageError, match="precision"):
+        _extract(world["csv"], {"oc": f"local-dir:{world['oc']}"}, partial, chunk_rows=8, batch_size=5,
+                 candidates=5, precision="fp32")

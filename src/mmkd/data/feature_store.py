@@ -774,7 +774,8 @@ def _check_compatible(path: Path, manifest: dict[str, Any], sample_ids: Sequence
                        if old.get("provenance", {}).get(k) != entry.provenance.get(k)]
             problems.append(f"teacher {entry.name!r} differs from the one that wrote the store "
                             f"({', '.join(changed) or 'provenance'} changed)")
-        elif old.get("settings", {}) != entry.settings:
+        elif {"precision": "fp32", **old.get("settings", {})} != {"precision": "fp32", **entry.settings}:
+            # stores written before the precision was recorded were extracted in fp32
             problems.append(f"teacher {entry.name!r} was extracted with settings {old.get('settings')}, "
                             f"now {entry.settings}")
     if problems:

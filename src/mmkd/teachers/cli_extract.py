@@ -28,7 +28,7 @@ image and own caption >= --threshold; `always`. The rank margin is stored as the
 """
 
 _DEFAULTS: dict[str, Any] = {"batch_size": 64, "chunk_rows": 1024, "availability": "rank", "candidates": 10, "threshold": 0.25,
-             "seed": 0, "workers": 0, "device": "auto", "data_format": "auto", "image_key": "image",
+             "seed": 0, "workers": 0, "device": "auto", "precision": "auto", "data_format": "auto", "image_key": "image",
              "caption_key": "caption", "id_key": "sample_id", "select": None, "license": ""}
 
 
@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed of the candidate draw (default: 0)")
     parser.add_argument("--workers", type=int, default=None, help="data-loading worker processes (default: 0)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                        help="teachers' arithmetic: bf16 autocast or fp32; auto = bf16 on CUDA, fp32 on CPU "
+                             "(default: auto). Recorded per teacher; a resume must use the same")
     parser.add_argument("--reapply-availability", action="store_true",
                         help="only decide availability again in the finished store --out, by --availability "
                              "(and --threshold), from the stored scores and features; no teacher is run")
@@ -156,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
                                       availability=opts["availability"], candidates=int(opts["candidates"]),
                                       threshold=float(opts["threshold"]), seed=int(opts["seed"]),
                                       num_workers=int(opts["workers"]), progress=not args.no_progress,
-                                      check_data=args.check_data)
+                                      check_data=args.check_data,
+                                      precision=_resolve_precision(opts["precision"], device))
         summary = extract_features(records, teachers, opts["out"], extract_opts, dist_info,
                                    extra_manifest={"source": {"data": str(opts["data"]),
                                                               "format": opts["data_format"]}})
@@ -170,6 +174,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"feature store: {opts['out']}")
         _summarise(started, opts["out"], summary["teachers"], skipped)
     return 0
+
+
+def _resolve_precision(precision: str, device: str) -> str:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"--precision: {precision!r} is not allowed; choose auto, fp32 or bf16")
+    if precision == "auto":
+        return "bf16" if device.startswith("cuda") else "fp32"
+    return precision
 
 
 def _summarise(started, out: str, table: dict[str, dict[str, float]], skipped: dict[str, int]) -> None:

@@ -43,6 +43,7 @@ class ExtractOptions:
     num_workers: int = 0
     max_image_pixels: int = 64_000_000
     shared_decode: bool = True  # False decodes the image once per teacher (the benchmark's baseline)
+    precision: str = "fp32"  # fp32 | bf16 (autocast around every teacher's forward pass)
     progress: bool = True
     check_data: str = "sample"  # sample | full | off: compare the data with the rows an existing store holds
 
@@ -50,7 +51,7 @@ class ExtractOptions:
         """What changes stored rows besides the teacher itself (checked when resuming)."""
         return {"availability": self.availability, "candidates": int(self.candidates),
                 "threshold": float(self.threshold) if self.availability == "threshold" else None,
-                "seed": int(self.seed)}
+                "seed": int(self.seed), "precision": self.precision}
 
 
 class _RowsDataset(torch.utils.data.Dataset):
@@ -240,7 +241,7 @@ def _extract(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], ou
         if buffer is None:
             chunk = chunk_of_start[first_row]
             buffer = _ChunkBuffer(*writer.chunk_bounds(chunk), dims)
-        _encode_batch(batch, teachers, buffer, bars)
+        _encode_batch(batch, teachers, buffer, bars, opts.precision)
         if buffer.complete():
             _same_rows_as_stored(writer, buffer, records, out)
             for teacher in pending[chunk]:
@@ -273,7 +274,8 @@ def _same_rows_as_stored(writer: FeatureStoreWriter, buffer: _ChunkBuffer, recor
                          f"the same sample ids; use the original data or a new --out")
 
 
-def _encode_batch(batch, teachers: dict[str, ClipEncoder], buffer: _ChunkBuffer, bars) -> None:
+def _encode_batch(batch, teachers: dict[str, ClipEncoder], buffer: _ChunkBuffer, bars,
+                  precision: str = "fp32") -> None:
     good = [(row, caption, pixels) for row, caption, pixels, _, _ in batch if caption is not None]
     for row, _, _, reason, content in batch:
         buffer.content[row - buffer.start] = np.frombuffer(content, np.uint8)
@@ -287,10 +289,25 @@ def _encode_batch(batch, teachers: dict[str, ClipEncoder], buffer: _ChunkBuffer,
     captions = [caption for _, caption, _ in good]
     for name, enc in teachers.items():
         pixels_B3HW = torch.stack([pixels[name] for _, _, pixels in good])
-        buffer.image[name][local] = enc.encode_image(pixels_B3HW).float().cpu().numpy()
-        buffer.text[name][local] = enc.encode_text(captions).float().cpu().numpy()
+        with teacher_precision(enc, precision):
+            buffer.image[name][local] = enc.encode_image(pixels_B3HW).float().cpu().numpy()
+            buffer.text[name][local] = enc.encode_text(captions).float().cpu().numpy()
         if name in bars:
             bars[name].update(len(good))
+
+
+def teacher_precision(enc: ClipEncoder, precision: str):
+    """The context a teacher encodes in: bf16 autocast on the teacher's own device, or plain fp32.
+
+    Stored features stay float16 either way; bf16 only changes the arithmetic of the forward pass
+    (`bench/bench_extract_precision.py` measures the cosine to fp32 features per teacher).
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise UsageError(f"--precision: {precision!r} is not a precision; choose fp32 or bf16")
+    device = torch.device(getattr(enc, "device", "cpu"))
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _progress_bars(names: list[str], total: int, enabled: bool) -> dict[str, Any]:
