@@ -25,6 +25,7 @@ from mmkd.data import tarscan
 from mmkd.data.index import (CAPTION_JSON, CAPTION_NONE, CAPTION_TXT, FLAG_CAPTION_TOO_LONG, MAX_CAPTION_CHARS,
                              MEMBER_DTYPE, TableLayout)
 from mmkd.errors import UsageError
+from mmkd.utils.io import json_object_line
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
 LICENSE_SUBSETS = ("commercial", "noncommercial", "other")
@@ -282,13 +283,7 @@ def scan_table(path: str, kind: str, layout: TableLayout, fields: tuple[str, ...
                     break
                 if not text.strip():
                     continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise UsageError(f"--data: {path}:{reader_lines.line_no} is not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise UsageError(f"--data: {path}:{reader_lines.line_no} holds a JSON {type(row).__name__}, not "
-                                     f"an object with the sample's fields")
+                row = json_object_line(text, f"--data: {path}:{reader_lines.line_no}", "an object with the sample's fields")
                 if first:
                     missing = [k for k in (layout.image_key, layout.caption_key) if k not in row]
                     if missing:

@@ -31,6 +31,7 @@ from mmkd.data.records import (  # noqa: F401 - the readers' public names
     MISSING_IMAGE, UNREADABLE_IMAGE, PairRecord, Skip)
 from mmkd.data.sources import expand_shards, refuse_urls  # noqa: F401 - expand_shards is public here too
 from mmkd.errors import UsageError
+from mmkd.utils.io import json_object_line
 
 def detect_format(path: str) -> str:
     p = path.lower()
@@ -74,14 +75,7 @@ def read_table(path: Path, fmt: str, what: str = "--data") -> list[dict[str, Any
     with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         for line_no, line in enumerate(f, 1):
             if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UsageError(f"{what}: {path}:{line_no} is not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise UsageError(f"{what}: {path}:{line_no} holds a JSON {type(row).__name__}, not an object "
-                                     f"with the sample's fields")
-                rows.append(row)
+                rows.append(json_object_line(line, f"{what}: {path}:{line_no}", "an object with the sample's fields"))
     return rows
 
 

@@ -15,7 +15,6 @@ import streams meta.jsonl chunk by chunk and resumes like `mmkd extract`.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections import Counter
@@ -26,6 +25,7 @@ import numpy as np
 
 from mmkd.data.feature_store import FeatureStore, FeatureStoreWriter, TeacherEntry
 from mmkd.errors import UsageError
+from mmkd.utils.io import json_object_line
 
 # The authors' teacher keys and raw dims in their released demo data; an import discovers its own
 # teachers from the files (`discover_teachers`), this table only documents what to expect.
@@ -43,14 +43,8 @@ def _meta_lines(meta: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"ROOT: {meta}:{line_no} is not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise UsageError(f"ROOT: {meta}:{line_no} holds a JSON {type(record).__name__}, not a sample record "
-                                 f"(id, imgpath, txt, available_clips)")
-            yield row, record
+            yield row, json_object_line(line, f"ROOT: {meta}:{line_no}",
+                                        "a sample record (id, imgpath, txt, available_clips)")
             row += 1
 
 

@@ -135,3 +135,18 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def json_object_line(text: str, where: str, holds: str) -> dict[str, Any]:
+    """One line of a JSONL file as a JSON object, or a UsageError naming `where` (FILE:LINE) and what the
+    object should hold (`holds`)."""
+    from mmkd.errors import UsageError
+
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{where} is not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{where} holds a JSON {type(obj).__name__}, not {holds}")
+    return obj
+
