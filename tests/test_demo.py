@@ -8,9 +8,12 @@ import pytest
 
 from conftest import run_cli
 from mmkd.demo.jobs import Runner, Step
-from mmkd.demo.recipe import STAGE2_VARIANTS, make_recipe
-from mmkd.demo.steps import TASKS, summarise
-from mmkd.demo.table import format_table, verdict
+from mmkd.demo.recipe import (PREREGISTERED, SELECTION_CANDIDATES, SELECTION_SEEDS, STAGE2_VARIANTS, TEST_SEEDS,
+                              make_recipe)
+import numpy as np
+
+from mmkd.demo.steps import TASKS
+from mmkd.demo.table import format_table, separation, task_means, verdict, with_overall
 from mmkd.errors import UsageError
 
 def record_call(path: str, value: int) -> dict:
@@ -71,26 +74,82 @@ def test_runner_reports_a_failed_step_with_its_log(tmp_path, jobs):
         assert "about to fail" in r.log("boom").read_text()
 
 
-def test_table_and_verdict_state_the_measured_numbers():
-    def row(name, kind, value, zs=None):
-        scores = {t: {"d": value} for t in TASKS}
-        if zs is not None:
-            scores["zero-shot"] = {"d1": zs, "d2": zs + 0.2}
-        return {"model": name, "label": name, "kind": kind, **summarise(scores)}
+def _row(name, kind, value, zs=None, chance=0.25, **extra):
+    scores = {t: {"d": value} for t in TASKS}
+    if zs is not None:
+        scores["zero-shot"] = {"d1": zs, "d2": zs + 0.2}
+    return {"model": name, "label": name, "kind": kind, **task_means(scores), "scores": scores,
+            "chance": {t: {d: chance for d in v} for t, v in scores.items()}, **extra}
 
-    rows = [row("expert", "teacher", 0.59), row("s1", "student", 0.5), row("control", "control", 0.55),
-            row("distilled", "stage2", 0.58, zs=0.6)]
-    assert rows[3]["zero-shot"] == pytest.approx(0.7)
-    assert rows[3]["overall"] == pytest.approx((0.7 + 5 * 0.58) / 6)
+
+def test_table_and_verdict_state_the_measured_numbers():
+    rows = with_overall([_row("expert", "teacher", 0.59), _row("untrained", "untrained", 0.26),
+                         _row("s1", "student", 0.5), _row("control", "control", 0.55),
+                         _row("distilled", "stage2", 0.58, zs=0.6)])
+    assert rows[4]["zero-shot"] == pytest.approx(0.7)
+    assert rows[4]["overall"] == pytest.approx((0.7 + 5 * 0.58) / 6)
     table = format_table(rows)
     assert table.splitlines()[0].startswith("| model | zero-shot | lin. probe |")
     assert "| distilled | 0.700 | 0.580 |" in table
     lines = verdict(rows)
     assert lines[0].startswith("yes") and "best teacher (expert) 0.590" in lines[0]
     assert lines[1].startswith("yes") and "vs control: overall +0.050" in lines[1]
-    rows[3] = row("distilled", "stage2", 0.5)
-    lines = verdict(rows)
+    rows[4] = _row("distilled", "stage2", 0.5)
+    lines = verdict(with_overall(rows))
     assert lines[0].startswith("NO") and lines[1].startswith("NO") and "-0.050" in lines[1]
+
+
+def test_a_task_an_untrained_student_solves_is_shown_apart_from_overall():
+    untrained = _row("untrained", "untrained", 0.3)
+    untrained["mil-classification"] = 0.96  # chance 0.25 here; far above it
+    untrained["scores"]["mil-classification"] = {"d": 0.96}
+    rows = [_row("expert", "teacher", 0.8), untrained, _row("control", "control", 0.6),
+            _row("distilled", "stage2", 0.7)]
+    rows[3]["mil-classification"] = 0.1
+    sep = separation(rows)
+    assert sep["zero-shot"] == {"chance": 0.25, "untrained": 0.3, "best_teacher": 0.8, "separates": True}
+    assert not sep["mil-classification"]["separates"]
+    rows = with_overall(rows)
+    inside = [t for t in TASKS if t != "mil-classification"]
+    assert rows[3]["overall_tasks"] == inside
+    assert rows[3]["overall"] == pytest.approx(0.7)  # the MIL column (0.1) is not averaged in
+    assert "MIL (apart)" in format_table(rows).splitlines()[0]
+    # a teacher no better than the untrained student does not separate either
+    flat = with_overall([_row("expert", "teacher", 0.3), _row("untrained", "untrained", 0.26)])
+    assert flat[0]["overall_tasks"] == [] and math.isnan(flat[0]["overall"])
+
+
+def test_paired_differences_and_t_intervals_over_seeds():
+    from scipy import stats
+
+    from mmkd.demo.compare import comparison_json, comparison_markdown, mean_ci, select
+
+    control = [0.50, 0.52, 0.49, 0.51, 0.50]
+    gains = [0.02, 0.01, 0.03, -0.005, 0.015]
+
+    def seeded(name, kind, values, **extra):
+        per_seed = [_row(f"{name}-s{i}", kind, v) for i, v in enumerate(values)]
+        row = {"model": name, "label": name, "kind": kind, "num_seeds": len(values), "per_seed": per_seed, **extra}
+        row.update({t: sum(values) / len(values) for t in TASKS})
+        return row
+
+    rows = with_overall([_row("expert", "teacher", 0.7), seeded("student-untrained", "untrained", [0.26] * 5),
+                         seeded("student-control", "control", control),
+                         seeded("student-stage2-x", "stage2", [c + g for c, g in zip(control, gains)], variant="x"),
+                         seeded("student-stage2-y", "stage2", [c - 0.01 for c in control], variant="y")])
+    mean, lo, hi = mean_ci(gains)
+    ref_lo, ref_hi = stats.t.interval(0.95, len(gains) - 1, loc=np.mean(gains), scale=stats.sem(gains))
+    assert (mean, lo, hi) == pytest.approx((np.mean(gains), ref_lo, ref_hi))
+    data = comparison_json(rows, {"seeds": [0, 1, 2, 3, 4]})
+    x = data["paired"]["student-stage2-x - student-control"]["overall"]
+    assert x["per_seed"] == pytest.approx(gains) and x["wins"] == 4 and x["ci95"] == pytest.approx([ref_lo, ref_hi])
+    md = comparison_markdown(rows, {"command": "mmkd demo --eval-split test", "split": "test", "split_name": "test sets",
+                                    "seeds": [10, 11, 12, 13, 14], "selection_seeds": [0, 1, 2]})
+    assert "| `x` − control | +0.020 | +0.010 | +0.030 | -0.005 | +0.015 |" in md
+    assert f"{np.mean(gains):+.3f} [{ref_lo:+.3f}, {ref_hi:+.3f}] | 4 of 5 |" in md
+    assert "disjoint" in md and "not disjoint" not in md
+    assert select(rows, ("x", "y"))["chosen"] == "x"
+    assert select(rows, ("y",))["chosen"] == "y"
 
 
 def test_recipe_gives_teachers_an_advantage_and_rejects_unknown_variants():
@@ -102,11 +161,17 @@ def test_recipe_gives_teachers_an_advantage_and_rejects_unknown_variants():
     assert all(t.epochs >= 8 for t in experts)
     routes = recipe.routes()
     assert routes["blood-cells"] == ["pathology"] and len(routes) == 8
-    assert recipe.stage2_variants == ("decision-gated+projection-modality",)
+    assert recipe.stage2_variants == (PREREGISTERED,) and PREREGISTERED in SELECTION_CANDIDATES
+    assert not set(SELECTION_SEEDS) & set(TEST_SEEDS) and len(TEST_SEEDS) >= 5
     assert make_recipe(variants=("projection", "decision")).stage2_variants == ("projection", "decision")
-    assert set(STAGE2_VARIANTS) >= {"control", "decision", "projection", "adaptor", "relational"}
-    with pytest.raises(UsageError, match="--stage2"):
-        make_recipe(variants=("telepathy",))
+    assert set(STAGE2_VARIANTS) >= {"control", "decision", "projection", "adaptor", "relational", "self-label"}
+    both = make_recipe(variants=("self-label", "decision-gated:caption-vocab"))
+    assert both.stage2_variants == ("self-label", "decision-gated:caption-vocab")
+    for bad in ("telepathy", "projection:caption-vocab", "control"):
+        with pytest.raises(UsageError, match="--stage2"):
+            make_recipe(variants=(bad,))
+    with pytest.raises(UsageError, match="--eval-split"):
+        make_recipe(eval_split="train")
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):

@@ -8,8 +8,12 @@ embeddings, temperature tau). The student reproduces it with its own two towers 
 embedding against its own prompt embeddings), trained by KL. The teachers' distributions are
 computed once before training and cached in the run directory.
 
-Vocabulary file (YAML): `modality: {classnames: [...], templates: ["a photo of {}.", ...]}`.
+Vocabulary file (YAML): `modality: {classnames: [...], templates: ["a photo of {}.", ...]}`, or,
+instead of templates, `prompts: {classname: [text, ...]}` (each class described by its own
+texts, e.g. captions of training pairs of that class).
 Image-only file (CSV/JSONL): columns `image` (relative to the file), `modality`, optional `sample_id`.
+A teacher named in `distill.decision_teachers` but absent from the feature store teaches decisions
+only (e.g. the student's own stage-1 checkpoint, for a self-labelling control).
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ def load_vocab(path: str) -> dict[str, dict[str, list[str]]]:
         if len(names) < 2:
             problems.append(f"{modality}: needs at least 2 classnames")
         vocab[str(modality)] = {"classnames": [str(n) for n in names], "templates": [str(t) for t in templates]}
+        per_class = (entry or {}).get("prompts")
+        if per_class is not None:
+            texts = [[str(t) for t in (per_class.get(n) or [])] for n in names] if isinstance(per_class, dict) else []
+            if not texts or not all(texts):
+                problems.append(f"{modality}: prompts must map every class name to a list of texts")
+            vocab[str(modality)]["prompts"] = texts
     if problems or not vocab:
         raise UsageError(f"--distill.decision_vocab {path}: " + ("; ".join(problems) or "no modalities"))
     return vocab
@@ -57,6 +67,25 @@ def load_image_only(path: str, vocab: dict) -> list[PairRecord]:
                          f"add them (classnames, templates) or drop those rows")
     return [PairRecord(sample_id=str(r.get("sample_id") or i), image=str(table.parent / r["image"]), caption=None,
                        modality=str(r["modality"])) for i, r in enumerate(rows)]
+
+
+def class_texts(entry: dict) -> list[list[str]]:
+    """[C][P] the texts describing each class of a vocabulary entry: its own prompts, or every template filled."""
+    if entry.get("prompts"):
+        return [list(texts) for texts in entry["prompts"]]
+    return [[t.format(name) if "{}" in t else f"{t} {name}" for t in entry["templates"]] for name in entry["classnames"]]
+
+
+def _class_embeddings(teacher, entry: dict) -> torch.Tensor:
+    """[C, D] unit class embeddings: the mean of each class's normalised text embeddings, renormalised."""
+    import torch.nn.functional as F
+
+    if not entry.get("prompts"):
+        from mmkd.evaluation.prompts import class_embeddings
+
+        return class_embeddings(teacher, entry["classnames"], entry["templates"]).float()
+    return F.normalize(torch.stack([F.normalize(teacher.encode_text(texts).float(), dim=-1).mean(0)
+                                    for texts in entry["prompts"]]), dim=-1)
 
 
 class DecisionTargets:
@@ -78,11 +107,10 @@ class DecisionTargets:
         self.class_slices: dict[str, slice] = {}
         offset = 0
         for m in self.modalities:
-            names, templates = self.vocab[m]["classnames"], self.vocab[m]["templates"]
-            for c, name in enumerate(names):
-                for t in templates:
-                    prompts.append(t.format(name) if "{}" in t else f"{t} {name}")
-                    self.prompt_class.append(offset + c)
+            names = self.vocab[m]["classnames"]
+            for c, texts in enumerate(class_texts(self.vocab[m])):
+                prompts.extend(texts)
+                self.prompt_class.extend([offset + c] * len(texts))
             self.class_slices[m] = slice(offset, offset + len(names))
             offset += len(names)
         self.num_classes = offset
@@ -119,7 +147,6 @@ class DecisionTargets:
 
     @torch.no_grad()
     def _compute(self, teacher_specs: dict[str, str], routes: dict[str, list[str]]) -> np.ndarray:
-        from mmkd.evaluation.prompts import class_embeddings
         from mmkd.teachers import load_teacher
 
         n = len(self.records)
@@ -132,8 +159,7 @@ class DecisionTargets:
             if not rows:  # no modality is routed to this teacher: do not load it
                 continue
             teacher = load_teacher(spec, name=name)
-            classes = {m: class_embeddings(teacher, self.vocab[m]["classnames"], self.vocab[m]["templates"]).float()
-                       for m in self.modalities}
+            classes = {m: _class_embeddings(teacher, self.vocab[m]) for m in self.modalities}
             for start in range(0, len(rows), 128):
                 chunk = rows[start:start + 128]
                 images, kept = [], []
@@ -221,5 +247,7 @@ def teacher_specs_from_store(store, teachers: list[str], overrides: dict[str, st
     if missing:
         raise UsageError(f"decision distillation needs the live teachers {missing}, whose specs the store does not "
                          f"record; give them with --distill.decision_teachers '{{NAME: SPEC}}'")
+    # Teachers only named here teach decisions only (routes say which modalities).
+    specs.update({t: spec for t, spec in overrides.items() if t not in specs})
     return specs
 
