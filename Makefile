@@ -25,7 +25,7 @@ test-slow: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m slow --timeout 3600
 
 bench: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) bench/run_all.py
+	OMP_NUM_THREADS=2 $(PY) bench/run_all.py $(BENCH_ARGS)
 
 reliability: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m slow tests/reliability --timeout 3600
