@@ -156,8 +156,9 @@ def chance_scores(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """task -> dataset -> the headline number of a model that knows nothing (guesses, or ties everything).
 
     Classification: 1/C balanced accuracy; retrieval: recall@5 with every similarity equal (mean of
-    both directions, `mmkd.evaluation.metrics.retrieval_metrics` on a constant matrix); VQA: always the
-    most frequent training answer; MIL AUROC and survival c-index: 0.5.
+    both directions, `mmkd.evaluation.metrics.retrieval_metrics` on a constant matrix); VQA: the
+    image-blind answer (the most frequent training answer to the same question text); MIL AUROC and
+    survival c-index: 0.5.
     """
     from math import comb
 
@@ -173,7 +174,7 @@ def chance_scores(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             i2t = 1.0 - comb(num_m - per_image, 5) / comb(num_m, 5) if num_m >= 5 else 1.0
             value = (t2i + i2t) / 2
         elif task == "vqa" and r["metrics"].get("majority_accuracy") is not None:
-            value = float(r["metrics"]["majority_accuracy"])
+            value = float(r["metrics"].get("question_only_accuracy", r["metrics"]["majority_accuracy"]))
         elif task in ("mil-classification", "survival"):
             value = 0.5
         else:

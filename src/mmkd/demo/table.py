@@ -143,6 +143,9 @@ def verdict(rows: list[dict[str, Any]], plan: dict[str, Any] | None = None) -> l
     teachers = [r for r in rows if r["kind"] == "teacher"]
     control = next((r for r in rows if r["kind"] == "control"), None)
     out = []
+    if rows and not rows[0].get("overall_tasks", TASKS):
+        return ["no task separates trained from untrained models in this run, so there is no `overall` to compare; "
+                "see the per-task columns"]
     for r in (r for r in rows if r["kind"] == "stage2"):
         best = max(teachers, key=lambda t: t["overall"]) if teachers else None
         if best is not None:
