@@ -108,13 +108,15 @@ def run(args: argparse.Namespace) -> int:
     plan = _plan(runner, recipe, info, root)
     print(f"[2-7/7] {len(runner.steps)} steps, {args.jobs} at a time ({threads} thread(s) each); logs in {root / 'logs'}")
     runner.run()
+    plan["reused"] = runner.reused
     rows = results(runner, plan)
     table = format_table(rows, plan)
     suffix = "" if recipe.eval_split == "test" else f"-{recipe.eval_split}"
     atomic_write_json(root / f"results{suffix}.json", {"rows": rows, "recipe": recipe.to_json(),
                                                        "minutes": round((time.perf_counter() - started) / 60, 2)})
     (root / f"results{suffix}.md").write_text(table + "\n")
-    written = _write_comparison(root, rows, recipe, args, plan, selection_seeds, code_version())
+    written = _write_comparison(root, rows, recipe, args, plan, selection_seeds, code_version(),
+                                round((time.perf_counter() - started) / 60, 1))
     print()
     print(table)
     print()
@@ -164,7 +166,8 @@ def _check_fresh_seeds(root: Path, recipe) -> list[int]:
     return sorted(used)
 
 
-def _write_comparison(root: Path, rows, recipe, args, plan, selection_seeds, code: str) -> list[Path]:
+def _write_comparison(root: Path, rows, recipe, args, plan, selection_seeds, code: str,
+                      minutes: float) -> list[Path]:
     """comparison[-val].md/.json; on validation also selection.json (the variant chosen for the test run)."""
     import datetime
 
@@ -177,7 +180,8 @@ def _write_comparison(root: Path, rows, recipe, args, plan, selection_seeds, cod
             "split": recipe.eval_split,
             "split_name": "test sets (catalog.yaml)" if recipe.eval_split == "test"
             else "validation sets (catalog-val.yaml)",
-            "seeds": plan["seeds"], "selection_seeds": selection_seeds, "data_seed": recipe.seed}
+            "seeds": plan["seeds"], "selection_seeds": selection_seeds, "data_seed": recipe.seed,
+            "minutes": minutes, "reused_steps": plan.get("reused", 0)}
     written = [root / f"comparison{suffix}.md", root / f"comparison{suffix}.json"]
     atomic_write_text(written[0], comparison_markdown(rows, meta))
     atomic_write_json(written[1], comparison_json(rows, meta))

@@ -106,7 +106,8 @@ def comparison_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str
     seeds = meta.get("seeds", [])
     sep = separation(rows)
     inside = [t for t in TASKS if sep.get(t, {}).get("separates")]
-    md = [f"Written by `{meta['command']}` ({meta.get('date', '')}; mmkd {meta.get('code_version', '')}).", "",
+    md = [f"Written by `{meta['command']}` ({meta.get('date', '')}; mmkd {meta.get('code_version', '')}; "
+          f"{meta.get('minutes', '?')} min wall, reusing {meta.get('reused_steps', 0)} finished steps).", "",
           f"Evaluated on the **{meta['split_name']}**. Student seeds: {', '.join(map(str, seeds))}"
           + (f" (the stage-2 choices were made on the validation sets with seeds "
              f"{', '.join(map(str, meta['selection_seeds']))}; "

@@ -121,6 +121,7 @@ class Runner:
         self.echo = echo
         self.steps: dict[str, Step] = {}
         self.records: dict[str, dict[str, Any]] = {}
+        self.reused = 0  # steps reused by the last run()
         (self.root / "steps").mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -176,6 +177,7 @@ class Runner:
                 step.result = record.get("result")
                 del pending[name]
                 bar.update(step.weight)
+        self.reused = len(self.records)
         if self.records:
             self.echo(f"reusing {len(self.records)} finished step(s) from {self.root}")
         # A reused step whose dependency must rerun has to rerun too (its inputs change).
@@ -187,6 +189,7 @@ class Runner:
                     pending[name] = self.steps[name]
                     del self.records[name]
                     bar.update(-self.steps[name].weight)
+                    self.reused -= 1
                     changed = True
         use_fork = self.jobs > 1 and hasattr(os, "fork")
         running: dict[str, tuple[Any, float]] = {}

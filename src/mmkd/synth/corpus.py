@@ -28,7 +28,8 @@ paths are relative to the catalog):
     DIR/
       README.md              what this is, how it was made, this layout
       manifest.json          parameters, counts, format_version, "complete": true when finished
-      catalog.yaml           the datasets for `mmkd eval` (format below)
+      catalog.yaml           the datasets for `mmkd eval` (format below), on their test sets
+      catalog-val.yaml       the same datasets on their validation sets (choose models and settings here)
       decision_vocab.yaml    modality -> {classnames, templates} (class prompts per modality)
       train/
         pairs.csv            image, caption, sample_id, modality, label   (training image-text pairs)
@@ -42,6 +43,7 @@ paths are relative to the catalog):
         train.csv val.csv test.csv    linear-probe split; test.csv is also the zero-shot set
                                       columns: image, label, label_id, modality, sample_id
         retrieval.csv        image, caption, sample_id, modality, label  (several captions per image)
+        retrieval-val.csv    the same for other images (the validation retrieval set)
         classnames.txt       one class name per line, in label_id order
         templates.txt        zero-shot prompt templates, one per line, "{}" marks the class name
         planted.csv          ground truth of every eval image of the modality (columns as in train/)
@@ -57,6 +59,7 @@ paths are relative to the catalog):
         truth.csv            slide_id, tumour_share, num_patches, num_tumour_patches (not for models)
         patches.csv          slide_id, patch, pattern, key (the planted pattern of every patch)
         patches/<slide_id>/patch_000.png ...
+        val/                 a second, independent cohort (the validation set): the same four tables and patches/
 
 catalog.yaml entries (`datasets:` name -> entry):
     synth-<modality>            tasks [zero-shot, linear-probe]; format csv; path eval/<m>/test.csv;
@@ -66,6 +69,9 @@ catalog.yaml entries (`datasets:` name -> entry):
     synth-vqa                   tasks [vqa]; format vqa; path eval/vqa/vqa.jsonl; modality multi
     synth-slides                tasks [mil-classification, survival]; format slides;
                                 path eval/slides/slides.csv; classnames [benign, carcinoma]
+catalog-val.yaml holds the same names (`validation_catalog`): split {train, val} (val is evaluated;
+a linear probe picks its C on a held-out part of train), retrieval-val.csv, VQA `split: val`, and
+eval/slides/val/slides.csv.
 
 Slide cohorts are described in `mmkd.synth.slides`; VQA questions in `mmkd.synth.vqa`.
 """

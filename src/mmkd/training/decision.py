@@ -117,6 +117,7 @@ class DecisionTargets:
         self.prompt_tokens = student.tokenizer(prompts)
         self.prompt_class_t = torch.tensor(self.prompt_class)
         self.modality_index = np.array([self.modalities.index(r.modality) for r in self.records])
+        teacher_specs = check_specs(teacher_specs, routes, self.modalities)
         self.probs_NC = self._teacher_probs(teacher_specs, routes, run_dir, is_main)
 
     # ---- targets, computed once -------------------------------------------------------------
@@ -237,17 +238,18 @@ class DecisionTargets:
 
 
 def teacher_specs_from_store(store, teachers: list[str], overrides: dict[str, str]) -> dict[str, str]:
-    specs = {}
-    missing = []
-    for t in teachers:
-        spec = overrides.get(t) or store.provenance(t).get("spec")
-        if not spec:
-            missing.append(t)
-        specs[t] = spec
-    if missing:
-        raise UsageError(f"decision distillation needs the live teachers {missing}, whose specs the store does not "
-                         f"record; give them with --distill.decision_teachers '{{NAME: SPEC}}'")
-    # Teachers only named here teach decisions only (routes say which modalities).
+    """teacher -> spec: the override, else the spec the store recorded (None when neither; only an error if a
+    route needs that teacher, see `check_specs`). Teachers only named in `overrides` teach decisions only."""
+    specs = {t: overrides.get(t) or store.provenance(t).get("spec") for t in teachers}
     specs.update({t: spec for t, spec in overrides.items() if t not in specs})
     return specs
 
+
+def check_specs(specs: dict[str, str | None], routes: dict[str, list[str]], modalities: list[str]) -> dict[str, str]:
+    """The specs of the teachers some modality is routed to (unrouted modalities use every teacher)."""
+    needed = {t for m in modalities for t in routes.get(m, list(specs))}
+    missing = sorted(t for t in needed if not specs.get(t))
+    if missing:
+        raise UsageError(f"decision distillation needs the live teachers {missing}, whose specs the store does not "
+                         f"record; give them with --distill.decision_teachers '{{NAME: SPEC}}'")
+    return {t: spec for t, spec in specs.items() if t in needed}
