@@ -259,6 +259,9 @@ def test_the_validation_plan_uses_the_validation_catalog_and_builds_both_control
         assert words["distill.decision_vocab"].endswith("vc.yaml") and same["distill.decision_vocab"].endswith("v.yaml")
         assert {k: v for k, v in words.items() if k != "distill.decision_vocab"} == \
             {k: v for k, v in same.items() if k != "distill.decision_vocab"}
+        # its experts are gated with its own vocabulary
+        assert steps[f"expert-gate-captions-s{seed}"].kwargs["vocab"].endswith("vc.yaml")
+        assert f"expert-gate-captions-s{seed}" in steps[f"stage2-{PREREGISTERED}:caption-vocab-s{seed}"].deps
 
 
 def test_the_test_comparison_refuses_the_selection_seeds(tmp_path):

@@ -22,26 +22,31 @@ Run the whole of mmkd on built-in data (no downloads): four real modalities ship
 synthetic ones (CT, brain MRI, histopathology, dermoscopy; `mmkd synth`).
 
   1. data        both corpora; the student gets 20 % of every modality's captioned pairs, the
-                 rest of the images are image-only samples (no caption)
+                 rest of the images are image-only samples (no caption); every evaluation set
+                 has a validation set (data/catalog-val.yaml) and a test set (data/catalog.yaml)
   2. teachers    four experts, each trained on all pairs of its modalities (open_clip folders and
                  one transformers CLIPModel), plus a weak generalist on 10 % of everything
-  3. stage 1     the student's CLIP pretraining on its pairs
+  3. stage 1     the student's CLIP pretraining on its pairs (and the untrained student, its floor)
   4. extract     every teacher encodes the student's pairs into a feature store (+ availability)
   5. align       the alignment autoencoder (teachers -> student space)
   6. stage 2     distillation (default `decision-gated+projection-modality`: for the modalities
                  where an expert beats the stage-1 student, its zero-shot decisions on the
                  image-only images and its aligned features on the pairs) and the control:
-                 the same steps, CLIP loss only
-  7. evaluate    every teacher and student on zero-shot, linear probe, retrieval, VQA,
-                 MIL classification and survival; then `mmkd report`
+                 the same steps, CLIP loss only; `self-label` and `NAME:caption-vocab` are the
+                 controls for decision distillation (docs/DISTILLATION.md)
+  7. evaluate    every model on zero-shot, linear probe, retrieval, VQA, MIL classification and
+                 survival, on the --eval-split sets; then `mmkd report`
 
-Prints a table (per-task means over datasets, and their overall mean) and where the report,
-plots and HTML page are. Rerunning on the same --out reuses every finished step.
+Prints a table (per-task means over datasets; `overall` averages the tasks that separate trained
+from untrained models) and writes comparison[-val].md/.json: paired differences to the control per
+seed, their mean with a 95 % CI, and wins. Rerunning on the same --out reuses every finished step
+whose code and inputs are unchanged (a copied folder too).
 
 examples:
   mmkd demo                          # about 10 minutes on 2 CPU cores; results in runs/demo
   mmkd demo --quick --out /tmp/demo  # a small version (a couple of minutes), as the tests run it
-  mmkd demo --stage2 decision-gated,projection-modality,projection --student-seeds 0,1,2 --out runs/compare
+  mmkd demo --eval-split val --student-seeds 0,1,2 --stage2 decision-gated,projection-modality --out runs/e
+  mmkd demo --student-seeds 10,11,12,13,14 --stage2 decision-gated+projection-modality,self-label --out runs/e
 """
 
 
@@ -284,12 +289,17 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
                                           "step": f"stage1{sfx}", "spec": s1, "group": "student-stage1"}
         shared = dict(pairs_csv=student_pairs, store=store, init=s1, steps=recipe.stage2_steps, lr=recipe.stage2_lr,
                       batch_size=recipe.batch_size, seed=seed)
-        gate_file = abs_(root / "runs" / f"expert-gate{sfx}.json")
-        if any(is_gated(v) for v in recipe.stage2_variants):
-            runner.add(Step(f"expert-gate{sfx}", "mmkd.demo.steps:gate_experts", dict(
-                pairs_csv=student_pairs, vocab=abs_(paths["decision_vocab"]), teachers=specs,
-                experts={t.name: list(t.modalities) for t in recipe.teachers if t.modalities}, student=s1,
-                out=gate_file), deps=teacher_steps + (f"stage1{sfx}",), clean=(gate_file,), weight=0.5))
+        # The gate classifies with the variant's own vocabulary: the caption-vocabulary control never
+        # touches the evaluation's class prompts, not even to choose its experts.
+        gates = {}
+        for words in dict.fromkeys(uses_caption_vocab(v) for v in recipe.stage2_variants if is_gated(v)):
+            name = f"expert-gate{'-captions' if words else ''}{sfx}"
+            gates[words] = (name, abs_(root / "runs" / f"{name}.json"))
+            runner.add(Step(name, "mmkd.demo.steps:gate_experts", dict(
+                pairs_csv=student_pairs, vocab=abs_(paths["decision_vocab_captions" if words else "decision_vocab"]),
+                teachers=specs, experts={t.name: list(t.modalities) for t in recipe.teachers if t.modalities},
+                student=s1, out=gates[words][1]), deps=teacher_steps + (f"stage1{sfx}",), clean=(gates[words][1],),
+                weight=0.5))
         for variant in ("control", *recipe.stage2_variants):
             overrides = dict(STAGE2_VARIANTS[base_variant(variant)])
             if needs_image_only(variant):
@@ -304,8 +314,8 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
             deps = (f"stage1{sfx}", "extract") + (("align",) if needs_alignment(variant) else ())
             kwargs = dict(shared, run_dir=run_dir, overrides=overrides)
             if is_gated(variant):
-                kwargs["routes_file"] = gate_file
-                deps += (f"expert-gate{sfx}",)
+                gate, kwargs["routes_file"] = gates[uses_caption_vocab(variant)]
+                deps += (gate,)
             if base_variant(variant) == "self-label":
                 kwargs["self_label"] = True
             runner.add(Step(step, "mmkd.demo.steps:stage2", kwargs,

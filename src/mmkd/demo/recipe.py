@@ -87,7 +87,7 @@ GATED = ("decision-gated", "decision-gated+projection-modality", "self-label")
 # test splits, with TEST_SEEDS (fresh: disjoint from the selection seeds) and the variant chosen.
 SELECTION_SEEDS = (0, 1, 2)
 TEST_SEEDS = (10, 11, 12, 13, 14)
-SELECTION_CANDIDATES = ("projection", "projection-modality", "decision-gated", "decision-gated+projection-modality")
+SELECTION_CANDIDATES = ("projection", "decision-gated", "decision-gated+projection-modality")
 PREREGISTERED = "decision-gated+projection-modality"
 
 

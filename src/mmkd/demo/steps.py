@@ -218,24 +218,35 @@ def gate_experts(pairs_csv: str, vocab: str, teachers: dict[str, str], experts: 
     """Decide which expert may label which modality for decision distillation.
 
     Every expert and the stage-1 student classify the student's own captioned pairs zero-shot
-    (class prompts of the decision vocabulary; the pairs' labels are known to the student). An
+    (the class texts of the decision vocabulary `vocab`; the pairs' labels are known to the student). An
     expert labels a modality's image-only images only if its balanced accuracy there beats the
     student's: an expert that is no better than the student teaches it noise (measured: the
     radiology expert, at chance on CT, pulled the student's CT zero-shot down). Writes `out`
     (JSON: routes modality -> [teachers], accuracy model -> modality -> balanced accuracy).
     """
     import pandas as pd
-    import yaml
     from sklearn.metrics import balanced_accuracy_score
 
     from mmkd import load_model
     from mmkd.data.pairs import decode_image
-    from mmkd.evaluation.zero_shot import zero_shot
+    from mmkd.evaluation.encode import encode_images
+    from mmkd.evaluation.zero_shot import zero_shot_probs
+    from mmkd.training.decision import class_embeddings_of, load_vocab
     from mmkd.utils.io import atomic_write_json
+
+    class _Pil:
+        def __init__(self, items):
+            self.items = items
+
+        def __len__(self):
+            return len(self.items)
+
+        def load(self, i):
+            return self.items[i].convert("RGB")
 
     table = Path(pairs_csv)
     pairs = pd.read_csv(table, keep_default_na=False)
-    vocabulary = yaml.safe_load(Path(vocab).read_text())
+    vocabulary = load_vocab(vocab)
     modalities = sorted({m for ms in experts.values() for m in ms})
     accuracy: dict[str, dict[str, float]] = {}
     for name, spec in {**teachers, "student": student}.items():
@@ -246,7 +257,8 @@ def gate_experts(pairs_csv: str, vocab: str, teachers: dict[str, str], experts: 
             rows = pairs[pairs["modality"] == m]
             names = vocabulary[m]["classnames"]
             images = [decode_image(str(table.parent / p), 64_000_000) for p in rows["image"]]
-            predicted = zero_shot(model, images, names, vocabulary[m]["templates"], batch_size=128).argmax(1).numpy()
+            probs = zero_shot_probs(encode_images(model, _Pil(images), 128), class_embeddings_of(model, vocabulary[m]))
+            predicted = probs.argmax(1).numpy()
             truth = [names.index(label) for label in rows["label"]]
             accuracy[name][m] = round(float(balanced_accuracy_score(truth, predicted)), 4)
     routes = {m: [t for t, ms in experts.items() if m in ms and accuracy[t][m] > accuracy["student"][m]]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SLIDE_CLASSNAMES = ["benign", "carcinoma"]
-DENSE_SHARE = (0.3, 0.6)  # share of dense-nuclei patches (inflammation, or carcinoma on a tumour slide)
+DENSE_SHARE = (0.45, 0.85)  # share of dense-nuclei patches (inflammation, or carcinoma on a tumour slide)
 TUMOUR_PATCHES = (1, 2)  # carcinoma patches of a carcinoma slide, drawn uniformly per patient
 OTHER_PATTERNS = (("normal", 0.7), ("necrosis", 0.3))
 LOG_HAZARD_PER_TUMOUR_PATCH = 1.25

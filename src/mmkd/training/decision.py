@@ -76,7 +76,7 @@ def class_texts(entry: dict) -> list[list[str]]:
     return [[t.format(name) if "{}" in t else f"{t} {name}" for t in entry["templates"]] for name in entry["classnames"]]
 
 
-def _class_embeddings(teacher, entry: dict) -> torch.Tensor:
+def class_embeddings_of(teacher, entry: dict) -> torch.Tensor:
     """[C, D] unit class embeddings: the mean of each class's normalised text embeddings, renormalised."""
     import torch.nn.functional as F
 
@@ -160,7 +160,7 @@ class DecisionTargets:
             if not rows:  # no modality is routed to this teacher: do not load it
                 continue
             teacher = load_teacher(spec, name=name)
-            classes = {m: _class_embeddings(teacher, self.vocab[m]) for m in self.modalities}
+            classes = {m: class_embeddings_of(teacher, self.vocab[m]) for m in self.modalities}
             for start in range(0, len(rows), 128):
                 chunk = rows[start:start + 128]
                 images, kept = [], []
