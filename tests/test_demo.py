@@ -101,14 +101,14 @@ def test_table_and_verdict_state_the_measured_numbers():
 
 
 def test_a_task_an_untrained_student_solves_is_shown_apart_from_overall():
-    untrained = _row("untrained", "untrained", 0.3)
+    untrained = _row("untrained", "untrained", 0.27)
     untrained["mil-classification"] = 0.96  # chance 0.25 here; far above it
     untrained["scores"]["mil-classification"] = {"d": 0.96}
     rows = [_row("expert", "teacher", 0.8), untrained, _row("control", "control", 0.6),
             _row("distilled", "stage2", 0.7)]
     rows[3]["mil-classification"] = 0.1
     sep = separation(rows)
-    assert sep["zero-shot"] == {"chance": 0.25, "untrained": 0.3, "best_teacher": 0.8, "separates": True}
+    assert sep["zero-shot"] == {"chance": 0.25, "untrained": 0.27, "best_teacher": 0.8, "separates": True}
     assert not sep["mil-classification"]["separates"]
     rows = with_overall(rows)
     inside = [t for t in TASKS if t != "mil-classification"]
@@ -116,7 +116,7 @@ def test_a_task_an_untrained_student_solves_is_shown_apart_from_overall():
     assert rows[3]["overall"] == pytest.approx(0.7)  # the MIL column (0.1) is not averaged in
     assert "MIL (apart)" in format_table(rows).splitlines()[0]
     # a teacher no better than the untrained student does not separate either
-    flat = with_overall([_row("expert", "teacher", 0.3), _row("untrained", "untrained", 0.26)])
+    flat = with_overall([_row("expert", "teacher", 0.28), _row("untrained", "untrained", 0.26)])
     assert flat[0]["overall_tasks"] == [] and math.isnan(flat[0]["overall"])
 
 

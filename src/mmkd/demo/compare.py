@@ -116,9 +116,10 @@ def comparison_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str
           + f". Data and teachers: seed {meta.get('data_seed', 0)}, one run each.", ""]
 
     md += ["### Which tasks count in `overall`", "",
-           "A task counts when the untrained student is near chance on it and the best teacher well above "
-           "(`mmkd.demo.table.separation`); the others are shown apart.", "",
-           "| task | chance | untrained student | best teacher | in `overall` |", "|---|---:|---:|---:|---|"]
+           "A task counts when the untrained student is near chance on it and the best trained model outside "
+           "stage 2 (a teacher or the stage-1 student) well above (`mmkd.demo.table.separation`); the others are "
+           "shown apart.", "",
+           "| task | chance | untrained student | best teacher or stage 1 | in `overall` |", "|---|---:|---:|---:|---|"]
     for t in TASKS:
         s = sep.get(t)
         if s:

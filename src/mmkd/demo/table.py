@@ -22,9 +22,10 @@ SHORT = {"zero-shot": "zero-shot", "linear-probe": "lin. probe", "retrieval": "r
          "mil-classification": "MIL", "survival": "survival"}
 COLUMNS = (*TASKS, "overall")
 KIND_ORDER = {"teacher": 0, "untrained": 1, "student": 2, "control": 3, "stage2": 4}
-# How far above chance an untrained student may score on a task that still separates (the issue's
-# thresholds: MIL AUROC <= 0.60, c-index <= 0.55); a trained teacher must clear chance by twice as much.
-NEAR_CHANCE = {"zero-shot": 0.05, "linear-probe": 0.05, "retrieval": 0.05, "vqa": 0.05,
+# How far above chance an untrained student may score on a task that still separates (MIL AUROC <= 0.60,
+# c-index <= 0.55); a trained model (a teacher or the stage-1 student) must clear chance by twice as much.
+# Retrieval's is smaller because recall@5 over a gallery of 80 images is about 0.06 by chance.
+NEAR_CHANCE = {"zero-shot": 0.05, "linear-probe": 0.05, "retrieval": 0.025, "vqa": 0.05,
                "mil-classification": 0.10, "survival": 0.05}
 
 
@@ -42,11 +43,12 @@ def separation(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """task -> {chance, untrained, best_teacher, separates}: does the task tell trained from untrained?
 
     A task separates when the untrained student (mean over its seeds) is near chance
-    (<= chance + NEAR_CHANCE[task]) and the best teacher is well above it (>= chance + 2 NEAR_CHANCE[task]).
-    Chance is the mean over the task's datasets of a know-nothing model's score (`steps.chance_scores`).
+    (<= chance + NEAR_CHANCE[task]) and the best trained model outside stage 2 (a teacher, or the
+    stage-1 student's mean over seeds) is well above it (>= chance + 2 NEAR_CHANCE[task]). Chance is
+    the mean over the task's datasets of a know-nothing model's score (`steps.chance_scores`).
     """
     untrained = [r for r in rows if r["kind"] == "untrained"]
-    teachers = [r for r in rows if r["kind"] == "teacher"]
+    teachers = [r for r in rows if r["kind"] in ("teacher", "student")]
     out: dict[str, dict[str, Any]] = {}
     for task in TASKS:
         chance_by_dataset: dict[str, float] = {}
