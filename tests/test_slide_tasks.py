@@ -7,7 +7,6 @@ the corpus renders them, and scored by the evaluation's own cross-validation (ga
 """
 
 import numpy as np
-import pytest
 import torch
 
 from mmkd.evaluation.metrics import classification_metrics
