@@ -31,7 +31,7 @@ test-slow: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m slow --timeout 3600
 
 bench: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) bench/run_all.py
+	OMP_NUM_THREADS=2 $(PY) bench/run_all.py $(BENCH_ARGS)
 
 # the paper's pipeline at full size with random weights in the published formats (about 10 GB scratch)
 paper-dry-run: $(STAMP)

@@ -1,13 +1,15 @@
 """Run every benchmark in bench/ (`bench_*.py`), print one line per benchmark, write bench/RESULTS.md.
 
 Each benchmark is a standalone script that measures its own baseline in the same run and
-prints `RATIO <name>: <ratio> (target ...)` (and optional `FIGURE <name>: <value>` lines).
+prints `RATIO <name>: <ratio> (target <op> <bound>...)` (and optional `FIGURE <name>: <value>` lines),
+<op> one of <=, <, >=, >. This runner checks every ratio against its stated target: a missed
+target (or a ratio that states none) is marked `below target` in the console and in RESULTS.md.
 This runner starts each in a fresh process (so memory and threads do not leak between
 them), collects those lines, and writes bench/RESULTS.md with the machine (CPU model, cores,
 torch version, GPU), the date, every ratio and figure, and the raw output of each script.
 
-Usage: python bench/run_all.py [--only SUBSTRING] [--timeout SECONDS] [--results PATH]
-Exit code 1 when a benchmark fails or prints no RATIO line.
+Usage: python bench/run_all.py [--only SUBSTRING] [--timeout SECONDS] [--results PATH] [--bench-dir DIR]
+Exit code 1 when a benchmark fails, prints no RATIO line, or misses a target (so `make bench` fails).
 """
 
 from __future__ import annotations
@@ -26,6 +28,21 @@ sys.path.insert(0, str(HERE))
 from _common import machine_info  # noqa: E402
 
 LINE_RE = re.compile(r"^(RATIO|FIGURE) ([\w.\-/]+): (.*)$")
+VALUE_RE = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
+TARGET_RE = re.compile(r"target\s*(<=|>=|<|>|≤|≥)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
+_OPS = {"<=": lambda v, b: v <= b, "≤": lambda v, b: v <= b, "<": lambda v, b: v < b,
+        ">=": lambda v, b: v >= b, "≥": lambda v, b: v >= b, ">": lambda v, b: v > b}
+
+
+def check_target(text: str) -> tuple[bool, str]:
+    """(met, explanation) of one RATIO line's text, e.g. `1.23x (target <= 1.10: ...)` -> (False, ...)."""
+    value, target = VALUE_RE.match(text), TARGET_RE.search(text)
+    if value is None or target is None:
+        return False, "below target (no value or no `target <op> <bound>` to check)"
+    v, op, bound = float(value.group(1)), target.group(1), float(target.group(2))
+    if _OPS[op](v, bound):
+        return True, f"ok ({v:g} {op} {bound:g})"
+    return False, f"below target ({v:g} is not {op} {bound:g})"
 
 
 def run_one(script: Path, timeout: int) -> dict:
@@ -38,9 +55,14 @@ def run_one(script: Path, timeout: int) -> dict:
         output = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         output, code = output + f"\n[timed out after {timeout} s]", 124
     lines = [m.groups() for m in map(LINE_RE.match, output.splitlines()) if m]
+    ratios = [(n, v) for k, n, v in lines if k == "RATIO"]
     return {"name": script.stem, "code": code, "seconds": time.perf_counter() - start, "output": output,
-            "ratios": [(n, v) for k, n, v in lines if k == "RATIO"],
+            "ratios": ratios, "checks": [check_target(v) for _, v in ratios],
             "figures": [(n, v) for k, n, v in lines if k == "FIGURE"]}
+
+
+def passed(r: dict) -> bool:
+    return r["code"] == 0 and bool(r["ratios"]) and all(met for met, _ in r["checks"])
 
 
 def write_results(path: Path, results: list[dict], info: dict, started: str) -> None:
@@ -51,9 +73,11 @@ def write_results(path: Path, results: list[dict], info: dict, started: str) -> 
           f"MMKD_BENCH_THREADS, default 1); Python {info['python']}; GPU: {info['gpu']}.", "",
           "| benchmark | ratio | value | wall s | status |", "|---|---|---|---|---|"]
     for r in results:
-        status = "ok" if r["code"] == 0 and r["ratios"] else f"FAILED (exit {r['code']})"
-        rows = r["ratios"] or [("-", "-")]
-        for name, value in rows:
+        if r["code"] != 0 or not r["ratios"]:
+            md.append(f"| {r['name']} | - | - | {r['seconds']:.0f} | FAILED (exit {r['code']}"
+                      f"{'' if r['ratios'] else ', no RATIO line'}) |")
+            continue
+        for (name, value), (_, status) in zip(r["ratios"], r["checks"]):
             md.append(f"| {r['name']} | {name} | {value} | {r['seconds']:.0f} | {status} |")
     figures = [(r["name"], n, v) for r in results for n, v in r["figures"]]
     if figures:
@@ -70,8 +94,9 @@ def main() -> int:
     parser.add_argument("--only", default="", help="run only benchmarks whose file name contains this")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per benchmark")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"), help="where to write the results")
+    parser.add_argument("--bench-dir", default=str(HERE), help="folder of the bench_*.py scripts (default: bench/)")
     args = parser.parse_args()
-    scripts = sorted(p for p in HERE.glob("bench_*.py") if args.only in p.name)
+    scripts = sorted(p for p in Path(args.bench_dir).glob("bench_*.py") if args.only in p.name)
     if not scripts:
         print(f"no benchmark matches {args.only!r}", file=sys.stderr)
         return 1
@@ -82,12 +107,16 @@ def main() -> int:
     for script in scripts:
         r = run_one(script, args.timeout)
         results.append(r)
-        ratios = "; ".join(f"{n}: {v}" for n, v in r["ratios"]) or "no RATIO line"
+        ratios = "; ".join(f"{n}: {v}  [{why}]" for (n, v), (_, why) in zip(r["ratios"], r["checks"])) \
+            or "no RATIO line"
         status = "" if r["code"] == 0 else f"  [FAILED, exit {r['code']}]"
         print(f"{r['name']:<28} {ratios}  ({r['seconds']:.0f} s){status}", flush=True)
         write_results(Path(args.results), results, info, started)  # keep what is done if a later one hangs
     print(f"results written to {args.results}")
-    return 0 if all(r["code"] == 0 and r["ratios"] for r in results) else 1
+    missed = [f"{r['name']}: {n}" for r in results for (n, _), (met, _) in zip(r["ratios"], r["checks"]) if not met]
+    if missed:
+        print(f"below target: {', '.join(missed)}", flush=True)
+    return 0 if all(passed(r) for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -3,14 +3,18 @@
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 
 from conftest import run_cli
 from mmkd.demo.jobs import Runner, Step
-from mmkd.demo.recipe import STAGE2_VARIANTS, make_recipe
-from mmkd.demo.steps import TASKS, summarise
-from mmkd.demo.table import format_table, verdict
+from mmkd.demo.recipe import (PREREGISTERED, SELECTION_CANDIDATES, SELECTION_SEEDS, STAGE2_VARIANTS, TEST_SEEDS,
+                              make_recipe)
+import numpy as np
+
+from mmkd.demo.steps import TASKS
+from mmkd.demo.table import format_table, separation, task_means, verdict, with_overall
 from mmkd.errors import UsageError
 
 def record_call(path: str, value: int) -> dict:
@@ -71,26 +75,82 @@ def test_runner_reports_a_failed_step_with_its_log(tmp_path, jobs):
         assert "about to fail" in r.log("boom").read_text()
 
 
-def test_table_and_verdict_state_the_measured_numbers():
-    def row(name, kind, value, zs=None):
-        scores = {t: {"d": value} for t in TASKS}
-        if zs is not None:
-            scores["zero-shot"] = {"d1": zs, "d2": zs + 0.2}
-        return {"model": name, "label": name, "kind": kind, **summarise(scores)}
+def _row(name, kind, value, zs=None, chance=0.25, **extra):
+    scores = {t: {"d": value} for t in TASKS}
+    if zs is not None:
+        scores["zero-shot"] = {"d1": zs, "d2": zs + 0.2}
+    return {"model": name, "label": name, "kind": kind, **task_means(scores), "scores": scores,
+            "chance": {t: {d: chance for d in v} for t, v in scores.items()}, **extra}
 
-    rows = [row("expert", "teacher", 0.59), row("s1", "student", 0.5), row("control", "control", 0.55),
-            row("distilled", "stage2", 0.58, zs=0.6)]
-    assert rows[3]["zero-shot"] == pytest.approx(0.7)
-    assert rows[3]["overall"] == pytest.approx((0.7 + 5 * 0.58) / 6)
+
+def test_table_and_verdict_state_the_measured_numbers():
+    rows = with_overall([_row("expert", "teacher", 0.59), _row("untrained", "untrained", 0.26),
+                         _row("s1", "student", 0.5), _row("control", "control", 0.55),
+                         _row("distilled", "stage2", 0.58, zs=0.6)])
+    assert rows[4]["zero-shot"] == pytest.approx(0.7)
+    assert rows[4]["overall"] == pytest.approx((0.7 + 5 * 0.58) / 6)
     table = format_table(rows)
     assert table.splitlines()[0].startswith("| model | zero-shot | lin. probe |")
     assert "| distilled | 0.700 | 0.580 |" in table
     lines = verdict(rows)
     assert lines[0].startswith("yes") and "best teacher (expert) 0.590" in lines[0]
     assert lines[1].startswith("yes") and "vs control: overall +0.050" in lines[1]
-    rows[3] = row("distilled", "stage2", 0.5)
-    lines = verdict(rows)
+    rows[4] = _row("distilled", "stage2", 0.5)
+    lines = verdict(with_overall(rows))
     assert lines[0].startswith("NO") and lines[1].startswith("NO") and "-0.050" in lines[1]
+
+
+def test_a_task_an_untrained_student_solves_is_shown_apart_from_overall():
+    untrained = _row("untrained", "untrained", 0.27)
+    untrained["mil-classification"] = 0.96  # chance 0.25 here; far above it
+    untrained["scores"]["mil-classification"] = {"d": 0.96}
+    rows = [_row("expert", "teacher", 0.8), untrained, _row("control", "control", 0.6),
+            _row("distilled", "stage2", 0.7)]
+    rows[3]["mil-classification"] = 0.1
+    sep = separation(rows)
+    assert sep["zero-shot"] == {"chance": 0.25, "untrained": 0.27, "best_teacher": 0.8, "separates": True}
+    assert not sep["mil-classification"]["separates"]
+    rows = with_overall(rows)
+    inside = [t for t in TASKS if t != "mil-classification"]
+    assert rows[3]["overall_tasks"] == inside
+    assert rows[3]["overall"] == pytest.approx(0.7)  # the MIL column (0.1) is not averaged in
+    assert "MIL (apart)" in format_table(rows).splitlines()[0]
+    # a teacher no better than the untrained student does not separate either
+    flat = with_overall([_row("expert", "teacher", 0.28), _row("untrained", "untrained", 0.26)])
+    assert flat[0]["overall_tasks"] == [] and math.isnan(flat[0]["overall"])
+
+
+def test_paired_differences_and_t_intervals_over_seeds():
+    from scipy import stats
+
+    from mmkd.demo.compare import comparison_json, comparison_markdown, mean_ci, select
+
+    control = [0.50, 0.52, 0.49, 0.51, 0.50]
+    gains = [0.02, 0.01, 0.03, -0.005, 0.015]
+
+    def seeded(name, kind, values, **extra):
+        per_seed = [_row(f"{name}-s{i}", kind, v) for i, v in enumerate(values)]
+        row = {"model": name, "label": name, "kind": kind, "num_seeds": len(values), "per_seed": per_seed, **extra}
+        row.update({t: sum(values) / len(values) for t in TASKS})
+        return row
+
+    rows = with_overall([_row("expert", "teacher", 0.7), seeded("student-untrained", "untrained", [0.26] * 5),
+                         seeded("student-control", "control", control),
+                         seeded("student-stage2-x", "stage2", [c + g for c, g in zip(control, gains)], variant="x"),
+                         seeded("student-stage2-y", "stage2", [c - 0.01 for c in control], variant="y")])
+    mean, lo, hi = mean_ci(gains)
+    ref_lo, ref_hi = stats.t.interval(0.95, len(gains) - 1, loc=np.mean(gains), scale=stats.sem(gains))
+    assert (mean, lo, hi) == pytest.approx((np.mean(gains), ref_lo, ref_hi))
+    data = comparison_json(rows, {"seeds": [0, 1, 2, 3, 4]})
+    x = data["paired"]["student-stage2-x - student-control"]["overall"]
+    assert x["per_seed"] == pytest.approx(gains) and x["wins"] == 4 and x["ci95"] == pytest.approx([ref_lo, ref_hi])
+    md = comparison_markdown(rows, {"command": "mmkd demo --eval-split test", "split": "test", "split_name": "test sets",
+                                    "seeds": [10, 11, 12, 13, 14], "selection_seeds": [0, 1, 2]})
+    assert "| `x` − control | +0.020 | +0.010 | +0.030 | -0.005 | +0.015 |" in md
+    assert f"{np.mean(gains):+.3f} [{ref_lo:+.3f}, {ref_hi:+.3f}] | 4 of 5 |" in md
+    assert "disjoint" in md and "not disjoint" not in md
+    assert select(rows, ("x", "y"))["chosen"] == "x"
+    assert select(rows, ("y",))["chosen"] == "y"
 
 
 def test_recipe_gives_teachers_an_advantage_and_rejects_unknown_variants():
@@ -102,11 +162,113 @@ def test_recipe_gives_teachers_an_advantage_and_rejects_unknown_variants():
     assert all(t.epochs >= 8 for t in experts)
     routes = recipe.routes()
     assert routes["blood-cells"] == ["pathology"] and len(routes) == 8
-    assert recipe.stage2_variants == ("decision-gated+projection-modality",)
+    assert recipe.stage2_variants == (PREREGISTERED,) and PREREGISTERED in SELECTION_CANDIDATES
+    assert not set(SELECTION_SEEDS) & set(TEST_SEEDS) and len(TEST_SEEDS) >= 5
     assert make_recipe(variants=("projection", "decision")).stage2_variants == ("projection", "decision")
-    assert set(STAGE2_VARIANTS) >= {"control", "decision", "projection", "adaptor", "relational"}
-    with pytest.raises(UsageError, match="--stage2"):
-        make_recipe(variants=("telepathy",))
+    assert set(STAGE2_VARIANTS) >= {"control", "decision", "projection", "adaptor", "relational", "self-label"}
+    both = make_recipe(variants=("self-label", "decision-gated:caption-vocab"))
+    assert both.stage2_variants == ("self-label", "decision-gated:caption-vocab")
+    for bad in ("telepathy", "projection:caption-vocab", "control"):
+        with pytest.raises(UsageError, match="--stage2"):
+            make_recipe(variants=(bad,))
+    with pytest.raises(UsageError, match="--eval-split"):
+        make_recipe(eval_split="train")
+
+
+_RUNNER_SCRIPT = """
+import sys
+from pathlib import Path
+from mmkd.demo.jobs import Runner, Step
+
+root, calls = Path(sys.argv[1]), sys.argv[2]
+r = Runner(root, jobs=1, echo=lambda s: None)
+r.add(Step("a", "steps_here:record", {"path": calls, "value": 1}))
+r.add(Step("b", "steps_here:record", {"path": calls, "value": 2, "inside": str(root.resolve() / "runs" / "b")},
+           deps=("a",)))
+r.run()
+"""
+
+
+def test_a_code_change_recomputes_demo_steps_and_a_copied_folder_reuses_them(tmp_path):
+    """Step signatures hold the code version (package version + a hash of its sources) and paths relative to the
+    demo folder. Runs a private copy of the package in a subprocess, so editing it touches nobody else's code."""
+    import shutil
+    import subprocess
+    import sys
+
+    import mmkd
+
+    src = tmp_path / "src"
+    shutil.copytree(Path(mmkd.__file__).parent, src / "mmkd", ignore=shutil.ignore_patterns("__pycache__", "assets"))
+    (tmp_path / "steps_here.py").write_text(
+        "def record(path, value, inside=''):\n    open(path, 'a').write(f'{value}\\n')\n    return {'value': value}\n")
+    (tmp_path / "run.py").write_text(_RUNNER_SCRIPT)
+    calls = tmp_path / "calls.txt"
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{tmp_path}"}
+
+    def run(root):
+        r = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(root), str(calls)], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return _calls(calls)
+
+    demo = tmp_path / "demo"
+    assert run(demo) == [1, 2]
+    assert run(demo) == [1, 2]  # nothing changed: both reused
+    marker = json.loads((demo / "steps" / "b.json").read_text())
+    assert marker["code_version"].startswith(f"{mmkd.__version__}+")
+    # A change to a module that only prints tables keeps every step ...
+    with open(src / "mmkd" / "demo" / "table.py", "a") as f:
+        f.write("\n# a presentation-only edit\n")
+    assert run(demo) == [1, 2]
+    # ... a change to code the steps run recomputes them.
+    with open(src / "mmkd" / "evaluation" / "metrics.py", "a") as f:
+        f.write("\n# an edit to the evaluation code\n")
+    assert run(demo) == [1, 2, 1, 2]
+    assert json.loads((demo / "steps" / "b.json").read_text())["code_version"] != marker["code_version"]
+    # A copied folder reuses everything (its own paths count relative to it).
+    shutil.copytree(demo, tmp_path / "elsewhere" / "demo-copy")
+    assert run(tmp_path / "elsewhere" / "demo-copy") == [1, 2, 1, 2]
+
+
+def test_the_validation_plan_uses_the_validation_catalog_and_builds_both_controls(tmp_path):
+    from mmkd.demo.cli import _plan
+
+    recipe = make_recipe(quick=True, variants=(PREREGISTERED, "self-label", f"{PREREGISTERED}:caption-vocab"),
+                         student_seeds=(0, 1), eval_split="val")
+    paths = {name: str(tmp_path / f"{name}.csv") for name in
+             ["student_pairs", "image_only", *(f"teacher-{t.name}" for t in recipe.teachers)]}
+    paths.update(decision_vocab=str(tmp_path / "v.yaml"), decision_vocab_captions=str(tmp_path / "vc.yaml"),
+                 catalog=str(tmp_path / "catalog.yaml"), catalog_val=str(tmp_path / "catalog-val.yaml"))
+    counts = {name: {"ct": 4} for name in paths}
+    runner = Runner(tmp_path / "demo", jobs=1, echo=lambda s: None)
+    plan = _plan(runner, recipe, {"paths": paths, "counts": counts, "class_prompts": {}}, tmp_path / "demo")
+    steps = runner.steps
+    evals = [n for n in steps if n.startswith("eval")]
+    assert evals and all(n.startswith("eval-val-") for n in evals)
+    assert {steps[n].kwargs["catalog"] for n in evals} == {str((tmp_path / "catalog-val.yaml").resolve())}
+    assert "report-val" in steps and plan["report_step"] == "report-val"
+    for seed in (0, 1):
+        assert steps[f"untrained-s{seed}"].kwargs["seed"] == seed and f"eval-val-student-untrained-s{seed}" in steps
+        own = steps[f"stage2-self-label-s{seed}"].kwargs
+        assert own["self_label"] and own["routes_file"].endswith(f"expert-gate-s{seed}.json")
+        assert own["overrides"]["distill.lambda_decision"] > 0 and not own["overrides"].get("distill.lambda_fd")
+        assert f"expert-gate-s{seed}" in steps[f"stage2-self-label-s{seed}"].deps
+        words = steps[f"stage2-{PREREGISTERED}:caption-vocab-s{seed}"].kwargs["overrides"]
+        same = steps[f"stage2-{PREREGISTERED}-s{seed}"].kwargs["overrides"]
+        assert words["distill.decision_vocab"].endswith("vc.yaml") and same["distill.decision_vocab"].endswith("v.yaml")
+        assert {k: v for k, v in words.items() if k != "distill.decision_vocab"} == \
+            {k: v for k, v in same.items() if k != "distill.decision_vocab"}
+        # its experts are gated with its own vocabulary
+        assert steps[f"expert-gate-captions-s{seed}"].kwargs["vocab"].endswith("vc.yaml")
+        assert f"expert-gate-captions-s{seed}" in steps[f"stage2-{PREREGISTERED}:caption-vocab-s{seed}"].deps
+
+
+def test_the_test_comparison_refuses_the_selection_seeds(tmp_path):
+    r = run_cli("demo", "--quick", "--student-seeds", f"{SELECTION_SEEDS[0]},99", "--out", str(tmp_path / "d"))
+    assert r.returncode == 2
+    assert "--student-seeds" in r.stderr and "fresh seeds" in r.stderr
+    assert not (tmp_path / "d").exists()
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
@@ -126,16 +288,28 @@ def test_quick_demo_end_to_end_then_reuses_every_step(tmp_path):
     results = json.loads((out / "results.json").read_text())
     rows = {row["model"]: row for row in results["rows"]}
     kinds = [row["kind"] for row in results["rows"]]
-    assert kinds.count("teacher") == 5 and kinds.count("student") == 1
+    assert kinds.count("teacher") == 5 and kinds.count("untrained") == 1 and kinds.count("student") == 1
     assert kinds.count("control") == 1 and kinds.count("stage2") == 1
+    inside = results["rows"][0]["overall_tasks"]
     for row in results["rows"]:  # every model has a number for all six task types
         assert all(t in row and math.isfinite(row[t]) for t in TASKS), row
-        assert 0.0 <= row["overall"] <= 1.0
+        assert row["overall_tasks"] == inside
+        if inside:  # overall averages the tasks that separate trained from untrained models, and only those
+            assert row["overall"] == pytest.approx(sum(row[t] for t in inside) / len(inside))
+        else:
+            assert math.isnan(row["overall"])
     # The printed table and the claims, whatever they measure.
     assert "| control: stage 1 + the same steps, CLIP loss only |" in r.stdout
-    assert "vs control: overall" in r.stdout and "best teacher" in r.stdout
+    assert "| student, untrained (random initialisation) |" in r.stdout
+    assert ("vs control: overall" in r.stdout and "best teacher" in r.stdout) or "no task separates" in r.stdout
     assert "report.html" in r.stdout
     assert (out / "report" / "report.html").is_file() and list((out / "report" / "plots").glob("*.png"))
+    # The comparison file names the command that wrote it, the seeds and the untrained floor.
+    comparison = (out / "comparison.md").read_text()
+    assert f"Written by `mmkd demo --quick --eval-split test --out {out}`" in comparison
+    assert "Which tasks count in `overall`" in comparison and "student, untrained" in comparison
+    assert set(json.loads((out / "comparison.json").read_text())["paired"]) == {
+        "student-stage2-decision-gated+projection-modality - student-control"}
     # Teachers were saved in their libraries' formats and load back through mmkd.load_teacher.
     assert (out / "teachers" / "radiology" / "open_clip_config.json").is_file()
     assert (out / "teachers" / "eye-brain" / "config.json").is_file()
@@ -144,7 +318,7 @@ def test_quick_demo_end_to_end_then_reuses_every_step(tmp_path):
     assert hf.encode_text(["a fundus photograph showing mild diabetic retinopathy."]).shape == (1, hf.embed_dim)
     assert oc.embed_dim == 96 and hf.embed_dim != oc.embed_dim  # heterogeneous teachers
     store = json.loads((out / "steps" / "extract.json").read_text())["result"]
-    assert set(store["teachers"]) == set(rows) - {"student-stage1", "student-control", "student-stage2-decision-gated+projection-modality"}
+    assert set(store["teachers"]) == {name for name, row in rows.items() if row["kind"] == "teacher"}
     gate = json.loads((out / "runs" / "expert-gate.json").read_text())
     assert set(gate["routes"]) == {"ct", "mri", "histopathology", "dermoscopy", "chest-xray", "breast-ultrasound",
                                    "fundus", "blood-cells"}

@@ -168,3 +168,42 @@ def test_distill_init_run_builds_the_runs_own_model(tmp_path):
     assert "conflicts with the model of --init" in r.stderr and "text_cfg.heads: --model has 2, the run 4" in r.stderr
     r = run_cli("distill", *common, "--out", str(tmp_path / "s4"))
     assert r.returncode == 0 and "starts from random weights" in r.stderr, r.stderr[-3000:]
+
+
+def test_a_teacher_outside_the_store_labels_decisions_with_per_class_prompts(setup, tmp_path):
+    """The self-labelling control: the stage-1 student itself (named only in decision_teachers, not in the store)
+    gives the targets, over a vocabulary of per-class texts; they equal its zero-shot probabilities computed
+    directly with open_clip."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    root, table, store = setup
+    make_pairs(tmp_path / "unpaired", n=12, seed=5)
+    rows = ["image,modality,sample_id"] + [f"img/{i:05d}.png,toy,u{i}" for i in range(12)]
+    (tmp_path / "unpaired" / "images.csv").write_text("\n".join(rows) + "\n")
+    texts = {"red things": ["a red circle", "something red"], "blue things": ["a blue square", "a blue triangle"]}
+    (tmp_path / "vocab.yaml").write_text(json.dumps({"toy": {"classnames": list(texts), "prompts": texts}}))
+    me = latest_checkpoint(root / "s1")
+    out = tmp_path / "s2"
+    r = _distill(root, table, store, out, "--max-steps", "1", "--distill.target_space", "decision",
+                 "--distill.lambda_decision", "1", "--distill.decision_temperature", "0.1",
+                 "--data.image_only_path", str(tmp_path / "unpaired" / "images.csv"),
+                 "--distill.decision_vocab", str(tmp_path / "vocab.yaml"),
+                 "--distill.decision_teachers", json.dumps({"me": f"local-dir:{me}"}),
+                 "--distill.modality_routes", json.dumps({"toy": ["me"]}))
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = load_file(str(out / "decision_targets.safetensors"))["probs"]
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{me}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{me}")
+    model.eval()
+    with torch.no_grad():
+        classes = torch.stack([torch.nn.functional.normalize(model.encode_text(tokenizer(t)), dim=-1).mean(0)
+                               for t in texts.values()])
+        classes = torch.nn.functional.normalize(classes, dim=-1)
+        images = torch.stack([preprocess(Image.open(tmp_path / "unpaired" / "img" / f"{i:05d}.png").convert("RGB"))
+                              for i in range(12)])
+        feats = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+        expected = torch.softmax(feats @ classes.T / 0.1, dim=-1)
+    assert got.shape == (12, 2)
+    assert np.allclose(got, expected.numpy(), atol=1e-4)

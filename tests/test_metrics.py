@@ -116,3 +116,114 @@ def test_recall_perfect_when_each_caption_matches_only_its_image():
     sim[caption_image, np.arange(6)] = 1.0
     got = retrieval_metrics(sim, caption_image)
     assert all(v == 1.0 for v in got.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Ties in retrieval, and the clustered bootstrap
+
+
+def _expected_recall_over_tie_orders(sim, caption_image, ks):
+    """Naive reference: average the 0/1 hits over every order of the candidates used as tie-breaker."""
+    import itertools
+
+    num_i, num_m = sim.shape
+    i2t, t2i = np.zeros((num_i, len(ks))), np.zeros((num_m, len(ks)))
+    text_orders = list(itertools.permutations(range(num_m)))
+    for order in text_orders:
+        for i in range(num_i):
+            ranked = sorted(range(num_m), key=lambda j: (-sim[i, j], order[j]))
+            for c, k in enumerate(ks):
+                i2t[i, c] += any(caption_image[j] == i for j in ranked[:k])
+    image_orders = list(itertools.permutations(range(num_i)))
+    for order in image_orders:
+        for j in range(num_m):
+            ranked = sorted(range(num_i), key=lambda i: (-sim[i, j], order[i]))
+            for c, k in enumerate(ks):
+                t2i[j, c] += caption_image[j] in ranked[:k]
+    return i2t.mean(0) / len(text_orders), t2i.mean(0) / len(image_orders)
+
+
+def test_an_all_equal_similarity_matrix_scores_at_chance_not_one():
+    from scipy.special import comb
+
+    num_images, per_image = 20, 3
+    caption_image = np.repeat(np.arange(num_images), per_image)
+    got = retrieval_metrics(np.zeros((num_images, len(caption_image))), caption_image)
+    num_m = len(caption_image)
+    for k in (1, 5, 10):
+        assert got[f"t2i_recall@{k}"] == pytest.approx(k / num_images)
+        # at least one of the image's 3 captions among k drawn from all 60 (hypergeometric)
+        assert got[f"i2t_recall@{k}"] == pytest.approx(1 - comb(num_m - per_image, k) / comb(num_m, k))
+        assert got[f"i2t_recall@{k}"] < 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_recall_with_ties_equals_the_average_over_every_tie_breaking_order(seed):
+    rng = np.random.default_rng(seed)
+    caption_image = np.array([0, 0, 1, 2, 3, 3, 4])
+    sim = rng.integers(0, 3, size=(5, 7)).astype(float)  # three levels: many ties
+    ks = (1, 2, 3)
+    got = retrieval_metrics(sim, caption_image, ks=ks)
+    i2t, t2i = _expected_recall_over_tie_orders(sim, caption_image, ks)
+    for c, k in enumerate(ks):
+        assert got[f"i2t_recall@{k}"] == pytest.approx(i2t[c])
+        assert got[f"t2i_recall@{k}"] == pytest.approx(t2i[c])
+
+
+def test_a_tie_with_a_wrong_candidate_is_not_a_free_hit():
+    caption_image = np.array([0, 1])
+    sim = np.array([[1.0, 1.0], [0.0, 1.0]])  # image 0 ties its caption with caption 1
+    got = retrieval_metrics(sim, caption_image, ks=(1,))
+    assert got["i2t_recall@1"] == pytest.approx((0.5 + 1.0) / 2)
+    # caption 1 ties image 0 with its own image 1
+    assert got["t2i_recall@1"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_cluster_bootstrap_resamples_whole_clusters():
+    from mmkd.evaluation.metrics import cluster_bootstrap_indices
+
+    clusters = np.array(["b", "a", "b", "c", "a", "b"])  # sizes a 2, b 3, c 1, interleaved
+    sizes = {c: int((clusters == c).sum()) for c in "abc"}
+    for rows in cluster_bootstrap_indices(clusters, 200, seed=0):
+        drawn = clusters[rows]
+        for c in "abc":  # every drawn cluster comes with all of its rows, each once per draw
+            assert (drawn == c).sum() % sizes[c] == 0
+            per_row = np.bincount(rows[drawn == c], minlength=len(clusters))[clusters == c]
+            assert len(set(per_row)) == 1
+        # as many cluster draws as there are clusters
+        assert sum((drawn == c).sum() // sizes[c] for c in "abc") == 3
+
+
+def test_clustered_bootstrap_widens_the_ci_when_rows_of_a_cluster_agree():
+    from mmkd.evaluation.metrics import bootstrap_mean_ci, cluster_bootstrap_mean_ci
+
+    rng = np.random.default_rng(0)
+    num_images, per_image = 200, 5
+    right_I = (rng.random(num_images) < 0.6).astype(float)  # every question about an image right or wrong together
+    values = np.repeat(right_I, per_image)
+    images = np.repeat(np.arange(num_images), per_image)
+    lo, hi = cluster_bootstrap_mean_ci(values, images, num_bootstrap=2000, seed=1)
+    naive_lo, naive_hi = bootstrap_mean_ci(values, num_bootstrap=2000, seed=1)
+    # the analytic 95 % interval of a mean over 200 independent images
+    se = right_I.std(ddof=1) / np.sqrt(num_images)
+    assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.15)
+    assert lo < values.mean() < hi
+    # treating the 1000 questions as independent understates the width by about sqrt(5)
+    assert (hi - lo) / (naive_hi - naive_lo) == pytest.approx(np.sqrt(per_image), rel=0.2)
+
+
+def test_retrieval_ci_resamples_images_with_their_captions():
+    from mmkd.evaluation.metrics import retrieval_ci
+
+    rng = np.random.default_rng(3)
+    num_images, per_image = 150, 4
+    caption_image = np.repeat(np.arange(num_images), per_image)
+    # an image is either easy (all its captions found) or hard (none): caption hits agree within an image
+    easy = rng.random(num_images) < 0.5
+    sim = rng.normal(0, 0.01, size=(num_images, len(caption_image)))
+    sim[caption_image, np.arange(len(caption_image))] += np.where(easy[caption_image], 10.0, -10.0)
+    point = retrieval_metrics(sim, caption_image, ks=(1,))
+    lo, hi = retrieval_ci(sim, caption_image, ks=(1,), num_bootstrap=2000, seed=0)["t2i_recall@1"]
+    se = easy.std(ddof=1) / np.sqrt(num_images)  # images, not the 600 captions, are the independent units
+    assert lo < point["t2i_recall@1"] < hi
+    assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.15)

@@ -149,6 +149,37 @@ def test_catalog_paths_exist_and_have_the_declared_columns(corpus):
         assert entry["modality"]
 
 
+def test_every_evaluation_set_has_a_disjoint_validation_set(corpus):
+    from mmkd.evaluation.runner import load_catalog
+
+    test = {e.name: e for e in load_catalog(corpus / "catalog.yaml")}
+    val = {e.name: e for e in load_catalog(corpus / "catalog-val.yaml")}
+    assert set(val) == set(test)
+
+    def images(entry, split):
+        if entry.split_files:
+            return set(_read_csv(entry.split_files[split]).image.map(lambda p: (entry.split_files[split].parent / p)
+                                                                     .resolve()))
+        if entry.format == "vqa":
+            rows = [json.loads(line) for line in entry.path.read_text().splitlines()]
+            return {(entry.path.parent / r["image"]).resolve() for r in rows if r["split"] == split}
+        if entry.format == "slides":
+            table = _read_csv(entry.path)
+            return {(entry.path.parent / p).resolve() for p in table.path}
+        return set(_read_csv(entry.path).image.map(lambda p: (entry.path.parent / p).resolve()))
+
+    for name in test:
+        t, v = test[name], val[name]
+        if t.split_files:  # zero-shot / linear probe: val is evaluated, test is not even listed
+            assert "test" not in v.split_files and "val" in v.split_files and "train" in v.split_files
+            assert not images(t, "test") & images(v, "val"), name
+        elif t.format == "vqa":
+            assert v.split == "val" and t.split in (None, "test")
+            assert images(v, "val") and not images(v, "val") & images(t, "test"), name
+        else:  # retrieval tables and slide cohorts: separate files of separate images
+            assert v.path != t.path and images(v, None) and not images(v, None) & images(t, None), name
+
+
 def test_pairs_and_shards_read_back_through_the_pair_reader(corpus):
     from mmkd.data.pairs import PairDataset, index_source
 
@@ -318,7 +349,7 @@ def test_slides_follow_the_planted_share(corpus):
 def test_survival_times_follow_the_tumour_share():
     from lifelines.utils import concordance_index
 
-    cohort = synth_slides.plan_cohort(seed=0, num_slides=400, patches_per_slide=16)
+    cohort = synth_slides.plan_cohort(seed=0, num_slides=400, patches_per_slide=24)
     first = {}
     for s in cohort:
         first.setdefault(s.patient_id, s)
@@ -328,6 +359,22 @@ def test_survival_times_follow_the_tumour_share():
     # higher share -> shorter survival: the concordance of time with -share is well above 0.5
     assert concordance_index(time, -share, event) > 0.65
     assert 0.2 < event.mean() < 0.95
+
+
+def test_a_slide_label_is_readable_only_from_one_or_two_tumour_patches():
+    """Both classes carry the same share of dense-nuclei patches; carcinoma slides swap one or two of them."""
+    cohort = synth_slides.plan_cohort(seed=0, num_slides=400, patches_per_slide=24)
+    dense = {label: [] for label in synth_slides.SLIDE_CLASSNAMES}
+    for s in cohort:
+        tumour = s.patterns.count("carcinoma")
+        assert (tumour in synth_slides.TUMOUR_PATCHES) if s.label == "carcinoma" else tumour == 0
+        dense[s.label].append((tumour + s.patterns.count("inflammation")) / len(s.patterns))
+    lo, hi = synth_slides.DENSE_SHARE
+    for label, shares in dense.items():
+        assert lo - 0.05 <= np.mean(shares) <= hi + 0.05 and abs(np.mean(shares) - (lo + hi) / 2) < 0.03, label
+    # the validation cohort of the same seed is another draw
+    other = synth_slides.plan_cohort(seed=0, num_slides=400, patches_per_slide=24, section=7)
+    assert [s.patterns for s in other[:20]] != [s.patterns for s in cohort[:20]]
 
 
 def test_tumour_patches_differ_in_content_from_benign_patches():

@@ -111,6 +111,15 @@ def test_shuffled_answers_fall_to_chance(tmp_path, tiny_model):
     result = evaluate_vqa(tiny_model, rows, seed=0, cache=FeatureCache(None))
     per_question_chance = 0.25 * (1 / 3) + 0.75 * (1 / 3) + 0.5 * (1 / 3)  # colour, red?, shape (best guesses)
     assert result["metrics"]["accuracy"] < per_question_chance + 0.15, result["metrics"]
+    # The image-blind baseline: each test question answered by its most frequent training answer (naive loop).
+    train, test = [r for r in rows if r.split == "train"], [r for r in rows if r.split == "test"]
+    hits = []
+    for r in test:
+        answers = sorted(a.answer for a in train if a.question == r.question)
+        best = max(sorted(set(answers)), key=answers.count)  # first of the most frequent, by name
+        hits.append(best == r.answer)
+    assert result["metrics"]["question_only_accuracy"] == pytest.approx(np.mean(hits))
+    assert abs(result["metrics"]["question_only_accuracy"] - per_question_chance) < 0.15
 
 
 def test_runner_writes_vqa_result(tmp_path, tiny_model):
@@ -123,7 +132,8 @@ def test_runner_writes_vqa_result(tmp_path, tiny_model):
     [record] = evaluate(tiny_model, catalog, ["vqa"], tmp_path / "out", num_bootstrap=50, cache=cache)
     saved = json.loads((tmp_path / "out" / "tiny" / "toy-vqa__vqa.json").read_text())
     assert saved["task"] == "vqa" and saved["metrics"] == record["metrics"]
-    assert set(saved["metrics"]) == {"accuracy", "closed_accuracy", "open_accuracy", "majority_accuracy"}
+    assert set(saved["metrics"]) == {"accuracy", "closed_accuracy", "open_accuracy", "majority_accuracy",
+                                     "question_only_accuracy"}
     assert saved["split_sizes"] == {"train": 48, "test": 24}
     assert saved["details"]["train_config"]["epochs"] == 10
     misses = cache.misses

@@ -22,26 +22,31 @@ Run the whole of mmkd on built-in data (no downloads): four real modalities ship
 synthetic ones (CT, brain MRI, histopathology, dermoscopy; `mmkd synth`).
 
   1. data        both corpora; the student gets 20 % of every modality's captioned pairs, the
-                 rest of the images are image-only samples (no caption)
+                 rest of the images are image-only samples (no caption); every evaluation set
+                 has a validation set (data/catalog-val.yaml) and a test set (data/catalog.yaml)
   2. teachers    four experts, each trained on all pairs of its modalities (open_clip folders and
                  one transformers CLIPModel), plus a weak generalist on 10 % of everything
-  3. stage 1     the student's CLIP pretraining on its pairs
+  3. stage 1     the student's CLIP pretraining on its pairs (and the untrained student, its floor)
   4. extract     every teacher encodes the student's pairs into a feature store (+ availability)
   5. align       the alignment autoencoder (teachers -> student space)
   6. stage 2     distillation (default `decision-gated+projection-modality`: for the modalities
                  where an expert beats the stage-1 student, its zero-shot decisions on the
                  image-only images and its aligned features on the pairs) and the control:
-                 the same steps, CLIP loss only
-  7. evaluate    every teacher and student on zero-shot, linear probe, retrieval, VQA,
-                 MIL classification and survival; then `mmkd report`
+                 the same steps, CLIP loss only; `self-label` and `NAME:caption-vocab` are the
+                 controls for decision distillation (docs/DISTILLATION.md)
+  7. evaluate    every model on zero-shot, linear probe, retrieval, VQA, MIL classification and
+                 survival, on the --eval-split sets; then `mmkd report`
 
-Prints a table (per-task means over datasets, and their overall mean) and where the report,
-plots and HTML page are. Rerunning on the same --out reuses every finished step.
+Prints a table (per-task means over datasets; `overall` averages the tasks that separate trained
+from untrained models) and writes comparison[-val].md/.json: paired differences to the control per
+seed, their mean with a 95 % CI, and wins. Rerunning on the same --out reuses every finished step
+whose code and inputs are unchanged (a copied folder too).
 
 examples:
   mmkd demo                          # about 10 minutes on 2 CPU cores; results in runs/demo
   mmkd demo --quick --out /tmp/demo  # a small version (a couple of minutes), as the tests run it
-  mmkd demo --stage2 decision-gated,projection-modality,projection --student-seeds 0,1,2 --out runs/compare
+  mmkd demo --eval-split val --student-seeds 0,1,2 --stage2 decision-gated,projection-modality --out runs/e
+  mmkd demo --student-seeds 10,11,12,13,14 --stage2 decision-gated+projection-modality,self-label --out runs/e
 """
 
 
@@ -60,14 +65,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student-seeds", default="", metavar="SEEDS",
                         help="comma-separated seeds: run stage 1, the control and stage 2 once per seed (same data "
                              "and teachers) and show mean ± sd over them (default: --seed only)")
+    parser.add_argument("--eval-split", default="test", choices=("val", "test"),
+                        help="evaluate on the validation sets (to choose a stage-2 variant and its settings) or the "
+                             "test sets (the reported comparison, with fresh --student-seeds) (default: %(default)s)")
     parser.add_argument("--stage2", default="", metavar="VARIANTS",
                         help="comma-separated stage-2 variants to run beside the control: "
-                             f"{', '.join(v for v in STAGE2_VARIANTS if v != 'control')} "
-                             "(default: decision-gated+projection-modality; see docs/DISTILLATION.md)")
+                             f"{', '.join(v for v in STAGE2_VARIANTS if v != 'control')}; a decision variant with "
+                             ":caption-vocab uses the training captions as its vocabulary (default: "
+                             "decision-gated+projection-modality; see docs/DISTILLATION.md)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmkd.demo.jobs import Runner, check_out_dir
+    from mmkd.demo.jobs import Runner, check_out_dir, code_version
     from mmkd.demo.recipe import make_recipe
     from mmkd.demo.table import format_table, results, verdict
     from mmkd.errors import UsageError
@@ -82,13 +91,16 @@ def run(args: argparse.Namespace) -> int:
         student_seeds = tuple(int(x) for x in args.student_seeds.split(",") if x.strip())
     except ValueError:
         raise UsageError(f"--student-seeds: {args.student_seeds!r} is not a comma-separated list of integers") from None
-    recipe = make_recipe(quick=args.quick, seed=args.seed, variants=variants, student_seeds=student_seeds)
+    recipe = make_recipe(quick=args.quick, seed=args.seed, variants=variants, student_seeds=student_seeds,
+                         eval_split=args.eval_split)
     root = Path(args.out)
     check_out_dir(root)
+    selection_seeds = _check_fresh_seeds(root, recipe)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / "recipe.json", recipe.to_json())
     started = time.perf_counter()
-    print(f"mmkd demo{' --quick' if recipe.quick else ''}: writing to {root.resolve()}")
+    print(f"mmkd demo{' --quick' if recipe.quick else ''}: writing to {root.resolve()} "
+          f"(evaluation on the {recipe.eval_split} sets)")
 
     from mmkd.demo.data import prepare
 
@@ -101,22 +113,27 @@ def run(args: argparse.Namespace) -> int:
     plan = _plan(runner, recipe, info, root)
     print(f"[2-7/7] {len(runner.steps)} steps, {args.jobs} at a time ({threads} thread(s) each); logs in {root / 'logs'}")
     runner.run()
+    plan["reused"] = runner.reused
     rows = results(runner, plan)
     table = format_table(rows, plan)
-    atomic_write_json(root / "results.json", {"rows": rows, "recipe": recipe.to_json(),
-                                              "minutes": round((time.perf_counter() - started) / 60, 2)})
-    (root / "results.md").write_text(table + "\n")
+    suffix = "" if recipe.eval_split == "test" else f"-{recipe.eval_split}"
+    atomic_write_json(root / f"results{suffix}.json", {"rows": rows, "recipe": recipe.to_json(),
+                                                       "minutes": round((time.perf_counter() - started) / 60, 2)})
+    (root / f"results{suffix}.md").write_text(table + "\n")
+    written = _write_comparison(root, rows, recipe, args, plan, selection_seeds, code_version(),
+                                round((time.perf_counter() - started) / 60, 1))
     print()
     print(table)
     print()
     for line in verdict(rows, plan):
         print(line)
-    report = runner.steps["report"].result or {}
+    report = runner.steps[plan["report_step"]].result or {}
     print()
     print(f"report: {report.get('markdown')}  (tables)")
     print(f"        {report.get('html')}  (one page with plots)")
     print(f"        plots in {Path(report.get('html', root)).parent / 'plots'}")
-    print(f"table:  {root / 'results.md'}; per-result JSON in {root / 'eval'}")
+    print(f"table:  {root / f'results{suffix}.md'}; per-result JSON in {root / ('eval' + suffix)}")
+    print(f"comparison (paired differences to the control, 95 % CIs): {', '.join(str(w) for w in written)}")
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min")
     from mmkd.utils.console import Summary
 
@@ -128,6 +145,69 @@ def run(args: argparse.Namespace) -> int:
     closing.add("report", report.get("html"))
     closing.emit()
     return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The `mmkd demo` command that reproduces this run (the options that change what it computes)."""
+    parts = ["mmkd demo"]
+    if args.quick:
+        parts.append("--quick")
+    if args.seed:
+        parts.append(f"--seed {args.seed}")
+    parts.append(f"--eval-split {args.eval_split}")
+    if args.student_seeds:
+        parts.append(f"--student-seeds {args.student_seeds}")
+    if args.stage2:
+        parts.append(f"--stage2 {args.stage2}")
+    parts.append(f"--out {args.out}")
+    return " ".join(parts)
+
+
+def _check_fresh_seeds(root: Path, recipe) -> list[int]:
+    """The selection seeds; a test comparison over several seeds must not reuse one of them."""
+    from mmkd.demo.recipe import SELECTION_SEEDS
+    from mmkd.errors import UsageError
+
+    chosen = root / "selection.json"
+    used = set(SELECTION_SEEDS)
+    if chosen.is_file():
+        used |= set(json.loads(chosen.read_text()).get("seeds", []))
+    overlap = sorted(used & set(recipe.student_seeds))
+    if recipe.eval_split == "test" and len(recipe.student_seeds) > 1 and overlap:
+        raise UsageError(f"--student-seeds: {', '.join(map(str, overlap))} chose the stage-2 variant on the validation "
+                         f"sets; the test comparison needs fresh seeds (e.g. "
+                         f"{','.join(str(max(used) + 1 + i) for i in range(5))})")
+    return sorted(used)
+
+
+def _write_comparison(root: Path, rows, recipe, args, plan, selection_seeds, code: str,
+                      minutes: float) -> list[Path]:
+    """comparison[-val].md/.json; on validation also selection.json (the variant chosen for the test run)."""
+    import datetime
+
+    from mmkd.demo.compare import comparison_json, comparison_markdown, select
+    from mmkd.demo.recipe import SELECTION_CANDIDATES
+    from mmkd.utils.io import atomic_write_json, atomic_write_text
+
+    suffix = "" if recipe.eval_split == "test" else f"-{recipe.eval_split}"
+    meta = {"command": command_line(args), "date": datetime.date.today().isoformat(), "code_version": code,
+            "split": recipe.eval_split,
+            "split_name": "test sets (catalog.yaml)" if recipe.eval_split == "test"
+            else "validation sets (catalog-val.yaml)",
+            "seeds": plan["seeds"], "selection_seeds": selection_seeds, "data_seed": recipe.seed,
+            "minutes": minutes, "reused_steps": plan.get("reused", 0)}
+    written = [root / f"comparison{suffix}.md", root / f"comparison{suffix}.json"]
+    atomic_write_text(written[0], comparison_markdown(rows, meta))
+    atomic_write_json(written[1], comparison_json(rows, meta))
+    if recipe.eval_split == "val" and len(plan["seeds"]) > 1:
+        chosen = select(rows, SELECTION_CANDIDATES)
+        if chosen["chosen"]:
+            written.append(root / "selection.json")
+            atomic_write_json(written[-1], {**chosen, "seeds": plan["seeds"], "candidates": list(SELECTION_CANDIDATES),
+                                            "command": meta["command"], "code_version": code})
+            print(f"chosen on validation: {chosen['chosen']} (mean paired difference to the control "
+                  f"{chosen['ranking'][0]['mean']:+.3f}); run it on test with fresh --student-seeds")
+    return written
 
 
 def _preimport() -> None:
@@ -164,7 +244,8 @@ def _hash(obj: Any) -> str:
 def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
     """Add every step to the runner; returns the models to evaluate (name -> display label, kind)."""
     from mmkd.demo.jobs import Step
-    from mmkd.demo.recipe import GATED, STAGE2_VARIANTS, needs_alignment, needs_image_only, needs_routes
+    from mmkd.demo.recipe import (STAGE2_VARIANTS, base_variant, is_gated, needs_alignment, needs_image_only,
+                                  needs_routes, uses_caption_vocab)
 
     paths, counts = info["paths"], info["counts"]
     data_salt = _hash(counts)
@@ -195,11 +276,19 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
         deps=teacher_steps, clean=(store,), weight=num_student * len(recipe.teachers) / 2000, salt=data_salt))
     runner.add(Step("align", "mmkd.demo.steps:align", dict(store=store, latent_dim=64, steps=300 if not recipe.quick
                                                             else 50, seed=recipe.seed), deps=("extract",), weight=0.3))
+    # The live teachers' specs are passed explicitly (not read from the store), so a moved folder still works.
     decision = {"data.image_only_path": abs_(paths["image_only"]), "distill.decision_vocab": abs_(paths["decision_vocab"]),
-                "distill.modality_routes": recipe.routes(), "distill.decision_temperature": recipe.decision_temperature}
+                "distill.modality_routes": recipe.routes(), "distill.decision_temperature": recipe.decision_temperature,
+                "distill.decision_teachers": specs}
     seeds = recipe.student_seeds or (recipe.seed,)
     for seed in seeds:  # the student's part of the pipeline, once per student seed
         sfx = "" if len(seeds) == 1 else f"-s{seed}"
+        untrained_dir = abs_(root / "runs" / f"student-untrained{sfx}")
+        runner.add(Step(f"untrained{sfx}", "mmkd.demo.steps:untrained", dict(
+            run_dir=untrained_dir, model=recipe.student_model, seed=seed), clean=(untrained_dir,), weight=0.05))
+        models[f"student-untrained{sfx}"] = {"label": "student, untrained (random initialisation)", "kind": "untrained",
+                                             "step": f"untrained{sfx}", "spec": untrained_dir,
+                                             "group": "student-untrained"}
         s1 = abs_(root / "runs" / f"student-stage1{sfx}")
         runner.add(Step(f"stage1{sfx}", "mmkd.demo.steps:stage1", dict(
             pairs_csv=student_pairs, run_dir=s1, model=recipe.student_model, epochs=recipe.stage1_epochs,
@@ -209,16 +298,23 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
                                           "step": f"stage1{sfx}", "spec": s1, "group": "student-stage1"}
         shared = dict(pairs_csv=student_pairs, store=store, init=s1, steps=recipe.stage2_steps, lr=recipe.stage2_lr,
                       batch_size=recipe.batch_size, seed=seed)
-        gate_file = abs_(root / "runs" / f"expert-gate{sfx}.json")
-        if any(v in GATED for v in recipe.stage2_variants):
-            runner.add(Step(f"expert-gate{sfx}", "mmkd.demo.steps:gate_experts", dict(
-                pairs_csv=student_pairs, vocab=abs_(paths["decision_vocab"]), teachers=specs,
-                experts={t.name: list(t.modalities) for t in recipe.teachers if t.modalities}, student=s1,
-                out=gate_file), deps=teacher_steps + (f"stage1{sfx}",), clean=(gate_file,), weight=0.5))
+        # The gate classifies with the variant's own vocabulary: the caption-vocabulary control never
+        # touches the evaluation's class prompts, not even to choose its experts.
+        gates = {}
+        for words in dict.fromkeys(uses_caption_vocab(v) for v in recipe.stage2_variants if is_gated(v)):
+            name = f"expert-gate{'-captions' if words else ''}{sfx}"
+            gates[words] = (name, abs_(root / "runs" / f"{name}.json"))
+            runner.add(Step(name, "mmkd.demo.steps:gate_experts", dict(
+                pairs_csv=student_pairs, vocab=abs_(paths["decision_vocab_captions" if words else "decision_vocab"]),
+                teachers=specs, experts={t.name: list(t.modalities) for t in recipe.teachers if t.modalities},
+                student=s1, out=gates[words][1]), deps=teacher_steps + (f"stage1{sfx}",), clean=(gates[words][1],),
+                weight=0.5))
         for variant in ("control", *recipe.stage2_variants):
-            overrides = dict(STAGE2_VARIANTS[variant])
+            overrides = dict(STAGE2_VARIANTS[base_variant(variant)])
             if needs_image_only(variant):
                 overrides.update(decision)
+                if uses_caption_vocab(variant):
+                    overrides["distill.decision_vocab"] = abs_(paths["decision_vocab_captions"])
             if needs_routes(variant):
                 overrides["distill.modality_routes"] = recipe.routes()
             group = "student-control" if variant == "control" else f"student-stage2-{variant}"
@@ -226,24 +322,33 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
             run_dir = abs_(root / "runs" / f"{group}{sfx}")
             deps = (f"stage1{sfx}", "extract") + (("align",) if needs_alignment(variant) else ())
             kwargs = dict(shared, run_dir=run_dir, overrides=overrides)
-            if variant in GATED:
-                kwargs["routes_file"] = gate_file
-                deps += (f"expert-gate{sfx}",)
+            if is_gated(variant):
+                gate, kwargs["routes_file"] = gates[uses_caption_vocab(variant)]
+                deps += (gate,)
+            if base_variant(variant) == "self-label":
+                kwargs["self_label"] = True
             runner.add(Step(step, "mmkd.demo.steps:stage2", kwargs,
                             deps=deps, clean=(run_dir,),
                             weight=recipe.stage2_steps * recipe.batch_size / 1000
                             * (1.6 if needs_image_only(variant) else 1)))
             label = ("control: stage 1 + the same steps, CLIP loss only" if variant == "control"
                      else f"student after stage 2 ({variant})")
-            models[f"{group}{sfx}"] = {"label": label, "kind": "control" if variant == "control" else "stage2",
-                                       "step": step, "spec": run_dir, "group": group}
-    eval_dir = abs_(root / "eval")
-    catalog = abs_(paths["catalog"])
+            kind = "control" if variant == "control" else "stage2"
+            models[f"{group}{sfx}"] = {"label": label, "kind": kind, "step": step, "spec": run_dir, "group": group,
+                                       "variant": variant}
+    # Validation and test results live side by side: the selection and the reported run share a folder.
+    tag = "" if recipe.eval_split == "test" else f"{recipe.eval_split}-"
+    eval_dir = abs_(root / f"eval{'' if not tag else '-' + recipe.eval_split}")
+    catalog = abs_(paths["catalog"] if recipe.eval_split == "test" else paths["catalog_val"])
     for name, m in models.items():
-        runner.add(Step(f"eval-{name}", "mmkd.demo.steps:evaluate", dict(
+        m["eval_step"] = f"eval-{tag}{name}"
+        runner.add(Step(m["eval_step"], "mmkd.demo.steps:evaluate", dict(
             spec=m["spec"], name=name, catalog=catalog, out_dir=eval_dir, seed=recipe.seed,
             num_bootstrap=recipe.num_bootstrap, only=list(recipe.eval_only)), deps=(m["step"],), weight=1.5,
             salt=data_salt))
-    runner.add(Step("report", "mmkd.demo.steps:report", dict(eval_dir=eval_dir, out=abs_(root / "report")),
-                    deps=tuple(f"eval-{n}" for n in models), weight=0.5))
-    return {"models": models}
+    report_dir = abs_(root / f"report{'' if not tag else '-' + recipe.eval_split}")
+    runner.add(Step(f"report{'' if not tag else '-' + recipe.eval_split}", "mmkd.demo.steps:report",
+                    dict(eval_dir=eval_dir, out=report_dir), deps=tuple(m["eval_step"] for m in models.values()),
+                    weight=0.5))
+    return {"models": models, "report_step": f"report{'' if not tag else '-' + recipe.eval_split}",
+            "eval_split": recipe.eval_split, "seeds": list(seeds)}

@@ -8,8 +8,12 @@
     data_dir/student_pairs.csv the student's stratified fraction of every modality
     data_dir/image_only.csv    every other training image: image, modality, sample_id (no caption)
     data_dir/teacher-<name>.csv  each teacher's pairs
-    data_dir/decision_vocab.yaml modality -> {classnames, templates} of both corpora
-    data_dir/catalog.yaml      the evaluation datasets of both corpora (six task types)
+    data_dir/decision_vocab.yaml modality -> {classnames, templates} of both corpora (the evaluation's)
+    data_dir/decision_vocab_captions.yaml  modality -> {classnames, prompts: class -> texts}: the
+                               student's own training captions of each class, none equal to an
+                               evaluation prompt (the `:caption-vocab` control)
+    data_dir/catalog.yaml      the evaluation datasets of both corpora (six task types), test sets
+    data_dir/catalog-val.yaml  the same datasets' validation sets (where stage-2 choices are made)
     data_dir/data.json         counts per modality and per table
 """
 
@@ -105,18 +109,53 @@ def prepare(data_dir: str | Path, recipe: DemoRecipe, progress: bool = True) -> 
     vocab = {**yaml.safe_load((synth.root / "decision_vocab.yaml").read_text()),
              **yaml.safe_load((real.root / "decision_vocab.yaml").read_text())}
     atomic_write_text(data_dir / "decision_vocab.yaml", yaml.safe_dump(vocab, sort_keys=False, width=120))
-    catalog = _merged_catalog({"synth": synth.catalog, "real": real.catalog}, data_dir / "catalog.yaml", recipe)
-    atomic_write_text(data_dir / "catalog.yaml",
-                      "# The demo's evaluation datasets: mmkd synth + real-mini (captions made from class names).\n"
-                      + yaml.safe_dump(catalog, sort_keys=False, width=120))
+    for name, what in (("catalog.yaml", "test sets"), ("catalog-val.yaml", "validation sets")):
+        catalog = _merged_catalog({"synth": synth.root / name, "real": real.root / name}, data_dir / name, recipe)
+        atomic_write_text(data_dir / name, f"# The demo's evaluation datasets ({what}): mmkd synth + real-mini "
+                          "(captions made from class names).\n" + yaml.safe_dump(catalog, sort_keys=False, width=120))
+    caption_vocab = caption_vocabulary(split.student_pairs, vocab, recipe.caption_vocab_per_class, recipe.seed)
+    atomic_write_text(data_dir / "decision_vocab_captions.yaml",
+                      yaml.safe_dump(caption_vocab, sort_keys=False, width=120, allow_unicode=True))
     counts = {name: {str(m): int(n) for m, n in table["modality"].value_counts().sort_index().items()}
               for name, table in tables.items()}
     counts["image_only"] = {str(m): int(n) for m, n in split.image_only["modality"].value_counts().sort_index().items()}
     info = {"paths": {**paths, "decision_vocab": str(data_dir / "decision_vocab.yaml"),
-                      "catalog": str(data_dir / "catalog.yaml")}, "counts": counts,
+                      "decision_vocab_captions": str(data_dir / "decision_vocab_captions.yaml"),
+                      "catalog": str(data_dir / "catalog.yaml"), "catalog_val": str(data_dir / "catalog-val.yaml")},
+            "counts": counts,
             "class_prompts": {m: [t.format(c) for c in v["classnames"] for t in v["templates"]] for m, v in vocab.items()}}
     atomic_write_json(data_dir / "data.json", info)
     return info
+
+
+def _plain(text: str) -> str:
+    return " ".join(str(text).lower().replace(".", " ").replace(":", " ").split())
+
+
+def caption_vocabulary(pairs, vocab: dict[str, dict], per_class: int, seed: int) -> dict[str, dict]:
+    """modality -> {classnames, prompts: class -> up to `per_class` training captions of that class}.
+
+    The captions come from `pairs` (the student's own captioned pairs), drawn in a seeded order;
+    a caption equal to an evaluation prompt (a template of `vocab` filled with a class name,
+    compared without case and punctuation) is never used, so the vocabulary shares wording with
+    the training captions only.
+    """
+    import numpy as np
+
+    from mmkd.training.decision import class_texts
+
+    out: dict[str, dict] = {}
+    for modality, entry in vocab.items():
+        evaluation = {_plain(t) for texts in class_texts(entry) for t in texts}
+        rows = pairs[pairs["modality"] == modality]
+        prompts = {}
+        for name in entry["classnames"]:
+            captions = sorted(set(rows.loc[rows["label"] == name, "caption"].astype(str)))
+            captions = [c for c in captions if _plain(c) not in evaluation]
+            order = np.random.default_rng([seed, len(out), len(prompts)]).permutation(len(captions))
+            prompts[name] = [captions[i] for i in order[:per_class]]
+        out[modality] = {"classnames": list(entry["classnames"]), "prompts": prompts}
+    return out
 
 
 def load_info(data_dir: str | Path) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 A `Step` is a call `fn(**kwargs)` (fn given as "module:function", so a forked child can find
 it) with the steps it depends on. When a step succeeds its result is written to
-`DIR/steps/<name>.json` together with a signature (a hash of fn and kwargs); a rerun skips
-every step whose marker is present with the same signature, so an interrupted demo resumes
-and a finished one only prints its table. A step whose signature changed runs again, after its
-`clean` paths are removed.
+`DIR/steps/<name>.json` together with a signature: a hash of fn, kwargs and the code version
+(`code_version()`: the package version and a hash of its sources), with every path inside DIR
+written relative to DIR. A rerun skips every step whose marker is present with the same
+signature, so an interrupted demo resumes, a finished one only prints its table, a copied or
+moved folder reuses everything, and a rerun after a code change recomputes. A step whose
+signature changed runs again, after its `clean` paths are removed.
 
 Steps run in forked child processes (the parent has already imported torch and the rest, so
 a child starts in milliseconds), at most `jobs` at a time, each with `threads` torch threads
@@ -43,9 +45,35 @@ class Step:
     salt: str = ""  # what else the step's output depends on (e.g. a hash of its input data)
     result: dict[str, Any] | None = field(default=None, repr=False)
 
-    def signature(self) -> str:
-        blob = json.dumps({"fn": self.fn, "kwargs": self.kwargs, "salt": self.salt}, sort_keys=True, default=str)
+    def signature(self, root: Path | None = None, code: str | None = None) -> str:
+        """Hash of what the step computes; paths under `root` count relative to it (see the module doc)."""
+        blob = json.dumps({"fn": self.fn, "kwargs": self.kwargs, "salt": self.salt,
+                           "code": code_version() if code is None else code}, sort_keys=True, default=str)
+        if root is not None:
+            blob = blob.replace(json.dumps(str(Path(root).resolve()))[1:-1], "$DEMO")
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Modules that only format and print results: editing them never changes what a step computes.
+PRESENTATION_MODULES = ("demo/cli.py", "demo/table.py", "demo/compare.py")
+_CODE_VERSION: dict[str, str] = {}
+
+
+def code_version(package_root: Path | None = None) -> str:
+    """`<version>+<hash>`: mmkd's version and a hash of its source and data files (.py, .txt, .yaml, .json),
+    apart from PRESENTATION_MODULES. Part of every step signature, so a code change recomputes."""
+    import mmkd
+
+    root = Path(package_root or Path(mmkd.__file__).parent)
+    if str(root) not in _CODE_VERSION:
+        h = hashlib.sha256()
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if (path.suffix in (".py", ".txt", ".yaml", ".json") and path.is_file() and "__pycache__" not in rel
+                    and rel not in PRESENTATION_MODULES):
+                h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+        _CODE_VERSION[str(root)] = f"{mmkd.__version__}+{h.hexdigest()[:12]}"
+    return _CODE_VERSION[str(root)]
 
 
 def _call(fn_path: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +82,7 @@ def _call(fn_path: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return fn(**kwargs) or {}
 
 
-def _child(step: Step, marker: Path, log_path: Path, threads: int) -> None:
+def _child(step: Step, marker: Path, signature: str, log_path: Path, threads: int) -> None:
     """Body of a forked child: run the step with its output in the log, write the marker, exit."""
     log = open(log_path, "a", buffering=1, encoding="utf-8")
     os.dup2(log.fileno(), 1)
@@ -65,7 +93,7 @@ def _child(step: Step, marker: Path, log_path: Path, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        _run_and_mark(step, marker)
+        _run_and_mark(step, marker, signature)
     except BaseException:  # noqa: BLE001 - everything goes to the log; the parent reports it
         traceback.print_exc()
         code = 1
@@ -74,10 +102,10 @@ def _child(step: Step, marker: Path, log_path: Path, threads: int) -> None:
         os._exit(code)
 
 
-def _run_and_mark(step: Step, marker: Path) -> dict[str, Any]:
+def _run_and_mark(step: Step, marker: Path, signature: str) -> dict[str, Any]:
     wall, cpu = time.perf_counter(), time.process_time()
     result = _call(step.fn, step.kwargs)
-    record = {"step": step.name, "signature": step.signature(), "result": result,
+    record = {"step": step.name, "signature": signature, "code_version": code_version(), "result": result,
               "seconds": round(time.perf_counter() - wall, 2), "cpu_seconds": round(time.process_time() - cpu, 2)}
     atomic_write_json(marker, record)
     return record
@@ -93,6 +121,7 @@ class Runner:
         self.echo = echo
         self.steps: dict[str, Step] = {}
         self.records: dict[str, dict[str, Any]] = {}
+        self.reused = 0  # steps reused by the last run()
         (self.root / "steps").mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -101,6 +130,9 @@ class Runner:
         assert not unknown, f"step {step.name} depends on unknown steps {unknown}"
         self.steps[step.name] = step
         return step
+
+    def signature(self, step: Step) -> str:
+        return step.signature(self.root)
 
     def marker(self, name: str) -> Path:
         return self.root / "steps" / f"{name}.json"
@@ -116,7 +148,7 @@ class Runner:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             return None
-        return record if record.get("signature") == step.signature() else None
+        return record if record.get("signature") == self.signature(step) else None
 
     def _prepare(self, step: Step) -> None:
         self.marker(step.name).unlink(missing_ok=True)
@@ -145,6 +177,7 @@ class Runner:
                 step.result = record.get("result")
                 del pending[name]
                 bar.update(step.weight)
+        self.reused = len(self.records)
         if self.records:
             self.echo(f"reusing {len(self.records)} finished step(s) from {self.root}")
         # A reused step whose dependency must rerun has to rerun too (its inputs change).
@@ -156,6 +189,7 @@ class Runner:
                     pending[name] = self.steps[name]
                     del self.records[name]
                     bar.update(-self.steps[name].weight)
+                    self.reused -= 1
                     changed = True
         use_fork = self.jobs > 1 and hasattr(os, "fork")
         running: dict[str, tuple[Any, float]] = {}
@@ -181,14 +215,15 @@ class Runner:
                         import multiprocessing
 
                         proc = multiprocessing.get_context("fork").Process(
-                            target=_child, args=(step, self.marker(step.name), self.log(step.name), self.threads),
+                            target=_child, args=(step, self.marker(step.name), self.signature(step),
+                                                 self.log(step.name), self.threads),
                             name=f"mmkd-demo-{step.name}")
                         proc.start()
                         running[step.name] = (proc, time.perf_counter())
                     else:
                         started = time.perf_counter()
                         try:
-                            record = _run_and_mark(step, self.marker(step.name))
+                            record = _run_and_mark(step, self.marker(step.name), self.signature(step))
                         except Exception as e:
                             raise RuntimeError(f"step {step.name} failed: {type(e).__name__}: {e}") from e
                         self._finish(step, record, started, bar)

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mmkd.demo.recipe import TRAIN_AUGMENT
 from mmkd.evaluation.report_table import HEADLINE_METRIC
 
 # Headline metric per task for the demo's table (the report's): one number per (model, dataset, task).
@@ -25,7 +26,7 @@ def _fit(tokens: list[str], task: str) -> dict[str, Any]:
 
     # A step that runs again (its done-marker is missing) starts its run over: --overwrite.
     common = ["--train.progress", "false", "--train.keep_checkpoints", "1", "--train.log_every", "10",
-              "--train.overwrite", "true"]
+              "--train.overwrite", "true", "--data.augment", TRAIN_AUGMENT]
     if task == "pretrain":
         from mmkd.training.stage1 import ClipTask
 
@@ -56,6 +57,19 @@ def stage1(pairs_csv: str, run_dir: str, model: str, epochs: int, lr: float, bat
     return _fit(["--data", pairs_csv, "--model", model, "--out", run_dir, "--epochs", str(epochs),
                  "--batch-size", str(batch_size), "--lr", str(lr), "--seed", str(seed),
                  "--optim.warmup_steps", "20", "--optim.weight_decay", "0.1"], "pretrain")
+
+
+def untrained(run_dir: str, model: str, seed: int) -> dict[str, Any]:
+    """The student as initialised before any training (seeded), saved as a run: the demo's floor."""
+    import shutil
+
+    from mmkd.models.student import create_student
+    from mmkd.training.checkpoint import save_checkpoint
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    student = create_student(model, seed=seed)
+    ckpt = save_checkpoint(run_dir, 0, student.model, student.open_clip_config(), None, {"untrained": True})
+    return {"checkpoint": Path(ckpt).name}
 
 
 def extract(pairs_csv: str, teachers: dict[str, str], store: str) -> dict[str, Any]:
@@ -89,15 +103,27 @@ def align(store: str, latent_dim: int, steps: int, seed: int) -> dict[str, Any]:
     return {"mean_pair_cosine": report.get("mean_pair_cosine")}
 
 
+SELF_TEACHER = "student-self"
+
+
 def stage2(pairs_csv: str, store: str, init: str, run_dir: str, steps: int, lr: float, batch_size: int, seed: int,
-           overrides: dict[str, Any], routes_file: str = "") -> dict[str, Any]:
+           overrides: dict[str, Any], routes_file: str = "", self_label: bool = False) -> dict[str, Any]:
     """Stage 2 (or its control): `steps` optimiser steps from the stage-1 student, the given distill options.
 
-    `routes_file`: a `gate_experts` result whose routes become `distill.modality_routes`."""
+    `routes_file`: a `gate_experts` result whose routes become `distill.modality_routes`.
+    `self_label`: the control without teachers: the stage-1 student itself (`init`'s last checkpoint)
+    labels the image-only images of every modality the routes give an expert to."""
     from mmkd.data.pairs import index_source
+    from mmkd.utils.runs import latest_checkpoint
 
     if routes_file:
-        overrides = {**overrides, "distill.modality_routes": json.loads(Path(routes_file).read_text())["routes"]}
+        routes = json.loads(Path(routes_file).read_text())["routes"]
+        if self_label:
+            routes = {m: [SELF_TEACHER] if experts else [] for m, experts in routes.items()}
+            teachers = {**overrides.get("distill.decision_teachers", {}),
+                        SELF_TEACHER: f"local-dir:{latest_checkpoint(init)}"}
+            overrides = {**overrides, "distill.decision_teachers": teachers}
+        overrides = {**overrides, "distill.modality_routes": routes}
     num_pairs = len(index_source(pairs_csv)[0])
     epochs = max(1, math.ceil(steps / max(1, num_pairs // batch_size)))
     tokens = ["--data", pairs_csv, "--store", store, "--init", init, "--out", run_dir, "--epochs", str(epochs),
@@ -121,7 +147,38 @@ def evaluate(spec: str, name: str, catalog: str, out_dir: str, seed: int, num_bo
         warnings.simplefilter("ignore")
         records = run_eval(model, catalog, TASKS, out_dir, seed=seed, num_bootstrap=num_bootstrap, model_name=name,
                            cache_dir=Path(out_dir) / ".feature_cache", only=only or None)
-    return {"scores": headline_scores(records)}
+    return {"scores": headline_scores(records), "chance": chance_scores(records)}
+
+
+def chance_scores(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """task -> dataset -> the headline number of a model that knows nothing (guesses, or ties everything).
+
+    Classification: 1/C balanced accuracy; retrieval: recall@5 with every similarity equal (mean of
+    both directions, `mmkd.evaluation.metrics.retrieval_metrics` on a constant matrix); VQA: the
+    image-blind answer (the most frequent training answer to the same question text); MIL AUROC and
+    survival c-index: 0.5.
+    """
+    from math import comb
+
+    out: dict[str, dict[str, float]] = {}
+    for r in records:
+        task, details = r["task"], r.get("details") or {}
+        if task in ("zero-shot", "linear-probe") and details.get("classnames"):
+            value = 1.0 / len(details["classnames"])
+        elif task == "retrieval" and details.get("num_images"):
+            num_i, num_m = int(details["num_images"]), int(details["num_captions"])
+            per_image = max(1, round(num_m / num_i))
+            t2i = min(1.0, 5 / num_i)
+            i2t = 1.0 - comb(num_m - per_image, 5) / comb(num_m, 5) if num_m >= 5 else 1.0
+            value = (t2i + i2t) / 2
+        elif task == "vqa" and r["metrics"].get("majority_accuracy") is not None:
+            value = float(r["metrics"].get("question_only_accuracy", r["metrics"]["majority_accuracy"]))
+        elif task in ("mil-classification", "survival"):
+            value = 0.5
+        else:
+            continue
+        out.setdefault(task, {})[r["dataset"]] = float(value)
+    return out
 
 
 def headline_scores(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -159,24 +216,35 @@ def gate_experts(pairs_csv: str, vocab: str, teachers: dict[str, str], experts: 
     """Decide which expert may label which modality for decision distillation.
 
     Every expert and the stage-1 student classify the student's own captioned pairs zero-shot
-    (class prompts of the decision vocabulary; the pairs' labels are known to the student). An
+    (the class texts of the decision vocabulary `vocab`; the pairs' labels are known to the student). An
     expert labels a modality's image-only images only if its balanced accuracy there beats the
     student's: an expert that is no better than the student teaches it noise (measured: the
     radiology expert, at chance on CT, pulled the student's CT zero-shot down). Writes `out`
     (JSON: routes modality -> [teachers], accuracy model -> modality -> balanced accuracy).
     """
     import pandas as pd
-    import yaml
     from sklearn.metrics import balanced_accuracy_score
 
     from mmkd import load_model
     from mmkd.data.pairs import decode_image
-    from mmkd.evaluation.zero_shot import zero_shot
+    from mmkd.evaluation.encode import encode_images
+    from mmkd.evaluation.zero_shot import zero_shot_probs
+    from mmkd.training.decision import class_embeddings_of, load_vocab
     from mmkd.utils.io import atomic_write_json
+
+    class _Pil:
+        def __init__(self, items):
+            self.items = items
+
+        def __len__(self):
+            return len(self.items)
+
+        def load(self, i):
+            return self.items[i].convert("RGB")
 
     table = Path(pairs_csv)
     pairs = pd.read_csv(table, keep_default_na=False)
-    vocabulary = yaml.safe_load(Path(vocab).read_text())
+    vocabulary = load_vocab(vocab)
     modalities = sorted({m for ms in experts.values() for m in ms})
     accuracy: dict[str, dict[str, float]] = {}
     for name, spec in {**teachers, "student": student}.items():
@@ -187,7 +255,8 @@ def gate_experts(pairs_csv: str, vocab: str, teachers: dict[str, str], experts: 
             rows = pairs[pairs["modality"] == m]
             names = vocabulary[m]["classnames"]
             images = [decode_image(str(table.parent / p), 64_000_000) for p in rows["image"]]
-            predicted = zero_shot(model, images, names, vocabulary[m]["templates"], batch_size=128).argmax(1).numpy()
+            probs = zero_shot_probs(encode_images(model, _Pil(images), 128), class_embeddings_of(model, vocabulary[m]))
+            predicted = probs.argmax(1).numpy()
             truth = [names.index(label) for label in rows["label"]]
             accuracy[name][m] = round(float(balanced_accuracy_score(truth, predicted)), 4)
     routes = {m: [t for t, ms in experts.items() if m in ms and accuracy[t][m] > accuracy["student"][m]]

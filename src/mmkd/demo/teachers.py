@@ -25,6 +25,7 @@ def train_open_clip_teacher(pairs_csv: str, run_dir: str, export_dir: str, model
                             batch_size: int, seed: int) -> dict[str, Any]:
     """Train an open_clip teacher with the stage-1 loop and export it; returns {"spec", "summary"}."""
     from mmkd.config import build_config
+    from mmkd.demo.recipe import TRAIN_AUGMENT
     from mmkd.export.exporter import export
     from mmkd.training.loop import fit
     from mmkd.training.stage1 import ClipTask
@@ -33,7 +34,7 @@ def train_open_clip_teacher(pairs_csv: str, run_dir: str, export_dir: str, model
                               "--batch-size", str(batch_size), "--lr", str(lr), "--seed", str(seed),
                               "--optim.warmup_steps", "20", "--optim.weight_decay", "0.1",
                               "--train.progress", "false", "--train.keep_checkpoints", "1",
-                              "--train.overwrite", "true"])  # a rerun of the step starts its run over
+                              "--train.overwrite", "true", "--data.augment", TRAIN_AUGMENT])  # a rerun of the step starts its run over
     summary = fit(cfg, ClipTask)
     export(run_dir, export_dir, name=Path(export_dir).name, overwrite=True, verify=True)
     return {"spec": f"local-dir:{Path(export_dir).resolve()}", "summary": _short(summary)}

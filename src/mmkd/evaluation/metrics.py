@@ -13,7 +13,15 @@ Definitions (macro = unweighted mean over classes):
   over the classes that have both positives and negatives;
 - f1, precision, recall: macro over the classes present in y_true or y_pred (zero_division=0).
 Retrieval with several captions per image: an image query hits at k when any of its captions is
-in the top k texts; a caption query hits at k when its image is in the top k images.
+in the top k texts; a caption query hits at k when its image is in the top k images. Ties never
+count in a query's favour: a correct item tied with wrong ones is placed by a uniformly random
+order of the tied group, and the hit is its probability of landing in the top k (so a model
+whose similarities are all equal scores exactly at chance, k/I for a caption query, not 1.0).
+
+Bootstrap CIs resample the independent units: classes are kept in proportion for classification
+(stratified), and for retrieval and VQA whole images are resampled with all their captions or
+questions (`cluster_bootstrap_mean_ci`), since several captions or questions about one image are
+not independent observations.
 """
 
 from __future__ import annotations
@@ -146,46 +154,103 @@ def bootstrap_classification_ci(y_true, scores_NC, num_bootstrap: int = 1000, se
 # Retrieval
 
 
-def retrieval_ranks(sim_IM: np.ndarray, caption_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """0-based rank of the first correct item for every image query [I] and caption query [M].
+def retrieval_hits(sim_IM, caption_image, ks=(1, 5, 10)) -> tuple[np.ndarray, np.ndarray]:
+    """Hit probabilities at each k: image queries [I, K] and caption queries [M, K], ties counted in expectation.
 
-    rank = number of candidates scoring strictly higher than the best correct one.
+    For a query, `above` wrong candidates score strictly higher than its best correct item, and a
+    tied group holds `tied_wrong` wrong and `tied_correct` correct candidates at that score. With the
+    tied group in uniformly random order, the query hits at k with probability
+    P(first correct of the tied group is within its first k - above places)
+    = 1 - C(tied_wrong, j) / C(tied_wrong + tied_correct, j), j = k - above  (0 when j <= 0).
+    Without ties this is the usual 0/1 indicator.
     """
     sim_IM = np.asarray(sim_IM, dtype=np.float64)
     caption_image = np.asarray(caption_image, dtype=np.int64)
     num_i, num_m = sim_IM.shape
     correct_IM = np.zeros((num_i, num_m), dtype=bool)
     correct_IM[caption_image, np.arange(num_m)] = True
-    best_correct_I = np.where(correct_IM, sim_IM, -np.inf).max(axis=1)
-    i2t_rank = (sim_IM > best_correct_I[:, None]).sum(axis=1)
-    correct_score_M = sim_IM[caption_image, np.arange(num_m)]
-    t2i_rank = (sim_IM > correct_score_M[None, :]).sum(axis=0)
-    return i2t_rank, t2i_rank
+    # image -> text: the best correct caption of each image
+    best_I = np.where(correct_IM, sim_IM, -np.inf).max(axis=1, keepdims=True)
+    i2t = _tie_hits((~correct_IM & (sim_IM > best_I)).sum(axis=1), (~correct_IM & (sim_IM == best_I)).sum(axis=1),
+                    (correct_IM & (sim_IM == best_I)).sum(axis=1), ks)
+    # text -> image: the caption's own image
+    own_M = sim_IM[caption_image, np.arange(num_m)][None, :]
+    t2i = _tie_hits((sim_IM > own_M).sum(axis=0), (sim_IM == own_M).sum(axis=0) - 1, np.ones(num_m, np.int64), ks)
+    return i2t, t2i
+
+
+def _tie_hits(above_Q: np.ndarray, tied_wrong_Q: np.ndarray, tied_correct_Q: np.ndarray, ks) -> np.ndarray:
+    """[Q, K] probability that the first correct item lands in the top k (see `retrieval_hits`)."""
+    above_Q, wrong_Q, good_Q = (np.asarray(a, dtype=np.float64) for a in (above_Q, tied_wrong_Q, tied_correct_Q))
+    out = np.zeros((len(above_Q), len(ks)))
+    for col, k in enumerate(ks):
+        slots_Q = k - above_Q
+        # C(w, j) / C(w + c, j) = prod_{i < j} (w - i) / (w + c - i): all j slots taken by wrong items
+        all_wrong_Q = np.ones_like(above_Q)
+        for i in range(int(k)):
+            step = np.where(wrong_Q - i > 0, (wrong_Q - i) / np.maximum(wrong_Q + good_Q - i, 1.0), 0.0)
+            all_wrong_Q = np.where(i < slots_Q, all_wrong_Q * step, all_wrong_Q)
+        out[:, col] = np.where(slots_Q > 0, 1.0 - all_wrong_Q, 0.0)
+    return out
 
 
 def retrieval_metrics(sim_IM, caption_image, ks=(1, 5, 10)) -> dict[str, float]:
-    """i2t_recall@k and t2i_recall@k (fractions in [0, 1])."""
-    i2t_rank, t2i_rank = retrieval_ranks(sim_IM, caption_image)
-    out = {f"i2t_recall@{k}": float((i2t_rank < k).mean()) for k in ks}
-    out.update({f"t2i_recall@{k}": float((t2i_rank < k).mean()) for k in ks})
+    """i2t_recall@k and t2i_recall@k (fractions in [0, 1]; ties as in `retrieval_hits`)."""
+    i2t_IK, t2i_MK = retrieval_hits(sim_IM, caption_image, ks)
+    out = {f"i2t_recall@{k}": float(i2t_IK[:, c].mean()) for c, k in enumerate(ks)}
+    out.update({f"t2i_recall@{k}": float(t2i_MK[:, c].mean()) for c, k in enumerate(ks)})
     return out
+
+
+def cluster_bootstrap_indices(clusters_N, num_resamples: int, seed: int) -> list[np.ndarray]:
+    """Per resample, the rows of `num_clusters` clusters drawn with replacement (all rows of each draw).
+
+    `clusters_N`: the cluster of every row (e.g. the image a question or caption is about). A resample
+    has as many clusters as the data, so the number of rows varies when clusters differ in size.
+    """
+    codes_N = np.unique(np.asarray(clusters_N), return_inverse=True)[1].reshape(-1)
+    order_N = np.argsort(codes_N, kind="stable")
+    counts = np.bincount(codes_N)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rng = np.random.default_rng(seed)
+    draws_BC = rng.integers(0, len(counts), size=(num_resamples, len(counts)))
+    out = []
+    for draw_C in draws_BC:
+        sizes = counts[draw_C]
+        # rows of every drawn cluster: its start offset plus 0..size-1, through the sort order
+        offsets = np.repeat(starts[draw_C] - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
+        out.append(order_N[offsets + np.arange(sizes.sum())])
+    return out
+
+
+def cluster_bootstrap_mean_ci(values_N, clusters_N, num_bootstrap: int = 1000, seed: int = 0,
+                              alpha: float = 0.05) -> list[float]:
+    """Percentile CI of the mean of per-row values, resampling whole clusters (see `cluster_bootstrap_indices`).
+
+    The mean of a resample is over its rows (a ratio estimator: clusters weigh by their size, as in
+    the point estimate). With one row per cluster it is the ordinary bootstrap of the mean.
+    """
+    values_N = np.asarray(values_N, dtype=np.float64)
+    if num_bootstrap <= 0 or values_N.size == 0:
+        return [float("nan"), float("nan")]
+    means = np.array([values_N[rows].mean() for rows in cluster_bootstrap_indices(clusters_N, num_bootstrap, seed)])
+    return _percentile_ci(means, alpha)
 
 
 def bootstrap_mean_ci(values_N: np.ndarray, num_bootstrap: int = 1000, seed: int = 0,
                       alpha: float = 0.05) -> list[float]:
-    """Percentile CI of the mean of per-query values (e.g. hit@k indicators) over resampled queries."""
-    values_N = np.asarray(values_N, dtype=np.float64)
-    if num_bootstrap <= 0 or values_N.size == 0:
-        return [float("nan"), float("nan")]
-    rng = np.random.default_rng(seed)
-    means = np.concatenate([values_N[rng.integers(0, values_N.size, size=(min(100, num_bootstrap - s), values_N.size))]
-                            .mean(axis=1) for s in range(0, num_bootstrap, 100)])
-    return _percentile_ci(means, alpha)
+    """Percentile CI of the mean of independent per-row values (every row its own cluster)."""
+    values_N = np.asarray(values_N)
+    return cluster_bootstrap_mean_ci(values_N, np.arange(values_N.size), num_bootstrap, seed, alpha)
 
 
 def retrieval_ci(sim_IM, caption_image, ks=(1, 5, 10), num_bootstrap: int = 1000, seed: int = 0) -> dict[str, list[float]]:
-    """CIs of the recalls, resampling image queries (i2t) and caption queries (t2i)."""
-    i2t_rank, t2i_rank = retrieval_ranks(sim_IM, caption_image)
-    out = {f"i2t_recall@{k}": bootstrap_mean_ci(i2t_rank < k, num_bootstrap, seed) for k in ks}
-    out.update({f"t2i_recall@{k}": bootstrap_mean_ci(t2i_rank < k, num_bootstrap, seed + 1) for k in ks})
+    """CIs of the recalls, resampling images: an image query is its own cluster, and a caption query
+    belongs to its image's cluster (captions of one image are not independent)."""
+    i2t_IK, t2i_MK = retrieval_hits(sim_IM, caption_image, ks)
+    num_i = np.asarray(sim_IM).shape[0]
+    out = {f"i2t_recall@{k}": cluster_bootstrap_mean_ci(i2t_IK[:, c], np.arange(num_i), num_bootstrap, seed)
+           for c, k in enumerate(ks)}
+    out.update({f"t2i_recall@{k}": cluster_bootstrap_mean_ci(t2i_MK[:, c], caption_image, num_bootstrap, seed + 1)
+                for c, k in enumerate(ks)})
     return out

@@ -3,7 +3,8 @@
 Legend: I unique images, M captions (M ≥ I when images have several captions), D embedding dim.
 
 An image query is correct at k when any of its captions ranks in the top k; a caption query
-when its own image ranks in the top k (metrics.retrieval_ranks). CIs resample queries.
+when its own image ranks in the top k; a tie with a wrong candidate is never a free hit
+(metrics.retrieval_hits). CIs resample images, each with all of its captions.
 """
 
 from __future__ import annotations

@@ -15,8 +15,11 @@ VQA-RAD, SLAKE and PathVQA exports. Other column names via the options `image_ke
 
 Reported: `accuracy` (exact match of the normalised answer, all evaluation rows), and
 `closed_accuracy`, `open_accuracy` per answer type; `majority_accuracy` is the baseline that
-answers every question with the most frequent training answer (per answer type in the details).
-Answers never seen in training count as wrong (their share is `details.out_of_vocab`).
+answers every question with the most frequent training answer (per answer type in the details),
+and `question_only_accuracy` the image-blind one that answers each question with the most
+frequent training answer to the same question text.
+Answers never seen in training count as wrong (their share is `details.out_of_vocab`). CIs
+resample images, each with all of its questions (metrics.cluster_bootstrap_mean_ci).
 """
 
 from __future__ import annotations
@@ -177,7 +180,7 @@ def split_features(model, rows: list[VQARow], cache, dataset: str, split: str) -
 def evaluate_vqa(model, rows: list[VQARow], *, seed: int, cache, dataset: str = "vqa", eval_split: str = "test",
                  config: VQATrainConfig | None = None, num_bootstrap: int = 0) -> dict:
     """Train the head on the `train` rows, answer the `eval_split` rows; the runner's result dict."""
-    from mmkd.evaluation.metrics import bootstrap_mean_ci
+    from mmkd.evaluation.metrics import cluster_bootstrap_mean_ci
 
     config = config or VQATrainConfig()
     train = [r for r in rows if r.split == "train"]
@@ -198,6 +201,8 @@ def evaluate_vqa(model, rows: list[VQARow], *, seed: int, cache, dataset: str = 
     is_closed_N = np.asarray([r.answer_type == "closed" for r in test])
     majority = vocab[0]
     majority_N = np.asarray([r.answer == majority for r in test], dtype=np.float64)
+    question_only_N = np.asarray([a == r.answer for a, r in zip(question_only_answers(train, test, majority), test)],
+                                 dtype=np.float64)
     majority_by_type = {}
     for kind in ("closed", "open"):
         seen = [r.answer for r in train if r.answer_type == kind]
@@ -210,14 +215,16 @@ def evaluate_vqa(model, rows: list[VQARow], *, seed: int, cache, dataset: str = 
         return float(values.mean()) if len(values) else None
 
     metrics = {"accuracy": float(correct_N.mean()), "closed_accuracy": mean_or_none(correct_N[is_closed_N]),
-               "open_accuracy": mean_or_none(correct_N[~is_closed_N]), "majority_accuracy": float(majority_N.mean())}
+               "open_accuracy": mean_or_none(correct_N[~is_closed_N]), "majority_accuracy": float(majority_N.mean()),
+               "question_only_accuracy": float(question_only_N.mean())}
     ci = {}
-    if num_bootstrap > 0:
-        ci["accuracy"] = bootstrap_mean_ci(correct_N, num_bootstrap, seed)
-        ci["majority_accuracy"] = bootstrap_mean_ci(majority_N, num_bootstrap, seed)
+    if num_bootstrap > 0:  # resample images with all their questions: questions about one image are not independent
+        image_N = np.asarray([r.image for r in test])
+        ci["accuracy"] = cluster_bootstrap_mean_ci(correct_N, image_N, num_bootstrap, seed)
+        ci["majority_accuracy"] = cluster_bootstrap_mean_ci(majority_N, image_N, num_bootstrap, seed)
         for name, mask in (("closed_accuracy", is_closed_N), ("open_accuracy", ~is_closed_N)):
             if mask.any():
-                ci[name] = bootstrap_mean_ci(correct_N[mask], num_bootstrap, seed)
+                ci[name] = cluster_bootstrap_mean_ci(correct_N[mask], image_N[mask], num_bootstrap, seed)
     return {
         "metrics": metrics,
         "ci": ci,
@@ -234,6 +241,16 @@ def evaluate_vqa(model, rows: list[VQARow], *, seed: int, cache, dataset: str = 
             "split_sizes": {"train": len(train), eval_split: len(test)},
         },
     }
+
+
+def question_only_answers(train: list[VQARow], test: list[VQARow], fallback: str) -> list[str]:
+    """An image-blind baseline: each test question answered with the most frequent training answer to the same
+    question text (ties by name), else `fallback`. What a model gets from the questions alone."""
+    seen: dict[str, list[str]] = {}
+    for r in train:
+        seen.setdefault(normalize_answer(r.question), []).append(r.answer)
+    best = {q: answer_vocabulary(answers, 1)[0] for q, answers in seen.items()}
+    return [best.get(normalize_answer(r.question), fallback) for r in test]
 
 
 def _train_config(entry) -> VQATrainConfig:

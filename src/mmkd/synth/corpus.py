@@ -28,7 +28,8 @@ paths are relative to the catalog):
     DIR/
       README.md              what this is, how it was made, this layout
       manifest.json          parameters, counts, format_version, "complete": true when finished
-      catalog.yaml           the datasets for `mmkd eval` (format below)
+      catalog.yaml           the datasets for `mmkd eval` (format below), on their test sets
+      catalog-val.yaml       the same datasets on their validation sets (choose models and settings here)
       decision_vocab.yaml    modality -> {classnames, templates} (class prompts per modality)
       train/
         pairs.csv            image, caption, sample_id, modality, label   (training image-text pairs)
@@ -42,6 +43,7 @@ paths are relative to the catalog):
         train.csv val.csv test.csv    linear-probe split; test.csv is also the zero-shot set
                                       columns: image, label, label_id, modality, sample_id
         retrieval.csv        image, caption, sample_id, modality, label  (several captions per image)
+        retrieval-val.csv    the same for other images (the validation retrieval set)
         classnames.txt       one class name per line, in label_id order
         templates.txt        zero-shot prompt templates, one per line, "{}" marks the class name
         planted.csv          ground truth of every eval image of the modality (columns as in train/)
@@ -57,6 +59,7 @@ paths are relative to the catalog):
         truth.csv            slide_id, tumour_share, num_patches, num_tumour_patches (not for models)
         patches.csv          slide_id, patch, pattern, key (the planted pattern of every patch)
         patches/<slide_id>/patch_000.png ...
+        val/                 a second, independent cohort (the validation set): the same four tables and patches/
 
 catalog.yaml entries (`datasets:` name -> entry):
     synth-<modality>            tasks [zero-shot, linear-probe]; format csv; path eval/<m>/test.csv;
@@ -66,6 +69,9 @@ catalog.yaml entries (`datasets:` name -> entry):
     synth-vqa                   tasks [vqa]; format vqa; path eval/vqa/vqa.jsonl; modality multi
     synth-slides                tasks [mil-classification, survival]; format slides;
                                 path eval/slides/slides.csv; classnames [benign, carcinoma]
+catalog-val.yaml holds the same names (`validation_catalog`): split {train, val} (val is evaluated;
+a linear probe picks its C on a held-out part of train), retrieval-val.csv, VQA `split: val`, and
+eval/slides/val/slides.csv.
 
 Slide cohorts are described in `mmkd.synth.slides`; VQA questions in `mmkd.synth.vqa`.
 """
@@ -90,14 +96,14 @@ from mmkd.synth.render import render_sample
 from mmkd.errors import UsageError
 from mmkd.utils.io import atomic_write_json, atomic_write_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: validation sets for every evaluation (catalog-val.yaml), slide cohorts v2
 DEFAULT_DIFFICULTY = 0.25
 PAIR_COLUMNS = ["image", "caption", "sample_id", "modality", "label"]
 LABEL_COLUMNS = ["image", "label", "label_id", "modality", "sample_id"]
 PLANTED_COLUMNS = ["sample_id", "image", "modality", "label", "finding", "count", "size_mm", "size_word", "side", "region",
                    "extent", "key"]
 # Section codes: part of every image key, so that no two sections ever share an image.
-_TRAIN, _PROBE, _RETRIEVAL, _VQA, _SLIDES = 1, 2, 3, 4, 5
+_TRAIN, _PROBE, _RETRIEVAL, _VQA, _SLIDES, _RETRIEVAL_VAL, _SLIDES_VAL = 1, 2, 3, 4, 5, 6, 7
 _PROBE_SPLITS = ("train", "val", "test")
 
 
@@ -107,17 +113,17 @@ class SynthSizes:
 
     train_per_class: int
     probe_per_class: tuple[int, int, int]  # linear-probe train, val, test (test = zero-shot set)
-    retrieval_per_class: int
+    retrieval_per_class: int  # in each of the validation and test retrieval sets
     captions_per_image: int
     vqa_per_class: int
-    num_slides: int  # in total
+    num_slides: int  # in each of the validation and test cohorts
     patches_per_slide: int
 
     @classmethod
     def default(cls, quick: bool = False, train_per_class: int | None = None) -> SynthSizes:
         if quick:
-            return cls(train_per_class or 24, (8, 4, 8), 4, 3, 5, 16, 6)
-        return cls(train_per_class or 300, (40, 10, 50), 20, 3, 25, 80, 16)
+            return cls(train_per_class or 24, (8, 4, 8), 4, 3, 5, 16, 8)
+        return cls(train_per_class or 300, (40, 30, 50), 20, 3, 25, 200, 24)
 
 
 @dataclass(frozen=True)
@@ -259,7 +265,7 @@ def _prepare_out(root: Path, params: dict, overwrite: bool, generator: str = "mm
         if old.get("complete") and not overwrite:
             raise UsageError(f"--out: {root} already holds a corpus made with other parameters ({old.get('params')}); "
                              f"pass --overwrite to replace it, or choose another folder")
-        for name in ("train", "eval", "catalog.yaml", "decision_vocab.yaml", "README.md", "manifest.json",
+        for name in ("train", "eval", "catalog.yaml", "catalog-val.yaml", "decision_vocab.yaml", "README.md", "manifest.json",
                      *extra_outputs):
             target = root / name
             if target.is_dir():
@@ -285,8 +291,8 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: int = 32, train_pe
     difficulty = DEFAULT_DIFFICULTY if difficulty is None else float(difficulty)
     check_args(size, train_per_class, seed, workers, difficulty)
     sizes = sizes or SynthSizes.default(quick, train_per_class)
-    params = {"seed": seed, "size": size, "quick": quick, "difficulty": difficulty, **{k: list(v) if isinstance(v, tuple) else v
-                                                            for k, v in sizes.__dict__.items()}}
+    params = {"seed": seed, "size": size, "quick": quick, "difficulty": difficulty, "format_version": FORMAT_VERSION,
+              **{k: list(v) if isinstance(v, tuple) else v for k, v in sizes.__dict__.items()}}
     root = Path(out_dir)
     existing = _prepare_out(root, params, overwrite)
     if existing is not None:
@@ -311,11 +317,17 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: int = 32, train_pe
                 _balanced(m, sizes.probe_per_class[s_idx], f"eval{split}", (seed, _PROBE, m_idx, s_idx)))
         add(f"retrieval/{m}", f"eval/{m}/images", m,
             _balanced(m, sizes.retrieval_per_class, "retrieval", (seed, _RETRIEVAL, m_idx)))
+        add(f"retrieval-val/{m}", f"eval/{m}/images", m,
+            _balanced(m, sizes.retrieval_per_class, "retrievalval", (seed, _RETRIEVAL_VAL, m_idx)))
         add(f"vqa/{m}", "eval/vqa/images", m, _balanced(m, sizes.vqa_per_class, "vqa", (seed, _VQA, m_idx)))
-    cohort = synth_slides.plan_cohort(seed, sizes.num_slides, sizes.patches_per_slide)
-    for s_idx, slide in enumerate(cohort):
-        jobs.extend(_Job(f"eval/slides/patches/{slide.slide_id}/patch_{p:03d}.png", "histopathology", pattern,
-                         slide_key(seed, s_idx, p)) for p, pattern in enumerate(slide.patterns))
+    # Two independent slide cohorts: test (eval/slides/) and validation (eval/slides/val/).
+    cohorts = {section: synth_slides.plan_cohort(seed, sizes.num_slides, sizes.patches_per_slide, section=section)
+               for section in (_SLIDES, _SLIDES_VAL)}
+    for section, cohort in cohorts.items():
+        folder = _SLIDE_FOLDERS[section]
+        for s_idx, slide in enumerate(cohort):
+            jobs.extend(_Job(f"{folder}/patches/{slide.slide_id}/patch_{p:03d}.png", "histopathology", pattern,
+                             slide_key(seed, s_idx, p, section)) for p, pattern in enumerate(slide.patterns))
 
     planted_list = _render_all(root, size, difficulty, jobs, workers, progress)
     planted_by_path = {job.path: p for job, p in zip(jobs, planted_list)}
@@ -324,14 +336,21 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: int = 32, train_pe
         return planted_by_path[f"{folder}/{sid}.png"]
 
     _write_train(root, plan, planted_of)
-    catalog = {}
+    catalog: dict[str, dict] = {}
     for m in MODALITIES:
         catalog.update(_write_modality_eval(root, m, plan, planted_of, sizes.captions_per_image))
     catalog.update(_write_vqa(root, plan, planted_of))
-    catalog.update(_write_slides(root, cohort, seed))
+    for section, cohort in cohorts.items():
+        _write_slides(root / _SLIDE_FOLDERS[section], cohort, seed, section)
+    catalog["synth-slides"] = {"tasks": ["mil-classification", "survival"], "format": "slides",
+                               "path": f"{_SLIDE_FOLDERS[_SLIDES]}/slides.csv",
+                               "classnames": list(synth_slides.SLIDE_CLASSNAMES), "modality": "histopathology"}
     write_catalog(root / "catalog.yaml", catalog,
                   header=f"Datasets of the synthetic corpus (mmkd synth, seed {seed}, {size} px). Paths are relative "
                          f"to this file.\nTask names: zero-shot, linear-probe, retrieval, vqa, mil-classification, survival.")
+    write_catalog(root / "catalog-val.yaml", validation_catalog(catalog),
+                  header=f"The validation sets of the same datasets (mmkd synth, seed {seed}): choose models and settings "
+                         f"here, report on catalog.yaml. Paths are relative to this file.")
     import yaml
 
     vocab = {m: {"classnames": synth_text.classnames(m), "templates": synth_text.ZERO_SHOT_TEMPLATES[m]}
@@ -339,7 +358,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, size: int = 32, train_pe
     atomic_write_text(root / "decision_vocab.yaml", yaml.safe_dump(vocab, sort_keys=False, width=120))
     atomic_write_text(root / "README.md", _readme(params))
     counts = {"train_pairs": sum(len(plan[f"train/{m}"]) for m in MODALITIES), "images": len(jobs),
-              "slides": len(cohort), "datasets": list(catalog)}
+              "slides": {"test": len(cohorts[_SLIDES]), "val": len(cohorts[_SLIDES_VAL])}, "datasets": list(catalog)}
     atomic_write_json(root / "manifest.json", {"generator": "mmkd synth", "format_version": FORMAT_VERSION,
                                                "complete": True, "params": params, "counts": counts,
                                                "modalities": {m: synth_text.classnames(m) for m in MODALITIES}})
@@ -373,14 +392,15 @@ def _write_modality_eval(root: Path, m: str, plan, planted_of, captions_per_imag
                          "modality": m, "sample_id": sid})
             planted_rows.append(_planted_row(sid, f"images/{sid}.png", p, key))
         write_csv(folder / f"{split}.csv", rows, LABEL_COLUMNS)
-    retrieval = []
-    for sid, _, key in plan[f"retrieval/{m}"]:
-        p = planted_of(f"eval/{m}/images", sid)
-        planted_rows.append(_planted_row(sid, f"images/{sid}.png", p, key))
-        for text in synth_text.distinct_captions(p, _text_rng(key), captions_per_image):
-            retrieval.append({"image": f"images/{sid}.png", "caption": text, "sample_id": sid, "modality": m,
-                              "label": synth_text.CLASSNAMES[m][p.label]})
-    write_csv(folder / "retrieval.csv", retrieval, PAIR_COLUMNS)
+    for section, name in (("retrieval", "retrieval.csv"), ("retrieval-val", "retrieval-val.csv")):
+        retrieval = []
+        for sid, _, key in plan[f"{section}/{m}"]:
+            p = planted_of(f"eval/{m}/images", sid)
+            planted_rows.append(_planted_row(sid, f"images/{sid}.png", p, key))
+            for text in synth_text.distinct_captions(p, _text_rng(key), captions_per_image):
+                retrieval.append({"image": f"images/{sid}.png", "caption": text, "sample_id": sid, "modality": m,
+                                  "label": synth_text.CLASSNAMES[m][p.label]})
+        write_csv(folder / name, retrieval, PAIR_COLUMNS)
     write_csv(folder / "planted.csv", planted_rows, PLANTED_COLUMNS)
     write_lines(folder / "classnames.txt", names)
     write_lines(folder / "templates.txt", synth_text.ZERO_SHOT_TEMPLATES[m])
@@ -411,12 +431,34 @@ def _write_vqa(root: Path, plan, planted_of) -> dict[str, dict]:
     return {"synth-vqa": {"tasks": ["vqa"], "format": "vqa", "path": "eval/vqa/vqa.jsonl", "modality": "multi"}}
 
 
-def slide_key(seed: int, slide_index: int, patch_index: int) -> tuple[int, ...]:
-    return (seed, _SLIDES, slide_index, patch_index)
+def slide_key(seed: int, slide_index: int, patch_index: int, section: int = _SLIDES) -> tuple[int, ...]:
+    return (seed, section, slide_index, patch_index)
 
 
-def _write_slides(root: Path, cohort: list[synth_slides.SlidePlan], seed: int) -> dict[str, dict]:
-    folder = root / "eval" / "slides"
+_SLIDE_FOLDERS = {_SLIDES: "eval/slides", _SLIDES_VAL: "eval/slides/val"}
+
+
+def validation_catalog(catalog: dict[str, dict]) -> dict[str, dict]:
+    """The same datasets on their validation sets: class splits without `test` (so val is evaluated and a
+    linear probe picks its C on a part of train), the validation retrieval table, VQA's val questions,
+    the validation slide cohort."""
+    out = {}
+    for name, entry in catalog.items():
+        entry = dict(entry)
+        if isinstance(entry.get("split"), dict):
+            entry["split"] = {k: v for k, v in entry["split"].items() if k != "test"}
+            entry["path"] = entry["split"]["val"]
+        elif "retrieval" in entry["tasks"]:
+            entry["path"] = entry["path"].replace("retrieval.csv", "retrieval-val.csv")
+        elif entry["format"] == "vqa":
+            entry["split"] = "val"
+        elif entry["format"] == "slides":
+            entry["path"] = entry["path"].replace("slides/slides.csv", "slides/val/slides.csv")
+        out[name] = entry
+    return out
+
+
+def _write_slides(folder: Path, cohort: list[synth_slides.SlidePlan], seed: int, section: int) -> None:
     slides, truth, patches = [], [], []
     for s_idx, s in enumerate(cohort):
         slides.append({"slide_id": s.slide_id, "path": f"patches/{s.slide_id}", "label": s.label, "time": s.time,
@@ -424,13 +466,10 @@ def _write_slides(root: Path, cohort: list[synth_slides.SlidePlan], seed: int) -
         truth.append({"slide_id": s.slide_id, "tumour_share": round(s.tumour_share, 4), "num_patches": len(s.patterns),
                       "num_tumour_patches": s.patterns.count("carcinoma")})
         patches.extend({"slide_id": s.slide_id, "patch": f"patch_{p:03d}.png", "pattern": pat,
-                        "key": key_text(slide_key(seed, s_idx, p))} for p, pat in enumerate(s.patterns))
+                        "key": key_text(slide_key(seed, s_idx, p, section))} for p, pat in enumerate(s.patterns))
     write_csv(folder / "slides.csv", slides, ["slide_id", "path", "label", "time", "event", "patient_id"])
     write_csv(folder / "truth.csv", truth, ["slide_id", "tumour_share", "num_patches", "num_tumour_patches"])
     write_csv(folder / "patches.csv", patches, ["slide_id", "patch", "pattern", "key"])
-    return {"synth-slides": {"tasks": ["mil-classification", "survival"], "format": "slides",
-                             "path": "eval/slides/slides.csv", "classnames": list(synth_slides.SLIDE_CLASSNAMES),
-                             "modality": "histopathology"}}
 
 
 def _readme(params: dict) -> str:

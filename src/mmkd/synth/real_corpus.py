@@ -11,7 +11,8 @@ result shown on them.
 
 Splits: MedMNIST's official train/val/test; PBC ships train/test, so a seeded 10 % of each
 training class becomes its validation split. Captioned training pairs come from the train
-splits only; evaluation uses the official test splits.
+splits only; evaluation uses the official test splits (catalog.yaml), and catalog-val.yaml
+the validation splits, for choosing models and settings without looking at test.
 
 Output layout (`write_real_corpus(out_dir)`; paths in tables relative to the table's folder):
 
@@ -26,6 +27,8 @@ Output layout (`write_real_corpus(out_dir)`; paths in tables relative to the tab
       eval/<dataset>/train.csv val.csv test.csv   image, label, label_id, modality, sample_id
                                               (linear-probe split; test.csv = official test = zero-shot set)
       eval/<dataset>/retrieval.csv            image, caption, sample_id, modality, label (test images)
+      eval/<dataset>/retrieval-val.csv        the same for validation images
+      catalog-val.yaml      the same datasets on their validation splits (choose settings here)
       eval/<dataset>/classnames.txt, templates.txt
 
 catalog entries: real-<dataset> (zero-shot, linear-probe) and real-<dataset>-retrieval, for
@@ -43,13 +46,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mmkd.synth.corpus import LABEL_COLUMNS, SynthCorpus, _prepare_out
+from mmkd.synth.corpus import LABEL_COLUMNS, SynthCorpus, _prepare_out, validation_catalog
 from mmkd.synth.io import save_png, write_catalog, write_csv, write_lines, write_shards
 from mmkd.errors import UsageError
 from mmkd.utils.io import atomic_write_json, atomic_write_text
 
 REAL_MINI = Path(__file__).parent.parent / "assets" / "real_mini"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: validation retrieval sets and catalog-val.yaml
 GENERATOR = "mmkd real-corpus"
 
 
@@ -173,9 +176,10 @@ def write_real_corpus(out_dir: str | os.PathLike, seed: int = 0, quick: bool = F
         raise UsageError(f"--train-per-class: {max_train_per_class} must be at least 1")
     train_cap = max_train_per_class or (40 if quick else None)
     eval_cap = 10 if quick else None
-    params = {"seed": seed, "quick": quick, "train_per_class": train_cap, "eval_per_class": eval_cap}
+    params = {"seed": seed, "quick": quick, "train_per_class": train_cap, "eval_per_class": eval_cap,
+              "format_version": FORMAT_VERSION}
     root = Path(out_dir)
-    existing = _prepare_out(root, params, overwrite, generator=GENERATOR, extra_outputs=("images",))
+    existing = _prepare_out(root, params, overwrite, generator=GENERATOR, extra_outputs=("images", "catalog-val.yaml"))
     if existing is not None:
         return existing
     root.mkdir(parents=True, exist_ok=True)
@@ -201,19 +205,20 @@ def write_real_corpus(out_dir: str | os.PathLike, seed: int = 0, quick: bool = F
                                   "modality": spec.modality, "label": spec.classnames[label], "dataset": spec.dataset})
             write_csv(folder / f"{split}.csv", rows, LABEL_COLUMNS)
             counts[f"{spec.dataset}/{split}"] = len(rows)
-        retrieval = []
-        for sid, label, _ in _cap_per_class(splits["test"], 5 if quick else 20, seed + 1):
-            rng = np.random.default_rng([seed, _hash_rank(1, sid) % 2**32])
-            texts: list[str] = []
-            for _ in range(30):  # three different captions per image
-                text = class_caption(spec, label, rng)
-                if text not in texts:
-                    texts.append(text)
-                if len(texts) == 3:
-                    break
-            retrieval.extend({"image": f"../../{saved[sid]}", "caption": t, "sample_id": sid,
-                              "modality": spec.modality, "label": spec.classnames[label]} for t in texts)
-        write_csv(folder / "retrieval.csv", retrieval, ["image", "caption", "sample_id", "modality", "label"])
+        for split, name in (("test", "retrieval.csv"), ("val", "retrieval-val.csv")):
+            retrieval = []
+            for sid, label, _ in _cap_per_class(splits[split], 5 if quick else 20, seed + 1):
+                rng = np.random.default_rng([seed, _hash_rank(1, sid) % 2**32])
+                texts: list[str] = []
+                for _ in range(30):  # three different captions per image
+                    text = class_caption(spec, label, rng)
+                    if text not in texts:
+                        texts.append(text)
+                    if len(texts) == 3:
+                        break
+                retrieval.extend({"image": f"../../{saved[sid]}", "caption": t, "sample_id": sid,
+                                  "modality": spec.modality, "label": spec.classnames[label]} for t in texts)
+            write_csv(folder / name, retrieval, ["image", "caption", "sample_id", "modality", "label"])
         write_lines(folder / "classnames.txt", spec.classnames)
         write_lines(folder / "templates.txt", spec.templates)
         base = f"eval/{spec.dataset}"
@@ -227,6 +232,9 @@ def write_real_corpus(out_dir: str | os.PathLike, seed: int = 0, quick: bool = F
     write_shards(root / "train" / "shards", pairs, root / "train")
     write_catalog(root / "catalog.yaml", catalog, header="Datasets of the real-mini corpus (captions are made from "
                   "class names). Paths are relative to this file.")
+    write_catalog(root / "catalog-val.yaml", validation_catalog(catalog),
+                  header="The validation sets of the same datasets: choose models and settings here, report on "
+                         "catalog.yaml. Paths are relative to this file.")
     import yaml
 
     vocab = {s.modality: {"classnames": list(s.classnames), "templates": list(s.templates)} for s in REAL_SETS.values()}

@@ -8,15 +8,21 @@ embeddings, temperature tau). The student reproduces it with its own two towers 
 embedding against its own prompt embeddings), trained by KL. The teachers' distributions are
 computed once before training and cached in the run directory.
 
-Vocabulary file (YAML): `modality: {classnames: [...], templates: ["a photo of {}.", ...]}`.
+Vocabulary file (YAML): `modality: {classnames: [...], templates: ["a photo of {}.", ...]}`, or,
+instead of templates, `prompts: {classname: [text, ...]}` (each class described by its own
+texts, e.g. captions of training pairs of that class).
 Image-only file (CSV/JSONL): columns `image` (relative to the file), `modality`, optional `sample_id`.
+A teacher named in `distill.decision_teachers` but absent from the feature store teaches decisions
+only (e.g. the student's own stage-1 checkpoint, for a self-labelling control).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,12 +32,12 @@ from mmkd.data.pairs import PairRecord, Skip, load_image, read_table
 from mmkd.errors import UsageError
 
 
-def load_vocab(path: str) -> dict[str, dict[str, list[str]]]:
+def load_vocab(path: str) -> dict[str, dict[str, Any]]:
     if not path or not Path(path).is_file():
         raise UsageError(f"--distill.decision_vocab: {path!r} is not a file; give a YAML mapping "
                          f"modality -> {{classnames: [...], templates: [...]}}")
     data = yaml.safe_load(Path(path).read_text()) or {}
-    vocab = {}
+    vocab: dict[str, dict[str, Any]] = {}
     problems = []
     for modality, entry in data.items():
         names = (entry or {}).get("classnames") or []
@@ -39,6 +45,12 @@ def load_vocab(path: str) -> dict[str, dict[str, list[str]]]:
         if len(names) < 2:
             problems.append(f"{modality}: needs at least 2 classnames")
         vocab[str(modality)] = {"classnames": [str(n) for n in names], "templates": [str(t) for t in templates]}
+        per_class = (entry or {}).get("prompts")
+        if per_class is not None:
+            texts = [[str(t) for t in (per_class.get(n) or [])] for n in names] if isinstance(per_class, dict) else []
+            if not texts or not all(texts):
+                problems.append(f"{modality}: prompts must map every class name to a list of texts")
+            vocab[str(modality)]["prompts"] = texts
     if problems or not vocab:
         raise UsageError(f"--distill.decision_vocab {path}: " + ("; ".join(problems) or "no modalities"))
     return vocab
@@ -57,6 +69,25 @@ def load_image_only(path: str, vocab: dict) -> list[PairRecord]:
                          f"add them (classnames, templates) or drop those rows")
     return [PairRecord(sample_id=str(r.get("sample_id") or i), image=str(table.parent / r["image"]), caption=None,
                        modality=str(r["modality"])) for i, r in enumerate(rows)]
+
+
+def class_texts(entry: dict) -> list[list[str]]:
+    """[C][P] the texts describing each class of a vocabulary entry: its own prompts, or every template filled."""
+    if entry.get("prompts"):
+        return [list(texts) for texts in entry["prompts"]]
+    return [[t.format(name) if "{}" in t else f"{t} {name}" for t in entry["templates"]] for name in entry["classnames"]]
+
+
+def class_embeddings_of(teacher, entry: dict) -> torch.Tensor:
+    """[C, D] unit class embeddings: the mean of each class's normalised text embeddings, renormalised."""
+    import torch.nn.functional as F
+
+    if not entry.get("prompts"):
+        from mmkd.evaluation.prompts import class_embeddings
+
+        return class_embeddings(teacher, entry["classnames"], entry["templates"]).float()
+    return F.normalize(torch.stack([F.normalize(teacher.encode_text(texts).float(), dim=-1).mean(0)
+                                    for texts in entry["prompts"]]), dim=-1)
 
 
 class DecisionTargets:
@@ -78,17 +109,17 @@ class DecisionTargets:
         self.class_slices: dict[str, slice] = {}
         offset = 0
         for m in self.modalities:
-            names, templates = self.vocab[m]["classnames"], self.vocab[m]["templates"]
-            for c, name in enumerate(names):
-                for t in templates:
-                    prompts.append(t.format(name) if "{}" in t else f"{t} {name}")
-                    self.prompt_class.append(offset + c)
+            names = self.vocab[m]["classnames"]
+            for c, texts in enumerate(class_texts(self.vocab[m])):
+                prompts.extend(texts)
+                self.prompt_class.extend([offset + c] * len(texts))
             self.class_slices[m] = slice(offset, offset + len(names))
             offset += len(names)
         self.num_classes = offset
         self.prompt_tokens = student.tokenizer(prompts)
         self.prompt_class_t = torch.tensor(self.prompt_class)
         self.modality_index = np.array([self.modalities.index(r.modality) for r in self.records])
+        teacher_specs = check_specs(teacher_specs, routes, self.modalities)
         self.probs_NC = self._teacher_probs(teacher_specs, routes, run_dir, is_main)
 
     # ---- targets, computed once -------------------------------------------------------------
@@ -119,7 +150,6 @@ class DecisionTargets:
 
     @torch.no_grad()
     def _compute(self, teacher_specs: dict[str, str], routes: dict[str, list[str]]) -> np.ndarray:
-        from mmkd.evaluation.prompts import class_embeddings
         from mmkd.teachers import load_teacher
 
         n = len(self.records)
@@ -132,8 +162,7 @@ class DecisionTargets:
             if not rows:  # no modality is routed to this teacher: do not load it
                 continue
             teacher = load_teacher(spec, name=name)
-            classes = {m: class_embeddings(teacher, self.vocab[m]["classnames"], self.vocab[m]["templates"]).float()
-                       for m in self.modalities}
+            classes = {m: class_embeddings_of(teacher, self.vocab[m]) for m in self.modalities}
             for start in range(0, len(rows), 128):
                 chunk = rows[start:start + 128]
                 images, kept = [], []
@@ -211,15 +240,19 @@ class DecisionTargets:
 
 
 def teacher_specs_from_store(store, teachers: list[str], overrides: dict[str, str]) -> dict[str, str]:
-    specs = {}
-    missing = []
-    for t in teachers:
-        spec = overrides.get(t) or store.provenance(t).get("spec")
-        if not spec:
-            missing.append(t)
-        specs[t] = spec
+    """teacher -> spec: the override, else the spec the store recorded (None when neither; only an error if a
+    route needs that teacher, see `check_specs`). Teachers only named in `overrides` teach decisions only."""
+    specs = {t: overrides.get(t) or store.provenance(t).get("spec") for t in teachers}
+    specs.update({t: spec for t, spec in overrides.items() if t not in specs})
+    return specs
+
+
+def check_specs(specs: Mapping[str, str | None], routes: dict[str, list[str]],
+                modalities: list[str]) -> dict[str, str]:
+    """The specs of the teachers some modality is routed to (unrouted modalities use every teacher)."""
+    needed = {t for m in modalities for t in routes.get(m, list(specs))}
+    missing = sorted(t for t in needed if not specs.get(t))
     if missing:
         raise UsageError(f"decision distillation needs the live teachers {missing}, whose specs the store does not "
                          f"record; give them with --distill.decision_teachers '{{NAME: SPEC}}'")
-    return specs
-
+    return {t: spec for t, spec in specs.items() if t in needed and spec}

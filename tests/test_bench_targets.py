@@ -1,0 +1,59 @@
+"""`make bench` checks every ratio against the target its benchmark states, and fails when one is missed."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from run_all import check_target  # noqa: E402
+
+
+@pytest.mark.parametrize("text, met", [
+    ("1.032x (target <= 1.05: our step time / open_clip's)", True),
+    ("1.23x (target <= 1.10: stage-2 / stage-1 step time)", False),
+    ("0.100 (target <= 0.10: worst share)", True),
+    ("1500x (target >= 1000x)", True),
+    ("950x (target >= 1000x)", False),
+    ("0.97x (target > 1: full-context / pad-to-longest)", False),
+    ("1.00x (target > 1)", False),
+    ("2.5x", False),  # a ratio that states no target cannot pass
+])
+def test_each_ratio_is_checked_against_its_stated_target(text, met):
+    ok, why = check_target(text)
+    assert ok is met
+    assert why.startswith("ok") if met else why.startswith("below target")
+
+
+def _write(folder: Path, name: str, line: str) -> None:
+    (folder / f"bench_{name}.py").write_text(f"print({line!r})\n")
+
+
+def _make_bench(args: str) -> subprocess.CompletedProcess:
+    """`make bench` with this interpreter; `-o` names the environment stamp exactly as the Makefile does, so make
+    treats it as up to date and never (re)installs an environment from a test."""
+    command = ["make", "-s", "-o", ".venv/.installed", "bench", f"PY={sys.executable}", f"BENCH_ARGS={args}"]
+    planned = subprocess.run(["make", "-n", *command[2:]], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert planned.stdout.strip().splitlines() == [f"OMP_NUM_THREADS=2 {sys.executable} bench/run_all.py {args}"], \
+        planned.stdout
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_make_bench_fails_and_says_below_target_when_a_target_is_missed(tmp_path):
+    _write(tmp_path, "fast", "RATIO fast_path: 0.80x (target <= 1.10: ours / baseline)")
+    _write(tmp_path, "slow", "RATIO slow_path: 1.40x (target <= 1.10: ours / baseline)")
+    args = f"--bench-dir {tmp_path} --results {tmp_path / 'RESULTS.md'}"
+    r = _make_bench(args)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "below target" in r.stdout and "slow_path" in r.stdout.split("below target:")[-1]
+    results = (tmp_path / "RESULTS.md").read_text()
+    assert "| bench_slow | slow_path | 1.40x" in results and "below target (1.4 is not <= 1.1)" in results
+    assert "| bench_fast | fast_path | 0.80x" in results and "ok (0.8 <= 1.1)" in results
+    # every target met: make bench succeeds
+    (tmp_path / "bench_slow.py").unlink()
+    r = _make_bench(args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "below target" not in r.stdout
