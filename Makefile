@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The tested version of every dependency; pyproject.toml keeps the ranges a library user installs from.
 PIN    := -c constraints.txt
 
-.PHONY: demo test test-slow lint bench reliability paper-dry-run venv constraints browser clean
+.PHONY: docs-results demo test test-slow lint bench reliability paper-dry-run venv constraints browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m mmkd demo --out runs/demo
+
+# Copy a rerun of the demo's selection and test comparison (docs/DISTILLATION.md, "Reproduce") into the docs.
+RUN ?= runs/evidence
+docs-results: $(STAMP)
+	$(PY) docs/results/publish.py $(RUN)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -x --timeout 900
