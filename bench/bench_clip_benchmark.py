@@ -1,8 +1,8 @@
 """Parity and speed against CLIP_benchmark (LAION-AI/CLIP_benchmark, the PyPI package `clip_benchmark`).
 
-CLIP_benchmark runs in its own virtual environment (default /work/venvs/clipbench, made with
-`python3 -m venv /work/venvs/clipbench && /work/venvs/clipbench/bin/pip install torch==2.14.1
-torchvision==0.29.1 clip_benchmark`; override with MMKD_CLIPBENCH_PYTHON); it is not a test
+CLIP_benchmark runs in its own virtual environment (default .venv-clipbench in the repository, made with
+`python3 -m venv .venv-clipbench && .venv-clipbench/bin/pip install torch==2.14.1 torchvision==0.29.1
+clip_benchmark requests 'numpy<2.4'`; another one with MMKD_CLIPBENCH_PYTHON=PATH/bin/python); it is not a test
 dependency. Without it the benchmark prints a skipped RATIO line. clip_benchmark 1.6.2 also needs
 `requests` (imported, not declared) and numpy < 2.4 (its accuracy() converts a 1-element array
 with float(), which numpy 2.4 refuses).
@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import machine_info  # noqa: E402
 
-DEFAULT_PYTHON = "/work/venvs/clipbench/bin/python"
+DEFAULT_PYTHON = str(HERE.parent / ".venv-clipbench" / "bin" / "python")
 DATASETS = {  # name -> class names (label order)
     "shapes2": ["round blob", "square block"],
     "tissue4": ["adipose tissue", "lymphocytes", "mucus", "tumour epithelium"],

@@ -207,3 +207,43 @@ def test_a_teacher_outside_the_store_labels_decisions_with_per_class_prompts(set
         expected = torch.softmax(feats @ classes.T / 0.1, dim=-1)
     assert got.shape == (12, 2)
     assert np.allclose(got, expected.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("augment", ["none", "random-resized-crop"])
+def test_decision_images_follow_data_augment_and_are_seeded_per_draw(setup, tmp_path, augment):
+    """The image-only images of decision distillation get the pairs' training transform (`data.augment`):
+    none = open_clip's own eval preprocessing; random crops are a function of the draw number alone."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    from mmkd.config import build_config
+    from mmkd.models.student import create_student
+    from mmkd.training.decision import DecisionTargets
+
+    root, table, store = setup
+    make_pairs(tmp_path / "unpaired", n=6, seed=7)
+    rows = ["image,modality,sample_id"] + [f"img/{i:05d}.png,toy,u{i}" for i in range(6)]
+    (tmp_path / "unpaired" / "images.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "vocab.yaml").write_text(json.dumps({"toy": {"classnames": ["red", "blue"]}}))
+    me = latest_checkpoint(root / "s1")
+    cfg = build_config(None, ["--data", str(table), "--store", str(store), "--init", str(root / "s1"),
+                              "--out", str(tmp_path / "s2"), "--data.augment", augment,
+                              "--data.image_only_path", str(tmp_path / "unpaired" / "images.csv"),
+                              "--distill.decision_vocab", str(tmp_path / "vocab.yaml"),
+                              "--distill.lambda_decision", "1"], stage="distill")
+    student = create_student("mmkd-tiny-vit", init=str(me))
+    targets = DecisionTargets(cfg, {"me": f"local-dir:{me}"}, {"toy": ["me"]}, tmp_path / "s2", student, "cpu")
+    rows_ = np.array([0, 1, 2, 0])
+    a, _ = targets.load_images(rows_, (32, 32), first_draw=10)
+    b, _ = targets.load_images(rows_, (32, 32), first_draw=10)
+    assert torch.equal(a, b)  # the same draws give the same images, whatever the global RNG did in between
+    if augment == "none":
+        _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{me}")
+        expected = torch.stack([preprocess(Image.open(tmp_path / "unpaired" / "img" / f"{i:05d}.png").convert("RGB"))
+                                for i in rows_])
+        assert torch.allclose(a, expected, atol=1e-6)
+    else:
+        c, _ = targets.load_images(rows_[1:], (32, 32), first_draw=11)
+        assert not torch.equal(a[0], a[3])  # row 0 drawn twice is cropped twice
+        assert torch.equal(a[1:], c)  # draw 11 is draw 11, whichever batch it starts

@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from mmkd.data.pairs import PairRecord, Skip, load_image, read_table
+from mmkd.models.student import build_transforms
 from mmkd.errors import UsageError
 
 
@@ -100,7 +101,8 @@ class DecisionTargets:
         self.records = load_image_only(cfg.data.image_only_path, self.vocab)
         self.modalities = sorted(self.vocab)
         self.temperature = d.decision_temperature
-        self.transform = student.train_transform
+        # The pairs' training transform (`data.augment`), seeded per draw in `load_images`.
+        self.transform = build_transforms(student.preprocess_cfg, cfg.data.augment, cfg.data.crop_scale_min)[0]
         self.max_pixels = cfg.data.max_image_pixels
         self.seed = cfg.train.seed
         self.device = device
@@ -183,10 +185,15 @@ class DecisionTargets:
         return probs.astype(np.float32)
 
     # ---- per step -----------------------------------------------------------------------------
+    @staticmethod
+    def first_draw(position: int, per_rank: int, rank: int, world_size: int) -> int:
+        """The global draw number of this rank's first image-only row of micro-batch `position`."""
+        return position * per_rank * world_size + rank * per_rank
+
     def rows_for(self, position: int, per_rank: int, rank: int, world_size: int) -> np.ndarray:
         """Image-only rows of global micro-batch `position` for this rank: a seeded order per pass."""
         n = len(self.records)
-        first = position * per_rank * world_size + rank * per_rank
+        first = self.first_draw(position, per_rank, rank, world_size)
         out = np.empty(per_rank, dtype=np.int64)
         for k in range(per_rank):
             p = first + k
@@ -201,15 +208,21 @@ class DecisionTargets:
             self._perm_epoch = epoch
         return self._perm_cache
 
-    def load_images(self, rows: np.ndarray, image_hw) -> tuple[torch.Tensor, np.ndarray]:
-        """Transformed images of `rows`; unreadable ones are replaced by blanks with zero weight."""
+    def load_images(self, rows: np.ndarray, image_hw, first_draw: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+        """Transformed images of `rows`; unreadable ones are replaced by blanks with zero weight.
+
+        Row k is draw number `first_draw + k`; its random crop is seeded by (seed, draw number), so
+        augmentation does not depend on the number of processes or on where a run was resumed.
+        """
         images, weights = [], np.ones(len(rows), np.float32)
         for k, i in enumerate(rows):
             img = load_image(self.records[int(i)], self.max_pixels)
             if isinstance(img, Skip):
                 images.append(torch.zeros(3, *image_hw))
                 weights[k] = 0.0
-            else:
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self.seed * 1_000_003 + first_draw + k) % (2 ** 63 - 1))
                 images.append(self.transform(img))
         if self.probs_NC is not None:
             weights *= (self.probs_NC[rows].sum(axis=1) > 0)  # no teacher labelled this image

@@ -208,7 +208,8 @@ class DistillTask:
         all_rows = np.concatenate([self.decision.rows_for(position, per_rank, r, info.world_size)
                                    for r in range(info.world_size)])
         rows = all_rows[info.rank * per_rank:(info.rank + 1) * per_rank]
-        images, weights = self.decision.load_images(rows, self.image_hw)
+        images, weights = self.decision.load_images(
+            rows, self.image_hw, self.decision.first_draw(position, per_rank, info.rank, info.world_size))
         self._decision_rows = (all_rows, weights)
         return {"decision_images": images.to(device), "prompt_tokens": self.decision.prompt_tokens.to(device)}
 
