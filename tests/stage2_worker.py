@@ -42,8 +42,7 @@ def main(spec_path: str, out_dir: str) -> None:
         student = create_student(cfg.model.name, cfg.model.init, seed=cfg.train.seed)
         dataset, _ = PairDataset.from_config(cfg.data, student.eval_transform)  # no random crops
         task = DistillTask(student, cfg, torch.device("cpu"), records=dataset.records)
-        if task.decision is not None:  # image-only samples too: no random crops (they differ between processes)
-            task.decision.transform = student.eval_transform
+        # image-only samples keep their random crops: each is seeded by its draw number, not by the process
         module = task.module
         train_module = module
         if info.distributed:
