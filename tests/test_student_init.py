@@ -230,3 +230,29 @@ def test_training_augmentation_is_the_authors_random_resized_crop_seeded_per_sam
     assert r.returncode == 0, r.stderr
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]
     assert saved["augment"] == "random-resized-crop" and saved["crop_scale_min"] == 0.5
+
+
+def test_distill_init_of_a_run_with_an_hf_text_tower_needs_no_text_path(sources, tmp_path):
+    """A recipe naming the run's architecture (`model.name: mmkd-b16` in distill-paper.yaml) with --init RUN:
+    the student is built from the run's own config, which knows its local text tower; weights equal the run's."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+
+    from helpers import make_pairs
+    from mmkd.models.student import create_student
+    from mmkd.training.cli_distill import student_from_init
+    from mmkd.utils.runs import latest_checkpoint
+
+    root, bert, _ = sources
+    table = make_pairs(tmp_path / "data", n=8)
+    r = run_cli("pretrain", "--data", str(table), "--out", str(tmp_path / "run"), "--model", "mmkd-tiny-vit-hf",
+                "--model.hf_text_path", str(bert), "--batch-size", "4", "--max-steps", "1",
+                "--train.progress", "false")
+    assert r.returncode == 0, r.stderr
+    model = SimpleNamespace(name="mmkd-tiny-vit-hf", init=str(tmp_path / "run"), context_length=0, hf_text_path="")
+    student_from_init(SimpleNamespace(model=model))
+    student = create_student(model.name, model.init, model.hf_text_path)
+    saved = load_file(str(latest_checkpoint(tmp_path / "run") / "open_clip_model.safetensors"))
+    state = student.model.state_dict()
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in saved)

@@ -38,7 +38,9 @@ def student_from_init(cfg) -> None:
     """Stage 2 starts from a trained student: its architecture is the one `--init` was trained with.
 
     Without --model the student is built from the init checkpoint's own open_clip_config.json (a run,
-    a checkpoint or an export folder); a --model that differs from it is refused. Without --init the
+    a checkpoint or an export folder); a --model that differs from it is refused, and one that agrees
+    (a recipe's `model.name: mmkd-b16`) is built from that config too unless --model.hf_text_path is
+    given, so a Hugging Face text tower is found where the run found it. Without --init the
     student starts from random weights, which is almost never meant: warn.
     """
     import sys
@@ -68,6 +70,8 @@ def student_from_init(cfg) -> None:
         raise UsageError(f"--model {cfg.model.name!r} conflicts with the model of --init {cfg.model.init!r} "
                          f"({conflict}); drop --model (distill builds the student from the run's own config) or "
                          f"pass the model the run was trained with")
+    if not cfg.model.hf_text_path:  # same architecture; the run's own config also knows where its text tower is
+        cfg.model.name = str(folder)
 
 
 def _model_conflict(cfg, folder) -> str:
