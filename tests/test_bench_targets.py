@@ -1,5 +1,6 @@
 """`make bench` checks every ratio against the target its benchmark states, and fails when one is missed."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +36,15 @@ def _write(folder: Path, name: str, line: str) -> None:
 def _make_bench(args: str) -> subprocess.CompletedProcess:
     """`make bench` with this interpreter; `-o` names the environment stamp exactly as the Makefile does, so make
     treats it as up to date and never (re)installs an environment from a test."""
-    command = ["make", "-s", "-o", ".venv/.installed", "bench", f"PY={sys.executable}", f"BENCH_ARGS={args}"]
-    planned = subprocess.run(["make", "-n", *command[2:]], cwd=REPO, capture_output=True, text=True, timeout=60)
+    command = ["make", "-s", "--no-print-directory", "-o", ".venv/.installed", "bench", f"PY={sys.executable}",
+               f"BENCH_ARGS={args}"]
+    # run as a top-level make even when the suite itself runs under `make test`
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    planned = subprocess.run(["make", "-n", *command[2:]], cwd=REPO, capture_output=True, text=True, timeout=60,
+                             env=env)
     assert planned.stdout.strip().splitlines() == [f"OMP_NUM_THREADS=2 {sys.executable} bench/run_all.py {args}"], \
         planned.stdout
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_make_bench_fails_and_says_below_target_when_a_target_is_missed(tmp_path):
