@@ -208,6 +208,10 @@ def main() -> None:
             rows.append((n, k, g, (max(index_s, index_io), "read" if index_io > index_s else "CPU"), e,
                          (s1[0] * args.epochs, s1[1]), (s2[0] * args.epochs, s2[1])))
         print(f"\n{n:,} pairs: disk " + "; ".join(f"{k} {human_bytes(v)}" for k, v in disk.items()))
+        need = args.train_rate * args.gpus * decode_ms / 1e3
+        print(f"{n:,} pairs: if decoding kept up (GPU-bound), stage 1 would take "
+              f"{human_time(n / (args.train_rate * args.gpus * nodes[0]) * args.epochs)} on {nodes[0]} node(s); "
+              f"that needs {need:.0f} decoding cores per node")
     header = ("pairs", "nodes", "GPUs", "index build (once)", "extract (9 teachers)", "stage 1", "stage 2")
     if args.markdown:
         print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))

@@ -97,3 +97,15 @@ def writable_array(store: Path, teacher: str, kind: str):
 
     entry = next(t for t in read_json(Path(store) / "manifest.json")["teachers"] if t["name"] == teacher)
     return _open_array(Path(store), entry["arrays"][kind], "r+", {})
+
+
+COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (20, 40, 210)}
+
+
+def save_noisy_colour(path: Path, name: str, rng: np.random.Generator, noise: float, size: int = 32) -> Path:
+    """A PNG of one of COLOURS with Gaussian pixel noise (evaluation sets the tests write)."""
+    from PIL import Image
+
+    arr = np.clip(np.array(COLOURS[name]) + rng.normal(0, noise, (size, size, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(arr).save(path)
+    return path

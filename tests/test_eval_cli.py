@@ -10,25 +10,19 @@ import torch
 import torch.nn.functional as F
 
 from conftest import run_cli
+from helpers import save_noisy_colour
 
 CLASSES = ["red", "green", "blue"]
-COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (20, 40, 210)}
 TEMPLATES = ["a photo of a {} square.", "{} colour"]
 
 
 def _write_images(root, rng, per_class=5):
     """ImageFolder test split of noisy coloured squares; returns [(path, class index)]."""
-    from PIL import Image
-
     items = []
     for ci, name in enumerate(CLASSES):
         folder = root / "test" / name
         folder.mkdir(parents=True)
-        for i in range(per_class):
-            arr = np.clip(np.array(COLOURS[name]) + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-            path = folder / f"{name}_{i}.png"
-            Image.fromarray(arr).save(path)
-            items.append((path, ci))
+        items += [(save_noisy_colour(folder / f"{name}_{i}.png", name, rng, 40), ci) for i in range(per_class)]
     return items
 
 

@@ -11,26 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import COLOURS, save_noisy_colour
 from mmkd.errors import ConfigError, DataError, UsageError
 from mmkd.evaluation.datasets import load_captions, load_classification, parse_list_line
 from mmkd.evaluation.prompts import check_templates, fill
 from mmkd.evaluation.runner import FeatureCache, evaluate, parse_catalog
 
-COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (20, 40, 210)}
-
-
 def _write_images(root, per_class=3):
-    from PIL import Image
-
     rng = np.random.default_rng(0)
-    out = []
-    for name, rgb in COLOURS.items():
-        for i in range(per_class):
-            arr = np.clip(np.array(rgb) + rng.normal(0, 50, (32, 32, 3)), 0, 255).astype(np.uint8)
-            path = root / f"{name}{i}.png"
-            Image.fromarray(arr).save(path)
-            out.append((path, name))
-    return out
+    return [(save_noisy_colour(root / f"{name}{i}.png", name, rng, 50), name)
+            for name in COLOURS for i in range(per_class)]
 
 
 @pytest.fixture(scope="module")
