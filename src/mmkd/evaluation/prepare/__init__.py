@@ -124,7 +124,7 @@ def _manifest(entry, sources, check: CountCheck, plan: Plan, info: dict) -> dict
 
     return {"dataset": entry.name, "counts": check.counted, "published_match": check.matched,
             "published_differences": {k: v for k, v in check.differences.items() if v},
-            "notes": plan.notes, "sources": [str(Path(s).expanduser().resolve()) for s in sources],
+            "notes": plan.notes, "skipped": plan.skipped, "sources": [str(Path(s).expanduser().resolve()) for s in sources],
             "written": info, "mmkd_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 

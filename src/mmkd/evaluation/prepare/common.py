@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mmkd.errors import UsageError
+from mmkd.errors import DataError, UsageError
 from mmkd.evaluation.prepare.counts import Counts
+from mmkd.evaluation.prepare.download import Member, member_name, refuse_placeholder, sniff
 
 SLIDE_EXTS = (".svs", ".ndpi", ".mrxs", ".scn", ".tif", ".tiff", ".bif", ".vms", ".vmu", ".svslide")
 FEATURE_EXTS = (".pt", ".h5", ".npy", ".safetensors")
@@ -38,6 +42,7 @@ class Plan:
     write: Callable[[Path], dict[str, Any]]
     kind: str = "folder"  # "folder": write() fills a new folder; "file": write() writes ctx.file_name in it
     notes: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> records left out (in PREPARED.json)
 
 
 def safe_name(name: str) -> str:
@@ -65,3 +70,48 @@ def need(spec: dict, key: str, where: str) -> Any:
     if key not in spec:
         raise UsageError(f"{where}.prepare.{key}: missing in the catalog entry")
     return spec[key]
+
+
+def table_bytes(member: Member) -> bytes:
+    """A table's bytes, unpacked when the file is a zip by content (whatever its name: MCAT ships plain
+    CSVs named `.csv.zip` inside zips whose one member is `../dataset_csv/x.csv.zip`)."""
+    data = member.read_bytes()
+    for _ in range(3):  # a zip inside a zip, at most this deep
+        if sniff(data[:512]) != "zip":
+            break
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                names = [n for n in z.namelist() if member_name(n) and not n.endswith("/")
+                         and not any(p.startswith(".") or p == "__MACOSX" for p in member_name(n).split("/"))]
+                if len(names) != 1:
+                    raise DataError(f"{member.path}: expected one table inside the zip, found {names or 'none'}")
+                data = z.read(names[0])
+        except (zipfile.BadZipFile, EOFError, ValueError) as e:
+            raise DataError(f"{member.path}: a damaged zip ({e}); download it again") from None
+    refuse_placeholder(member.path, data[:512])
+    return data
+
+
+def read_table(member: Member, header: bool = True) -> list:
+    """Rows of a CSV/TSV file (dicts by column, or lists without `header`); an unnamed first column
+    (the index pandas writes: `,case_id,...`, or `Unnamed: 0`) is dropped."""
+    text = table_bytes(member).decode("utf-8-sig", errors="replace")
+    first = text.split("\n", 1)[0]
+    dialect = "excel-tab" if first.count("\t") > first.count(",") else "excel"
+    if not header:
+        return list(csv.reader(io.StringIO(text), dialect=dialect))
+    rows = list(csv.DictReader(io.StringIO(text), dialect=dialect))
+    unnamed = [c for c in (rows[0] if rows else {}) if c is not None and (c.strip() == "" or c.startswith("Unnamed: "))]
+    for row in rows:
+        for c in unnamed:
+            row.pop(c, None)
+    return rows
+
+
+def lacking(columns: list[str], row: dict, what: str) -> str | None:
+    """'<what> lacks the column(s) X (it has A, B)' naming only the columns actually missing, else None."""
+    missing = [c for c in columns if c not in row]
+    if not missing:
+        return None
+    return (f"{what} lacks the column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+            f"(it has {', '.join(repr(c) for c in row) or 'no columns'})")

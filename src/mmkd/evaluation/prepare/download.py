@@ -5,6 +5,14 @@ members of an archive by their path inside it, and archives lying inside a folde
 place (their members appear under the archive's folder), so a download can be given as the
 archive, as the folder it was unpacked to, or as the folder holding several archives.
 
+Files are recognised by their content, not their name: a `.zip` that holds a plain CSV (MCAT's
+tables) is a plain file, and a Git LFS pointer or an HTML page saved under a data file's name
+(a clone without `git lfs pull`, a download link that returned an error page) is refused naming
+the file and how to get the real one. Archive member names are normalised: `./` and `../` parts
+are dropped (MCAT's `../dataset_csv/x.csv.zip`, PORPOISE's `./x.csv.zip`), so a member never lands
+outside the tree. A member that fails its CRC or cannot be decompressed is a `DataError` naming the
+member, its archive and the fix.
+
 Converters find files by pattern (`match`): `**/` matches any number of folders, `*` and `?` stay
 inside one name, `{name}` captures one path part (or the part of a name between fixed text) and
 `{name*}` a relative path of several parts. Matching ignores case.
@@ -19,18 +27,98 @@ import re
 import shutil
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable
 
-from mmkd.errors import UsageError
+from mmkd.errors import DataError, UsageError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
 
-def is_archive(path: Path) -> bool:
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+_TAR_COMPRESSED = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": b"\xfd7zXZ\x00"}
+
+
+def sniff(head: bytes) -> str:
+    """What the first bytes of a file say it is: "zip", "tar", "gzip", "bzip2", "xz", "lfs-pointer",
+    "html" or "" (anything else)."""
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")):
+        return "zip"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    for kind, magic in _TAR_COMPRESSED.items():
+        if head.startswith(magic):
+            return kind
+    if head.startswith(LFS_POINTER):
+        return "lfs-pointer"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml version")) and b"<html" in head.lower():
+        return "html"
+    return ""
+
+
+def _head(path: Path, n: int = 512) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def placeholder_problem(name: str, head: bytes) -> str | None:
+    """The refusal for a file that is a stand-in for the data (an LFS pointer, an HTML page), else None."""
+    kind = sniff(head)
+    if kind == "lfs-pointer":
+        size = re.search(rb"size (\d+)", head)
+        real = f" of {int(size.group(1)):,} bytes" if size else ""
+        return (f"{name} is a Git LFS pointer ({len(head)} bytes of text naming a file{real}), not the data; "
+                f"run `git lfs pull` in the repository it was cloned from, or download the file from its official "
+                f"source")
+    if kind == "html":
+        title = re.search(rb"<title>(.*?)</title>", head, re.IGNORECASE | re.DOTALL)
+        shown = f" titled {title.group(1).decode('utf-8', 'replace').strip()[:80]!r}" if title else ""
+        return (f"{name} is an HTML page{shown}, not the data (a download link that answered with a web page: an "
+                f"error, a login or a virus-scan notice); open the link in a browser and download the file itself")
+    return None
+
+
+def refuse_placeholder(name: str, head: bytes) -> None:
+    problem = placeholder_problem(name, head)
+    if problem:
+        raise UsageError(f"--from: {problem}")
+
+
+def archive_kind(path: Path) -> str:
+    """"zip" or "tar" when the file is an archive by content and by name (an archive's suffix, or none:
+    a saved download link), else "": a `.zip` holding a plain CSV is a plain file, and so is a `.npz`
+    (a zip by content, but data). An LFS pointer or HTML page under an archive's name is refused."""
     name = path.name.lower()
-    return name.endswith(ARCHIVE_SUFFIXES)
+    archive_name = name.endswith(ARCHIVE_SUFFIXES) or "." not in name
+    if not archive_name:
+        return ""
+    head = _head(path)
+    kind = sniff(head)
+    if kind == "zip":
+        return "zip"
+    tar_name = ".tar" in name or name.endswith((".tgz", ".tbz2", ".txz")) or "." not in name
+    if kind == "tar" or (kind in _TAR_COMPRESSED and tar_name):
+        return "tar"
+    if name.endswith(ARCHIVE_SUFFIXES):
+        refuse_placeholder(str(path), head)
+    return ""
+
+
+def member_name(name: str) -> str:
+    """An archive member's path with `.`, `..` and empty parts dropped (never above the tree's root)."""
+    return "/".join(p for p in name.replace("\\", "/").split("/") if p not in ("", ".", ".."))
+
+
+def damaged(member_path: str, container: str, error: BaseException) -> DataError:
+    return DataError(f"--from: {member_path} in {container} cannot be read ({type(error).__name__}: {error}); the "
+                     f"archive is damaged — download it again (and compare its checksum with the published one "
+                     f"where there is one)")
+
+
+_READ_ERRORS = (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError)
 
 
 def _opener(open_fn: Callable[..., Any], *args: Any) -> Callable[[], IO[bytes]]:
@@ -50,8 +138,18 @@ class Member:
     local: Path | None = None  # the file on disk, for folder sources
 
     def read_bytes(self) -> bytes:
-        with self.opener() as f:
-            return f.read()
+        try:
+            with self.opener() as f:
+                return f.read()
+        except _READ_ERRORS as e:
+            raise damaged(self.path, self.container, e) from None
+
+    def head(self, n: int = 512) -> bytes:
+        try:
+            with self.opener() as f:
+                return f.read(n)
+        except _READ_ERRORS as e:
+            raise damaged(self.path, self.container, e) from None
 
 
 @dataclass
@@ -73,7 +171,7 @@ class Download:
         for path in paths:
             if path.is_dir():
                 download._add_folder(path)
-            elif is_archive(path):
+            elif archive_kind(path):
                 download._add_archive(path, prefix="")
             else:
                 download._add_file(path, path.name, container=str(path.parent))
@@ -103,7 +201,7 @@ class Download:
                     continue
                 path = Path(dirpath) / name
                 rel = path.relative_to(root).as_posix()
-                if is_archive(path):
+                if archive_kind(path):
                     parent = str(Path(rel).parent.as_posix())
                     self._add_archive(path, prefix="" if parent == "." else parent + "/")
                 else:
@@ -111,22 +209,24 @@ class Download:
 
     def _add_archive(self, path: Path, prefix: str) -> None:
         try:
-            if path.name.lower().endswith(".zip"):
+            if archive_kind(path) == "zip":
                 zipped = zipfile.ZipFile(path)
                 self._archives.append(zipped)
                 for info in zipped.infolist():
-                    if info.is_dir() or _hidden(info.filename):
+                    name = member_name(info.filename)
+                    if info.is_dir() or not name or _hidden(name):
                         continue
-                    rel = prefix + info.filename.lstrip("/")
+                    rel = prefix + name
                     self.members[rel] = Member(rel, info.file_size, _opener(zipped.open, info), str(path),
                                                order=info.header_offset)
             else:
                 tarred = tarfile.open(path, "r:*")
                 self._archives.append(tarred)
                 for member in tarred.getmembers():
-                    if not member.isfile() or _hidden(member.name):
+                    name = member_name(member.name)
+                    if not member.isfile() or not name or _hidden(name):
                         continue
-                    rel = prefix + re.sub(r"^(\./)+", "", member.name).lstrip("/")
+                    rel = prefix + name
                     self.members[rel] = Member(rel, member.size, _opener(tarred.extractfile, member),
                                                str(path), order=member.offset_data)
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
@@ -145,11 +245,14 @@ class Download:
                 out.append((self.members[rel], {k: v for k, v in m.groupdict().items() if v is not None}))
         return out
 
-    def one(self, pattern: str, what: str, expected: str) -> Member:
-        """The single file matching `pattern`; UsageError naming what was expected when there is none or several."""
-        found = self.match(pattern)
+    def one(self, pattern: str | list[str], what: str, expected: str) -> Member:
+        """The single file matching `pattern` (or one of several patterns); UsageError naming what was
+        expected when there is none or several."""
+        patterns = [pattern] if isinstance(pattern, str) else [str(p) for p in pattern]
+        found = [hit for p in patterns for hit in self.match(p)]
+        found = list({m.path: (m, f) for m, f in found}.values())
         if not found:
-            raise UnrecognisedDownload(self, f"no {what} ({pattern})", expected)
+            raise UnrecognisedDownload(self, f"no {what} ({' or '.join(patterns)})", expected)
         if len(found) > 1:
             shown = ", ".join(m.path for m, _ in found[:5])
             raise UsageError(f"--from: several files match {what} ({shown}); give the one to use with --from")
@@ -183,8 +286,12 @@ class Download:
                     continue
                 except OSError:
                     pass
-            with member.opener() as src, open(dest, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+            try:
+                with member.opener() as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            except _READ_ERRORS as e:
+                dest.unlink(missing_ok=True)
+                raise damaged(member.path, member.container, e) from None
 
 
 class UnrecognisedDownload(UsageError):

@@ -14,9 +14,7 @@ Layout families (catalog `prepare.layout`):
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -24,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from mmkd.errors import DataError, UsageError
-from mmkd.evaluation.prepare.common import Context, Plan, need, safe_name, write_lists
-from mmkd.evaluation.prepare.download import Download, Member, UnrecognisedDownload, compile_pattern
+from mmkd.evaluation.prepare.common import Context, Plan, lacking, need, read_table, safe_name, write_lists
+from mmkd.evaluation.prepare.download import (Download, Member, UnrecognisedDownload, compile_pattern,
+                                              refuse_placeholder)
 
 
 def _split_patterns(spec: dict, where: str) -> dict[str | None, str]:
@@ -101,21 +100,14 @@ def class_folders(download: Download, spec: dict, ctx: Context) -> Plan:
     return Plan(counts, write, notes=notes)
 
 
-def _read_table(member: Member) -> list[dict[str, str]]:
-    text = member.read_bytes().decode("utf-8-sig", errors="replace")
-    first = text.split("\n", 1)[0]
-    dialect = "excel-tab" if first.count("\t") > first.count(",") else "excel"
-    return list(csv.DictReader(io.StringIO(text), dialect=dialect))
-
-
 def table_images(download: Download, spec: dict, ctx: Context) -> Plan:
     where = f"datasets.{ctx.name}"
     table = download.one(need(spec, "table", where), "metadata table", ctx.expected)
-    rows = _read_table(table)
+    rows = read_table(table)
     image_col, label_col = need(spec, "image_column", where), need(spec, "label_column", where)
-    if rows and (image_col not in rows[0] or label_col not in rows[0]):
-        raise UnrecognisedDownload(download, f"{table.path} has no {image_col!r}/{label_col!r} columns (it has "
-                                             f"{', '.join(rows[0])})", ctx.expected)
+    problem = lacking([image_col, label_col], rows[0], table.path) if rows else None
+    if problem:
+        raise UnrecognisedDownload(download, problem, ctx.expected)
     images = {fields["id"]: member for member, fields in download.match(need(spec, "images", where))}
     labels = [str(v) for v in spec.get("labels") or []]
     items, missing = [], []
@@ -227,6 +219,7 @@ def h5_patches(download: Download, spec: dict, ctx: Context) -> Plan:
 def npz(download: Download, spec: dict, ctx: Context) -> Plan:
     where = f"datasets.{ctx.name}"
     member = download.one(need(spec, "file", where), "MedMNIST .npz", ctx.expected)
+    refuse_placeholder(member.path, member.head())
     path = local_copy(member, ctx.scratch)
     try:
         with np.load(path, allow_pickle=False) as arrays:

@@ -17,26 +17,21 @@ Layout families:
 from __future__ import annotations
 
 import csv
-import io
-import zipfile
 from collections import Counter
 from pathlib import Path
 
 from mmkd.errors import DataError, UsageError
-from mmkd.evaluation.prepare.common import FEATURE_EXTS, SLIDE_EXTS, Context, Plan, need, stem_of_slide
+from mmkd.evaluation.prepare.common import (FEATURE_EXTS, SLIDE_EXTS, Context, Plan, lacking, need, read_table,
+                                            stem_of_slide)
 from mmkd.evaluation.prepare.download import Download, Member, UnrecognisedDownload
 
 
-def _table_rows(member: Member, header: bool = True) -> list:
-    data = member.read_bytes()
-    if member.path.lower().endswith(".zip"):
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            names = [n for n in z.namelist() if n.lower().endswith(".csv") and not n.startswith("__MACOSX")]
-            if len(names) != 1:
-                raise DataError(f"{member.path}: expected one .csv inside, found {names}")
-            data = z.read(names[0])
-    text = data.decode("utf-8-sig", errors="replace")
-    return list(csv.DictReader(io.StringIO(text)) if header else csv.reader(io.StringIO(text)))
+def case_of(raw: str) -> str:
+    """A case id; CLAM's tables repeat some as `"TCGA-KM-A7QI, TCGA-KM-A7QI"` — one id, given twice."""
+    parts = list(dict.fromkeys(p.strip() for p in str(raw).split(",") if p.strip()))
+    if len(parts) > 1:
+        raise DataError(f"case id {raw!r} names {len(parts)} different cases; a slide belongs to one")
+    return parts[0] if parts else ""
 
 
 def slide_files(download: Download, ctx: Context) -> dict[str, Member]:
@@ -74,11 +69,12 @@ def _write_slides_csv(folder: Path, rows: list[dict]) -> dict:
 def survival_mcat(download: Download, spec: dict, ctx: Context) -> Plan:
     where = f"datasets.{ctx.name}"
     table = download.one(need(spec, "table", where), "MCAT clinical table", ctx.expected)
-    rows = _table_rows(table)
-    needed = {"case_id", "slide_id", "survival_months", "censorship"}
-    if not rows or not needed <= set(rows[0]):
-        raise UnrecognisedDownload(download, f"{table.path} lacks the columns {', '.join(sorted(needed))}",
-                                   ctx.expected)
+    rows = read_table(table)
+    if not rows:
+        raise UnrecognisedDownload(download, f"{table.path} has no rows", ctx.expected)
+    problem = lacking(["case_id", "slide_id", "survival_months", "censorship"], rows[0], table.path)
+    if problem:
+        raise UnrecognisedDownload(download, problem, ctx.expected)
     files = slide_files(download, ctx)
     out, absent, cases = [], [], {}
     for row in rows:
@@ -92,9 +88,9 @@ def survival_mcat(download: Download, spec: dict, ctx: Context) -> Plan:
         except ValueError:
             raise DataError(f"{table.path}: case {row['case_id']}: survival_months={row['survival_months']!r}, "
                             f"censorship={row['censorship']!r} are not numbers") from None
-        out.append({"slide_id": sid, "member": member, "time": time, "event": 1 - censored,
-                    "patient_id": row["case_id"].strip()})
-        cases[row["case_id"].strip()] = 1 - censored
+        case = case_of(row["case_id"])
+        out.append({"slide_id": sid, "member": member, "time": time, "event": 1 - censored, "patient_id": case})
+        cases[case] = 1 - censored
     if not out:
         raise UnrecognisedDownload(download, f"none of the {len(rows)} slides of {table.path} (e.g. "
                                              f"{stem_of_slide(rows[0]['slide_id'])}) is there as a slide or a "
@@ -113,15 +109,20 @@ def survival_mcat(download: Download, spec: dict, ctx: Context) -> Plan:
 
 def slide_labels(download: Download, spec: dict, ctx: Context) -> Plan:
     label_map = {str(k).lower(): str(v) for k, v in (spec.get("label_map") or {}).items()}
+    excluded = {str(v).lower() for v in spec.get("exclude_labels") or []}
 
     def label_of(raw: str) -> str:
         return label_map.get(raw.strip().lower(), raw.strip())
 
     files = slide_files(download, ctx)
     labelled: dict[str, dict] = {}
+    dropped: Counter = Counter()
     for pattern in spec.get("files") or []:
         for member, fields in download.match(pattern):
             if "label" in fields:
+                if fields["label"].strip().lower() in excluded:
+                    dropped[fields["label"].strip()] += 1
+                    continue
                 sid = stem_of_slide(member.path.rsplit("/", 1)[-1])
                 labelled[sid] = {"slide_id": sid, "label": label_of(fields["label"])}
     table_spec = spec.get("table")
@@ -130,19 +131,29 @@ def slide_labels(download: Download, spec: dict, ctx: Context) -> Plan:
         header = bool(table_spec.get("header", True))
         id_col, label_col, patient_col = table_spec.get("id", "slide_id"), table_spec.get("label", "label"), \
             table_spec.get("patient")
-        for row in _table_rows(table, header):
+        rows = read_table(table, header)
+        if header and rows:
+            problem = lacking([c for c in (id_col, label_col, patient_col) if c is not None], rows[0], table.path)
+            if problem:
+                raise UnrecognisedDownload(download, problem, ctx.expected)
+        for row in rows:
             try:
                 sid, raw = stem_of_slide(str(row[id_col]).strip()), str(row[label_col])
-            except (KeyError, IndexError):
-                raise UnrecognisedDownload(download, f"{table.path} has no column {id_col!r}/{label_col!r}",
-                                           ctx.expected) from None
+            except IndexError:
+                raise UnrecognisedDownload(download, f"{table.path}: a row has no column {id_col}/{label_col} "
+                                                     f"({row})", ctx.expected) from None
+            if raw.strip().lower() in excluded:
+                dropped[raw.strip()] += 1
+                continue
             labelled[sid] = {"slide_id": sid, "label": label_of(raw)}
             if patient_col is not None:
-                labelled[sid]["patient_id"] = str(row[patient_col]).strip()
+                labelled[sid]["patient_id"] = case_of(row[patient_col])
     allowed = [str(v) for v in spec.get("labels") or []]
     bad = sorted({r["label"] for r in labelled.values()} - set(allowed)) if allowed else []
     if bad:
-        raise DataError(f"dataset {ctx.name}: label(s) {bad} are not among {allowed}; add them to prepare.label_map")
+        raise DataError(f"dataset {ctx.name}: the table's label(s) {', '.join(bad)} are none of the expected "
+                        f"{', '.join(allowed)}; map them with prepare.label_map or leave them out with "
+                        f"prepare.exclude_labels")
     out, absent = [], []
     for sid, row in sorted(labelled.items()):
         if sid in files:
@@ -152,7 +163,9 @@ def slide_labels(download: Download, spec: dict, ctx: Context) -> Plan:
     if not out:
         raise UnrecognisedDownload(download, "no labelled slide (or features file) found", ctx.expected)
     counts = {"all": dict(sorted(Counter(r["label"] for r in out).items()))}
-    notes = [f"{len(absent)} labelled slide(s) are missing (e.g. {absent[0]})"] if absent else []
+    notes = [f"left out {n} slide(s) labelled {label!r} (prepare.exclude_labels)" for label, n in sorted(dropped.items())]
+    if absent:
+        notes.append(f"{len(absent)} labelled slide(s) are missing (e.g. {absent[0]})")
 
     def write(folder: Path) -> dict:
         return _write_slides_csv(folder, [{**{k: v for k, v in r.items() if k != "member"},

@@ -26,7 +26,7 @@ from typing import Any
 
 from mmkd.errors import DataError, UsageError
 from mmkd.evaluation.prepare.common import Context, Plan, need, safe_name
-from mmkd.evaluation.prepare.download import Download, Member, UnrecognisedDownload
+from mmkd.evaluation.prepare.download import Download, Member, UnrecognisedDownload, refuse_placeholder
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -38,6 +38,7 @@ class _PlainUnpickler(pickle.Unpickler):
 
 def read_records(member: Member) -> list[dict[str, Any]]:
     data = member.read_bytes()
+    refuse_placeholder(member.path, data[:512])
     if member.path.lower().endswith((".pkl", ".pickle")):
         try:
             records = _PlainUnpickler(io.BytesIO(data)).load()
@@ -84,6 +85,7 @@ def vqa_records(download: Download, spec: dict, ctx: Context) -> Plan:
     split_map = {str(k): str(v) for k, v in (spec.get("split_map") or {}).items()}
     split_field = str(spec.get("split_field", ""))
     rows: list[dict[str, Any]] = []
+    skipped: dict[str, list[str]] = defaultdict(list)  # reason -> record ids
     for split, member in per_split:
         for record in read_records(member):
             if any(str(record.get(k)) != str(v) for k, v in keep.items()):
@@ -92,9 +94,12 @@ def vqa_records(download: Download, spec: dict, ctx: Context) -> Plan:
             if row_split is None:
                 raise DataError(f"{member.path}: {split_field}={record.get(split_field)!r} "
                                 f"is not in the split map ({', '.join(split_map)})")
-            missing = [fields[k] for k in ("image", "question", "answer") if record.get(fields[k]) in (None, "")]
+            missing = [fields[k] for k in ("image", "question", "answer")
+                       if record.get(fields[k]) is None or str(record.get(fields[k])).strip() == ""]
             if missing:
-                raise DataError(f"{member.path}: a record lacks {', '.join(missing)}: {str(record)[:120]}")
+                skipped[f"{member.path.rsplit('/', 1)[-1]}: empty or missing {', '.join(missing)}"].append(
+                    str(record.get("qid", record.get("question_id", len(rows)))))
+                continue
             rows.append({"image": str(record[fields["image"]]) + str(spec.get("image_suffix", "")),
                          "question": str(record[fields["question"]]).strip(),
                          "answer": _answer(record[fields["answer"]], spec.get("answer_from")).strip(),
@@ -134,7 +139,9 @@ def vqa_records(download: Download, spec: dict, ctx: Context) -> Plan:
                 f.write(json.dumps(out, ensure_ascii=False) + "\n")
         return {"format": "vqa", "file": ctx.file_name, "images": len(jobs)}
 
-    return Plan(dict(counts), write)
+    notes = [f"skipped {len(ids)} record(s), {reason} (id {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''})"
+             for reason, ids in sorted(skipped.items())]
+    return Plan(dict(counts), write, notes=notes, skipped={k: len(v) for k, v in sorted(skipped.items())})
 
 
 def _by_split_and_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
