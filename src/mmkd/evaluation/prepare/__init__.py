@@ -76,10 +76,8 @@ def prepare_dataset(entry, sources: list[str], *, out: str | Path | None = None,
     else:
         folder = Path(out).expanduser().resolve()
         file_name, kind = ("", "folder") if entry.format in FOLDER_FORMATS else (entry.path.name, "folder")
-    if kind == "folder" and folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise UsageError(f"{folder} already exists and is not empty; pass --overwrite to replace it, or --out DIR")
-    if kind == "file" and (folder / file_name).exists() and not overwrite:
-        raise UsageError(f"{folder / file_name} already exists; pass --overwrite to replace it, or --out DIR")
+    _refuse_overlap(folder / file_name if kind == "file" else folder, sources, "--out" if out else "the catalog path")
+    old_outputs = _claim(folder, file_name, kind, overwrite)
     scratch = folder.parent / f".{folder.name}.{entry.name}.scratch"
     expected = str(spec.get("expected") or entry.option("source") or "the official download")
     ctx = Context(entry.name, expected, file_name, scratch, splits, link)
@@ -95,28 +93,110 @@ def prepare_dataset(entry, sources: list[str], *, out: str | Path | None = None,
                 raise CountMismatch(f"dataset {entry.name}: the download's counts match no published figure — it may "
                                     f"be partial or another release; nothing was written. Pass --accept-counts to "
                                     f"prepare it anyway")
-            info = _write(plan, folder, overwrite)
+            info, outputs = _write(plan, folder, file_name, old_outputs, log)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     manifest = _manifest(entry, sources, check, plan, info)
+    manifest["outputs"] = outputs
     from mmkd.utils.io import atomic_write_json
 
     atomic_write_json(_manifest_path(folder, file_name, plan.kind), manifest)
     return manifest
 
 
-def _write(plan: Plan, folder: Path, overwrite: bool) -> dict:
+def _refuse_overlap(target: Path, sources: list[str], what: str) -> None:
+    """Output and download must not overlap: replacing one would delete the other."""
+    for source in sources:
+        src = Path(source).expanduser().resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise UsageError(f"{what}: {target} overlaps the download {src} (--from); writing there would replace "
+                             f"the download's own files — give --out a folder outside the download")
+
+
+def _claim(folder: Path, file_name: str, kind: str, overwrite: bool) -> list[str]:
+    """Check the target can be written; returns the files an earlier `prepare` wrote there (its
+    PREPARED.json `outputs`), the only ones --overwrite removes."""
+    if kind == "file":
+        if (folder / file_name).exists() and not overwrite:
+            raise UsageError(f"{folder / file_name} already exists; pass --overwrite to replace it, or --out DIR")
+        return []
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file, not a folder; give --out a folder")
+    if not folder.exists() or not any(folder.iterdir()):
+        return []
+    if not overwrite:
+        raise UsageError(f"{folder} already exists and is not empty; pass --overwrite to replace what "
+                         f"`mmkd datasets prepare` wrote there, or --out DIR")
+    try:
+        outputs = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("outputs")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        outputs = None
+    if not isinstance(outputs, list):
+        raise UsageError(f"--overwrite: {folder} was not made by `mmkd datasets prepare` (no {MANIFEST} listing its "
+                         f"outputs), so nothing in it is removed; give --out an empty or new folder, or move its "
+                         f"files away yourself")
+    return [str(o) for o in outputs]
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _write(plan: Plan, folder: Path, file_name: str, old_outputs: list[str],
+           log: Callable[[str], None]) -> tuple[dict, list[str]]:
+    """Write the plan into `<folder>.partial`, check its content, then put it in place: the folder
+    itself when it is new or empty, else file by file after removing only `old_outputs`."""
     if plan.kind == "file":
-        return plan.write(folder)
+        info = plan.write(folder)
+        return info, [file_name]
     partial = folder.parent / f"{folder.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    info = plan.write(partial)
-    if folder.exists():
-        if not overwrite and any(folder.iterdir()):
-            raise UsageError(f"{folder} appeared while preparing; pass --overwrite to replace it")
-        shutil.rmtree(folder)
-    partial.rename(folder)
-    return info
+    try:
+        info = plan.write(partial)
+        from mmkd.evaluation.prepare.verify import verify_prepared
+
+        problems = verify_prepared(partial / file_name if file_name else partial, str(info.get("format")),
+                                   {"counts": plan.counts, "written": info})
+        if problems:
+            from mmkd.errors import DataError
+
+            raise DataError("the prepared files are not usable, nothing was written:\n" +
+                            "\n".join(f"  - {p}" for p in problems).replace(str(partial), str(folder)))
+        outputs = _files_under(partial)
+        if not folder.exists() or not any(folder.iterdir()):
+            if folder.exists():
+                folder.rmdir()
+            partial.rename(folder)
+            return info, outputs
+        _replace_outputs(partial, folder, outputs, old_outputs, log)
+        return info, outputs
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _replace_outputs(partial: Path, folder: Path, outputs: list[str], old_outputs: list[str],
+                     log: Callable[[str], None]) -> None:
+    owned = set(old_outputs) | {MANIFEST}
+    clash = [o for o in outputs if (folder / o).exists() and o not in owned]
+    if clash:
+        raise UsageError(f"--overwrite: {folder} holds file(s) `prepare` did not write where it would write now "
+                         f"({', '.join(clash[:3])}); move them away, or give --out another folder")
+    for rel in old_outputs:
+        path = folder / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            continue  # never follow a manifest outside the folder
+        path.unlink(missing_ok=True)
+        for parent in path.parents:
+            if parent == folder or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
+    for rel in outputs:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial / rel, folder / rel)
+    kept = [f for f in _files_under(folder) if f not in set(outputs) | {MANIFEST}]
+    if kept:
+        log(f"  kept {len(kept)} file(s) in {folder} that `prepare` did not write: {', '.join(kept[:5])}"
+            f"{' ...' if len(kept) > 5 else ''}")
 
 
 def _manifest(entry, sources, check: CountCheck, plan: Plan, info: dict) -> dict[str, Any]:

@@ -13,7 +13,9 @@ identified, with public substitutes marked), under $MMKD_DATA.
   mmkd datasets list                      name, tasks, modality, licence, status, found under $MMKD_DATA
   mmkd datasets prepare NAME --from PATH  official download (archive or folder) -> the catalog's layout,
                                           counts per split and class checked against the published figures
-  mmkd datasets check                     what is missing, where to get it and the prepare command
+  mmkd datasets check                     what is missing, where to get it and the prepare command; what
+                                          is there is checked: files listed exist, images decode, features
+                                          load, counts match PREPARED.json (exit 1 naming each problem)
 
 examples:
   export MMKD_DATA=/data/biomed
@@ -134,11 +136,19 @@ def run(args: argparse.Namespace) -> int:
 def _check(entries) -> int:
     from mmkd.evaluation.runner import absent_hint
 
+    from mmkd.evaluation.prepare import read_manifest
+    from mmkd.evaluation.prepare.verify import verify_prepared
+
     missing = [e for e in entries if _status(e) != "found"]
+    damaged = 0
     for e in entries:
         if e in missing:
             continue
-        print(f"found    {e.name}  ({e.path})")
+        problems = verify_prepared(e.path, e.format, read_manifest(e))
+        damaged += bool(problems)
+        print(f"{'damaged' if problems else 'found':<8} {e.name}  ({e.path})")
+        for problem in problems:
+            print(f"         - {problem}")
     for e in missing:
         print(f"missing  {e.name}  [{', '.join(e.tasks)}; {e.modality or '-'}; licence: {e.option('licence', '?')}]")
         print(f"         source: {e.option('source', '?')}")
@@ -147,5 +157,6 @@ def _check(entries) -> int:
             print(f"         note:   {e.option('how_to_get')}")
         print(f"         goes to: {e.path}")
     print(f"\n{len(entries) - len(missing)} of {len(entries)} dataset(s) found, {len(missing)} missing"
-          + ("" if os.environ.get("MMKD_DATA") else " (MMKD_DATA is not set)"))
-    return 0
+          + (f", {damaged} damaged (their problems are listed above; prepare them again with --overwrite)"
+             if damaged else "") + ("" if os.environ.get("MMKD_DATA") else " (MMKD_DATA is not set)"))
+    return 1 if damaged else 0
