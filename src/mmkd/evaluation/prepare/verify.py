@@ -92,8 +92,10 @@ def _txt(folder: Path) -> tuple[Counts, list[str]]:
         except (OSError, UnicodeDecodeError, ValueError, DataError) as e:
             problems.append(f"{lst}: unreadable ({e})")
             continue
-        # as the list reader does: paths relative to `<list stem>/` when the first one is there, else to the folder
-        base = lst.parent / lst.stem if names and (lst.parent / lst.stem / names[0]).is_file() else lst.parent
+        # as the list reader does: paths relative to `<list stem>/` or to the list's folder, whichever holds
+        # more of them (the reader looks at the first one only, which may be the one deleted)
+        bases = [lst.parent / lst.stem, lst.parent]
+        base = max(bases, key=lambda b: sum((b / n).is_file() for n in names))
         images = [Path(n) if Path(n).is_absolute() else base / n for n in names]
         counts[split] = dict(sorted(Counter(labels).items()))
         problems += check_images(images, f"images listed in {lst.name}")
