@@ -180,3 +180,41 @@ def test_check_loads_features_and_decodes_images(tmp_path, monkeypatch, capsys):
     assert "damaged  lc25000_lung" in out and f"1 of the 6 images listed in all.txt are not readable images: {first}" in out
     assert "2 damaged" in out
     np.testing.assert_equal(first.read_bytes(), b"not an image")  # check changes nothing
+
+
+# UniMed-CLIP's local_data/chexpert-5x200.csv: its header, and rows of its layout (a multi-line quoted report)
+CHEXPERT_5X200_HEADER = (",imgpath,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,"
+                         "Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,"
+                         "Pleural Other,Fracture,Support Devices,Report Impression\n")
+
+
+def test_chexpert_5x200_list_with_one_hot_columns_and_the_chexpert_zip(tmp_path):
+    classes = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+    columns = CHEXPERT_5X200_HEADER.strip().split(",")
+    lines, images = [CHEXPERT_5X200_HEADER], {}
+    for i, cls in enumerate(classes * 2):
+        path = f"CheXpert-v1.0-small/train/patient{38614 + i:05d}/study1/view1_frontal.jpg"
+        values = ["0.0"] * 14
+        values[columns.index(cls) - 6] = "1.0"
+        lines.append(f'{i},{path},Male,26,Frontal,AP,{",".join(values)},"\n1. minimal atelectasis.\n2. no pneumothorax.\n"\n')
+        images[path] = _jpeg(i)
+    (tmp_path / "local_data").mkdir()
+    (tmp_path / "local_data" / "chexpert-5x200.csv").write_text("".join(lines))
+    _write_zip(tmp_path / "CheXpert-v1.0-small.zip", images)
+    entry = paper_entry("chexpert_5x200", tmp_path, [{"source": "mini", "counts": {"all": {c: 2 for c in classes}}}])
+    manifest = prepare_dataset(entry, [str(tmp_path / "local_data"), str(tmp_path / "CheXpert-v1.0-small.zip")],
+                               log=lambda s: None)
+    assert manifest["counts"] == {"all": {c: 2 for c in classes}}
+    from mmkd.evaluation.datasets import load_classification
+
+    data = load_classification(entry)
+    assert data.classnames == classes
+    labels = [data.classnames[k] for k in data.splits["all"].labels]
+    assert labels == classes * 2
+    assert data.splits["all"].images.load(3).size == (8, 8)
+    # unpacked instead: --from the folder above CheXpert-v1.0-small/ finds the same images
+    with zipfile.ZipFile(tmp_path / "CheXpert-v1.0-small.zip") as z:
+        z.extractall(tmp_path / "unpacked")
+    again = paper_entry("chexpert_5x200", tmp_path / "b", [{"source": "mini", "counts": {"all": {c: 2 for c in classes}}}])
+    assert prepare_dataset(again, [str(tmp_path / "local_data"), str(tmp_path / "unpacked" / "CheXpert-v1.0-small")],
+                           log=lambda s: None)["counts"] == manifest["counts"]

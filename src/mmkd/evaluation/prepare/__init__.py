@@ -26,6 +26,7 @@ from mmkd.evaluation.prepare.download import Download
 LAYOUTS: dict[str, str] = {
     "class_folders": "mmkd.evaluation.prepare.images:class_folders",
     "table_images": "mmkd.evaluation.prepare.images:table_images",
+    "table_paths": "mmkd.evaluation.prepare.images:table_paths",
     "h5_patches": "mmkd.evaluation.prepare.images:h5_patches",
     "npz": "mmkd.evaluation.prepare.images:npz",
     "vqa_records": "mmkd.evaluation.prepare.vqa:vqa_records",

@@ -9,6 +9,11 @@ Layout families (catalog `prepare.layout`):
   the download (HAM10000). `table`, `image_column`, `label_column`, `images` (pattern with `{id}`).
 - `h5_patches`: HDF5 arrays `x` (N×H×W×3 uint8) and `y` (labels) per split, optionally gzipped
   (PatchCamelyon); written as PNGs. Needs h5py (`pip install mmkd[prepare]`).
+- `table_paths`: a list table naming each image by its path inside the image archive and its class by
+  one-hot columns (CheXpert 5x200: `imgpath` = `CheXpert-v1.0-small/train/...jpg`, one of the five
+  finding columns 1.0). `table`, `image_column`, `label_columns`; the path is looked up with its
+  leading folders dropped one by one, so the images can be given as the archive, the unpacked folder
+  or the folder above it. Written as `<file>.csv` (image,label) with `images/<path>` (format `csv`).
 - `npz`: a MedMNIST .npz kept as it is, its label arrays counted (format `medmnist` reads it).
 """
 
@@ -134,6 +139,49 @@ def table_images(download: Download, spec: dict, ctx: Context) -> Plan:
         download.copy_many(jobs, progress=f"{ctx.name}: copy images", link=ctx.link)
         write_lists(folder, {"all": lines})
         return {"format": "txt", "splits": ["all"]}
+
+    return Plan(counts, write)
+
+
+def table_paths(download: Download, spec: dict, ctx: Context) -> Plan:
+    where = f"datasets.{ctx.name}"
+    table = download.one(need(spec, "table", where), "image list table", ctx.expected)
+    rows = read_table(table)
+    image_col, label_cols = str(need(spec, "image_column", where)), [str(c) for c in need(spec, "label_columns", where)]
+    problem = lacking([image_col, *label_cols], rows[0], table.path) if rows else None
+    if problem:
+        raise UnrecognisedDownload(download, problem, ctx.expected)
+    items, missing, unlabelled = [], [], []
+    for n, row in enumerate(rows, 2):
+        hot = [c for c in label_cols if str(row.get(c, "")).strip() not in ("", "0", "0.0", "-1", "-1.0")]
+        if len(hot) != 1:
+            unlabelled.append(f"line {n}: {hot or 'no class'}")
+            continue
+        parts = [p for p in str(row[image_col]).strip().split("/") if p]
+        member = next((download.members[m] for m in ("/".join(parts[i:]) for i in range(len(parts)))
+                       if m in download.members), None)
+        if member is None:
+            missing.append(str(row[image_col]))
+        else:
+            items.append((member, "/".join(parts), hot[0]))
+    if unlabelled:
+        raise DataError(f"dataset {ctx.name}: {table.path}: {len(unlabelled)} row(s) have not exactly one of "
+                        f"{', '.join(label_cols)} set (e.g. {unlabelled[0]})")
+    if missing:
+        raise UnrecognisedDownload(download, f"{len(missing)} of the {len(rows)} images the table lists are missing "
+                                             f"(e.g. {missing[0]})", ctx.expected)
+    counts = {"all": dict(sorted(Counter(lab for _, _, lab in items).items()))}
+
+    def write(folder: Path) -> dict:
+        import csv
+
+        jobs = [(member, folder / "images" / rel) for member, rel, _ in items]
+        download.copy_many(jobs, progress=f"{ctx.name}: copy images", link=ctx.link)
+        with open(folder / ctx.file_name, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "label"])
+            writer.writerows((f"images/{rel}", label) for _, rel, label in items)
+        return {"format": "csv", "file": ctx.file_name}
 
     return Plan(counts, write)
 

@@ -123,6 +123,21 @@ def _vqa(table: Path) -> tuple[Counts, list[str]]:
     return {s: dict(sorted(c.items())) for s, c in counts.items()}, problems
 
 
+def _csv(table: Path) -> tuple[Counts, list[str]]:
+    import csv
+
+    try:
+        with open(table, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError) as e:
+        return {}, [f"{table}: unreadable ({e})"]
+    if rows and not {"image", "label"} <= set(rows[0]):
+        return {}, []  # a hand-made table with other columns: the catalog's keys say how to read it
+    images = [Path(r["image"]) if Path(r["image"]).is_absolute() else table.parent / r["image"] for r in rows]
+    return ({"all": dict(sorted(Counter(r["label"] for r in rows).items()))},
+            check_images(images, f"images listed in {table.name}"))
+
+
 def _slides(folder: Path) -> tuple[Counts, list[str]]:
     import csv
 
@@ -193,7 +208,7 @@ def _medmnist(path: Path) -> tuple[Counts, list[str]]:
     return counts, problems
 
 
-READERS = {"txt": _txt, "vqa": _vqa, "slides": _slides, "medmnist": _medmnist}
+READERS = {"txt": _txt, "csv": _csv, "vqa": _vqa, "slides": _slides, "medmnist": _medmnist}
 
 
 def verify_prepared(path: Path, fmt: str, manifest: dict[str, Any] | None) -> list[str]:
