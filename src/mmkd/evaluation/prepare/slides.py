@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from mmkd.errors import DataError, UsageError
 from mmkd.evaluation.prepare.common import (FEATURE_EXTS, SLIDE_EXTS, Context, Plan, lacking, need, read_table,
@@ -76,7 +77,9 @@ def survival_mcat(download: Download, spec: dict, ctx: Context) -> Plan:
     if problem:
         raise UnrecognisedDownload(download, problem, ctx.expected)
     files = slide_files(download, ctx)
-    out, absent, cases = [], [], {}
+    out: list[dict[str, Any]] = []
+    absent: list[str] = []
+    cases: dict[str, int] = {}
     for row in rows:
         sid = stem_of_slide(row["slide_id"].strip())
         member = files.get(sid)
