@@ -170,13 +170,16 @@ def test_check_loads_features_and_decodes_images(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["datasets", "check", "tcga_blca_survival", "lc25000_lung"]) == 0
     assert "2 of 2 dataset(s) found, 0 missing" in capsys.readouterr().out
-    for pt in sorted((dl / "pt_files").glob("*.pt"))[:2]:
+    pts = sorted((dl / "pt_files").glob("*.pt"))
+    for pt in pts[:2]:
         pt.write_bytes(b"")  # placeholders
+    pts[2].write_bytes(b"<html>404</html>")
     first = sorted((tmp_path / "data" / "lc25000_lung" / "all" / "lung_n").iterdir())[0]
     first.write_bytes(b"not an image")
     assert main(["datasets", "check", "tcga_blca_survival", "lc25000_lung"]) == 1
     out = capsys.readouterr().out
     assert "damaged  tcga_blca_survival" in out and "2 of the 3 slides or features files are empty (0 bytes)" in out
+    assert f"1 of the 1 features files loaded are unreadable: {pts[2]}" in out
     assert "damaged  lc25000_lung" in out and f"1 of the 6 images listed in all.txt are not readable images: {first}" in out
     assert "2 damaged" in out
     np.testing.assert_equal(first.read_bytes(), b"not an image")  # check changes nothing

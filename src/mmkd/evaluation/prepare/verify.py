@@ -30,6 +30,12 @@ def _e_g(items: list, n: int = 3) -> str:
     return ", ".join(str(x) for x in items[:n]) + (" ..." if len(items) > n else "")
 
 
+def _tally(total: int, what: str, *groups: tuple[str, list[str], int]) -> list[str]:
+    """'N of the TOTAL WHAT are STATE: e.g. ...' for each (state, items, examples shown) with items."""
+    return [f"{len(items)} of the {total} {what} are {state}: {_e_g(items, shown)}" for state, items, shown in groups
+            if items]
+
+
 def image_problem(path: Path, decode: bool) -> str | None:
     """Why `path` is not a usable image (None when it is): its header is read, and all of it when `decode`."""
     from PIL import Image
@@ -56,12 +62,7 @@ def check_images(paths: list[Path], what: str) -> list[str]:
         problem = image_problem(path, i in decode)
         if problem:
             bad.append(f"{path} ({problem})")
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} of the {len(paths)} {what} are missing: {_e_g(missing)}")
-    if bad:
-        problems.append(f"{len(bad)} of the {len(paths)} {what} are not readable images: {_e_g(bad, 2)}")
-    return problems
+    return _tally(len(paths), what, ("missing", missing, 3), ("not readable images", bad, 2))
 
 
 def compare_counts(counted: Counts, prepared: Counts, splits: list[str] | None = None) -> list[str]:
@@ -166,14 +167,8 @@ def _slides(folder: Path) -> tuple[Counts, list[str]]:
             dims[int(read_features(features[i]).shape[-1])] += 1
         except (DataError, UsageError) as e:
             unreadable.append(f"{features[i]} ({e})")
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} of the {len(rows)} slides or features files are missing: {_e_g(missing)}")
-    if empty:
-        problems.append(f"{len(empty)} of the {len(rows)} slides or features files are empty (0 bytes): {_e_g(empty)}")
-    if unreadable:
-        problems.append(f"{len(unreadable)} of {len(_spread(len(features)))} features files loaded do not load: "
-                        f"{_e_g(unreadable, 2)}")
+    problems = _tally(len(rows), "slides or features files", ("missing", missing, 3), ("empty (0 bytes)", empty, 3))
+    problems += _tally(len(_spread(len(features))), "features files loaded", ("unreadable", unreadable, 2))
     if len(dims) > 1:
         problems.append(f"the features files loaded have different feature sizes: {dict(dims)}")
     if any(str(r.get("time", "")).strip() for r in rows):  # survival: cases by event
