@@ -30,6 +30,7 @@ import importlib.util
 import json
 import math
 import os
+import pickle
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -406,7 +407,7 @@ def read_features(path: Path) -> torch.Tensor:
 
             tensors = load_file(str(path))
             data = tensors.get("features", next(iter(tensors.values())) if len(tensors) == 1 else None)
-    except (OSError, KeyError, RuntimeError, ValueError) as e:
+    except (OSError, KeyError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
         raise DataError(f"cannot read features {str(path)!r} ({type(e).__name__}: {e})") from None
     if not isinstance(data, torch.Tensor) or data.ndim not in (2, 3):
         raise DataError(f"{path}: expected a [patches, dim] tensor (or a `features` entry holding one)")
