@@ -7,6 +7,7 @@ test error); the downloads are miniatures of LC25000 and BUSI written by the tes
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -133,3 +134,16 @@ def test_zip_member_with_a_bad_crc_is_named_with_the_fix(tmp_path, data, capsys)
     assert ("lung_colon_image_set/lung_image_sets/lung_n/lungn2.jpeg in " + str(download)) in out
     assert "Bad CRC-32" in out and "download it again" in out and "internal error" not in out
     assert not (data / "lc25000_lung").exists() and not (data / "lc25000_lung.partial").exists()
+
+
+def test_a_second_prepare_into_the_same_target_is_refused_naming_the_holder(tmp_path, data, capsys):
+    from mmkd.utils.locks import writer_lock
+
+    download = _lc25000(tmp_path / "LC25000.zip")
+    data.mkdir()
+    with writer_lock(data / ".lc25000_lung.prepare", "--out", "dataset folder", "mmkd datasets prepare lc25000_lung"):
+        code, out = cli(capsys, "datasets", "prepare", "lc25000_lung", "--from", download, "--accept-counts")
+        assert code == 2 and "being written by another mmkd process" in out and f"pid {os.getpid()}" in out, out
+        assert not (data / "lc25000_lung").exists()
+    assert cli(capsys, "datasets", "prepare", "lc25000_lung", "--from", download, "--accept-counts")[0] == 0
+    assert sorted(p.name for p in data.iterdir()) == ["lc25000_lung"]  # no lock or scratch left behind

@@ -78,25 +78,35 @@ def prepare_dataset(entry, sources: list[str], *, out: str | Path | None = None,
         folder = Path(out).expanduser().resolve()
         file_name, kind = ("", "folder") if entry.format in FOLDER_FORMATS else (entry.path.name, "folder")
     _refuse_overlap(folder / file_name if kind == "file" else folder, sources, "--out" if out else "the catalog path")
-    old_outputs = _claim(folder, file_name, kind, overwrite)
-    scratch = folder.parent / f".{folder.name}.{entry.name}.scratch"
+    from mmkd.utils.locks import writer_lock
+
+    # the scratch folder beside the target holds the writer lock: one `prepare` per target at a time
+    scratch = folder.parent / f".{file_name if kind == 'file' else folder.name}.prepare"
     expected = str(spec.get("expected") or entry.option("source") or "the official download")
     ctx = Context(entry.name, expected, file_name, scratch, splits, link)
-    try:
-        with Download.open(sources) as download:
-            plan = converter(str(spec.get("layout")))(download, spec, ctx)
-            check = check_counts(plan.counts, spec.get("published"))
-            log(f"{entry.name}: counted examples\n{check.table()}")
-            for note in plan.notes:
-                log(f"  note: {note}")
-            log(f"  {check.summary()}")
-            if not check.ok and not accept_counts:
-                raise CountMismatch(f"dataset {entry.name}: the download's counts match no published figure — it may "
-                                    f"be partial or another release; nothing was written. Pass --accept-counts to "
-                                    f"prepare it anyway")
-            info, outputs = _write(plan, folder, file_name, old_outputs, log)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(scratch, "--out", "dataset folder", f"mmkd datasets prepare {entry.name}"):
+        try:
+            return _prepare(entry, spec, sources, folder, file_name, kind, ctx, overwrite, accept_counts, log)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _prepare(entry, spec: dict, sources: list[str], folder: Path, file_name: str, kind: str, ctx: Context,
+             overwrite: bool, accept_counts: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    old_outputs = _claim(folder, file_name, kind, overwrite)
+    with Download.open(sources) as download:
+        plan = converter(str(spec.get("layout")))(download, spec, ctx)
+        check = check_counts(plan.counts, spec.get("published"))
+        log(f"{entry.name}: counted examples\n{check.table()}")
+        for note in plan.notes:
+            log(f"  note: {note}")
+        log(f"  {check.summary()}")
+        if not check.ok and not accept_counts:
+            raise CountMismatch(f"dataset {entry.name}: the download's counts match no published figure — it may "
+                                f"be partial or another release; nothing was written. Pass --accept-counts to "
+                                f"prepare it anyway")
+        info, outputs = _write(plan, folder, file_name, old_outputs, log)
     manifest = _manifest(entry, sources, check, plan, info)
     manifest["outputs"] = outputs
     from mmkd.utils.io import atomic_write_json
