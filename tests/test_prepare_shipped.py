@@ -130,6 +130,7 @@ def test_clam_kidney_table_labels_sarc_rows_index_column_and_doubled_case_ids(tm
     assert sorted((r.patient_id, r.label) for r in read_slides_table(entry.path)) == [
         ("TCGA-2K-A9WE", "KIRP"), ("TCGA-KM-A7QI", "KICH"), ("TCGA-SX-A71S", "KIRP")]
     # without the exclusion, the refusal names the unexpected label and both ways out
+    assert manifest["skipped"] == {"label 'TCGA-SARC' excluded": 2}
     with pytest.raises(UsageError, match=r"label\(s\) TCGA-SARC are none of the expected KICH, KIRC, KIRP; map them "
                                          r"with prepare.label_map or leave them out with prepare.exclude_labels"):
         prepare_dataset(paper_entry("tcga_rcc_subtyping", tmp_path / "b", exclude_labels=[]), [str(dl)],
@@ -221,3 +222,16 @@ def test_chexpert_5x200_list_with_one_hot_columns_and_the_chexpert_zip(tmp_path)
     again = paper_entry("chexpert_5x200", tmp_path / "b", [{"source": "mini", "counts": {"all": {c: 2 for c in classes}}}])
     assert prepare_dataset(again, [str(tmp_path / "local_data"), str(tmp_path / "unpacked" / "CheXpert-v1.0-small")],
                            log=lambda s: None)["counts"] == manifest["counts"]
+
+
+def test_survival_rows_with_an_empty_field_are_skipped_and_counted(tmp_path):
+    dl = tmp_path / "dl"
+    table = MCAT_BLCA + "3,TCGA-2F-A9KQ,TCGA-2F-A9KQ-01Z-00-DX1.1A2B3C4D-0000-0000-0000-000000000000.svs,2F,0,BLCA,69,,1,1.0,0.1\n"
+    _pt_files(dl, table)
+    (dl / "tcga_blca_all_clean.csv").write_text(table)
+    logged = []
+    manifest = prepare_dataset(paper_entry("tcga_blca_survival", tmp_path, [{"source": "mini", "counts": {"total": 2}}]),
+                               [str(dl)], log=logged.append)
+    assert manifest["counts"] == {"all": {"event": 2, "censored": 0}}
+    assert manifest["skipped"] == {"empty survival_months": 1}
+    assert "skipped 1 row(s) of tcga_blca_all_clean.csv: empty survival_months" in "\n".join(logged)

@@ -80,7 +80,12 @@ def survival_mcat(download: Download, spec: dict, ctx: Context) -> Plan:
     out: list[dict[str, Any]] = []
     absent: list[str] = []
     cases: dict[str, int] = {}
+    skipped: Counter = Counter()
     for row in rows:
+        blank = [c for c in ("case_id", "slide_id", "survival_months", "censorship") if not str(row[c] or "").strip()]
+        if blank:
+            skipped[f"empty {', '.join(blank)}"] += 1
+            continue
         sid = stem_of_slide(row["slide_id"].strip())
         member = files.get(sid)
         if member is None:
@@ -100,6 +105,7 @@ def survival_mcat(download: Download, spec: dict, ctx: Context) -> Plan:
                                              f"pt_files/h5_files features file", ctx.expected)
     counts = {"all": {"event": sum(cases.values()), "censored": len(cases) - sum(cases.values())}}
     notes = [f"{len(cases)} case(s), {len(out)} slide(s) found"]
+    notes += [f"skipped {n} row(s) of {table.path.rsplit('/', 1)[-1]}: {reason}" for reason, n in sorted(skipped.items())]
     if absent:
         notes.append(f"{len(absent)} slide(s) of the table are missing (e.g. {absent[0]})")
 
@@ -107,7 +113,7 @@ def survival_mcat(download: Download, spec: dict, ctx: Context) -> Plan:
         return _write_slides_csv(folder, [{**{k: v for k, v in r.items() if k != "member"},
                                            "path": _local(r["member"], ctx)} for r in out])
 
-    return Plan(counts, write, notes=notes)
+    return Plan(counts, write, notes=notes, skipped=dict(sorted(skipped.items())))
 
 
 def slide_labels(download: Download, spec: dict, ctx: Context) -> Plan:
@@ -120,6 +126,7 @@ def slide_labels(download: Download, spec: dict, ctx: Context) -> Plan:
     files = slide_files(download, ctx)
     labelled: dict[str, dict] = {}
     dropped: Counter = Counter()
+    skipped: Counter = Counter()
     for pattern in spec.get("files") or []:
         for member, fields in download.match(pattern):
             if "label" in fields:
@@ -148,6 +155,9 @@ def slide_labels(download: Download, spec: dict, ctx: Context) -> Plan:
             if raw.strip().lower() in excluded:
                 dropped[raw.strip()] += 1
                 continue
+            if not sid or not raw.strip():
+                skipped[f"empty {id_col if not sid else label_col}"] += 1
+                continue
             labelled[sid] = {"slide_id": sid, "label": label_of(raw)}
             if patient_col is not None:
                 labelled[sid]["patient_id"] = case_of(row[patient_col])
@@ -167,6 +177,7 @@ def slide_labels(download: Download, spec: dict, ctx: Context) -> Plan:
         raise UnrecognisedDownload(download, "no labelled slide (or features file) found", ctx.expected)
     counts = {"all": dict(sorted(Counter(r["label"] for r in out).items()))}
     notes = [f"left out {n} slide(s) labelled {label!r} (prepare.exclude_labels)" for label, n in sorted(dropped.items())]
+    notes += [f"skipped {n} row(s) of the label table: {reason}" for reason, n in sorted(skipped.items())]
     if absent:
         notes.append(f"{len(absent)} labelled slide(s) are missing (e.g. {absent[0]})")
 
@@ -174,4 +185,5 @@ def slide_labels(download: Download, spec: dict, ctx: Context) -> Plan:
         return _write_slides_csv(folder, [{**{k: v for k, v in r.items() if k != "member"},
                                            "path": _local(r["member"], ctx)} for r in out])
 
-    return Plan(counts, write, notes=notes)
+    left_out = {f"label {label!r} excluded": n for label, n in sorted(dropped.items())}
+    return Plan(counts, write, notes=notes, skipped={**left_out, **dict(sorted(skipped.items()))})
