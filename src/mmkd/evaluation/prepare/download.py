@@ -53,8 +53,7 @@ def sniff(head: bytes) -> str:
             return kind
     if head.startswith(LFS_POINTER):
         return "lfs-pointer"
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml version")) and b"<html" in head.lower():
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").lower().startswith((b"<!doctype html", b"<html")):
         return "html"
     return ""
 
