@@ -235,3 +235,24 @@ def test_survival_rows_with_an_empty_field_are_skipped_and_counted(tmp_path):
     assert manifest["counts"] == {"all": {"event": 2, "censored": 0}}
     assert manifest["skipped"] == {"empty survival_months": 1}
     assert "skipped 1 row(s) of tcga_blca_all_clean.csv: empty survival_months" in "\n".join(logged)
+
+
+def test_check_names_an_lfs_pointer_where_a_medmnist_file_was_and_damaged_class_folders(tmp_path, monkeypatch, capsys):
+    from mmkd.cli import main
+
+    monkeypatch.setenv("MMKD_DATA", str(tmp_path / "data"))
+    (tmp_path / "data" / "medmnist").mkdir(parents=True)
+    (tmp_path / "data" / "medmnist" / "pathmnist.npz").write_bytes(LFS_POINTER)
+    assert main(["datasets", "check", "pathmnist"]) == 1
+    out = capsys.readouterr().out
+    assert "damaged  pathmnist" in out and "pathmnist.npz is a Git LFS pointer" in out
+    folder = tmp_path / "data" / "brain"
+    for cls in ("glioma", "normal"):
+        (folder / cls).mkdir(parents=True)
+        (folder / cls / "a.png").write_bytes(_jpeg(1, "PNG"))
+    (folder / "normal" / "b.png").write_bytes(HTML_PAGE)
+    catalog = tmp_path / "mine.yaml"
+    catalog.write_text(f"datasets:\n  brain: {{tasks: [zero-shot], format: imagefolder, path: {folder}}}\n")
+    assert main(["datasets", "check", "--datasets", str(catalog)]) == 1
+    out = capsys.readouterr().out
+    assert f"1 of the 2 images under normal/ are not readable images: {folder / 'normal' / 'b.png'}" in out

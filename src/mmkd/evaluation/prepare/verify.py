@@ -139,6 +139,21 @@ def _csv(table: Path) -> tuple[Counts, list[str]]:
             check_images(images, f"images listed in {table.name}"))
 
 
+def _imagefolder(root: Path) -> tuple[Counts, list[str]]:
+    """An `imagefolder` root: class folders of images, or split folders of class folders."""
+    from mmkd.evaluation.datasets import _class_folders, _images_in
+
+    if not root.is_dir():
+        return {}, [f"{root} is not a folder"]
+    counts: Counts = {}
+    problems: list[str] = []
+    for folder in _class_folders(root):
+        images = _images_in(folder)
+        counts.setdefault("all", {})[folder.name] = len(images)
+        problems += check_images([Path(i) for i in images], f"images under {folder.name}/")
+    return counts, problems
+
+
 def _slides(folder: Path) -> tuple[Counts, list[str]]:
     import csv
 
@@ -203,7 +218,7 @@ def _medmnist(path: Path) -> tuple[Counts, list[str]]:
     return counts, problems
 
 
-READERS = {"txt": _txt, "csv": _csv, "vqa": _vqa, "slides": _slides, "medmnist": _medmnist}
+READERS = {"txt": _txt, "imagefolder": _imagefolder, "csv": _csv, "vqa": _vqa, "slides": _slides, "medmnist": _medmnist}
 
 
 def verify_prepared(path: Path, fmt: str, manifest: dict[str, Any] | None) -> list[str]:
@@ -211,6 +226,13 @@ def verify_prepared(path: Path, fmt: str, manifest: dict[str, Any] | None) -> li
     with `manifest` (PREPARED.json) when there is one."""
     if fmt not in READERS:
         return []
+    if path.is_file():
+        from mmkd.evaluation.prepare.download import placeholder_problem
+
+        with open(path, "rb") as f:
+            problem = placeholder_problem(str(path), f.read(512))
+        if problem:
+            return [problem]
     counted, problems = READERS[fmt](path)
     if manifest and isinstance(manifest.get("counts"), dict):
         written = (manifest.get("written") or {}).get("splits")
