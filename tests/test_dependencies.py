@@ -11,6 +11,7 @@ import re
 import sys
 import tomllib
 from importlib.metadata import packages_distributions
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -56,14 +57,15 @@ def _imports(path):
 
 
 @functools.cache
-def _imported() -> dict[str, dict[str, bool]]:
-    """distribution -> {file: every import of it there is lazy}, for the third-party imports of src/mmkd."""
+def _imported(folder: Path = SRC) -> dict[str, dict[str, bool]]:
+    """distribution -> {file: every import of it there is lazy}, for the third-party imports under `folder`."""
     owners = packages_distributions()
+    local = {p.stem for p in (ROOT / "tests").rglob("*.py")} | {p.stem for p in (ROOT / "bench").glob("*.py")}
     out: dict[str, dict[str, bool]] = {}
-    for path in sorted(SRC.rglob("*.py")):
+    for path in sorted(folder.rglob("*.py")):
         for module, lazy in _imports(path):
             top = module.split(".")[0]
-            if top in sys.stdlib_module_names or top == "mmkd":
+            if top in sys.stdlib_module_names or top == "mmkd" or (folder != SRC and top in local):
                 continue
             assert top in owners, f"{path.relative_to(ROOT)} imports {top!r}, which no installed distribution provides"
             dists = [_norm(d) for d in owners[top]]
@@ -90,6 +92,13 @@ def test_declared_dependencies_are_exactly_the_imported_ones():
     runtime = core | set().union(*(reqs for extra, reqs in extras.items() if extra not in ("test", "lint")))
     assert sorted(set(imported) - runtime) == [], "imported by src/mmkd but not declared in pyproject.toml"
     assert sorted(runtime - set(imported)) == [], "declared in pyproject.toml but never imported by src/mmkd"
+
+
+def test_the_tests_need_nothing_beyond_the_test_extra():
+    core, extras = _declared()
+    declared = core | set().union(*(extras[name] for name in ("test", "onnx", "slides", "prepare", "tensorboard")))
+    undeclared = {dist: sorted(files) for dist, files in _imported(ROOT / "tests").items() if dist not in declared}
+    assert not undeclared, f"imported by the tests but not brought by mmkd[test]: {undeclared}"
 
 
 def test_optional_extras_are_imported_only_where_used():
