@@ -83,3 +83,15 @@ def test_data_select_takes_a_packaged_selection_by_name(tmp_path, monkeypatch):
     assert clauses == {k: [str(v) for v in vals] for k, vals in expected.items()}
     with pytest.raises(UsageError, match="FIELD=V1,V2"):
         parse_clauses(["modality"], what="--select")
+
+
+def test_recipes_paths_name_files_to_copy(capsys):
+    import argparse
+
+    from mmkd.recipe_files import run
+
+    assert run(argparse.Namespace(paths=True)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    paths = [line.strip() for line in lines[1::2]]
+    assert len(paths) == len(list(RECIPES.rglob("*.yaml")))
+    assert all(os.path.isfile(p) and p.endswith(".yaml") and "/mmkd/recipes/" in p for p in paths)
