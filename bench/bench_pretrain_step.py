@@ -10,7 +10,8 @@ Fairness: both build the same student (same config, same seed, so the same initi
 read the same CSV through the same loader (mmkd's PairDataset + ResumableBatchSampler, seed 0,
 same batch order, 0 workers) and tokenise with the same tokenizer; the timed window is the same
 steps (after `--warmup` steps, up to the last one) for both, so start-up and the final
-checkpoint of `fit` are left out. Runs alternate ours/baseline `--repeats` times.
+checkpoint of `fit` are left out. Runs alternate ours/baseline `--repeats` times, every other pair
+in the other order.
 
 What is compared: each run's fastest 5-step window (ours from `fit`'s metrics, logged every 5 steps;
 the baseline timed the same way). Other jobs on a shared machine can only add time to a window, so
@@ -122,12 +123,15 @@ def main() -> None:
         root = Path(tmp)
         csv = write_pairs_csv(root / "data", args.batch * (args.steps + 1), image_size=32)
         for r in range(args.repeats):
-            rate, windows = run_ours(csv, root / f"ours{r}", args)
+            runs = [lambda: run_ours(csv, root / f"ours{r}", args), lambda: run_baseline(csv, args)]
+            if r % 2:  # every other pair runs the baseline first, so neither side always follows the other
+                runs.reverse()
+            results = [run() for run in runs]
+            (rate, windows), (base_rate, base_windows) = results if r % 2 == 0 else results[::-1]
             ours.append(rate)
             ours_best.append(min(windows))
-            rate, windows = run_baseline(csv, args)
-            base.append(rate)
-            base_best.append(min(windows))
+            base.append(base_rate)
+            base_best.append(min(base_windows))
             print(f"repeat {r}: ours {ours[-1]:7.1f} samples/s, open_clip loop {base[-1]:7.1f} samples/s; fastest "
                   f"5 steps: ours {1000 * ours_best[-1]:6.1f} ms, open_clip loop {1000 * base_best[-1]:6.1f} ms")
     # Each repeat runs ours and the baseline back to back: the median of those paired ratios is
