@@ -1,9 +1,10 @@
 """Parity and speed against CLIP_benchmark (LAION-AI/CLIP_benchmark, the PyPI package `clip_benchmark`).
 
-CLIP_benchmark runs in its own virtual environment (default .venv-clipbench in the repository, made with
-`python3 -m venv .venv-clipbench && .venv-clipbench/bin/pip install torch==2.14.1 torchvision==0.29.1
-clip_benchmark requests 'numpy<2.4'`; another one with MMKD_CLIPBENCH_PYTHON=PATH/bin/python); it is not a test
-dependency. Without it the benchmark prints a skipped RATIO line. clip_benchmark 1.6.2 also needs
+CLIP_benchmark runs in its own virtual environment (default .venv-clipbench in the repository, which `make bench`
+creates: `make clipbench` installs clip_benchmark==1.6.2 with torch==2.14.1 torchvision==0.29.1 requests
+'numpy<2.4'; another one with MMKD_CLIPBENCH_PYTHON=PATH/bin/python); it is not a test dependency. Without it,
+or with another CLIP_benchmark version, the benchmark cannot run: it says why and exits 2, and `make bench`
+fails. clip_benchmark 1.6.2 also needs
 `requests` (imported, not declared) and numpy < 2.4 (its accuracy() converts a 1-element array
 with float(), which numpy 2.4 refuses).
 
@@ -39,6 +40,7 @@ sys.path.insert(0, str(HERE))
 from _common import machine_info  # noqa: E402
 
 DEFAULT_PYTHON = str(HERE.parent / ".venv-clipbench" / "bin" / "python")
+CLIP_BENCHMARK_VERSION = "1.6.2"  # the version compared; the Makefile's `clipbench` installs it
 DATASETS = {  # name -> class names (label order)
     "shapes2": ["round blob", "square block"],
     "tissue4": ["adipose tissue", "lymphocytes", "mucus", "tumour epithelium"],
@@ -185,11 +187,15 @@ def main() -> int:
     args = parser.parse_args()
     cb_python = os.environ.get("MMKD_CLIPBENCH_PYTHON", DEFAULT_PYTHON)
     if not Path(cb_python).is_file():
-        print(f"RATIO clip_benchmark_wall_time: skipped (no CLIP_benchmark environment at {cb_python}; see the "
-              f"docstring of bench/bench_clip_benchmark.py)")
-        return 0
+        print(f"CANNOT RUN: no CLIP_benchmark environment at {cb_python}; `make clipbench` creates it "
+              f"(or set MMKD_CLIPBENCH_PYTHON)")
+        return 2
     cb_version = subprocess.run([cb_python, "-c", "import importlib.metadata as m; print(m.version('clip_benchmark'))"],
                                 capture_output=True, text=True).stdout.strip()
+    if cb_version != CLIP_BENCHMARK_VERSION:
+        print(f"CANNOT RUN: {cb_python} has clip_benchmark {cb_version or '(none)'}, not the compared "
+              f"{CLIP_BENCHMARK_VERSION}; rerun `make clipbench`")
+        return 2
     info = machine_info()
     print(f"# CLIP_benchmark {cb_version} vs mmkd; {args.arch} (random weights), {args.images} images per dataset")
     print(f"# machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, gpu {info['gpu']}")

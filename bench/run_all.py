@@ -8,8 +8,11 @@ This runner starts each in a fresh process (so memory and threads do not leak be
 them), collects those lines, and writes bench/RESULTS.md with the machine (CPU model, cores,
 torch version, GPU), the date, every ratio and figure, and the raw output of each script.
 
+A benchmark that cannot run (a missing comparison environment, say) prints `CANNOT RUN: <why>` and exits
+non-zero; that is a failure, reported with its reason, never a pass or a skip.
+
 Usage: python bench/run_all.py [--only SUBSTRING] [--timeout SECONDS] [--results PATH] [--bench-dir DIR]
-Exit code 1 when a benchmark fails, prints no RATIO line, or misses a target (so `make bench` fails).
+Exit code 1 when a benchmark fails, cannot run, prints no RATIO line, or misses a target (so `make bench` fails).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ sys.path.insert(0, str(HERE))
 from _common import machine_info  # noqa: E402
 
 LINE_RE = re.compile(r"^(RATIO|FIGURE) ([\w.\-/]+): (.*)$")
+CANNOT_RE = re.compile(r"^CANNOT RUN: (.*)$", re.M)
 VALUE_RE = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
 TARGET_RE = re.compile(r"target\s*(<=|>=|<|>|≤|≥)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
 _OPS = {"<=": lambda v, b: v <= b, "≤": lambda v, b: v <= b, "<": lambda v, b: v < b,
@@ -57,8 +61,20 @@ def run_one(script: Path, timeout: int) -> dict:
     lines = [m.groups() for m in map(LINE_RE.match, output.splitlines()) if m]
     ratios = [(n, v) for k, n, v in lines if k == "RATIO"]
     return {"name": script.stem, "code": code, "seconds": time.perf_counter() - start, "output": output,
+            "failure": failure_reason(code, output, bool(ratios)),
             "ratios": ratios, "checks": [check_target(v) for _, v in ratios],
             "figures": [(n, v) for k, n, v in lines if k == "FIGURE"]}
+
+
+def failure_reason(code: int, output: str, has_ratio: bool) -> str:
+    """Why a benchmark failed, in one line ("" when it ran): its CANNOT RUN line, else its exit and last error."""
+    cannot = CANNOT_RE.search(output)
+    if cannot:
+        return f"cannot run: {cannot.group(1)}"
+    if code != 0:
+        last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "")
+        return f"exit {code}" + (f": {last[:200]}" if last else "")
+    return "" if has_ratio else "no RATIO line"
 
 
 def passed(r: dict) -> bool:
@@ -73,9 +89,8 @@ def write_results(path: Path, results: list[dict], info: dict, started: str) -> 
           f"MMKD_BENCH_THREADS, default 1); Python {info['python']}; GPU: {info['gpu']}.", "",
           "| benchmark | ratio | value | wall s | status |", "|---|---|---|---|---|"]
     for r in results:
-        if r["code"] != 0 or not r["ratios"]:
-            md.append(f"| {r['name']} | - | - | {r['seconds']:.0f} | FAILED (exit {r['code']}"
-                      f"{'' if r['ratios'] else ', no RATIO line'}) |")
+        if r["failure"]:
+            md.append(f"| {r['name']} | - | - | {r['seconds']:.0f} | FAILED ({r['failure'].replace('|', '/')}) |")
             continue
         for (name, value), (_, status) in zip(r["ratios"], r["checks"]):
             md.append(f"| {r['name']} | {name} | {value} | {r['seconds']:.0f} | {status} |")
@@ -109,13 +124,16 @@ def main() -> int:
         results.append(r)
         ratios = "; ".join(f"{n}: {v}  [{why}]" for (n, v), (_, why) in zip(r["ratios"], r["checks"])) \
             or "no RATIO line"
-        status = "" if r["code"] == 0 else f"  [FAILED, exit {r['code']}]"
+        status = f"  [FAILED: {r['failure']}]" if r["failure"] else ""
         print(f"{r['name']:<28} {ratios}  ({r['seconds']:.0f} s){status}", flush=True)
         write_results(Path(args.results), results, info, started)  # keep what is done if a later one hangs
     print(f"results written to {args.results}")
     missed = [f"{r['name']}: {n}" for r in results for (n, _), (met, _) in zip(r["ratios"], r["checks"]) if not met]
     if missed:
         print(f"below target: {', '.join(missed)}", flush=True)
+    failed = [f"{r['name']} ({r['failure']})" for r in results if r["failure"]]
+    if failed:
+        print(f"failed: {'; '.join(failed)}", flush=True)
     return 0 if all(passed(r) for r in results) else 1
 
 

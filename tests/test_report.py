@@ -79,14 +79,17 @@ ZERO_SHOT_ABSENT = "zero_dataset_not_on_disk"
 
 @pytest.fixture(scope="module")
 def paper_results(tmp_path_factory):
-    """Paper-scale shape: six task types, 2-14 datasets each, five models with long names. `expert-blood`
+    """Paper-scale shape: six task types, 2-14 datasets each, seven models with long names. `expert-blood`
     lacks one zero-shot dataset and is best on the others (partial: must not be ranked); `clip-only`
     has no survival result; the catalog lists a 15th zero-shot dataset that no model ran."""
     root = tmp_path_factory.mktemp("paper") / "results"
     rng = np.random.default_rng(7)
     sizes = {"zero-shot": 14, "linear-probe": 10, "retrieval": 4, "vqa": 3, "mil-classification": 3, "survival": 2}
     levels = {"student-stage2-decision": 0.72, "student-stage1": 0.66, "control-clip-only-300-steps": 0.64,
-              "clip-only": 0.55, "expert-blood": 0.50}
+              "clip-only": 0.55, "expert-blood": 0.50,
+              # names as long as `mmkd demo` gives its models, none of them a break opportunity for the browser
+              "student-stage2-decision-gated+projection-modality:caption-vocab-s10": 0.60,
+              "teacher_generalist_weak_10pct_of_every_modality_seed_0": 0.58}
     for model, level in levels.items():
         for task, n in sizes.items():
             for i in range(n):
@@ -234,7 +237,10 @@ window.addEventListener('load', () => {
     innerWidth: window.innerWidth, scrollWidth: document.documentElement.scrollWidth,
     scrollHeight: document.documentElement.scrollHeight,
     headline: table ? {...box(table), text: table.innerText,
-                       fontSize: parseFloat(getComputedStyle(table.querySelector('td')).fontSize)} : null,
+                       fontSize: parseFloat(getComputedStyle(table.querySelector('td')).fontSize),
+                       box: box(table.parentElement),
+                       columns: [...table.querySelectorAll('thead th')].map(th => ({...box(th),
+                         name: th.firstChild.textContent.trim()}))} : null,
     perDataset: box(document.getElementById('per-dataset')),
     plots: [...document.querySelectorAll('#plots img')].map(i => ({...box(i), complete: i.complete,
       naturalWidth: i.naturalWidth, naturalHeight: i.naturalHeight, task: i.closest('figure')?.dataset.task})),
@@ -297,6 +303,17 @@ def test_page_opens_with_the_headline_and_every_plot_is_readable(which, request,
     assert head["fontSize"] >= 13
     table = crop(pixels, head)
     assert (table.sum(axis=2) < 200).mean() > 0.01, "the headline table rendered no text"
+    # every column of the headline in view without scrolling its box: the page's width is capped (max-width), so
+    # what fits here fits every wider window (1,400 px included); in the screenshot each column header has text
+    names = [c["name"] for c in head["columns"]]
+    assert names[:2] == ["model", "overall"]
+    assert sorted(names[1:]) == sorted({c for _, c in read_headline_csv(written["headline_csv"])})
+    for col in head["columns"]:
+        assert col["left"] >= head["box"]["left"] - 1 and col["right"] <= head["box"]["right"] + 1, \
+            f"headline column {col['name']!r} ends at {col['right']:.0f} px, out of view (its box ends at " \
+            f"{head['box']['right']:.0f} px)"
+        header = crop(pixels, col)
+        assert (header.sum(axis=2) < 300).mean() > 0.01, f"headline column {col['name']!r}: no text in the screenshot"
 
     # one plot per task, after the table and before the per-dataset detail, each at (near) natural size
     assert geometry["perDataset"] is not None, "the page has no per-dataset section"

@@ -218,9 +218,15 @@ def test_training_augmentation_is_the_authors_random_resized_crop_seeded_per_sam
     tiny_train = build_transforms(default_preprocess_cfg(resolve_model_config("mmkd-tiny-vit")[0]),
                                   crop_scale_min=0.3)[0]
     seeded = SeededSamples(PairDataset(records, tiny_train), seed=5)
+    torch.manual_seed(0)
     state = torch.random.get_rng_state()
+    pending = torch.cuda._lazy_seed_tracker.get_calls()  # the seeding torch keeps for a CUDA not yet started
     first = seeded[2]["image"]
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's generator is untouched
+    assert torch.cuda._lazy_seed_tracker.get_calls() == pending  # and no device's seed set (nor its stack walked)
+    torch.manual_seed((5 * 1_000_003 * 2_147_483_647 + 2) % (2 ** 63 - 1))  # the crop is the one of that seed
+    assert torch.equal(PairDataset(records, tiny_train)[2]["image"], first)
+    torch.random.set_rng_state(state)
     assert torch.equal(seeded[2]["image"], first)  # a pure function of (seed, epoch, index)
     seeded.epoch = 1
     assert not torch.equal(seeded[2]["image"], first)  # a new crop in the next epoch

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("mmkd.synth.cli", "write the synthetic multi-modality corpus and evaluation sets"),
     "data": ("mmkd.data.cli", "index a data source, and save metadata selections (e.g. BIOMEDICA subsets)"),
     "demo": ("mmkd.demo.cli", "the whole pipeline end to end on built-in data"),
+    "recipes": ("mmkd.recipe_files", "list the YAML recipes that ship with mmkd (names for --config)"),
 }
 
 

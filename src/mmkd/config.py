@@ -1,7 +1,7 @@
 """Typed configuration: dataclasses, YAML recipes, dotted command-line overrides, one validation pass.
 
 A run's configuration is built in three layers, each overriding the one before:
-defaults (the dataclasses below) -> a YAML recipe (`--config FILE`) -> command-line flags
+defaults (the dataclasses below) -> a YAML recipe (`--config FILE` or a packaged name) -> command-line flags
 (`--optim.lr 1e-4`, or the short forms such as `--lr`). `validate()` then reports every
 problem at once, each naming the key, the bad value and what is allowed.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from mmkd.errors import ConfigError
+from mmkd.errors import ConfigError, UsageError
 
 
 @dataclass
@@ -288,9 +288,13 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([f"--config: file {str(path)!r} does not exist"])
+    """A recipe's dotted keys; `path` is a file or a packaged recipe's name (mmkd.recipe_files)."""
+    from mmkd.recipe_files import resolve_recipe
+
+    try:
+        path = resolve_recipe(path)
+    except UsageError as e:
+        raise ConfigError([str(e)]) from None
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

@@ -21,10 +21,10 @@ Clauses: a sample is kept when, for every clause, one of its FIELD values is lis
 different fields are ANDed, values ORed). FIELD is a key of the shards' per-sample JSON (for
 BIOMEDICA: image_primary_label, image_secondary_label, image_panel_type, image_panel_subtype,
 image_label_id, article_license; plus subset = the shard's first folder and license_group) or
-a CSV/JSONL column. A YAML file (FIELD: [values]) holds long lists: --select recipe.yaml.
+a CSV/JSONL column. A YAML file (FIELD: [values]) holds long lists: --select recipe.yaml, or a packaged one by name.
 
 examples:
-  mmkd data select --data biomedica/ --select configs/mmkd_b16/select-26-modalities.yaml \\
+  mmkd data select --data biomedica/ --select mmkd_b16/select-26-modalities \\
       --modality-key image_secondary_label --license commercial --out data/paper-26
   torchrun --nproc_per_node 8 -m mmkd pretrain --data data/paper-26 ...
 """

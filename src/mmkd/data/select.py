@@ -67,10 +67,13 @@ def parse_clauses(items: Sequence[str], license: str = "", what: str = "--data.s
         item = str(item).strip()
         if not item:
             continue
-        if "=" not in item and item.lower().endswith((".yaml", ".yml")):
-            path = Path(item)
-            if not path.is_file():
-                raise UsageError(f"{what}: file {item!r} does not exist")
+        if "=" not in item:  # a YAML file, or a packaged recipe's name (mmkd_b16/select-26-modalities)
+            from mmkd.recipe_files import resolve_recipe
+
+            try:
+                path = resolve_recipe(item, what)
+            except UsageError as e:
+                raise UsageError(f"{e}; a clause is FIELD=V1,V2 (e.g. image_primary_label=Microscopy)") from None
             try:
                 data = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as e:

@@ -1,6 +1,6 @@
 """The report page: one self-contained HTML file (plots embedded as base64 PNG, no script, no fetch).
 
-Order, as a reader needs it: the headline table (models × task types and overall), one plot per
+Order, as a reader needs it: the headline table (models × overall and task types), one plot per
 task side by side at natural size, the per-dataset headline numbers, then folded sections with
 every metric, the models' provenance and the runs. Wide tables scroll inside their own box, so the
 page itself never scrolls sideways at a normal window width.
@@ -37,6 +37,7 @@ td .ci,td .cover{color:#57606a;font-size:.85em}
 td.best{font-weight:700;background:#dafbe1} td.partial{color:#6e7781}
 #headline{font-size:1em} #headline td{padding:5px 12px} #headline thead th{min-width:6.5em;max-width:10em}
 #headline td .ci{display:block}
+#headline tbody th{white-space:normal;overflow-wrap:anywhere;min-width:9em;max-width:17em}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:18px 24px;align-items:start}
 .plots figure{margin:0} .plots img{display:block;max-width:100%;height:auto}
 .plots figcaption{font-size:.85em;color:#57606a}
@@ -65,14 +66,17 @@ def _cell_html(cell: Cell | None) -> str:
 
 
 def headline_html(head: Headline) -> str:
+    """`overall` first, next to the model names: in view even when a narrow window scrolls the table;
+    long model names wrap (demo names have no break opportunity) so every column fits a 1,180-px page."""
+    columns = [OVERALL] + [c for c in head.columns if c != OVERALL]
     cols = []
-    for col in head.columns:
+    for col in columns:
         what = "mean of the task columns" if col == OVERALL else metric_label(head.metrics[col])
         cols.append(f"<th scope='col'>{html.escape(col)}<small>{html.escape(what)}</small>"
                     f"<small>{html.escape(column_note(head, col))}</small></th>")
     rows = []
     for m in head.models:
-        cells = "".join(_cell_html(head.cells[m].get(c)) for c in head.columns)
+        cells = "".join(_cell_html(head.cells[m].get(c)) for c in columns)
         rows.append(f"<tr><th scope='row'>{html.escape(m)}</th>{cells}</tr>")
     return (f"<div class='scroll'><table id='headline'><thead><tr><th scope='col'>model</th>{''.join(cols)}</tr>"
             f"</thead><tbody>{''.join(rows)}</tbody></table></div>")

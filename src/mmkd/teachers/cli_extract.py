@@ -34,7 +34,8 @@ _DEFAULTS: dict[str, Any] = {"batch_size": 64, "chunk_rows": 1024, "availability
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML recipe with the same keys as the options below (teachers as a "
-                                         "mapping name: spec); command-line options override it")
+                                         "mapping name: spec), a file or a packaged name such as mmkd_b16/extract; "
+                                         "command-line options override it")
     parser.add_argument("--data", help="CSV/JSONL file of image-text pairs, or webdataset .tar shards (a file, "
                                        "a folder, a glob or a brace range)")
     parser.add_argument("--data-format", choices=["auto", "csv", "jsonl", "webdataset"], default=None,
@@ -82,8 +83,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     if args.config:
         import yaml
 
+        from mmkd.recipe_files import resolve_recipe
+
         try:
-            with open(args.config, encoding="utf-8") as f:
+            with open(resolve_recipe(args.config), encoding="utf-8") as f:
                 recipe = yaml.safe_load(f) or {}
         except (OSError, yaml.YAMLError) as e:
             raise UsageError(f"--config: cannot read {args.config!r} ({e})") from None

@@ -2,7 +2,7 @@
 which spec loads it, and what it must produce; `check_folder(DIR)` tries all nine in a local folder.
 
 Conventional layout (one sub-folder per teacher, each laid out as its published repository lists
-its files; `configs/mmkd_b16/extract.yaml` uses it):
+its files; the packaged recipe `mmkd_b16/extract` uses it):
 
     teachers/
       bmca-clip/     BMC_CLIP_CF.pt (BIOMEDICA/BMC_CLIP_CF: an open_clip ViT-L-14 training checkpoint,

@@ -37,5 +37,9 @@ class SeededSamples(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         key = (self.seed * 1_000_003 + self.epoch) * 2_147_483_647 + int(index)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(key % (2 ** 63 - 1))
+            # The CPU generator only, which the transforms draw from. torch.manual_seed would also reseed
+            # every accelerator's generator (which fork_rng(devices=[]) does not restore) and, while CUDA,
+            # XPU and MTIA are not started, record each lazy seeding call with its formatted call stack:
+            # three stack walks per sample, ~10 % of a tiny stage-1 step on CPU (bench_pretrain_step).
+            torch.default_generator.manual_seed(key % (2 ** 63 - 1))
             return self.dataset[index]

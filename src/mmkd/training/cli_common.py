@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from mmkd.utils.console import Summary
 
 OVERRIDES_HELP = """\
-Layers: defaults < --config FILE < options. Every config field above can also be set in the YAML
-recipe (section: {{key: value}}); see configs/ for examples.
+Layers: defaults < --config FILE|NAME < options. Every config field above can also be set in the YAML
+recipe (section: {{key: value}}); `mmkd recipes` lists the packaged ones.
 
 Distributed: torchrun --nproc_per_node N -m mmkd {command} ...
   (multi-node: torchrun --nnodes M --node_rank R --master_addr HOST --master_port 29500 --nproc_per_node N ...)
@@ -80,7 +80,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, command: str, base: dict 
     defaults, docs = field_defaults(base), field_docs()
     parser.epilog = OVERRIDES_HELP.format(command=command)
     parser.usage = f"mmkd {command} [--config FILE] [OPTIONS] [--section.key VALUE ...]"
-    parser.add_argument("--config", metavar="FILE", help="YAML recipe (sections data, model, optim, train, distill)")
+    parser.add_argument("--config", metavar="FILE|NAME", help="YAML recipe (sections data, model, optim, train, "
+                        "distill): a file, or a packaged recipe's name such as mmkd_b16/pretrain (`mmkd recipes`)")
     short = parser.add_argument_group("common options (short forms of config fields)")
     for flag, key in FLAG_ALIASES.items():
         if key.split(".")[0] not in sections:

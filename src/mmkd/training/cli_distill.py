@@ -19,7 +19,7 @@ FD targets are normalised unless --distill.normalize_targets false (the paper's 
 the ICL temperature is learnable unless --distill.learnable_icl_temperature false; ICL runs per
 teacher over its own rows unless --distill.icl_form paper (one matrix across teachers, as the
 authors' code); projection targets pass the alignment's modality MLP unless
---distill.projection linear. --config configs/mmkd_b16/distill-paper.yaml sets all of the
+--distill.projection linear. --config mmkd_b16/distill-paper sets all of the
 authors' choices. Every term is computed over the batch gathered from all processes, so
 torchrun with N processes trains as one process with the same global batch.
 
