@@ -248,6 +248,48 @@ def test_torchrun_two_processes_equal_one_process(world, reference, tmp_path):
     assert _count_records(out, "a") == 8
 
 
+def test_leftover_chunks_of_one_rank_are_dealt_evenly_over_every_rank():
+    """After rank 3 of 4 died, the chunks left are all c with c % 4 == 3: each rank gets a quarter of them,
+    every chunk goes to exactly one rank, and each rank's share stays in chunk order."""
+    from mmkd.teachers.extract import rank_chunks
+
+    pending = {c: ["a"] for c in range(3, 400, 4)}  # 100 chunks, all = 3 mod 4
+    shares = [rank_chunks(pending, rank, 4) for rank in range(4)]
+    assert [len(s) for s in shares] == [25, 25, 25, 25]
+    assert sorted(c for s in shares for c in s) == sorted(pending)
+    assert all(s == sorted(s) for s in shares)
+    for world in (2, 3, 7):  # uneven counts: shares differ by at most one chunk
+        counts = [len(rank_chunks(range(10), rank, world)) for rank in range(world)]
+        assert sum(counts) == 10 and max(counts) - min(counts) <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_rerun_after_one_rank_died_spreads_its_chunks(world, reference, tmp_path):
+    """A 2-rank run lost rank 1 (chunks 1, 3, 5, 7 never committed): the rerun on 2 ranks writes two of
+    them on each rank and the store equals the one-process store."""
+    import json
+    import shutil
+
+    out = tmp_path / "rerun"
+    shutil.copytree(reference, out)
+    for teacher in ("a", "b"):
+        for chunk in (1, 3, 5, 7):
+            (out / "teachers" / teacher / "chunks" / f"{chunk:06d}.json").unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29563",
+           "-m", *_extract_cmd(world, out)[2:]]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_store(out, reference)
+    writers = [json.loads((out / "teachers" / "a" / "chunks" / f"{c:06d}.json").read_text())["rank"]
+               for c in (1, 3, 5, 7)]
+    assert sorted(writers) == [0, 0, 1, 1]
+
+
 def test_cli_recipe_prints_the_table_and_usage_errors(world, tmp_path, capsys):
     from mmkd.cli import main
 

@@ -5,9 +5,10 @@ Legend: B batch rows, n readable rows of a chunk, D a teacher's embedding dim.
 Each image is decoded once and handed to every teacher's own preprocessing; captions go to
 every teacher's own tokenizer. Rows are processed chunk by chunk (`chunk_rows` consecutive
 dataset records); model batches never straddle a chunk, so a chunk's features do not depend
-on how many processes ran or where a previous run stopped. Under torchrun, chunk c belongs to
-rank c % world_size; all ranks write into the same store files (disjoint rows), rank 0 creates
-and finishes the store. Row i is dataset record i, always: an unreadable sample keeps its row
+on how many processes ran or where a previous run stopped. Under torchrun the chunks still
+missing are dealt out by position (`rank_chunks`), so a rerun after one rank died spreads that
+rank's leftovers over every rank; all ranks write into the same store files (disjoint,
+page-aligned rows), rank 0 creates and finishes the store. Row i is dataset record i, always: an unreadable sample keeps its row
 with zero features and is unavailable for every teacher.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -225,7 +226,7 @@ def _extract(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], ou
 
     names = list(teachers)
     pending = writer.pending(names)
-    mine = [c for c in sorted(pending) if c % dist_info.world_size == dist_info.rank]
+    mine = rank_chunks(pending, dist_info.rank, dist_info.world_size)
     bounds = [writer.chunk_bounds(c) for c in mine]
     dataset = _RowsDataset(records, {t: enc.preprocess for t, enc in teachers.items()}, opts.max_image_pixels,
                            opts.shared_decode)
@@ -247,7 +248,8 @@ def _extract(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], ou
             for teacher in pending[chunk]:
                 with _store_write_errors(out):
                     writer.write_chunk(chunk, teacher, buffer.arrays(teacher, opts, chunk),
-                                       record_extra={"skipped": {str(r): why for r, why in buffer.skipped.items()}},
+                                       record_extra={"skipped": {str(r): why for r, why in buffer.skipped.items()},
+                                                     "rank": dist_info.rank},
                                        content=buffer.content)
             buffer = None
     for bar in bars.values():
@@ -257,6 +259,13 @@ def _extract(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], ou
         return None
     with _store_write_errors(out):
         return finish_store(writer)
+
+
+def rank_chunks(pending: Iterable[int], rank: int, world_size: int) -> list[int]:
+    """The chunks `rank` writes: every `world_size`-th of the pending chunks in order, starting at its own
+    position. Dealing by position rather than by chunk number keeps the shares even when the pending
+    chunks are those of one rank that died (all c with c % world == r)."""
+    return sorted(pending)[rank::world_size]
 
 
 def _same_rows_as_stored(writer: FeatureStoreWriter, buffer: _ChunkBuffer, records, out: str) -> None:
