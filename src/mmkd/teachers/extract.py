@@ -191,6 +191,7 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
             with _store_write_errors(out):
                 writer = FeatureStoreWriter.open(out, sample_ids, entries, chunk_rows=opts.chunk_rows, create=True,
                                                  extra_manifest=extra_manifest, record_content=True)
+            _check_no_teacher_left_behind(writer, list(teachers), out)
             error = None
         except UsageError as e:
             lock.close()
@@ -202,6 +203,18 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
     assert writer is not None  # rank 0's set-up error was raised on every rank above
     with lock:
         return _extract(records, teachers, out, opts, dist_info, writer)
+
+
+def _check_no_teacher_left_behind(writer: FeatureStoreWriter, names: list[str], out: str) -> None:
+    """A store can only be finished with every teacher it holds: a rerun of an interrupted extraction that
+    leaves out a teacher with chunks still to write is refused before any row is written."""
+    behind = {t: len(writer.pending([t])) for t in writer._entries if t not in names}
+    behind = {t: n for t, n in behind.items() if n}
+    if behind:
+        listed = ", ".join(f"{t!r} ({n} of {writer.num_chunks} chunks)" for t, n in behind.items())
+        raise UsageError(f"--teacher: the feature store {out!r} is unfinished and also holds teacher(s) that still "
+                         f"lack chunks: {listed}. Rerun with those teachers too (the same --teacher NAME=SPEC as the "
+                         f"interrupted run) to finish the store, or extract these teachers into a new --out")
 
 
 def _check_existing_rows(out: str, records: Sequence[PairRecord], sample_ids: Sequence[str], mode: str) -> None:
