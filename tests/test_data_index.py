@@ -182,6 +182,40 @@ def test_a_replaced_generation_lives_while_a_process_may_open_it(tmp_path, monke
     assert (index.folder / rebuilt.generation).is_dir()
 
 
+@pytest.mark.slow  # one launch holds the index lock for 40 s
+@pytest.mark.distributed
+def test_two_launches_sharing_an_index_finish_under_a_30_s_process_group_timeout(tmp_path):
+    """Launch 1's rank 0 holds the index lock for 40 s (as a long build would); launch 2 starts meanwhile.
+    Its rank 0 waits for the lock and its rank 1 for rank 0's plan, both on the filesystem, so neither
+    launch's 30-s process-group timeout fires; both finish on the same index."""
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "shards"
+    write_shards(data, 30, per_shard=10, flat=True, seed=2)
+    worker = Path(__file__).parent / "index_launch_worker.py"
+
+    def launch(n: int, port: int, hold: str) -> subprocess.Popen:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MMKD_TEST_INDEX_LOCK_HOLD_S": hold}
+        return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                 "--master_port", str(port), str(worker), str(data), str(tmp_path / "index"),
+                                 str(tmp_path / f"launch{n}.json")], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    first = launch(1, 29571, "40")
+    deadline = time.time() + 120
+    while not (tmp_path / "index" / ".lock").is_file() or not (tmp_path / "index" / ".lock").read_text():
+        assert first.poll() is None and time.time() < deadline, first.stdout.read() if first.stdout else ""
+        time.sleep(0.2)
+    second = launch(2, 29573, "0")
+    outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert "waiting for the index lock" in outputs[1] and "held by pid" in outputs[1]
+    results = [json.loads((tmp_path / f"launch{n}.json").read_text()) for n in (1, 2)]
+    assert results[0] == results[1] and results[0]["samples"] == 2 * 30
+
+
 # ---- selection against a brute-force pass over the JSONs ---------------------------------------
 def _brute_force(root: Path, primaries: set[str], modality_values: set[str] | None, groups: set[str]):
     """Counts per modality and licence of the samples chosen, read with tarfile and json."""
