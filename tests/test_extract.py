@@ -104,6 +104,36 @@ def test_stored_features_equal_the_libraries_outputs(world, tmp_path):
     assert summary["teachers"]["oc"]["rows"] == 30
 
 
+def test_one_resize_serves_every_teacher_within_the_stated_cosine_of_its_own_preprocessing(world, tmp_path):
+    """Images of 96 px, teachers of 32 px (two with identical preprocessing, which share one tensor) and
+    24 px: each image is resized once, to 32 px. The 32-px teachers' features are those of open_clip's own
+    preprocessing of the original image; the 24-px one, resized from the 32-px copy, stays within cosine
+    0.99 of its own path."""
+    import open_clip
+
+    from mmkd.teachers.extract import TransformPlan
+
+    csv = make_pairs_csv(tmp_path / "data", num_samples=12, seed=3, image_size=96)
+    oc3 = make_open_clip_teacher(tmp_path / "oc3", seed=5)  # preprocessing identical to oc's
+    folders = {"a": world["oc"], "b": world["oc2"], "c": oc3}
+    plan = TransformPlan.of({n: load_teacher(f"local-dir:{f}").preprocess for n, f in folders.items()})
+    assert plan.key["a"] == plan.key["c"] != plan.key["b"] and not plan.from_original and plan.resize.size == 32
+    _extract(csv, {n: f"local-dir:{f}" for n, f in folders.items()}, tmp_path / "store", chunk_rows=6,
+             batch_size=6, candidates=4)
+    store = FeatureStore(tmp_path / "store")
+    records, _ = index_source(str(csv))
+    images = [Image.open(r.image).convert("RGB") for r in records]
+    for name, folder in folders.items():
+        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+        with torch.no_grad():
+            ref = F.normalize(model.eval().encode_image(torch.stack([preprocess(im) for im in images])), dim=-1)
+        stored = torch.from_numpy(store.image_features(name)[:].astype(np.float32))
+        if name in ("a", "c"):
+            np.testing.assert_allclose(stored.numpy(), ref.numpy(), atol=1e-3)
+        else:
+            assert F.cosine_similarity(stored, ref, dim=-1).min() >= 0.99
+
+
 def test_rank_availability_is_the_stored_margin(reference, world):
     store = FeatureStore(reference)
     records, _ = index_source(str(world["csv"]))

@@ -2,8 +2,12 @@
 
 Legend: B batch rows, n readable rows of a chunk, D a teacher's embedding dim.
 
-Each image is decoded once and handed to every teacher's own preprocessing; captions go to
-every teacher's own tokenizer. Rows are processed chunk by chunk (`chunk_rows` consecutive
+Each image is decoded once and resized once, to the largest size the teachers need; every
+teacher's own preprocessing then runs on that resized copy, and teachers whose preprocessing is
+identical (size, interpolation, crop, mean and std) share one tensor (`TransformPlan`). The
+teacher with the largest size gets exactly the pixels of its own preprocessing; a smaller one
+resizes the resized copy instead of the original (cosine >= 0.99 to its own path on tiny
+teachers, `tests/test_extract.py`). Captions go to every teacher's own tokenizer. Rows are processed chunk by chunk (`chunk_rows` consecutive
 dataset records); model batches never straddle a chunk, so a chunk's features do not depend
 on how many processes ran or where a previous run stopped. Under torchrun the chunks still
 missing are dealt out by position (`rank_chunks`), so a rerun after one rank died spreads that
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -43,7 +47,8 @@ class ExtractOptions:
     seed: int = 0
     num_workers: int = 0
     max_image_pixels: int = 64_000_000
-    shared_decode: bool = True  # False decodes the image once per teacher (the benchmark's baseline)
+    shared_decode: bool = True  # False decodes the image once per teacher and runs each teacher's own
+    # preprocessing on it (the benchmark's baseline and the tests' reference path)
     precision: str = "fp32"  # fp32 | bf16 (autocast around every teacher's forward pass)
     progress: bool = True
     check_data: str = "sample"  # sample | full | off: compare the data with the rows an existing store holds
@@ -53,6 +58,61 @@ class ExtractOptions:
         return {"availability": self.availability, "candidates": int(self.candidates),
                 "threshold": float(self.threshold) if self.availability == "threshold" else None,
                 "seed": int(self.seed), "precision": self.precision}
+
+
+_PURE_STEPS = ("CenterCrop", "MaybeConvertMode", "MaybeToTensor", "ToTensor", "Normalize", "_convert_to_rgb")
+
+
+def _step_signature(step: Any) -> tuple | None:
+    """What decides a preprocessing step's output, for the steps open_clip's eval transforms are made of;
+    None for any other step (its teacher then runs its own preprocessing on the decoded image)."""
+    name = getattr(step, "__qualname__", type(step).__name__)
+    if name not in ("Resize", *_PURE_STEPS):
+        return None
+    state = {k: v for k, v in getattr(step, "__dict__", {}).items() if not k.startswith("_") and k != "training"}
+    return getattr(step, "__module__", ""), name, repr(sorted(state.items()))
+
+
+@dataclass
+class TransformPlan:
+    """How one decoded image becomes every teacher's pixels: `resize` (the Resize step of the teacher that
+    needs the largest image, or None) makes the shared copy; teachers with the same `key` share the
+    result; a teacher in `from_original` runs its own preprocessing on the decoded image."""
+
+    resize: Any = None
+    key: dict[str, Any] = field(default_factory=dict)
+    from_original: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, preprocess: dict[str, Any]) -> TransformPlan:
+        plan, sizes = cls(), {}
+        for name, transform in preprocess.items():
+            steps = list(getattr(transform, "transforms", []))
+            first = steps[0] if steps else None
+            size = getattr(first, "size", None)
+            size = size[0] if isinstance(size, (list, tuple)) and len(size) == 1 else size
+            signature = [_step_signature(step) for step in steps]
+            if type(first).__name__ != "Resize" or not isinstance(size, int) or \
+                    getattr(first, "max_size", None) is not None or None in signature:
+                plan.key[name] = name
+                plan.from_original.add(name)
+                continue
+            plan.key[name] = tuple(signature)
+            sizes[name] = size
+        if sizes:
+            plan.resize = preprocess[max(sizes, key=lambda n: sizes[n])].transforms[0]
+        return plan
+
+    def pixels(self, image: Any, preprocess: dict[str, Any]) -> dict[str, torch.Tensor]:
+        resized = self.resize(image) if self.resize is not None else image
+        done: dict[Any, torch.Tensor] = {}
+        out = {}
+        for name, transform in preprocess.items():
+            key = self.key.get(name, name)
+            if key not in done:
+                done[key] = transform(image if name in self.from_original else resized)
+            out[name] = done[key]
+        return out
 
 
 class _RowsDataset(torch.utils.data.Dataset):
@@ -66,6 +126,7 @@ class _RowsDataset(torch.utils.data.Dataset):
         self.preprocess = preprocess
         self.max_pixels = max_pixels
         self.shared_decode = shared_decode
+        self.plan = TransformPlan.of(preprocess)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -80,9 +141,11 @@ class _RowsDataset(torch.utils.data.Dataset):
         image = load_image(record, self.max_pixels, raw)
         if isinstance(image, Skip):
             return row, None, None, image.reason, content
+        if self.shared_decode:
+            return row, caption, self.plan.pixels(image, self.preprocess), None, content
         pixels = {}
-        for name, preprocess in self.preprocess.items():
-            if not self.shared_decode and pixels:
+        for name, preprocess in self.preprocess.items():  # each teacher's own path, from its own decode
+            if pixels:
                 image = load_image(record, self.max_pixels)
             pixels[name] = preprocess(image)
         return row, caption, pixels, None, content
