@@ -103,8 +103,9 @@ class TeacherEntry:
             specs[kind] = {"shape": [num_samples, int(dim)], "dtype": FEATURE_DTYPE}
         for kind, spec in specs.items():
             spec["file"] = f"teachers/{self.name}/{kind}.npy"
-            width = int(spec["shape"][1]) if len(spec["shape"]) == 2 else 1
-            if chunk_rows is not None and padded_width(width, np.dtype(spec["dtype"]).itemsize, chunk_rows) != width:
+            shape, dtype = cast(list, spec["shape"]), str(spec["dtype"])
+            width = int(shape[1]) if len(shape) == 2 else 1
+            if chunk_rows is not None and padded_width(width, np.dtype(dtype).itemsize, chunk_rows) != width:
                 spec["columns"] = [0, width]
         if group_file is not None:
             for j, kind in enumerate(FEATURE_KINDS):
