@@ -118,6 +118,15 @@ def test_one_resize_serves_every_teacher_within_the_stated_cosine_of_its_own_pre
     folders = {"a": world["oc"], "b": world["oc2"], "c": oc3}
     plan = TransformPlan.of({n: load_teacher(f"local-dir:{f}").preprocess for n, f in folders.items()})
     assert plan.key["a"] == plan.key["c"] != plan.key["b"] and not plan.from_original and plan.resize.size == 32
+    # a teacher of the largest size that resizes otherwise (bilinear) keeps its own resize of the original
+    from open_clip.transform import image_transform
+
+    own = {"a": load_teacher(f"local-dir:{folders['a']}").preprocess,
+           "d": image_transform(32, is_train=False, interpolation="bilinear")}
+    mixed = TransformPlan.of(own)
+    assert mixed.from_original == {"d"}
+    image = Image.open(index_source(str(csv))[0][0].image).convert("RGB")
+    assert all(torch.equal(mixed.pixels(image, own)[n], own[n](image)) for n in own)
     _extract(csv, {n: f"local-dir:{f}" for n, f in folders.items()}, tmp_path / "store", chunk_rows=6,
              batch_size=6, candidates=4)
     store = FeatureStore(tmp_path / "store")

@@ -4,16 +4,18 @@ Legend: B batch rows, n readable rows of a chunk, D a teacher's embedding dim.
 
 Each image is decoded once and resized once, to the largest size the teachers need; every
 teacher's own preprocessing then runs on that resized copy, and teachers whose preprocessing is
-identical (size, interpolation, crop, mean and std) share one tensor (`TransformPlan`). The
-teacher with the largest size gets exactly the pixels of its own preprocessing; a smaller one
+identical (size, interpolation, crop, mean and std) share one tensor (`TransformPlan`). A teacher
+whose resize is the shared one gets exactly the pixels of its own preprocessing; a smaller one
 resizes the resized copy instead of the original (cosine >= 0.99 to its own path on tiny
-teachers, `tests/test_extract.py`). Captions go to every teacher's own tokenizer. Rows are processed chunk by chunk (`chunk_rows` consecutive
-dataset records); model batches never straddle a chunk, so a chunk's features do not depend
-on how many processes ran or where a previous run stopped. Under torchrun the chunks still
-missing are dealt out by position (`rank_chunks`), so a rerun after one rank died spreads that
-rank's leftovers over every rank; all ranks write into the same store files (disjoint,
-page-aligned rows), rank 0 creates and finishes the store. Row i is dataset record i, always: an unreadable sample keeps its row
-with zero features and is unavailable for every teacher.
+teachers, `tests/test_extract.py`). Captions go to every teacher's own tokenizer.
+
+Rows are processed chunk by chunk (`chunk_rows` consecutive dataset records); model batches
+never straddle a chunk, so a chunk's features do not depend on how many processes ran or where
+a previous run stopped. Under torchrun the chunks still missing are dealt out by position
+(`rank_chunks`), so a rerun after one rank died spreads that rank's leftovers over every rank;
+all ranks write into the same store files (disjoint, page-aligned rows), rank 0 creates and
+finishes the store. Row i is dataset record i, always: an unreadable sample keeps its row with
+zero features and is unavailable for every teacher.
 """
 
 from __future__ import annotations
@@ -77,7 +79,9 @@ def _step_signature(step: Any) -> tuple | None:
 class TransformPlan:
     """How one decoded image becomes every teacher's pixels: `resize` (the Resize step of the teacher that
     needs the largest image, or None) makes the shared copy; teachers with the same `key` share the
-    result; a teacher in `from_original` runs its own preprocessing on the decoded image."""
+    result; a teacher in `from_original` runs its own preprocessing on the decoded image (one whose
+    steps are not open_clip's eval steps, or one of the largest size that resizes otherwise, e.g.
+    bilinear where the shared copy is bicubic)."""
 
     resize: Any = None
     key: dict[str, Any] = field(default_factory=dict)
@@ -101,6 +105,9 @@ class TransformPlan:
             sizes[name] = size
         if sizes:
             plan.resize = preprocess[max(sizes, key=lambda n: sizes[n])].transforms[0]
+            largest = _step_signature(plan.resize)
+            plan.from_original |= {n for n, size in sizes.items() if size == plan.resize.size and
+                                   _step_signature(preprocess[n].transforms[0]) != largest}
         return plan
 
     def pixels(self, image: Any, preprocess: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -251,10 +258,10 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
                                  f"path (it is created)")
             lock.enter_context(writer_lock(out, "--out", "feature store", command="mmkd extract"))
             _check_existing_rows(out, records, sample_ids, opts.check_data)
+            _check_no_teacher_left_behind(out, list(teachers))
             with _store_write_errors(out):
                 writer = FeatureStoreWriter.open(out, sample_ids, entries, chunk_rows=opts.chunk_rows, create=True,
                                                  extra_manifest=extra_manifest, record_content=True)
-            _check_no_teacher_left_behind(writer, list(teachers), out)
             error = None
         except UsageError as e:
             lock.close()
@@ -268,9 +275,14 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
         return _extract(records, teachers, out, opts, dist_info, writer)
 
 
-def _check_no_teacher_left_behind(writer: FeatureStoreWriter, names: list[str], out: str) -> None:
+def _check_no_teacher_left_behind(out: str, names: list[str]) -> None:
     """A store can only be finished with every teacher it holds: a rerun of an interrupted extraction that
-    leaves out a teacher with chunks still to write is refused before any row is written."""
+    leaves out a teacher with chunks still to write is refused before the store is touched."""
+    from mmkd.data.feature_store import MANIFEST, _read_manifest
+
+    if not (Path(out) / MANIFEST).is_file():
+        return
+    writer = FeatureStoreWriter(Path(out), _read_manifest(Path(out)))
     behind = {t: len(writer.pending([t])) for t in writer._entries if t not in names}
     behind = {t: n for t, n in behind.items() if n}
     if behind:
