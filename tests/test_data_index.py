@@ -102,7 +102,8 @@ def test_only_a_changed_or_added_shard_is_reindexed(tmp_path, capsys):
     updated = ensure_index(resolve_source(str(data), "webdataset"), workers=1, progress=True)
     assert "2 new or changed shard(s)" in capsys.readouterr().err
     assert updated.num_samples == 20 + 25 + 20 + 10 and updated.generation != first.generation
-    assert not (source.index_dir / first.generation).exists()  # the old generation is gone
+    # the old generation is retired, kept while this process (which opened it) may still read it
+    assert (source.index_dir / first.generation / ".retired").exists()
     assert sorted(p.name for p in data.iterdir()) == [f"00000{i}.tar" for i in (0, 1, 2, 3)]  # data folder untouched
 
     scratch = ensure_index(resolve_source(str(data), "webdataset", index_dir=str(tmp_path / "scratch")), workers=2,
@@ -116,6 +117,103 @@ def test_only_a_changed_or_added_shard_is_reindexed(tmp_path, capsys):
     plan = make_plan(resolve_source(str(data), "webdataset"))
     assert plan["todo"] == [] and len(plan["shards"]) == 3
     assert ensure_index(resolve_source(str(data), "webdataset"), progress=False).num_samples == 55
+
+
+def _index_then_add_a_shard(tmp_path: Path, read_epoch) -> tuple:
+    """Index 2 shards, read an epoch, add a shard and rebuild, read the next epoch; both epochs' ids."""
+    data = tmp_path / "shards"
+    write_shards(data, 40, per_shard=20, flat=True, seed=1)
+    index = ensure_index(resolve_source(str(data), "webdataset"), workers=1, progress=False)
+    first = read_epoch(index)
+    os.replace(write_shards(tmp_path / "more", 10, per_shard=10, flat=True, seed=9)[0], data / "000002.tar")
+    rebuilt = ensure_index(resolve_source(str(data), "webdataset"), workers=1, progress=False)
+    assert rebuilt.num_samples == 50 and rebuilt.generation != index.generation
+    return data, index, rebuilt, first, read_epoch(index)
+
+
+@pytest.mark.slow  # two epochs of spawn workers (each imports torch): ~20 s here
+def test_a_rebuild_keeps_the_generation_a_spawn_loader_reopens_at_the_next_epoch(tmp_path):
+    """A shard is added and the index rebuilt while a DataLoader with spawn workers is between epochs: the
+    next epoch's new workers reopen the generation the run started on and read the same samples."""
+    import torch
+
+    from mmkd.data.index import IndexedRecords
+
+    loaders: dict = {}
+
+    def read_epoch(index):
+        loader = loaders.setdefault("run", torch.utils.data.DataLoader(
+            IndexedRecords(index), batch_size=None, num_workers=1, multiprocessing_context="spawn"))
+        return [r.sample_id for r in loader]
+
+    _, _, _, first, second = _index_then_add_a_shard(tmp_path, read_epoch)
+    assert len(first) == 40 and second == first
+
+
+def test_a_replaced_generation_lives_while_a_process_may_open_it(tmp_path, monkeypatch):
+    """After a rebuild, the replaced generation still opens (as a spawned worker reopens it, by unpickling
+    the records); it is removed only once no live process holds a lease on it and its grace period is over."""
+    import pickle
+    import subprocess
+    import sys
+
+    from mmkd.data import index_build
+    from mmkd.data.index import IndexedRecords
+
+    def read_epoch(index):
+        records = pickle.loads(pickle.dumps(IndexedRecords(index)))  # what a spawn worker receives
+        return [records[i].sample_id for i in range(len(records))]
+
+    data, index, rebuilt, first, second = _index_then_add_a_shard(tmp_path, read_epoch)
+    assert len(first) == 40 and second == first
+
+    leases = index.folder / "leases"
+    old = index.folder / index.generation
+    monkeypatch.setattr(index_build, "RETIRED_GRACE_S", 0.0)
+    ensure_index(resolve_source(str(data), "webdataset"), progress=False)
+    assert old.is_dir()  # this process holds a live lease on it
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for lease in leases.glob(f"{index.generation}@*"):  # the run ends; a process that has exited leased it too
+        host = lease.name.rsplit("@", 2)[1]
+        lease.unlink()
+    (leases / f"{index.generation}@{host}@{int(ended.stdout)}").touch()
+    ensure_index(resolve_source(str(data), "webdataset"), progress=False)
+    assert not old.exists() and not list(leases.glob(f"{index.generation}@*"))
+    assert (index.folder / rebuilt.generation).is_dir()
+
+
+@pytest.mark.slow  # one launch holds the index lock for 40 s
+@pytest.mark.distributed
+def test_two_launches_sharing_an_index_finish_under_a_30_s_process_group_timeout(tmp_path):
+    """Launch 1's rank 0 holds the index lock for 40 s (as a long build would); launch 2 starts meanwhile.
+    Its rank 0 waits for the lock and its rank 1 for rank 0's plan, both on the filesystem, so neither
+    launch's 30-s process-group timeout fires; both finish on the same index."""
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "shards"
+    write_shards(data, 30, per_shard=10, flat=True, seed=2)
+    worker = Path(__file__).parent / "index_launch_worker.py"
+
+    def launch(n: int, port: int, hold: str) -> subprocess.Popen:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MMKD_TEST_INDEX_LOCK_HOLD_S": hold}
+        return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                 "--master_port", str(port), str(worker), str(data), str(tmp_path / "index"),
+                                 str(tmp_path / f"launch{n}.json")], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    first = launch(1, 29571, "40")
+    deadline = time.time() + 120
+    while not (tmp_path / "index" / ".lock").is_file() or not (tmp_path / "index" / ".lock").read_text():
+        assert first.poll() is None and time.time() < deadline, first.stdout.read() if first.stdout else ""
+        time.sleep(0.2)
+    second = launch(2, 29573, "0")
+    outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert "waiting for the index lock" in outputs[1] and "held by pid" in outputs[1]
+    results = [json.loads((tmp_path / f"launch{n}.json").read_text()) for n in (1, 2)]
+    assert results[0] == results[1] and results[0]["samples"] == 2 * 30
 
 
 # ---- selection against a brute-force pass over the JSONs ---------------------------------------

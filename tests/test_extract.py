@@ -104,6 +104,45 @@ def test_stored_features_equal_the_libraries_outputs(world, tmp_path):
     assert summary["teachers"]["oc"]["rows"] == 30
 
 
+def test_one_resize_serves_every_teacher_within_the_stated_cosine_of_its_own_preprocessing(world, tmp_path):
+    """Images of 96 px, teachers of 32 px (two with identical preprocessing, which share one tensor) and
+    24 px: each image is resized once, to 32 px. The 32-px teachers' features are those of open_clip's own
+    preprocessing of the original image; the 24-px one, resized from the 32-px copy, stays within cosine
+    0.99 of its own path."""
+    import open_clip
+
+    from mmkd.teachers.extract import TransformPlan
+
+    csv = make_pairs_csv(tmp_path / "data", num_samples=12, seed=3, image_size=96)
+    oc3 = make_open_clip_teacher(tmp_path / "oc3", seed=5)  # preprocessing identical to oc's
+    folders = {"a": world["oc"], "b": world["oc2"], "c": oc3}
+    plan = TransformPlan.of({n: load_teacher(f"local-dir:{f}").preprocess for n, f in folders.items()})
+    assert plan.key["a"] == plan.key["c"] != plan.key["b"] and not plan.from_original and plan.resize.size == 32
+    # a teacher of the largest size that resizes otherwise (bilinear) keeps its own resize of the original
+    from open_clip.transform import image_transform
+
+    own = {"a": load_teacher(f"local-dir:{folders['a']}").preprocess,
+           "d": image_transform(32, is_train=False, interpolation="bilinear")}
+    mixed = TransformPlan.of(own)
+    assert mixed.from_original == {"d"}
+    image = Image.open(index_source(str(csv))[0][0].image).convert("RGB")
+    assert all(torch.equal(mixed.pixels(image, own)[n], own[n](image)) for n in own)
+    _extract(csv, {n: f"local-dir:{f}" for n, f in folders.items()}, tmp_path / "store", chunk_rows=6,
+             batch_size=6, candidates=4)
+    store = FeatureStore(tmp_path / "store")
+    records, _ = index_source(str(csv))
+    images = [Image.open(r.image).convert("RGB") for r in records]
+    for name, folder in folders.items():
+        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+        with torch.no_grad():
+            ref = F.normalize(model.eval().encode_image(torch.stack([preprocess(im) for im in images])), dim=-1)
+        stored = torch.from_numpy(store.image_features(name)[:].astype(np.float32))
+        if name in ("a", "c"):
+            np.testing.assert_allclose(stored.numpy(), ref.numpy(), atol=1e-3)
+        else:
+            assert F.cosine_similarity(stored, ref, dim=-1).min() >= 0.99
+
+
 def test_rank_availability_is_the_stored_margin(reference, world):
     store = FeatureStore(reference)
     records, _ = index_source(str(world["csv"]))
@@ -246,6 +285,48 @@ def test_torchrun_two_processes_equal_one_process(world, reference, tmp_path):
     assert_same_store(out, reference)
     # both ranks wrote: chunks alternate between them, and every chunk was committed once
     assert _count_records(out, "a") == 8
+
+
+def test_leftover_chunks_of_one_rank_are_dealt_evenly_over_every_rank():
+    """After rank 3 of 4 died, the chunks left are all c with c % 4 == 3: each rank gets a quarter of them,
+    every chunk goes to exactly one rank, and each rank's share stays in chunk order."""
+    from mmkd.teachers.extract import rank_chunks
+
+    pending = {c: ["a"] for c in range(3, 400, 4)}  # 100 chunks, all = 3 mod 4
+    shares = [rank_chunks(pending, rank, 4) for rank in range(4)]
+    assert [len(s) for s in shares] == [25, 25, 25, 25]
+    assert sorted(c for s in shares for c in s) == sorted(pending)
+    assert all(s == sorted(s) for s in shares)
+    for world in (2, 3, 7):  # uneven counts: shares differ by at most one chunk
+        counts = [len(rank_chunks(range(10), rank, world)) for rank in range(world)]
+        assert sum(counts) == 10 and max(counts) - min(counts) <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_rerun_after_one_rank_died_spreads_its_chunks(world, reference, tmp_path):
+    """A 2-rank run lost rank 1 (chunks 1, 3, 5, 7 never committed): the rerun on 2 ranks writes two of
+    them on each rank and the store equals the one-process store."""
+    import json
+    import shutil
+
+    out = tmp_path / "rerun"
+    shutil.copytree(reference, out)
+    for teacher in ("a", "b"):
+        for chunk in (1, 3, 5, 7):
+            (out / "teachers" / teacher / "chunks" / f"{chunk:06d}.json").unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29563",
+           "-m", *_extract_cmd(world, out)[2:]]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_store(out, reference)
+    writers = [json.loads((out / "teachers" / "a" / "chunks" / f"{c:06d}.json").read_text())["rank"]
+               for c in (1, 3, 5, 7)]
+    assert sorted(writers) == [0, 0, 1, 1]
 
 
 def test_cli_recipe_prints_the_table_and_usage_errors(world, tmp_path, capsys):

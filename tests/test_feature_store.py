@@ -10,6 +10,7 @@ from hypothesis import example, given, settings, strategies as st
 
 import mmkd
 from mmkd.data.feature_store import (FeatureStore, FeatureStoreWriter, TeacherEntry, chunk_bounds, num_chunks)
+from mmkd.data.records import ids_digest
 from mmkd.errors import UsageError
 
 PROV_A = {"weights": {"a.safetensors": "aa" * 32}, "preprocess": {"size": 32}, "tokenizer": {"context_length": 16}}
@@ -212,3 +213,146 @@ def test_rows_of_subset_identity_and_missing(tmp_path):
         store.rows_of(["id-4", "nope", "id-5", "nope", "also-not"])
     assert e.value.args[0] == ["nope", "also-not"]
     assert store.rows_of(list(reversed(all_ids)))[0] == 22  # same ids, other order: not the identity
+
+
+def _data_offset_and_row_bytes(path: Path) -> tuple[int, int]:
+    """Where a .npy file's data starts and how many bytes a row takes, as numpy's own format reader says."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        assert version == (1, 0)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        assert not fortran
+        return f.tell(), int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+
+@pytest.mark.parametrize("num_samples,chunk_rows", [(23, 5), (2100, 1024), (40, 3), (64, 32)])
+def test_every_chunk_of_every_array_starts_on_a_page(tmp_path, num_samples, chunk_rows):
+    """Ranks on different nodes write different chunks of the same files: no 4 KiB page may hold bytes of
+    two chunks, in any array (features, availability, scores, extras, content digests)."""
+    ids = [f"id-{i}" for i in range(num_samples)]
+    entries = [TeacherEntry("alpha", 8, PROV_A), TeacherEntry("beta", 12, PROV_B, extra_dims={"projected_image": 5})]
+    writer = FeatureStoreWriter.open(tmp_path / "s", ids, entries, chunk_rows=chunk_rows, record_content=True)
+    files = sorted((tmp_path / "s").rglob("*.npy"))
+    assert len(files) == 1 + 2 * 2 + 1 + 1  # features, available + score of each, beta's extra, content
+    for file in files:
+        offset, row_bytes = _data_offset_and_row_bytes(file)
+        assert offset == 4096, file
+        for c in range(writer.num_chunks):
+            assert (offset + c * chunk_rows * row_bytes) % 4096 == 0, (file.name, c, row_bytes)
+    rng = np.random.default_rng(1)
+    expected = {}
+    for c in range(writer.num_chunks):
+        start, stop = writer.chunk_bounds(c)
+        for e in entries:
+            expected[e.name, c] = _random_chunk(rng, stop - start, e.embed_dim, extra=5 if e.extra_dims else 0)
+            writer.write_chunk(c, e.name, expected[e.name, c], content=rng.integers(0, 255, (stop - start, 16), np.uint8))
+    writer.finalize()
+    store = FeatureStore(tmp_path / "s")
+    for (name, c), arrays in expected.items():
+        start, stop = writer.chunk_bounds(c)
+        for kind, data in arrays.items():
+            np.testing.assert_array_equal(store.array(name, kind)[start:stop], data.astype(store.array(name, kind).dtype))
+    assert store.rows([2, 0])["available"].shape == (2, 2) and store.verify() == []
+
+
+def test_finishing_checks_every_checksum_and_uncommits_a_damaged_chunk(tmp_path):
+    """Rows changed on disk after their commit (another writer's page, a bad disk) are found when the store is
+    finished: it stays incomplete, the chunk is uncommitted, and writing it again finishes the store."""
+    from helpers import writable_array
+
+    from mmkd.data.feature_store import StoreChecksumError
+
+    ids = [str(i) for i in range(12)]
+    writer = FeatureStoreWriter.open(tmp_path / "s", ids, [TeacherEntry("alpha", 8, PROV_A)], chunk_rows=4)
+    rng = np.random.default_rng(0)
+    chunks = [_random_chunk(rng, 4, 8) for _ in range(3)]
+    for c, arrays in enumerate(chunks):
+        writer.write_chunk(c, "alpha", arrays)
+    arr = writable_array(tmp_path / "s", "alpha", "score")
+    arr[5] = 123.0  # chunk 1
+    arr.flush()
+    del arr
+    with pytest.raises(StoreChecksumError, match="alpha/score rows 4:8"):
+        writer.finalize()
+    assert writer.pending(["alpha"]) == {1: ["alpha"]}
+    with pytest.raises(UsageError, match="incomplete"):
+        FeatureStore(tmp_path / "s")
+    writer.write_chunk(1, "alpha", chunks[1])
+    writer.finalize()
+    np.testing.assert_array_equal(FeatureStore(tmp_path / "s").scores("alpha"),
+                                  np.concatenate([a["score"] for a in chunks]))
+
+
+def test_extract_verify_reports_a_damaged_store(tmp_path, capsys):
+    from helpers import writable_array
+
+    from mmkd.cli import main
+
+    _write_store(tmp_path / "store")
+    assert main(["extract", "--verify", "--out", str(tmp_path / "store")]) == 0
+    assert "10 chunk(s) of 2 teacher(s) verified" in capsys.readouterr().out
+    arr = writable_array(tmp_path / "store", "beta", "projected_image")
+    arr[7, 0] += 1
+    arr.flush()
+    del arr
+    assert main(["extract", "--verify", "--out", str(tmp_path / "store")]) == 1
+    err = capsys.readouterr().err
+    assert "beta/projected_image rows 5:10: checksum mismatch" in err and "Traceback" not in err
+    assert main(["extract", "--verify"]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def _write_version2_store(path: Path, ids: list[str], dim: int, chunk_rows: int, rng) -> dict[str, np.ndarray]:
+    """A store as format version 2 wrote it: numpy's own 128-byte .npy headers, no padding, plain 1-D arrays."""
+    n = len(ids)
+    (path / "teachers" / "old" / "chunks").mkdir(parents=True)
+    (path / "sample_ids.json").write_text(json.dumps(ids))
+    feats = rng.standard_normal((n, 2 * dim)).astype(np.float16)
+    arrays = {"image": feats[:, :dim], "text": feats[:, dim:], "available": rng.random(n) > 0.5,
+              "score": rng.standard_normal(n).astype(np.float32)}
+    np.save(path / "teachers" / "features-0123456789ab.npy", feats)
+    np.save(path / "teachers" / "old" / "available.npy", arrays["available"])
+    np.save(path / "teachers" / "old" / "score.npy", arrays["score"])
+    specs = {"image": {"shape": [n, dim], "dtype": "float16", "file": "teachers/features-0123456789ab.npy",
+                       "columns": [0, dim]},
+             "text": {"shape": [n, dim], "dtype": "float16", "file": "teachers/features-0123456789ab.npy",
+                      "columns": [dim, 2 * dim]},
+             "available": {"shape": [n], "dtype": "bool", "file": "teachers/old/available.npy"},
+             "score": {"shape": [n], "dtype": "float32", "file": "teachers/old/score.npy"}}
+    entry = TeacherEntry("old", dim, PROV_A)
+    chunks = []
+    for c in range(num_chunks(n, chunk_rows)):
+        start, stop = chunk_bounds(c, n, chunk_rows)
+        rec = {"teacher": "old", "chunk": c, "start": start, "stop": stop,
+               "sha256": {k: hashlib.sha256(np.ascontiguousarray(a[start:stop]).tobytes()).hexdigest()
+                          for k, a in arrays.items()}}
+        (path / "teachers" / "old" / "chunks" / f"{c:06d}.json").write_text(json.dumps(rec))
+        chunks.append(rec)
+    manifest = {"format_version": 2, "dtype": "float16", "num_samples": n, "sample_ids_sha256": ids_digest(ids),
+                "chunk_rows": chunk_rows, "complete": True, "chunks": chunks,
+                "teachers": [{"name": "old", "embed_dim": dim, "fingerprint": entry.fingerprint, "provenance": PROV_A,
+                              "settings": {}, "arrays": specs}]}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return arrays
+
+
+def test_a_version_2_store_is_read_and_extended_as_it_is(tmp_path):
+    ids = [f"id-{i}" for i in range(11)]
+    old = _write_version2_store(tmp_path / "s", ids, 6, 4, np.random.default_rng(2))
+    before = (tmp_path / "s" / "teachers" / "features-0123456789ab.npy").read_bytes()
+    store = FeatureStore(tmp_path / "s")
+    for kind, data in old.items():
+        np.testing.assert_array_equal(store.array("old", kind), data)
+    assert store.verify() == []
+    writer = FeatureStoreWriter.open(tmp_path / "s", ids, [TeacherEntry("old", 6, PROV_A), TeacherEntry("new", 8, PROV_B)])
+    assert writer.pending(["old", "new"]) == {c: ["new"] for c in range(3)}
+    rng = np.random.default_rng(3)
+    new = [_random_chunk(rng, stop - start, 8) for start, stop in map(writer.chunk_bounds, range(3))]
+    for c, arrays in enumerate(new):
+        writer.write_chunk(c, "new", arrays)
+    writer.finalize()
+    store = FeatureStore(tmp_path / "s")
+    assert store.manifest["format_version"] == 3 and store.verify() == []
+    np.testing.assert_array_equal(store.available[:, 0], old["available"])
+    np.testing.assert_array_equal(store.available[:, 1], np.concatenate([a["available"] for a in new]))
+    assert (tmp_path / "s" / "teachers" / "features-0123456789ab.npy").read_bytes() == before

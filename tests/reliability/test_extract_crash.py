@@ -42,7 +42,7 @@ def world(tmp_path_factory):
     records, _ = index_source(str(csv))
     with one_thread():
         extract_features(records, teachers, str(root / "reference"), ExtractOptions(**OPTIONS))
-    return {"root": root, "records": records, "teachers": teachers, "reference": root / "reference"}
+    return {"root": root, "records": records, "teachers": teachers, "reference": root / "reference", "csv": csv}
 
 
 def extract(world, out) -> dict:
@@ -105,6 +105,34 @@ def test_write_error_at_each_kind_of_write_then_rerun(world, tmp_path, monkeypat
     monkeypatch.delenv("MMKD_TEST_ENOSPC_AT_WRITE")
     with one_thread():
         extract(world, out)
+    _same_store_full(out, world["reference"])
+
+
+def test_rerun_of_an_interrupted_extraction_with_fewer_teachers_is_refused(world, tmp_path, monkeypatch, capsys):
+    """An extraction of teachers a and b stopped after three chunks of each; a rerun naming only a is refused
+    (exit 2, naming b and the fix) before it writes anything, and the rerun with both finishes the store."""
+    from mmkd.cli import main
+
+    out = tmp_path / "store"
+    cli = ["extract", "--data", str(world["csv"]), "--out", str(out), "--chunk-rows", "4", "--batch-size", "3",
+           "--candidates", "4", "--no-progress", "--teacher", f"a=local-dir:{world['root'] / 'oc'}"]
+    both = [*cli, "--teacher", f"b=local-dir:{world['root'] / 'oc2'}"]
+    monkeypatch.setenv("MMKD_TEST_ENOSPC_AT_WRITE", f"9:{tmp_path.name}")  # the commit of chunk 3 of a
+    with one_thread():
+        assert main(both) == 1
+    monkeypatch.delenv("MMKD_TEST_ENOSPC_AT_WRITE")
+    capsys.readouterr()
+    def files() -> dict[Path, bytes]:  # the store's own files (the writer lock records who held it last)
+        return {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".mmkd.lock"}
+
+    before = files()
+    with one_thread():
+        assert main(cli) == 2
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "'b' (5 of 8 chunks)" in err and "--teacher" in err, err
+    assert files() == before
+    with one_thread():
+        assert main(both) == 0
     _same_store_full(out, world["reference"])
 
 

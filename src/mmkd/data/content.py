@@ -97,7 +97,7 @@ def open_content(store_path: str | Path) -> np.ndarray | None:
     except (OSError, ValueError) as e:
         raise UsageError(f"feature store {str(store_path)!r}: {CONTENT_FILE} is unreadable ({e}); rerun the "
                          f"extraction into a new folder") from None
-    if arr.ndim != 2 or arr.shape[1] != ROW_BYTES or arr.dtype != np.uint8:
+    if arr.ndim != 2 or arr.shape[1] < ROW_BYTES or arr.dtype != np.uint8:
         raise UsageError(f"feature store {str(store_path)!r}: {CONTENT_FILE} has shape {arr.shape} {arr.dtype}, "
                          f"not [N, {ROW_BYTES}] uint8; rerun the extraction into a new folder")
-    return arr
+    return arr[:, :ROW_BYTES]  # wider rows are padding that keeps every chunk on a page

@@ -2,7 +2,7 @@
 
 Legend: N samples (rows), T teachers, D a teacher's embedding dim, B rows asked for at once.
 
-Layout of a store directory (format version 2)::
+Layout of a store directory (format version 3)::
 
     manifest.json                 format_version, dtype, num_samples, chunk_rows, teachers (name,
                                   embed_dim, provenance, fingerprint, arrays), chunks (sha256 of
@@ -21,7 +21,13 @@ B rows instead of one per teacher and kind (2x faster). Teachers added to an exi
 get a new features file of their own, so a store is never rewritten. (Version 1 stores, with
 `teachers/<name>/image.npy` and `text.npy` files, are read as they are.)
 
-Every `.npy` is created at full size up front and written in place; a chunk of rows
+Every `.npy` is created at full size up front and written in place, page-aligned: its header is
+padded to 4 KiB and its rows are padded (unused columns) to a width at which every chunk of
+`chunk_rows` rows starts on a 4,096-byte boundary, so ranks on different nodes never write the same
+page of a shared (NFS, Lustre) file. With 1,024-row chunks only `available` is padded (4 bytes
+a row); features of dims that are multiples of 256 never are. A logical 1-D array then lives in
+column 0 of a 2-D file (`columns` in its manifest entry). Version 2 stores (128-byte headers,
+no padding) are read, resumed and extended as they are. A chunk of rows
 [c * chunk_rows, (c + 1) * chunk_rows) becomes visible only when its commit record appears,
 which is written (temporary name, fsync, rename) after the rows were flushed to disk. A
 crash therefore leaves either a committed chunk or an invisible one that a rerun rewrites,
@@ -38,6 +44,7 @@ import math
 import mmap
 import os
 import re
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +56,10 @@ from mmkd.data.records import ids_digest
 from mmkd.errors import UsageError
 from mmkd.utils.io import atomic_write_json, read_json
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+WRITABLE_VERSIONS = (2, 3)  # resumed and extended in place; new teachers get the page-aligned layout
+PAGE_BYTES = 4096
 FEATURE_KINDS = ("image", "text")
 MANIFEST = "manifest.json"
 SAMPLE_IDS = "sample_ids.json"
@@ -78,10 +87,12 @@ class TeacherEntry:
     def fingerprint(self) -> str:
         return provenance_fingerprint(self.provenance, self.embed_dim)
 
-    def array_specs(self, num_samples: int, group_file: str | None = None, offset: int = 0
-                    ) -> dict[str, dict[str, Any]]:
+    def array_specs(self, num_samples: int, group_file: str | None = None, offset: int = 0,
+                    chunk_rows: int | None = None) -> dict[str, dict[str, Any]]:
         """Where each array lives: image and text as column blocks [offset, offset + 2 D) of the
-        shared `group_file` when given, everything else in the teacher's own folder."""
+        shared `group_file` when given, everything else in the teacher's own folder; with
+        `chunk_rows`, a file whose chunks would not start on a page is widened (`padded_width`)
+        and the array is its first columns."""
         specs = {
             "image": {"shape": [num_samples, self.embed_dim], "dtype": FEATURE_DTYPE},
             "text": {"shape": [num_samples, self.embed_dim], "dtype": FEATURE_DTYPE},
@@ -92,6 +103,10 @@ class TeacherEntry:
             specs[kind] = {"shape": [num_samples, int(dim)], "dtype": FEATURE_DTYPE}
         for kind, spec in specs.items():
             spec["file"] = f"teachers/{self.name}/{kind}.npy"
+            shape, dtype = cast(list, spec["shape"]), str(spec["dtype"])
+            width = int(shape[1]) if len(shape) == 2 else 1
+            if chunk_rows is not None and padded_width(width, np.dtype(dtype).itemsize, chunk_rows) != width:
+                spec["columns"] = [0, width]
         if group_file is not None:
             for j, kind in enumerate(FEATURE_KINDS):
                 start = offset + j * self.embed_dim
@@ -170,7 +185,8 @@ def _open_array(root: Path, spec: dict[str, Any], mode: Literal["r", "r+"], file
         if arr.ndim != 2 or not 0 <= a <= b <= arr.shape[1]:
             raise UsageError(f"feature store {str(root)!r}: {name!r} has shape {arr.shape}, which has no columns "
                              f"{a}:{b}; the manifest does not describe the files. Extract into a new folder")
-        arr = cast(np.memmap, arr[:, a:b])  # a column view of a memmap is a memmap
+        # a column view of a memmap is a memmap; a 1-D array is one column of a padded file
+        arr = cast(np.memmap, arr[:, a] if len(spec.get("shape", (0, 0))) == 1 else arr[:, a:b])
     if "shape" in spec and list(arr.shape) != list(spec["shape"]) or \
             "dtype" in spec and arr.dtype != np.dtype(spec["dtype"]):
         raise UsageError(f"feature store {str(root)!r}: {name!r} holds {list(arr.shape)} {arr.dtype}, the manifest "
@@ -218,6 +234,13 @@ def iter_json_strings(path: Path, chunk_bytes: int = 1 << 22) -> Iterable[str]:
             if cut >= 0:  # every string up to it is complete
                 yield from json.loads(b"[" + buf[:cut + 1].lstrip(b" \t\r\n,") + b"]")
                 buf = buf[cut + 1:]
+
+
+def padded_width(width: int, itemsize: int, chunk_rows: int) -> int:
+    """The row width (in elements, at least `width`) at which every chunk of `chunk_rows` rows of a
+    page-aligned file starts on a page: the smallest multiple of 4096 / gcd(4096, chunk_rows * itemsize)."""
+    step = PAGE_BYTES // math.gcd(PAGE_BYTES, chunk_rows * itemsize)
+    return -(-width // step) * step
 
 
 def num_chunks(num_samples: int, chunk_rows: int) -> int:
@@ -380,7 +403,7 @@ class FeatureStore:
         for kind in kinds:
             for t in names:
                 spec = self._entry(t)["arrays"].get(kind, {})
-                if "columns" in spec:
+                if "columns" in spec and len(spec["shape"]) == 2:
                     by_file.setdefault(spec["file"], []).append((kind, t, spec["columns"]))
                 else:
                     single.append((kind, t))
@@ -417,14 +440,27 @@ class FeatureStore:
     # ---- integrity ----------------------------------------------------------------------
     def verify(self) -> list[str]:
         """Recompute every chunk checksum; returns the problems found (empty when intact)."""
-        problems = []
-        for rec in self.manifest.get("chunks", []):
-            start, stop = rec["start"], rec["stop"]
-            for kind, digest in rec["sha256"].items():
-                data = np.ascontiguousarray(self.array(rec["teacher"], kind)[start:stop])
-                if hashlib.sha256(data.tobytes()).hexdigest() != digest:
-                    problems.append(f"{rec['teacher']}/{kind} rows {start}:{stop}: checksum mismatch")
-        return problems
+        return [problem for _, problem in _checksum_problems(self.manifest.get("chunks", []), self.array)]
+
+
+class StoreChecksumError(UsageError):
+    """Rows on disk differ from the checksums committed with them (a damaged disk or file, or
+    writers that overwrote each other's pages)."""
+
+    exit_code = 1
+
+
+def _checksum_problems(records: Iterable[dict[str, Any]], array: Any) -> list[tuple[dict[str, Any], str]]:
+    """(record, problem) for every chunk whose rows no longer hash to the record's checksums; `array(teacher,
+    kind)` maps an array."""
+    problems = []
+    for rec in records:
+        start, stop = rec["start"], rec["stop"]
+        for kind, digest in rec["sha256"].items():
+            data = np.ascontiguousarray(array(rec["teacher"], kind)[start:stop])
+            if hashlib.sha256(data.tobytes()).hexdigest() != digest:
+                problems.append((rec, f"{rec['teacher']}/{kind} rows {start}:{stop}: checksum mismatch"))
+    return problems
 
 
 class FeatureStoreWriter:
@@ -469,7 +505,8 @@ class FeatureStoreWriter:
             if new and not create:
                 raise RuntimeError("teachers missing from the store; rank 0 must open it first")
             if new:  # the new teachers share a features file of their own: the existing ones stay as they are
-                manifest["teachers"] += _make_teachers(path, new, manifest["num_samples"])
+                manifest["teachers"] += _make_teachers(path, new, manifest["num_samples"], int(manifest["chunk_rows"]))
+                manifest["format_version"] = FORMAT_VERSION  # a version 2 store now holds page-aligned files too
                 manifest["complete"] = False
                 atomic_write_json(path / MANIFEST, manifest)
             return cls(path, manifest)
@@ -486,16 +523,16 @@ class FeatureStoreWriter:
             "sample_ids_sha256": ids_digest(sample_ids),
             "chunk_rows": int(chunk_rows),
             "complete": False,
-            "teachers": _make_teachers(path, teachers, len(sample_ids)),
+            "teachers": _make_teachers(path, teachers, len(sample_ids), int(chunk_rows)),
             "chunks": [],
             **(extra_manifest or {}),
         }
         if record_content:
             from mmkd.data.content import CONTENT_FILE, ROW_BYTES
 
-            _create_array(path / CONTENT_FILE, "uint8", (len(sample_ids), ROW_BYTES))
+            _create_array(path / CONTENT_FILE, "uint8", (len(sample_ids), padded_width(ROW_BYTES, 1, chunk_rows)))
             manifest["content"] = {"file": CONTENT_FILE, "digest": "blake2b-64(image file bytes) + "
-                                   "blake2b-64(caption UTF-8); zeros where unreadable"}
+                                   "blake2b-64(caption UTF-8); zeros where unreadable", "columns": [0, ROW_BYTES]}
         atomic_write_json(path / MANIFEST, manifest)
         return cls(path, manifest)
 
@@ -562,11 +599,11 @@ class FeatureStoreWriter:
         atomic_write_json(self._record_path(teacher, chunk), record, indent=None)
 
     def _content_map(self) -> np.memmap:
-        if "content" not in self._files:
-            from mmkd.data.content import CONTENT_FILE
+        from mmkd.data.content import CONTENT_FILE, ROW_BYTES
 
+        if "content" not in self._files:
             self._files["content"] = _open_npy(self.path / CONTENT_FILE, "r+")
-        return self._files["content"]
+        return cast(np.memmap, self._files["content"][:, :ROW_BYTES])  # the digests; the rest pads rows to a page
 
     def rewrite_kind(self, chunk: int, teacher: str, kind: str, data: np.ndarray) -> None:
         """Replace one array of a committed chunk (e.g. availability under a new rule) and its checksum."""
@@ -589,7 +626,9 @@ class FeatureStoreWriter:
         return [read_json(self._record_path(teacher, c)) for c in sorted(self.committed(teacher))]
 
     def finalize(self, summary: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Check every chunk of every teacher is committed, then mark the manifest complete."""
+        """Check every chunk of every teacher is committed and its rows still hash to the checksums
+        committed with them, then mark the manifest complete. A chunk that fails loses its commit
+        record (StoreChecksumError), so the same command rerun writes it again."""
         chunks, missing = [], []
         for name in self._entries:
             recs = self.records(name)
@@ -598,6 +637,15 @@ class FeatureStoreWriter:
             chunks += [{k: r[k] for k in ("teacher", "chunk", "start", "stop", "sha256")} for r in recs]
         if missing:
             raise RuntimeError(f"cannot finish the store: uncommitted chunks {missing[:10]}")
+        damaged = _checksum_problems(chunks, self._map)
+        if damaged:
+            for rec, _ in damaged:
+                self._record_path(rec["teacher"], rec["chunk"]).unlink(missing_ok=True)
+            raise StoreChecksumError(
+                f"feature store {str(self.path)!r}: {len(damaged)} chunk array(s) differ from the checksums committed "
+                f"with them ({'; '.join(p for _, p in damaged[:3])}); the store stays incomplete and those chunks are "
+                f"uncommitted again. Rerun the same command to write them again (on a shared filesystem, check "
+                f"that no other job writes into this folder)")
         self.manifest["chunks"] = chunks
         self.manifest["complete"] = True
         if summary:
@@ -693,7 +741,7 @@ def _spec_problems(root: Path, teacher: str, kind: Any, spec: Any, n: Any, dim: 
     cols = spec.get("columns")
     if "columns" in spec and not (isinstance(cols, list) and len(cols) == 2 and all(
             isinstance(c, int) and not isinstance(c, bool) for c in cols) and 0 <= cols[0] <= cols[1]
-                                 and cols[1] - cols[0] == shape[-1] and len(shape) == 2):
+                                 and cols[1] - cols[0] == (shape[1] if len(shape) == 2 else 1) and len(shape) <= 2):
         return [f"{where}: columns {cols!r}"]
     return []
 
@@ -720,42 +768,61 @@ def _reserve_space(file: Path) -> None:
         os.close(fd)
 
 
-def _make_teachers(path: Path, entries: Sequence[TeacherEntry], num_samples: int) -> list[dict[str, Any]]:
-    """Create the arrays of teachers added together (their features side by side in one file);
-    returns their manifest entries. A file left by an interrupted creation is reused: its name
-    encodes the teachers and dims, so its layout is the same."""
-    layout = json.dumps([[e.name, int(e.embed_dim)] for e in entries]).encode()
+def _make_teachers(path: Path, entries: Sequence[TeacherEntry], num_samples: int,
+                   chunk_rows: int) -> list[dict[str, Any]]:
+    """Create the page-aligned arrays of teachers added together (their features side by side in one
+    file); returns their manifest entries. A file left by an interrupted creation is reused: its
+    name encodes the teachers, dims and chunk rows, so its layout is the same."""
+    layout = json.dumps([[e.name, int(e.embed_dim)] for e in entries] + [PAGE_BYTES, int(chunk_rows)]).encode()
     group = f"teachers/features-{hashlib.sha256(layout).hexdigest()[:12]}.npy"
-    _create_array(path / group, FEATURE_DTYPE, (num_samples, sum(2 * int(e.embed_dim) for e in entries)))
+    width = sum(2 * int(e.embed_dim) for e in entries)
+    _create_array(path / group, FEATURE_DTYPE,
+                  (num_samples, padded_width(width, np.dtype(FEATURE_DTYPE).itemsize, chunk_rows)))
     out, offset = [], 0
     for entry in entries:
-        specs = entry.array_specs(num_samples, group, offset)
+        specs = entry.array_specs(num_samples, group, offset, chunk_rows)
         offset += 2 * int(entry.embed_dim)
         for kind, spec in specs.items():
-            if "columns" not in spec:
-                _create_array(path / spec["file"], spec["dtype"], tuple(spec["shape"]), nan=kind == "score")
+            if spec["file"] != group:
+                shape = tuple(spec["shape"])
+                if "columns" in spec:
+                    shape = (num_samples, padded_width(spec["columns"][1], np.dtype(spec["dtype"]).itemsize,
+                                                       chunk_rows))
+                _create_array(path / spec["file"], spec["dtype"], shape, nan=kind == "score")
         out.append({"name": entry.name, "embed_dim": int(entry.embed_dim), "fingerprint": entry.fingerprint,
                     "provenance": entry.provenance, "settings": entry.settings, "arrays": specs})
     return out
 
 
+def npy_header(dtype: str | np.dtype, shape: Sequence[int]) -> bytes:
+    """A `.npy` (version 1.0) header padded with spaces to 4 KiB, so the data starts on a page."""
+    fields = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(int(x) for x in shape)}
+    body = repr(fields).ljust(PAGE_BYTES - 10 - 1) + "\n"
+    return np.lib.format.MAGIC_PREFIX + bytes([1, 0]) + struct.pack("<H", len(body)) + body.encode("latin1")
+
+
 def _create_array(file: Path, dtype: str, shape: tuple[int, ...], nan: bool = False) -> None:
+    """A zero-filled `.npy` of `shape` whose data starts at byte 4096 (see `npy_header`)."""
     file.parent.mkdir(parents=True, exist_ok=True)
     if file.exists():
         return
-    arr = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=shape)
+    with open(file, "wb") as f:
+        f.write(npy_header(dtype, shape))
+        f.truncate(PAGE_BYTES + int(np.prod(shape)) * np.dtype(dtype).itemsize)
     _reserve_space(file)
     if nan:
+        arr = np.load(file, mmap_mode="r+")
         arr[:] = np.nan
-    arr.flush()
-    del arr
+        arr.flush()
+        del arr
 
 
 def _check_compatible(path: Path, manifest: dict[str, Any], sample_ids: Sequence[str],
                       teachers: Sequence[TeacherEntry]) -> None:
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in WRITABLE_VERSIONS:
         raise UsageError(f"--out: {str(path)!r} has store format {manifest.get('format_version')}, "
-                         f"this mmkd writes {FORMAT_VERSION}; write to a new folder")
+                         f"this mmkd writes {WRITABLE_VERSIONS}; write to a new folder")
     if manifest["num_samples"] != len(sample_ids) or manifest["sample_ids_sha256"] != ids_digest(sample_ids):
         raise UsageError(f"--out: the store {str(path)!r} was made from a different dataset "
                          f"({manifest['num_samples']} samples, other sample ids); write to a new folder")

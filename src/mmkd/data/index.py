@@ -22,6 +22,15 @@ one `stat` per shard, nothing else; a record is built when it is asked for. Writ
 a generation in place: a rebuild writes a new generation folder and then replaces index.json
 (atomic rename), so a process that still maps the old one keeps reading consistent files.
 
+A generation lives as long as a process may still open it. Every process that opens one leaves a
+lease, `leases/<generation>@<host>@<pid>` (a DataLoader worker started by spawn or forkserver
+reopens the generation its parent had, and leases it too). A rebuild marks the generation it
+replaces as retired (`<generation>/.retired`) and removes only retired generations that are past
+a grace period (`index_build.RETIRED_GRACE_S`, 10 minutes: a process that read index.json just
+before the replace takes its lease within it) and hold no live lease: one of a running process of
+this host, or one of another host renewed within `index_build.FOREIGN_LEASE_MAX_AGE_S` (7 days).
+Leases of ended processes are removed at the same time.
+
 A shard's sample id is `<shard path relative to the root, without .tar>/<member key>`; a table
 row's is its `id_key` column, or its row number (0-based) when the column is absent.
 """
@@ -33,6 +42,7 @@ import io
 import json
 import mmap
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +51,8 @@ from typing import Any, Iterator
 import numpy as np
 
 INDEX_FILE = "index.json"
+LEASES = "leases"
+RETIRED = ".retired"
 FORMAT = "mmkd-index"
 VERSION = 1
 MAX_CAPTION_CHARS = 128 * 1024  # a longer CSV/JSONL caption is skipped as caption_too_long
@@ -89,6 +101,7 @@ class SourceIndex:
         self.shard_prefixes = [s["path"][:-4] if s["path"].endswith(".tar") else s["path"] for s in self.shards]
         self.shard_starts = np.array([s["start"] for s in self.shards] + [self.num_samples], dtype=np.int64)
         self.fields: dict[str, list[str]] = {k: v["values"] for k, v in self.meta["fields"].items()}
+        lease_generation(self.folder, self.meta["generation"])
         self._open_arrays()
         self._fd: tuple[int, int] | None = None  # (pid, fd) of the table file, opened per process
 
@@ -242,6 +255,17 @@ class SourceIndex:
         codes, starts = self._field_arrays[name]
         a, b = int(starts[row]), int(starts[row + 1])
         return self.fields[name][int(codes[a])] if b > a else ""
+
+
+def lease_generation(folder: Path, generation: str) -> None:
+    """Record that this process may open `generation` of the index in `folder` (see the module doc).
+    The lease's mtime is renewed at every open."""
+    lease = folder / LEASES / f"{generation}@{socket.gethostname()}@{os.getpid()}"
+    try:
+        lease.parent.mkdir(exist_ok=True)
+        lease.touch()
+    except OSError:
+        pass  # a read-only index folder: no launch can rebuild it in place either
 
 
 class SampleIds(Sequence):

@@ -9,7 +9,13 @@ a build folder; rank 0 merges the parts with the unchanged shards' rows of the p
 generation into a new generation and replaces index.json. The other ranks wait by watching the
 build folder and index.json, not in a collective call, so an index build of hours cannot hit a
 process-group timeout. An advisory lock (`fcntl`) keeps two separate launches from building the
-same index at once: the second one finds it built when it gets the lock.
+same index at once: the second one finds it built when it gets the lock. Rank 0 takes that lock
+after the launch's only collective call (a broadcast of a token, at once) and hands its plan to
+the other ranks in a file named by the token; they wait for it on the filesystem, so a launch
+whose rank 0 waits behind another launch's build cannot hit a process-group timeout either. A
+wait for the lock ends after `MMKD_INDEX_LOCK_TIMEOUT_S` (default 2 hours) with a message naming
+the holder (host, pid, command, since when). Replaced generations are removed only when no
+process may still open them (leases, see `mmkd.data.index`).
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import secrets
 import shutil
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -31,13 +39,21 @@ from typing import Any, Iterator
 import numpy as np
 
 from mmkd.data import tarscan
-from mmkd.data.index import (DEFAULT_SHARD_FIELDS, DERIVED_FIELDS, FORMAT, INDEX_FILE, MEMBER_DTYPE, VERSION,
-                             SourceIndex, TableLayout)
+from mmkd.data.index import (DEFAULT_SHARD_FIELDS, DERIVED_FIELDS, FORMAT, INDEX_FILE, LEASES, MEMBER_DTYPE,
+                             RETIRED, VERSION, SourceIndex, TableLayout)
 from mmkd.data.index_scan import part_path, read_part, scan_job, scan_table, write_part
 from mmkd.errors import UsageError
 from mmkd.utils.io import atomic_write_text
 
 CHECKS = ("stat", "full")
+RETIRED_GRACE_S = 600.0  # a replaced generation is kept at least this long (see mmkd.data.index)
+FOREIGN_LEASE_MAX_AGE_S = 7 * 86400.0  # a lease of another host not renewed for this long is stale
+HANDOFF_MAX_AGE_S = 3600.0  # a plan handed to the other ranks, left by a launch that ended
+LOCK_TIMEOUT_ENV = "MMKD_INDEX_LOCK_TIMEOUT_S"
+# Test-only: seconds rank 0 keeps the index lock before handing its plan to the other ranks (a
+# stand-in for a long build); read at each call.
+_TEST_HOLD_ENV = "MMKD_TEST_INDEX_LOCK_HOLD_S"
+_GENERATION_RE = re.compile(r"^g\d{14}-[0-9a-f]{6}$")
 
 
 @dataclass
@@ -272,22 +288,112 @@ def merge(source: Source, plan: dict[str, Any], build_dir: Path) -> dict[str, An
     meta_out["bytes_per_sample"] = round(sum(f.stat().st_size for f in gen_dir.iterdir()) / max(1, total), 2)
     atomic_write_text(source.index_dir / INDEX_FILE, json.dumps(meta_out, indent=1))
     if old is not None and plan["old_generation"] != plan["generation"]:
-        shutil.rmtree(source.index_dir / plan["old_generation"], ignore_errors=True)
+        (source.index_dir / plan["old_generation"] / RETIRED).touch()  # removed once no process may open it
+    collect_generations(source.index_dir, plan["generation"])
     return meta_out
 
 
+def _lease_is_live(lease: Path, now: float) -> bool:
+    _, host, pid = lease.name.rsplit("@", 2)
+    if host != socket.gethostname():
+        return now - lease.stat().st_mtime < FOREIGN_LEASE_MAX_AGE_S
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def collect_generations(index_dir: Path, current: str | None) -> list[str]:
+    """Remove the generations no process may still open (not `current`, retired longer than the grace
+    period, no live lease), stale leases and plans handed over by ended launches; returns the
+    generations removed. Called with the index lock held."""
+    now = time.time()
+    leased: set[str] = set()
+    lease_dir = index_dir / LEASES
+    for lease in sorted(lease_dir.iterdir()) if lease_dir.is_dir() else []:
+        try:
+            live = _lease_is_live(lease, now)
+        except (OSError, ValueError):
+            live = False
+        if live:
+            leased.add(lease.name.rsplit("@", 2)[0])
+        else:
+            lease.unlink(missing_ok=True)
+    for handoff in [*index_dir.glob("plan-*.json"), *index_dir.glob("plan-*.wait")]:
+        with contextlib.suppress(OSError):
+            if now - handoff.stat().st_mtime > HANDOFF_MAX_AGE_S:
+                handoff.unlink()
+    removed = []
+    for gen in sorted(index_dir.iterdir()):
+        if gen.name == current or gen.name in leased or not _GENERATION_RE.match(gen.name) or not gen.is_dir():
+            continue
+        marker = gen / RETIRED
+        try:
+            since = (marker if marker.exists() else gen).stat().st_mtime
+        except OSError:
+            continue
+        if now - since >= RETIRED_GRACE_S:
+            shutil.rmtree(gen, ignore_errors=True)
+            removed.append(gen.name)
+    return removed
+
+
 # ---- orchestration --------------------------------------------------------------------------
+def lock_holder(index_dir: Path) -> str:
+    """Who holds (or last held) the index lock, as its holder wrote it into the lock file."""
+    try:
+        who = json.loads((index_dir / ".lock").read_text() or "{}")
+    except (OSError, ValueError):
+        who = {}
+    if not who:
+        return "another process (it did not say which)"
+    return f"pid {who.get('pid')} on host {who.get('host')} ({who.get('command')}, since {who.get('since')})"
+
+
+def lock_timeout() -> float:
+    value = os.environ.get(LOCK_TIMEOUT_ENV, "")
+    try:
+        return float(value) if value else 7200.0
+    except ValueError:
+        raise UsageError(f"{LOCK_TIMEOUT_ENV}: {value!r} is not a number of seconds") from None
+
+
 @contextlib.contextmanager
 def _locked(index_dir: Path, enabled: bool) -> Iterator[None]:
+    """The index lock, waited for at most `lock_timeout()` seconds; the holder writes who it is into it."""
     if not enabled:
         yield
         return
-    with open(index_dir / ".lock", "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    fd = os.open(index_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline, told = time.time() + lock_timeout(), False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.time() > deadline:
+                    raise UsageError(f"--data.index_dir: the index in {index_dir} is locked by {lock_holder(index_dir)} "
+                                     f"for over {lock_timeout():.0f} s. Wait for that launch to finish indexing (or "
+                                     f"stop it), or raise {LOCK_TIMEOUT_ENV}") from None
+                if not told:
+                    print(f"waiting for the index lock of {index_dir}, held by {lock_holder(index_dir)}",
+                          file=sys.stderr)
+                    told = True
+                time.sleep(0.5)
+        who = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv[:3]),
+               "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(who).encode(), 0)
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -362,6 +468,23 @@ def _wait(predicate, error_dir: Path, what: str, timeout: float | None = None) -
         time.sleep(0.2)
 
 
+def _receive_plan(handoff: Path, rank: int) -> dict[str, Any] | None:
+    """Rank 0's plan, waited for on the filesystem (never in a collective call, so no process-group
+    timeout applies while rank 0 waits for another launch's lock)."""
+    index_dir, waiting = handoff.parent, handoff.with_suffix(".wait")
+    none = index_dir / "build-none"  # _wait's error folder: this wait has none
+    _wait(lambda: waiting.exists() or handoff.exists(), none, f"--data.index_dir: rank {rank} cannot see "
+          f"{waiting.name}, which rank 0 created in {index_dir}: the index folder must be on storage every node "
+          f"shares. Set --data.index_dir to a shared folder, or build the index once beforehand with "
+          f"`mmkd data index --data ...`", 120)
+    _wait(handoff.is_file, none, f"--data.index_dir: rank {rank} waited {lock_timeout():.0f} s for rank 0 to take "
+          f"the lock of the index in {index_dir}, held by {lock_holder(index_dir)}; wait for that launch to finish "
+          f"indexing, or raise {LOCK_TIMEOUT_ENV}", lock_timeout() + 60)
+    plan = json.loads(handoff.read_text())["plan"]
+    waiting.unlink(missing_ok=True)
+    return plan
+
+
 def ensure_index(source: Source, workers: int = 0, progress: bool = True, check: str = "stat") -> SourceIndex:
     """The current index of `source`, built or refreshed first when needed (see the module doc)."""
     if check not in CHECKS:
@@ -372,10 +495,21 @@ def ensure_index(source: Source, workers: int = 0, progress: bool = True, check:
     except OSError as e:
         raise UsageError(f"--data.index_dir: cannot create {source.index_dir}: {e.strerror or e}; choose a "
                          f"writable folder") from None
-    with _locked(source.index_dir, rank == 0):
+    # The launch's only collective call, before rank 0 waits for the lock: every rank gets here at once.
+    handoff = source.index_dir / f"plan-{_broadcast(secrets.token_hex(8), world)}.json" if world > 1 else None
+    if handoff is not None and rank == 0:
+        handoff.with_suffix(".wait").touch()  # seen by the other ranks: the index folder is shared
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(_locked(source.index_dir, rank == 0))
+        except UsageError as e:  # the lock timed out: the other ranks stop with the same message
+            if handoff is not None:
+                atomic_write_text(handoff, json.dumps({"plan": {"error": str(e)}}))
+            raise
         plan = None
         if rank == 0:
             try:
+                collect_generations(source.index_dir, (read_meta(source.index_dir) or {}).get("generation"))
                 plan = make_plan(source, check)
                 if plan is not None:
                     for stale in source.index_dir.glob("build-*"):  # left by a killed build (we hold the lock)
@@ -383,7 +517,14 @@ def ensure_index(source: Source, workers: int = 0, progress: bool = True, check:
                     (source.index_dir / f"build-{plan['generation']}").mkdir()
             except UsageError as e:
                 plan = {"error": str(e)}
-        plan = _broadcast(plan, world)
+            hold = float(os.environ.get(_TEST_HOLD_ENV, "0") or 0)
+            if hold:  # test hook: keep the lock (and the other ranks waiting) as a long build would
+                time.sleep(hold)
+            if handoff is not None:
+                atomic_write_text(handoff, json.dumps({"plan": plan}))
+        else:
+            assert handoff is not None
+            plan = _receive_plan(handoff, rank)
         if plan is not None and "error" in plan:
             raise UsageError(plan["error"])
         if plan is None:

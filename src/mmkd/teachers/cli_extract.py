@@ -21,6 +21,7 @@ examples:
   mmkd extract --config extract.yaml        # keys: data, teachers {name: spec}, out, batch_size, ...
   torchrun --nproc_per_node 4 -m mmkd extract --data shards/ --teacher QuiltNet --out features/
   mmkd extract --data subset/ ...           # a selection made by `mmkd data select`
+  mmkd extract --verify --out features/     # recompute every chunk checksum of a finished store
 
 Availability (may teacher T teach sample S?): `rank` (default) — T ranks S's own caption first
 among --candidates captions (S's own plus others of the same chunk); `threshold` — cosine of
@@ -56,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="feature store folder (created, or resumed when it exists)")
     parser.add_argument("--batch-size", type=int, default=None, help="rows per model call (default: 64)")
     parser.add_argument("--chunk-rows", type=int, default=None,
-                        help="rows per atomically committed chunk (default: 1024; a resumed store keeps its own)")
+                        help="rows per atomically committed chunk (default: 1024; a resumed store keeps its own). "
+                             "Every chunk starts on a 4 KiB page; multiples of 1024 keep the padding this needs small")
     parser.add_argument("--availability", choices=["rank", "threshold", "always"], default=None,
                         help="rule deciding which teacher may teach a sample (default: rank)")
     parser.add_argument("--candidates", type=int, default=None,
@@ -72,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reapply-availability", action="store_true",
                         help="only decide availability again in the finished store --out, by --availability "
                              "(and --threshold), from the stored scores and features; no teacher is run")
+    parser.add_argument("--verify", action="store_true",
+                        help="only recompute every chunk checksum of the finished store --out and report damage "
+                             "(exit 1); no teacher is run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--check-data", choices=["sample", "full", "off"], default="sample",
                         help="when --out already holds rows: compare the content digests of the data's images and "
@@ -137,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     started = Summary("extract")
     if args.reapply_availability:
         return _reapply(args)
+    if args.verify:
+        return _verify(args)
     opts = _options(args)
     device = pick_device(opts["device"])
     dist_info = init_distributed(device.split(":")[0])
@@ -210,4 +217,19 @@ def _reapply(args: argparse.Namespace) -> int:
     print(format_table(summary["teachers"]))
     for warning in summary.get("warnings", []):
         print(f"mmkd extract: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from mmkd.data.feature_store import FeatureStore, StoreChecksumError
+
+    if not args.out:
+        raise UsageError("--out: give the feature store to verify")
+    store = FeatureStore(args.out)
+    problems = store.verify()
+    if problems:
+        raise StoreChecksumError(f"feature store {args.out!r}: {len(problems)} chunk array(s) differ from their "
+                                 f"checksums: {'; '.join(problems[:5])}. Re-extract those teachers into a new folder")
+    print(f"feature store {args.out}: {len(store.manifest.get('chunks', []))} chunk(s) of {len(store.teachers)} "
+          f"teacher(s) verified, every checksum matches")
     return 0

@@ -2,21 +2,28 @@
 
 Legend: B batch rows, n readable rows of a chunk, D a teacher's embedding dim.
 
-Each image is decoded once and handed to every teacher's own preprocessing; captions go to
-every teacher's own tokenizer. Rows are processed chunk by chunk (`chunk_rows` consecutive
-dataset records); model batches never straddle a chunk, so a chunk's features do not depend
-on how many processes ran or where a previous run stopped. Under torchrun, chunk c belongs to
-rank c % world_size; all ranks write into the same store files (disjoint rows), rank 0 creates
-and finishes the store. Row i is dataset record i, always: an unreadable sample keeps its row
-with zero features and is unavailable for every teacher.
+Each image is decoded once and resized once, to the largest size the teachers need; every
+teacher's own preprocessing then runs on that resized copy, and teachers whose preprocessing is
+identical (size, interpolation, crop, mean and std) share one tensor (`TransformPlan`). A teacher
+whose resize is the shared one gets exactly the pixels of its own preprocessing; a smaller one
+resizes the resized copy instead of the original (cosine >= 0.99 to its own path on tiny
+teachers, `tests/test_extract.py`). Captions go to every teacher's own tokenizer.
+
+Rows are processed chunk by chunk (`chunk_rows` consecutive dataset records); model batches
+never straddle a chunk, so a chunk's features do not depend on how many processes ran or where
+a previous run stopped. Under torchrun the chunks still missing are dealt out by position
+(`rank_chunks`), so a rerun after one rank died spreads that rank's leftovers over every rank;
+all ranks write into the same store files (disjoint, page-aligned rows), rank 0 creates and
+finishes the store. Row i is dataset record i, always: an unreadable sample keeps its row with
+zero features and is unavailable for every teacher.
 """
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +49,8 @@ class ExtractOptions:
     seed: int = 0
     num_workers: int = 0
     max_image_pixels: int = 64_000_000
-    shared_decode: bool = True  # False decodes the image once per teacher (the benchmark's baseline)
+    shared_decode: bool = True  # False decodes the image once per teacher and runs each teacher's own
+    # preprocessing on it (the benchmark's baseline and the tests' reference path)
     precision: str = "fp32"  # fp32 | bf16 (autocast around every teacher's forward pass)
     progress: bool = True
     check_data: str = "sample"  # sample | full | off: compare the data with the rows an existing store holds
@@ -52,6 +60,66 @@ class ExtractOptions:
         return {"availability": self.availability, "candidates": int(self.candidates),
                 "threshold": float(self.threshold) if self.availability == "threshold" else None,
                 "seed": int(self.seed), "precision": self.precision}
+
+
+_PURE_STEPS = ("CenterCrop", "MaybeConvertMode", "MaybeToTensor", "ToTensor", "Normalize", "_convert_to_rgb")
+
+
+def _step_signature(step: Any) -> tuple | None:
+    """What decides a preprocessing step's output, for the steps open_clip's eval transforms are made of;
+    None for any other step (its teacher then runs its own preprocessing on the decoded image)."""
+    name = getattr(step, "__qualname__", type(step).__name__)
+    if name not in ("Resize", *_PURE_STEPS):
+        return None
+    state = {k: v for k, v in getattr(step, "__dict__", {}).items() if not k.startswith("_") and k != "training"}
+    return getattr(step, "__module__", ""), name, repr(sorted(state.items()))
+
+
+@dataclass
+class TransformPlan:
+    """How one decoded image becomes every teacher's pixels: `resize` (the Resize step of the teacher that
+    needs the largest image, or None) makes the shared copy; teachers with the same `key` share the
+    result; a teacher in `from_original` runs its own preprocessing on the decoded image (one whose
+    steps are not open_clip's eval steps, or one of the largest size that resizes otherwise, e.g.
+    bilinear where the shared copy is bicubic)."""
+
+    resize: Any = None
+    key: dict[str, Any] = field(default_factory=dict)
+    from_original: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, preprocess: dict[str, Any]) -> TransformPlan:
+        plan, sizes = cls(), {}
+        for name, transform in preprocess.items():
+            steps = list(getattr(transform, "transforms", []))
+            first = steps[0] if steps else None
+            size = getattr(first, "size", None)
+            size = size[0] if isinstance(size, (list, tuple)) and len(size) == 1 else size
+            signature = [_step_signature(step) for step in steps]
+            if type(first).__name__ != "Resize" or not isinstance(size, int) or \
+                    getattr(first, "max_size", None) is not None or None in signature:
+                plan.key[name] = name
+                plan.from_original.add(name)
+                continue
+            plan.key[name] = tuple(signature)
+            sizes[name] = size
+        if sizes:
+            plan.resize = preprocess[max(sizes, key=lambda n: sizes[n])].transforms[0]
+            largest = _step_signature(plan.resize)
+            plan.from_original |= {n for n, size in sizes.items() if size == plan.resize.size and
+                                   _step_signature(preprocess[n].transforms[0]) != largest}
+        return plan
+
+    def pixels(self, image: Any, preprocess: dict[str, Any]) -> dict[str, torch.Tensor]:
+        resized = self.resize(image) if self.resize is not None else image
+        done: dict[Any, torch.Tensor] = {}
+        out = {}
+        for name, transform in preprocess.items():
+            key = self.key.get(name, name)
+            if key not in done:
+                done[key] = transform(image if name in self.from_original else resized)
+            out[name] = done[key]
+        return out
 
 
 class _RowsDataset(torch.utils.data.Dataset):
@@ -65,6 +133,7 @@ class _RowsDataset(torch.utils.data.Dataset):
         self.preprocess = preprocess
         self.max_pixels = max_pixels
         self.shared_decode = shared_decode
+        self.plan = TransformPlan.of(preprocess)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -79,9 +148,11 @@ class _RowsDataset(torch.utils.data.Dataset):
         image = load_image(record, self.max_pixels, raw)
         if isinstance(image, Skip):
             return row, None, None, image.reason, content
+        if self.shared_decode:
+            return row, caption, self.plan.pixels(image, self.preprocess), None, content
         pixels = {}
-        for name, preprocess in self.preprocess.items():
-            if not self.shared_decode and pixels:
+        for name, preprocess in self.preprocess.items():  # each teacher's own path, from its own decode
+            if pixels:
                 image = load_image(record, self.max_pixels)
             pixels[name] = preprocess(image)
         return row, caption, pixels, None, content
@@ -187,6 +258,7 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
                                  f"path (it is created)")
             lock.enter_context(writer_lock(out, "--out", "feature store", command="mmkd extract"))
             _check_existing_rows(out, records, sample_ids, opts.check_data)
+            _check_no_teacher_left_behind(out, list(teachers))
             with _store_write_errors(out):
                 writer = FeatureStoreWriter.open(out, sample_ids, entries, chunk_rows=opts.chunk_rows, create=True,
                                                  extra_manifest=extra_manifest, record_content=True)
@@ -201,6 +273,23 @@ def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEnco
     assert writer is not None  # rank 0's set-up error was raised on every rank above
     with lock:
         return _extract(records, teachers, out, opts, dist_info, writer)
+
+
+def _check_no_teacher_left_behind(out: str, names: list[str]) -> None:
+    """A store can only be finished with every teacher it holds: a rerun of an interrupted extraction that
+    leaves out a teacher with chunks still to write is refused before the store is touched."""
+    from mmkd.data.feature_store import MANIFEST, _read_manifest
+
+    if not (Path(out) / MANIFEST).is_file():
+        return
+    writer = FeatureStoreWriter(Path(out), _read_manifest(Path(out)))
+    behind = {t: len(writer.pending([t])) for t in writer._entries if t not in names}
+    behind = {t: n for t, n in behind.items() if n}
+    if behind:
+        listed = ", ".join(f"{t!r} ({n} of {writer.num_chunks} chunks)" for t, n in behind.items())
+        raise UsageError(f"--teacher: the feature store {out!r} is unfinished and also holds teacher(s) that still "
+                         f"lack chunks: {listed}. Rerun with those teachers too (the same --teacher NAME=SPEC as the "
+                         f"interrupted run) to finish the store, or extract these teachers into a new --out")
 
 
 def _check_existing_rows(out: str, records: Sequence[PairRecord], sample_ids: Sequence[str], mode: str) -> None:
@@ -225,7 +314,7 @@ def _extract(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], ou
 
     names = list(teachers)
     pending = writer.pending(names)
-    mine = [c for c in sorted(pending) if c % dist_info.world_size == dist_info.rank]
+    mine = rank_chunks(pending, dist_info.rank, dist_info.world_size)
     bounds = [writer.chunk_bounds(c) for c in mine]
     dataset = _RowsDataset(records, {t: enc.preprocess for t, enc in teachers.items()}, opts.max_image_pixels,
                            opts.shared_decode)
@@ -247,7 +336,8 @@ def _extract(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], ou
             for teacher in pending[chunk]:
                 with _store_write_errors(out):
                     writer.write_chunk(chunk, teacher, buffer.arrays(teacher, opts, chunk),
-                                       record_extra={"skipped": {str(r): why for r, why in buffer.skipped.items()}},
+                                       record_extra={"skipped": {str(r): why for r, why in buffer.skipped.items()},
+                                                     "rank": dist_info.rank},
                                        content=buffer.content)
             buffer = None
     for bar in bars.values():
@@ -257,6 +347,13 @@ def _extract(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], ou
         return None
     with _store_write_errors(out):
         return finish_store(writer)
+
+
+def rank_chunks(pending: Iterable[int], rank: int, world_size: int) -> list[int]:
+    """The chunks `rank` writes: every `world_size`-th of the pending chunks in order, starting at its own
+    position. Dealing by position rather than by chunk number keeps the shares even when the pending
+    chunks are those of one rank that died (all c with c % world == r)."""
+    return sorted(pending)[rank::world_size]
 
 
 def _same_rows_as_stored(writer: FeatureStoreWriter, buffer: _ChunkBuffer, records, out: str) -> None:
