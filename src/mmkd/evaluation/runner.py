@@ -310,13 +310,14 @@ def run_one(model, entry: DatasetEntry, task: str, *, seed: int, cache: FeatureC
     `listed`: the datasets of the catalog that list this task (the report's coverage denominator)."""
     from mmkd import __version__
     from mmkd.evaluation.clip_benchmark import clip_benchmark_metrics
+    from mmkd.utils.io import finite_json
 
     fn = load_task(task)
     started = time.perf_counter()
     result = fn(model, entry, seed=seed, cache=cache, num_bootstrap=num_bootstrap)
     _check_result(task, result)
     details = dict(result.get("details") or {})
-    return {
+    return finite_json({  # undefined values (a label without positives) are null, never a bare NaN
         "result_version": RESULT_VERSION,
         "model": model_name,
         "dataset": entry.name,
@@ -338,7 +339,7 @@ def run_one(model, entry: DatasetEntry, task: str, *, seed: int, cache: FeatureC
         "mmkd_version": __version__,
         "seconds": round(time.perf_counter() - started, 3),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    })
 
 
 def _as_entries(catalog) -> list[DatasetEntry]:
