@@ -408,6 +408,47 @@ def evaluate(model, catalog, tasks: Iterable[str], out_dir: str | Path | None, *
     return records
 
 
+def remove_results(folder: str | Path) -> list[str]:
+    """Remove what `mmkd eval` and `mmkd report` wrote under `folder` and nothing else: result files, the
+    `.model.json` of each model folder, the feature cache's `.safetensors`, the report files an
+    `.mmkd-report.json` lists (and it). Emptied folders go too; returns the relative names removed (the
+    feature cache as one entry)."""
+    from mmkd.utils.outputs import json_with_keys
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    is_result = json_with_keys("dataset", "task", "metrics")
+    doomed: list[Path] = []
+    for owner in folder.rglob(".mmkd-report.json"):
+        try:
+            listed = json.loads(owner.read_text(encoding="utf-8")).get("files", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        doomed += [owner.parent / name for name in listed if isinstance(name, str) and ".." not in Path(name).parts]
+        doomed.append(owner)
+    cached = 0
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        if ".feature_cache" in path.relative_to(folder).parts and path.suffix == ".safetensors":
+            path.unlink()
+            cached += 1
+        elif path.name == ".model.json" or (path.suffix == ".json" and is_result(path)):
+            doomed.append(path)
+    removed = []
+    for path in dict.fromkeys(doomed):
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            removed.append(path.relative_to(folder).as_posix())
+    if cached:
+        removed.append(f".feature_cache ({cached} file(s))")
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(sub.iterdir()):
+            sub.rmdir()
+    return removed
+
+
 def absent_hint(entry: DatasetEntry) -> str:
     """How to get a dataset that is not on disk: its `prepare` command, else the catalog's layout comment."""
     prepare = entry.option("prepare")
