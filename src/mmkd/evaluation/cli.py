@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "accepts); repeat for several models")
     parser.add_argument("--name", action="append", default=None, metavar="NAME",
                         help="the name results are filed under (OUT/NAME/), one per --model in the same order "
-                             "(default: the model folder's name, run-step for a checkpoint folder; a name already "
-                             "holding another model's results is refused)")
+                             "(default: the model folder's name, run-step for a checkpoint folder or a run still "
+                             "training; a name already holding another model's results, or being filled by another "
+                             "eval, is refused)")
     parser.add_argument("--tasks", default="zero-shot,linear-probe,retrieval",
                         help="comma-separated tasks: zero-shot, linear-probe, retrieval, vqa, mil-classification, "
                              "survival, or `all`; each dataset runs the ones it lists (default: %(default)s)")

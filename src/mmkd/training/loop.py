@@ -235,9 +235,6 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
                          f"{micro_global} is not divisible by the {info.world_size} processes; pick a multiple")
     run_dir = Path(cfg.train.out)
     command = getattr(make_task, "name", None) or "pretrain"
-    finished = finished_run(run_dir, cfg, command)  # a requeued job of a finished run: nothing to do or write
-    if finished is not None:
-        return finished
     # A resume is checked before anything is written or loaded: an incompatible one leaves the run as it was.
     # Only rank 0 looks at and writes the folder; its verdict reaches every rank.
     lock = contextlib.ExitStack()
@@ -264,6 +261,10 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
             lock.close()
             error = e
     _agree(error, info)
+    finished = finished_run(run_dir, cfg, command)  # a requeued job of a finished run: nothing to do or write
+    if finished is not None:
+        lock.close()
+        return finished
     if not info.is_main:
         resume_from = resolve_resume(cfg)
         saved = ckpt_io.read_train_state(resume_from) if resume_from is not None else None

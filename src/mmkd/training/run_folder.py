@@ -107,15 +107,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-# What a resume may change to train a finished run further.
-_MORE_STEPS = ("train.epochs", "train.max_steps")
+# What a resume may change to train a finished run further, or that the resume checks with the task built
+# (the teachers of another store): such a resume takes the usual path.
+_NOT_FINISHED = ("train.epochs", "train.max_steps", "distill.store")
 
 
 def finished_run(run_dir: Path, cfg: Config, command: str) -> dict[str, Any] | None:
     """`--resume latest` of a run that already finished (a requeued job): says so and returns its summary,
     leaving every file as it was; None when there is something to do. A setting changed on the command line
-    is reported as not applied (no step is left to use it), except the number of epochs or steps, which
-    asks for more training and resumes as usual."""
+    is reported as not applied (no step is left to use it), except the number of epochs or steps (more
+    training) and the feature store (its teachers are checked against the checkpoint's), which resume as usual."""
     import os
     import sys
 
@@ -138,7 +139,8 @@ def finished_run(run_dir: Path, cfg: Config, command: str) -> dict[str, Any] | N
     if isinstance(old, dict):
         old.pop("segments", None)
         changes = _changes(old, _settings(cfg))
-    if any(k in changes for k in _MORE_STEPS):
+        changes.pop("train.out", None)  # where the run is, not how it trains (a moved run folder)
+    if any(k in changes for k in _NOT_FINISHED):
         return None
     if os.environ.get("RANK", "0") == "0":
         print(f"mmkd {command}: {run_dir} is finished (step {summary['num_steps']} of {summary.get('total_steps')}, "
