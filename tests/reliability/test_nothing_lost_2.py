@@ -19,32 +19,13 @@ import numpy as np
 import pytest
 
 from mmkd.cli import main
-from rel_helpers import fork, latest_step, one_thread, stage1_args, stage2_args, training_world, wait_until
+from rel_helpers import (clean_refusal, cli, fork, latest_step, snapshot, stage1_args, stage2_args, training_world,
+                         wait_until)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return training_world(tmp_path_factory)
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    capsys.readouterr()
-    with one_thread():
-        code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>"
-            for p in sorted(Path(folder).rglob("*")) if p.name != ".mmkd.lock"}
-
-
-def clean_refusal(code: int, err: str, *words: str) -> None:
-    assert code == 2, (code, err)
-    assert "Traceback" not in err, err
-    for w in words:
-        assert w in err, (w, err)
 
 
 def strict_json(path: Path):
