@@ -152,6 +152,34 @@ def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
     assert state_a["rng"] == state_b["rng"]
 
 
+# ---- commands ----------------------------------------------------------------------------
+
+def cli(capsys, *args) -> tuple[int, str]:
+    """Run `mmkd ARGS` in-process (one torch thread); (exit code, stderr + stdout)."""
+    from mmkd.cli import main
+
+    capsys.readouterr()
+    with one_thread():
+        code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out
+
+
+def clean_refusal(code: int, err: str, *words: str) -> None:
+    """A refusal as users get it: exit 2, no traceback, the message naming each of `words`."""
+    assert code == 2, (code, err)
+    assert "Traceback" not in err, err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes (and every folder), to compare before and after; the writer
+    lock's note of who last held it (mmkd.utils.locks) is left out."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>"
+            for p in sorted(Path(folder).rglob("*")) if p.name != ".mmkd.lock"}
+
+
 # ---- broken files ------------------------------------------------------------------------
 
 def png_bytes(size=(32, 32), color=(200, 30, 30)) -> bytes:

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from mmkd.cli import main
-from rel_helpers import (fork, latest_step, make_pairs, one_thread, stage1_args, stage2_args, training_world,
-                         wait_until, write_store)
+from rel_helpers import (clean_refusal, cli, fork, latest_step, make_pairs, snapshot, stage1_args, stage2_args,
+                         training_world, wait_until, write_store)
 
 
 @pytest.fixture(scope="module")
@@ -39,29 +39,6 @@ def teachers(tmp_path_factory):
     root = tmp_path_factory.mktemp("teachers")
     return {"a": f"local-dir:{make_open_clip_teacher(root / 'a', seed=3)}",
             "b": f"local-dir:{make_open_clip_teacher(root / 'b', seed=4, embed_dim=24)}"}
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    capsys.readouterr()
-    with one_thread():
-        code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under `folder` with its bytes (and every folder), to compare before and after."""
-    out = {}
-    for p in sorted(Path(folder).rglob("*")):
-        out[str(p.relative_to(folder))] = p.read_bytes() if p.is_file() else b"<dir>"
-    return out
-
-
-def clean_refusal(code: int, err: str, *words: str) -> None:
-    assert code == 2, (code, err)
-    assert "Traceback" not in err, err
-    for w in words:
-        assert w in err, (w, err)
 
 
 # ---- run folders ---------------------------------------------------------------------------

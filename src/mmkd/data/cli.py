@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how shards are checked for changes: stat = size and mtime (default); full = also "
                              "re-list every shard's headers")
     parser.add_argument("--out", help="select: the selection folder to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="select: replace the selection already in --out (runs trained on it refuse to resume)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     meta = sel.write_selection(args.out, index, {"data": _absolute(args.data), "format": fmt,
                                                  "image_key": args.image_key, "caption_key": args.caption_key,
                                                  "id_key": args.id_key}, clauses, args.license, args.modality_key,
-                               rows, modality, vocab)
+                               rows, modality, vocab, overwrite=args.overwrite)
     print(sel.format_counts(meta["counts"], index.num_samples))
     print(json.dumps({**summary, "selection": str(args.out), "selected": meta["num_samples"],
                       "selection_bytes_per_sample": meta["bytes_per_sample"]}))

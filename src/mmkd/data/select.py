@@ -197,13 +197,27 @@ def _ids_digest(index: SourceIndex, rows: np.ndarray) -> str:
 
 def write_selection(out: str | Path, index: SourceIndex, source: dict[str, Any], clauses: dict[str, list[str]],
                     license: str, modality_key: str, rows: np.ndarray, modality: np.ndarray,
-                    modality_values: list[str]) -> dict[str, Any]:
-    """Save a selection folder (see the module doc); returns its selection.json content."""
+                    modality_values: list[str], overwrite: bool = False) -> dict[str, Any]:
+    """Save a selection folder (see the module doc); returns its selection.json content.
+
+    An existing selection is replaced only with `overwrite`, or when it holds the very same samples: runs
+    may be training on it, and a resume would read other samples."""
     from mmkd.utils.io import atomic_path, atomic_write_text
 
     out = Path(out)
     if out.exists() and not (out / SELECTION_FILE).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out: {out} exists and is not a selection folder; choose a new or empty folder")
+    digest = _ids_digest(index, rows)
+    if (out / SELECTION_FILE).is_file() and not overwrite:
+        try:
+            old = json.loads((out / SELECTION_FILE).read_text())
+        except (OSError, ValueError):
+            old = {}
+        if not isinstance(old, dict) or old.get("sample_ids_sha256") != digest:
+            before = old.get("num_samples", "?") if isinstance(old, dict) else "?"
+            raise UsageError(f"--out: {out} already holds a selection ({before} samples) and this one differs "
+                             f"({len(rows)} samples); runs trained on it would resume on other samples. Choose a "
+                             f"new --out folder, or pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
     row_type = np.uint32 if index.num_samples < 2 ** 32 else np.int64
     code_type = np.int16 if len(modality_values) < 2 ** 15 else np.int32
@@ -217,7 +231,7 @@ def write_selection(out: str | Path, index: SourceIndex, source: dict[str, Any],
             "index": {"dir": str(index.folder.resolve()), "generation": index.generation,
                       "num_samples": index.num_samples, "sample_ids_sha256": index.meta.get("sample_ids_sha256")},
             "select": clauses, "license": license, "modality_key": modality_key, "modalities": modality_values,
-            "num_samples": int(len(rows)), "sample_ids_sha256": _ids_digest(index, rows),
+            "num_samples": int(len(rows)), "sample_ids_sha256": digest,
             "counts": counts(index, rows, modality, modality_values)}
     size = (out / "rows.npy").stat().st_size + (out / "modality.npy").stat().st_size
     meta["bytes_per_sample"] = round((size + len(json.dumps(meta))) / max(1, len(rows)), 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from mmkd.errors import UsageError
@@ -32,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "accepts); repeat for several models")
     parser.add_argument("--name", action="append", default=None, metavar="NAME",
                         help="the name results are filed under (OUT/NAME/), one per --model in the same order "
-                             "(default: the model folder's name, run-step for a checkpoint folder; a name already "
-                             "holding another model's results is refused)")
+                             "(default: the model folder's name, run-step for a checkpoint folder or a run still "
+                             "training; a name already holding another model's results, or being filled by another "
+                             "eval, is refused)")
     parser.add_argument("--tasks", default="zero-shot,linear-probe,retrieval",
                         help="comma-separated tasks: zero-shot, linear-probe, retrieval, vqa, mil-classification, "
                              "survival, or `all`; each dataset runs the ones it lists (default: %(default)s)")
@@ -117,10 +119,10 @@ def _suggest(spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmkd.evaluation.runner import TASKS, FeatureCache, evaluate, load_catalog, result_path
+    from mmkd.evaluation.runner import TASKS, load_catalog, result_path
     from mmkd.utils.console import Summary
     from mmkd.utils.dist import checked_device
-    from mmkd.utils.io import atomic_write_json
+    from mmkd.utils.locks import writer_lock
 
     started = Summary("eval")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -143,13 +145,45 @@ def run(args: argparse.Namespace) -> int:
     device = checked_device(args.device)
     entries = load_catalog(args.datasets)  # fail on catalog problems before loading any model
     only = [n.strip() for n in args.only.split(",") if n.strip()] or None
-    names = args.name or [default_name(spec) for spec in args.model]
-    claim_names(args.out, args.model, names, explicit=bool(args.name), replace_earlier=args.overwrite)
-    cache_root = None if args.no_cache else Path(args.cache_dir or Path(args.out) / ".feature_cache")
-    from mmkd import load_model
+    specs = [checkpoint_of_training_run(spec) for spec in args.model]
+    names = args.name or [default_name(spec) for spec in specs]
+    with contextlib.ExitStack() as locks:  # each results folder is claimed before anything is checked or written
+        for folder in dict.fromkeys(result_path(args.out, name, "x", "x").parent for name in names):
+            locks.enter_context(writer_lock(folder, "--out", "results folder", command="mmkd eval", tidy=True))
+        claim_names(args.out, specs, names, explicit=bool(args.name), replace_earlier=args.overwrite)
+        _evaluate_all(args, specs, names, tasks, entries, only, device, started)
+    return 0
 
+
+def checkpoint_of_training_run(spec: str) -> str:
+    """A run folder that a trainer is still writing: its latest checkpoint, named and said out loud (its results
+    are filed as RUN-step_N, not under the run's name as if the run were done); any other spec unchanged."""
+    import sys
+
+    from mmkd.utils.locks import writer_of
+    from mmkd.utils.runs import latest_checkpoint
+
+    path = Path(spec)
+    if not (path / "checkpoints").is_dir():
+        return spec
+    holder = writer_of(path)
+    ckpt = latest_checkpoint(path) if holder else None
+    if ckpt is None:
+        return spec
+    print(f"mmkd eval: {spec} is still being trained ({holder}); evaluating its latest checkpoint {ckpt.name}, filed "
+          f"as {default_name(str(ckpt))}", file=sys.stderr)
+    return str(ckpt)
+
+
+def _evaluate_all(args, specs: list[str], names: list[str], tasks: list[str], entries, only, device,
+                  started) -> None:
+    from mmkd import load_model
+    from mmkd.evaluation.runner import FeatureCache, evaluate, result_path
+    from mmkd.utils.io import atomic_write_json
+
+    cache_root = None if args.no_cache else Path(args.cache_dir or Path(args.out) / ".feature_cache")
     num_results, datasets = 0, set()
-    for spec, model_name in zip(args.model, names):
+    for spec, model_name in zip(specs, names):
         model = load_model(spec, device=device, name=model_name)
         cache = FeatureCache(cache_root, batch_size=args.batch_size, num_workers=args.workers)
         marker = result_path(args.out, model_name, "x", "x").parent / MODEL_MARKER
@@ -169,7 +203,6 @@ def run(args: argparse.Namespace) -> int:
     started.add("next", f"mmkd report {args.out}")
     _print_absent(entries, tasks, only)
     started.emit()
-    return 0
 
 
 def _print_absent(entries, tasks: list[str], only) -> None:

@@ -32,7 +32,24 @@ def collect_results(folder: str | Path) -> list[dict[str, Any]]:
         if isinstance(data, dict) and isinstance(data.get("metrics"), dict) and "task" in data and "dataset" in data:
             data.setdefault("model", path.parent.name)
             records.append(data)
+    label_models(records)
     return records
+
+
+def model_fingerprint_of(record: dict[str, Any]) -> str:
+    """The hash part of a result's `model_fingerprint` (NAME-HASH, see runner.FeatureCache.model_key)."""
+    return str(record.get("model_fingerprint") or "").rsplit("-", 1)[-1]
+
+
+def label_models(records: list[dict[str, Any]]) -> None:
+    """A model's identity is its fingerprint, not the name its results are filed under: results of different
+    models that share a name (runs/s1 and other/s1) are labelled `NAME [HASH]` so no row mixes them."""
+    prints: dict[str, set[str]] = {}
+    for r in records:
+        prints.setdefault(str(r["model"]), set()).add(model_fingerprint_of(r))
+    for r in records:
+        if len(prints[str(r["model"])]) > 1:
+            r["model"] = f"{r['model']} [{model_fingerprint_of(r)[:8] or 'no fingerprint'}]"
 
 
 def long_table(records: list[dict[str, Any]]):
@@ -108,6 +125,6 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     atomic_write_text(paths["markdown"], markdown_report(df, head) + "\n")
     plots = {}
     for task in head.columns[:-1]:
-        plots[task] = task_plot(head, task, out / "plots" / f"{task}.png")
+        plots[task] = task_plot(head, task, out / "plots" / f"{task.replace(' ', '-')}.png")
     atomic_write_text(paths["html"], html_report(df, head, records, plots))
     return {**paths, "plots": list(plots.values()), "models": head.models, "num_results": len(records)}

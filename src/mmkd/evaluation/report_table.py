@@ -1,6 +1,7 @@
 """The headline table of evaluation results: one number per (model, task type), with its 95 % CI.
 
-Each cell is the task's headline number (HEADLINE_METRIC) averaged over the task's datasets; the
+Each cell is the task's headline number (HEADLINE_METRIC; multi-label zero-shot sets in a column of
+their own, `zero-shot multi-label`, by mean per-label AUROC) averaged over the task's datasets; the
 `overall` column is the mean of the task columns; the best ranked value per column is marked.
 
 The ± of a cell, from the per-dataset bootstrap CIs (half-width h = (high - low) / 2):
@@ -36,9 +37,20 @@ METRIC_LABEL = {
     "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy", "auroc": "AUROC", "c_index": "c-index",
     ("i2t_recall@5", "t2i_recall@5"): "recall@5, both directions",
 }
-TASK_ORDER = tuple(HEADLINE_METRIC)
 OVERALL = "overall"
 PARTIAL = "†"
+# Multi-label zero-shot sets (ChestMNIST, CheXpert observations) have no balanced accuracy: they get their own
+# column, scored by the mean per-label AUROC.
+MULTILABEL_ZERO_SHOT = "zero-shot multi-label"
+COLUMN_METRIC = {"zero-shot": HEADLINE_METRIC["zero-shot"], MULTILABEL_ZERO_SHOT: ("auroc",), **HEADLINE_METRIC}
+TASK_ORDER = tuple(COLUMN_METRIC)
+
+
+def headline_column(record: dict[str, Any]) -> str:
+    """The headline column of a result: its task, with multi-label zero-shot sets apart."""
+    if record["task"] == "zero-shot" and (record.get("details") or {}).get("multilabel"):
+        return MULTILABEL_ZERO_SHOT
+    return record["task"]
 
 
 def task_sort_key(task: str) -> tuple[int, str]:
@@ -59,7 +71,7 @@ def as_float(value: Any) -> float:
 
 def headline_metrics_of(task: str, present: list[str]) -> tuple[str, ...]:
     """The task's headline metrics; for a task mmkd does not know, its first metric."""
-    wanted = HEADLINE_METRIC.get(task)
+    wanted = COLUMN_METRIC.get(task)
     if wanted:
         return wanted
     return tuple(present[:1])
@@ -67,7 +79,7 @@ def headline_metrics_of(task: str, present: list[str]) -> tuple[str, ...]:
 
 def headline_score(record: dict[str, Any]) -> tuple[float, float]:
     """(value, CI half-width) of one result's headline number; nan where missing or not finite."""
-    names = headline_metrics_of(record["task"], list(record["metrics"]))
+    names = headline_metrics_of(headline_column(record), list(record["metrics"]))
     values, halves = [], []
     for name in names:
         value = as_float(record["metrics"].get(name))
@@ -130,9 +142,16 @@ def headline_table(records: list[dict[str, Any]]) -> Headline:
         names = (r.get("catalog") or {}).get("listed") or []
         listed.setdefault(r["task"], set()).update(str(n) for n in names)
         value, half = headline_score(r)
+        column = headline_column(r)
         if math.isfinite(value):
-            repeats.setdefault((r["model"], r["task"], r["dataset"]), []).append((value, half))
-            metrics.setdefault(r["task"], headline_metrics_of(r["task"], list(r["metrics"])))
+            repeats.setdefault((r["model"], column, r["dataset"]), []).append((value, half))
+            metrics.setdefault(column, headline_metrics_of(column, list(r["metrics"])))
+    # a catalog lists its zero-shot sets together: the multi-label ones seen in results count in their own column
+    multilabel = {r["dataset"] for r in records if headline_column(r) == MULTILABEL_ZERO_SHOT}
+    if multilabel:
+        zero_shot = listed.get("zero-shot", set())
+        listed[MULTILABEL_ZERO_SHOT] = zero_shot & multilabel
+        listed["zero-shot"] = zero_shot - multilabel
     # the same (model, task, dataset) found twice (e.g. in two subfolders): the mean of both
     scores = {key: (sum(v for v, _ in got) / len(got), sum(h for _, h in got) / len(got))
               for key, got in repeats.items()}

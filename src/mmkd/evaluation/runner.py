@@ -310,13 +310,14 @@ def run_one(model, entry: DatasetEntry, task: str, *, seed: int, cache: FeatureC
     `listed`: the datasets of the catalog that list this task (the report's coverage denominator)."""
     from mmkd import __version__
     from mmkd.evaluation.clip_benchmark import clip_benchmark_metrics
+    from mmkd.utils.io import finite_json
 
     fn = load_task(task)
     started = time.perf_counter()
     result = fn(model, entry, seed=seed, cache=cache, num_bootstrap=num_bootstrap)
     _check_result(task, result)
     details = dict(result.get("details") or {})
-    return {
+    return finite_json({  # undefined values (a label without positives) are null, never a bare NaN
         "result_version": RESULT_VERSION,
         "model": model_name,
         "dataset": entry.name,
@@ -338,7 +339,7 @@ def run_one(model, entry: DatasetEntry, task: str, *, seed: int, cache: FeatureC
         "mmkd_version": __version__,
         "seconds": round(time.perf_counter() - started, 3),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    })
 
 
 def _as_entries(catalog) -> list[DatasetEntry]:
@@ -405,6 +406,47 @@ def evaluate(model, catalog, tasks: Iterable[str], out_dir: str | Path | None, *
         raise UsageError(f"--datasets: none of the selected datasets exists on disk:\n{hints}\n"
                          "put the files where the catalog's `path` says (`mmkd datasets check` lists what is missing)")
     return records
+
+
+def remove_results(folder: str | Path) -> list[str]:
+    """Remove what `mmkd eval` and `mmkd report` wrote under `folder` and nothing else: result files, the
+    `.model.json` of each model folder, the feature cache's `.safetensors`, the report files an
+    `.mmkd-report.json` lists (and it). Emptied folders go too; returns the relative names removed (the
+    feature cache as one entry)."""
+    from mmkd.utils.outputs import json_with_keys
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    is_result = json_with_keys("dataset", "task", "metrics")
+    doomed: list[Path] = []
+    for owner in folder.rglob(".mmkd-report.json"):
+        try:
+            listed = json.loads(owner.read_text(encoding="utf-8")).get("files", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        doomed += [owner.parent / name for name in listed if isinstance(name, str) and ".." not in Path(name).parts]
+        doomed.append(owner)
+    cached = 0
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        if ".feature_cache" in path.relative_to(folder).parts and path.suffix == ".safetensors":
+            path.unlink()
+            cached += 1
+        elif path.name == ".model.json" or (path.suffix == ".json" and is_result(path)):
+            doomed.append(path)
+    removed = []
+    for path in dict.fromkeys(doomed):
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            removed.append(path.relative_to(folder).as_posix())
+    if cached:
+        removed.append(f".feature_cache ({cached} file(s))")
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(sub.iterdir()):
+            sub.rmdir()
+    return removed
 
 
 def absent_hint(entry: DatasetEntry) -> str:

@@ -168,7 +168,8 @@ def gather_facts(source: SourceCheckpoint, name: str, eval_paths: list[Path] | N
             "data_format": data_cfg.get("format"),
             "image_only_data": data_cfg.get("image_only_path") or None,
             "data_licence": data_licence or None,
-            "init": (run_cfg.get("model") or {}).get("init") or None,
+            "init": ((state.get("inputs") or {}).get("init") or {}).get("path")
+            or (run_cfg.get("model") or {}).get("init") or None,
             "optim": run_cfg.get("optim") or {},
             "train": {k: (run_cfg.get("train") or {}).get(k) for k in ("epochs", "max_steps", "batch_size", "seed",
                                                                            "precision")},

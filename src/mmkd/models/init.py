@@ -35,6 +35,8 @@ from mmkd.models.weights import OPEN_CLIP_WEIGHT_NAMES, read_state_dict, unwrap_
 
 HF_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 MIN_FRACTION = 0.5  # an init that fills less of a tower is refused
+# Names only a whole CLIP's text side has: a file holding them is never a bare image tower.
+_CLIP_TEXT_KEYS = ("token_embedding.", "text_projection", "ln_final.", "text.")
 
 
 @dataclass
@@ -118,7 +120,7 @@ def resolve_image_init(spec: str) -> Path:
         return _open_clip_weights_in(Path(spec[len("local-dir:"):]).expanduser(), spec)
     path = Path(spec).expanduser()
     if path.exists():
-        return find_weights(path) if path.is_dir() else path
+        return find_weights(path, "--model.image_init") if path.is_dir() else path
     if ":" in spec:
         return _open_clip_pretrained(spec)
     raise UsageError(f"--model.image_init: {spec!r} is neither a file, a folder, hf-hub:ORG/NAME, local-dir:PATH "
@@ -162,6 +164,12 @@ def init_image_tower(model: torch.nn.Module, spec: str, logit_scale: bool = True
     state = {k: v for k, v in read_state_dict(file).items() if _weights_only(k)}
     report = TowerReport("image", spec, str(file), sha256_file(file))
     own = {k: v for k, v in model.state_dict().items() if k.startswith("visual.") and _weights_only(k)}
+    text_keys = sorted(k for k in state if k.startswith(_CLIP_TEXT_KEYS))
+    if not any(k.startswith("visual.") for k in state) and text_keys:
+        # a whole CLIP without its image tower: its text transformer has the image transformer's names
+        raise UsageError(f"--model.image_init: {spec!r} ({file}) holds no visual.* tensors: it is a CLIP whose image "
+                         f"tower is missing ({len(state)} tensors, e.g. {', '.join(text_keys[:3])}); give a "
+                         f"checkpoint that has the image tower")
     if not any(k.startswith("visual.") for k in state) and any(k in state for k in (k[7:] for k in own)):
         state = {f"visual.{k}": v for k, v in state.items()}  # a bare image-tower state dict
         report.notes.append("the file is a bare image tower; its keys were read as visual.*")

@@ -76,6 +76,11 @@ def default_preprocess_cfg(model_cfg: dict[str, Any], overrides: dict[str, Any] 
 def apply_hf_text_path(model_cfg: dict[str, Any], hf_text_path: str) -> dict[str, Any]:
     text = model_cfg.get("text_cfg", {})
     if "hf_model_name" not in text:
+        if hf_text_path:
+            raise UsageError(f"--model.hf_text_path {hf_text_path!r}: the student's text tower is open_clip's own "
+                             f"transformer, not a Hugging Face model, so the folder would be ignored; drop "
+                             f"--model.hf_text_path, or choose a student with a Hugging Face text tower (e.g. "
+                             f"--model mmkd-tiny-vit-hf, mmkd-b16)")
         return model_cfg
     if hf_text_path:
         text["hf_model_name"] = hf_text_path
@@ -180,7 +185,8 @@ def create_student(name: str = "mmkd-tiny-vit", init: str = "", hf_text_path: st
     model_cfg, preprocess_overrides = resolve_model_config(name)
     bundled = Path(name[len("local-dir:"):] if name.startswith("local-dir:") else name)
     recorded = model_cfg.get("text_cfg", {}).get("hf_model_name") or ""
-    if not hf_text_path and (bundled / "config.json").is_file() and not (Path(recorded) / "config.json").is_file():
+    if not hf_text_path and "hf_model_name" in model_cfg.get("text_cfg", {}) and (bundled / "config.json").is_file() \
+            and not (Path(recorded) / "config.json").is_file():
         hf_text_path = str(bundled)  # a moved checkpoint/export carries the HF config and tokenizer itself
     model_cfg = apply_hf_text_path(model_cfg, hf_text_path)
     if context_length:

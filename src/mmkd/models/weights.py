@@ -40,8 +40,14 @@ KEY_MAPS: dict[str, dict[str, str]] = {
 }
 
 
-def find_weights(path: str | Path) -> Path:
-    """The weights file of a checkpoint folder, a run directory (its latest checkpoint) or a file."""
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def find_weights(path: str | Path, option: str = "--init") -> Path:
+    """The weights file of a checkpoint folder, a run directory (its latest checkpoint) or a file.
+
+    A folder holding several weights files and none of the names above is refused: which one was meant
+    cannot be known."""
     path = Path(path)
     if path.is_file():
         return path
@@ -55,9 +61,13 @@ def find_weights(path: str | Path) -> Path:
         if ckpt is not None:
             return ckpt / WEIGHTS_FILE
         candidates = sorted(path.glob("*.safetensors"))
+        others = sorted(p.name for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+        if len(others) > 1 and candidates:
+            raise UsageError(f"{option}: {str(path)!r} holds {len(others)} weights files ({', '.join(others)}); "
+                             f"name the one to load, e.g. {option} {path / others[0]}")
         if candidates:
             return candidates[0]
-    raise UsageError(f"--init: no weights found at {str(path)!r}; give a .safetensors/.pt/.bin file, "
+    raise UsageError(f"{option}: no weights found at {str(path)!r}; give a .safetensors/.pt/.bin file, "
                      f"a checkpoint folder or a run directory")
 
 

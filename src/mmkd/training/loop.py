@@ -34,7 +34,8 @@ from mmkd.models.text import BatchTokenizer
 from mmkd.training import checkpoint as ckpt_io
 from mmkd.training.augment import SeededSamples
 from mmkd.training.optim import build_optimizer, lr_at, set_lr
-from mmkd.training.run_folder import check_out_folder, remove_owned, write_config
+from mmkd.training.inputs import check_resume_inputs, init_summary, run_inputs
+from mmkd.training.run_folder import check_out_folder, finished_run, remove_owned, write_config
 from mmkd.training.telemetry import MetricsLogger, Throughput
 from mmkd.utils import dist as dist_utils
 from mmkd.utils.io import atomic_write_json
@@ -260,6 +261,10 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
             lock.close()
             error = e
     _agree(error, info)
+    finished = finished_run(run_dir, cfg, command)  # a requeued job of a finished run: nothing to do or write
+    if finished is not None:
+        lock.close()
+        return finished
     if not info.is_main:
         resume_from = resolve_resume(cfg)
         saved = ckpt_io.read_train_state(resume_from) if resume_from is not None else None
@@ -329,8 +334,10 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
     optimizer = build_optimizer(module, cfg.optim, device_type)
     # Shard-level problems found while indexing are counted once, on rank 0.
     state = RunState(skipped=Counter(index_skips) if info.is_main else Counter())
+    inputs = run_inputs(cfg, dataset.records, task, run_dir, resume_from, saved)  # data, alignment, init by digest
     if saved is not None and resume_from is not None:
         check_resume_task(saved, task)
+        check_resume_inputs(saved, inputs, resume_from)
         saved = ckpt_io.load_checkpoint(resume_from, student.model, optimizer, task.extra_modules(), restore_rng=True)
         _refuse_nonfinite_checkpoint(resume_from, student.model, task.extra_modules())
         state = RunState.from_json(saved["run_state"])
@@ -377,7 +384,7 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
             path = ckpt_io.save_checkpoint(
                 run_dir, state.step, student.model, student.open_clip_config(), optimizer,
                 {"run_state": run_state, "config": to_dict(cfg), "reason": reason, "task": task.name,
-                 **task.checkpoint_info()},
+                 "inputs": inputs, **task.checkpoint_info()},
                 extra_modules=task.extra_modules(), keep=cfg.train.keep_checkpoints)
         dist_utils.barrier()
         return path
@@ -501,7 +508,7 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
         progress.close()
     logger.close()
     summary = _summary(state, throughput, total_steps, stopped_by_signal, task, info, device)
-    summary["init"] = student.source  # what each tower started from: loaded / missing / unexpected
+    summary["init"] = init_summary(student.source, inputs)  # what each tower started from, or the checkpoint
     if logger.lines_lost:
         summary["metrics_lines_lost"] = logger.lines_lost
     if info.is_main:

@@ -20,6 +20,7 @@ from mmkd.utils.runs import checkpoint_dir
 CONFIG = "config.yaml"
 OWNED_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
 TENSORBOARD = "tensorboard"
+EVAL = "eval"  # `mmkd eval --out RUN/eval`: the results the model card of an export quotes
 # Not part of a run's settings: how this process was asked to start.
 _NOT_SETTINGS = ("train.resume", "train.overwrite")
 
@@ -55,9 +56,12 @@ def check_out_folder(run_dir: Path, resume: str, overwrite: bool) -> None:
 
 
 def remove_owned(run_dir: Path) -> list[str]:
-    """Remove what a run writes (config, metrics, summary, TensorBoard event files, step checkpoints) and
-    nothing else; returns the relative names removed."""
-    removed = []
+    """Remove what a run writes (config, metrics, summary, TensorBoard event files, step checkpoints) and what
+    `mmkd eval`/`report` wrote into RUN/eval (the old model's results would pass for the new one's), and nothing
+    else; returns the relative names removed."""
+    from mmkd.evaluation.runner import remove_results
+
+    removed = [f"{EVAL}/{name}" for name in remove_results(run_dir / EVAL)]
     for name in run_contents(run_dir):
         path = run_dir / name
         if path.is_dir():
@@ -88,6 +92,66 @@ def _flat(d: dict[str, Any]) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, section in d.items() if isinstance(section, dict) for k, v in section.items()}
 
 
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
+    before, after = _flat(old), _flat(new)
+    return {k: [before.get(k), v] for k, v in after.items() if k not in _NOT_SETTINGS and before.get(k) != v}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# What a resume may change to train a finished run further, or that the resume checks with the task built
+# (the teachers of another store): such a resume takes the usual path.
+_NOT_FINISHED = ("train.epochs", "train.max_steps", "distill.store")
+
+
+def finished_run(run_dir: Path, cfg: Config, command: str) -> dict[str, Any] | None:
+    """`--resume latest` of a run that already finished (a requeued job): says so and returns its summary,
+    leaving every file as it was; None when there is something to do. A setting changed on the command line
+    is reported as not applied (no step is left to use it), except the number of epochs or steps (more
+    training) and the feature store (its teachers are checked against the checkpoint's), which resume as usual."""
+    import os
+    import sys
+
+    import yaml
+
+    from mmkd.utils.runs import latest_checkpoint
+
+    if cfg.train.resume != "latest" or not run_dir.is_dir():
+        return None
+    summary = _read_json(run_dir / "summary.json")
+    ckpt = latest_checkpoint(run_dir)
+    if not summary.get("completed") or summary.get("stopped_by_signal") or ckpt is None \
+            or int(ckpt.name.split("_")[1]) != summary.get("num_steps"):
+        return None
+    try:
+        old = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        old = None
+    changes = {}
+    if isinstance(old, dict):
+        old.pop("segments", None)
+        changes = _changes(old, _settings(cfg))
+        changes.pop("train.out", None)  # where the run is, not how it trains (a moved run folder)
+    if any(k in changes for k in _NOT_FINISHED):
+        return None
+    if os.environ.get("RANK", "0") == "0":
+        print(f"mmkd {command}: {run_dir} is finished (step {summary['num_steps']} of {summary.get('total_steps')}, "
+              f"checkpoint {ckpt.name}); --resume latest has nothing to do and changed nothing", file=sys.stderr)
+        if changes:
+            shown = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            print(f"mmkd {command}: not applied, no step is left to use them: {shown}. To train with them, raise "
+                  f"--epochs or --max-steps, or start a new run from it: --init {ckpt} --out NEW_RUN", file=sys.stderr)
+    return {**summary, "already_finished": True}
+
+
 def write_config(run_dir: Path, cfg: Config, start_step: int) -> dict[str, Any]:
     """Write RUN/config.yaml for a run (re)starting at `start_step`; a resume that changed settings adds a
     segment instead of replacing the history. Returns the segment's changes."""
@@ -109,8 +173,7 @@ def write_config(run_dir: Path, cfg: Config, start_step: int) -> dict[str, Any]:
         kept = old.pop("segments", None)
         if isinstance(kept, list) and kept:
             segments = kept
-        before, after = _flat(old), _flat(new)
-        changes = {k: [before.get(k), v] for k, v in after.items() if k not in _NOT_SETTINGS and before.get(k) != v}
+        changes = _changes(old, new)
         if changes:
             segments.append({"start_step": int(start_step), "changes": changes})
     atomic_write_text(path, yaml.safe_dump({**new, "segments": segments}, sort_keys=False))

@@ -3,8 +3,10 @@
 One writer at a time: `mmkd pretrain`/`distill` hold RUN/.mmkd.lock while they run, `mmkd
 extract`, `import-features`, `align` and `extract --reapply-availability` hold STORE/.mmkd.lock.
 A second writer is refused at once with a message naming the holder (pid, host, command).
-Readers (eval, export, distill reading a store, `FeatureStore`) never take the lock, so they are
-never blocked.
+`mmkd eval` holds OUT/<name>/.mmkd.lock of each results folder it fills, so two evaluations never
+file two models under one name. Readers (eval, export, distill reading a store, `FeatureStore`)
+never take the lock, so they are never blocked; `writer_of` lets a reader say that a folder is
+still being written (eval of a run still training).
 
 The lock belongs to the open file, so it ends with the process, also on SIGKILL: a stale lock
 file never blocks anyone (its recorded pid is only a hint for the message). Processes forked
@@ -50,11 +52,14 @@ def _holder(path: Path) -> str:
 
 @contextlib.contextmanager
 def writer_lock(folder: str | os.PathLike, option: str = "--out", what: str = "folder",
-                command: str = "") -> Iterator[Path]:
+                command: str = "", tidy: bool = False) -> Iterator[Path]:
     """Hold the writer lock of `folder` (created if missing) for the `with` block.
 
-    Raises LockedError (exit 2) naming the holder when another process holds it; never waits."""
+    Raises LockedError (exit 2) naming the holder when another process holds it; never waits.
+    `tidy`: folders this call created are removed again when the block wrote nothing into them
+    (a command refused after claiming its output leaves no empty folder behind)."""
     folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
@@ -71,5 +76,31 @@ def writer_lock(folder: str | os.PathLike, option: str = "--out", what: str = "f
         os.pwrite(fd, json.dumps(info).encode(), 0)
         yield path
     finally:
+        if tidy and created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            path.unlink(missing_ok=True)
+            for p in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    p.rmdir()
         fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def writer_of(folder: str | os.PathLike) -> str | None:
+    """Who holds the writer lock of `folder` (pid, host, command), or None when no process writes it.
+
+    Probes with a shared lock taken and dropped at once; a writer starting in that instant is refused
+    as by any other holder and may simply be rerun."""
+    path = Path(folder) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _holder(path)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
         os.close(fd)
