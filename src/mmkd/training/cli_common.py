@@ -42,6 +42,7 @@ SECTION_TITLES = {
     "optim": "optim: AdamW and the learning-rate schedule",
     "train": "train: the run",
     "distill": "distill: stage 2",
+    "loss": "loss: how processes share the CLIP loss",
 }
 
 
@@ -70,7 +71,7 @@ def format_default(value) -> str:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, command: str, base: dict | None = None,
-                      sections: tuple[str, ...] = ("data", "model", "optim", "train", "distill")) -> None:
+                      sections: tuple[str, ...] = ("data", "model", "optim", "train", "distill", "loss")) -> None:
     """The options of a training command: --config, the short flags, and every config field.
 
     `base`: the command's own defaults over the dataclass ones (distill: lr 1e-6, ...), shown by --help.
@@ -80,7 +81,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, command: str, base: dict 
     defaults, docs = field_defaults(base), field_docs()
     parser.epilog = OVERRIDES_HELP.format(command=command)
     parser.usage = f"mmkd {command} [--config FILE] [OPTIONS] [--section.key VALUE ...]"
-    parser.add_argument("--config", metavar="FILE", help="YAML recipe (sections data, model, optim, train, distill)")
+    parser.add_argument("--config", metavar="FILE", help="YAML recipe (sections data, model, optim, train, distill, loss)")
     short = parser.add_argument_group("common options (short forms of config fields)")
     for flag, key in FLAG_ALIASES.items():
         if key.split(".")[0] not in sections:
@@ -92,6 +93,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, command: str, base: dict 
         title = SECTION_TITLES.get(section, section)
         if section == "distill" and command != "distill":
             title += f" (read by `mmkd distill` only; ignored by `mmkd {command}`)"
+        if section == "loss" and command != "pretrain":
+            title += f" (read by `mmkd pretrain` only; `mmkd {command}` gathers every term with gradient)"
         group = parser.add_argument_group(f"config fields, {title}")
         for key, default in defaults.items():
             if key.split(".")[0] != section:

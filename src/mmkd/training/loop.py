@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from mmkd.config import Config, to_dict
+from mmkd.config import Config, resolve_batch_size, to_dict
 from mmkd.data.pairs import Batch, PairDataset, collate_pairs
 from mmkd.data.sampler import ResumableBatchSampler
 from mmkd.errors import DataError, UsageError
@@ -228,6 +228,9 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
         raise UsageError("--train.device: 'cuda' was asked for but no GPU is visible; use --device cpu or auto")
     info = dist_utils.init_distributed(device_type)
     device = torch.device(f"cuda:{info.local_rank}" if device_type == "cuda" else "cpu")
+    cfg, batch_note = resolve_batch_size(cfg, info.world_size)
+    if batch_note and info.is_main:
+        print(f"mmkd {getattr(make_task, 'name', None) or 'pretrain'}: {batch_note}", file=sys.stderr)
     micro_global = cfg.train.batch_size // cfg.train.accum_steps
     if micro_global % info.world_size:
         raise UsageError(f"--train.batch_size: {cfg.train.batch_size} / accum_steps {cfg.train.accum_steps} = "
