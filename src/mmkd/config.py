@@ -129,6 +129,16 @@ class LossConfig:
 
 
 @dataclass
+class ValConfig:
+    data: str = ""  # held-out pairs (CSV/JSONL/shards, keys as data.*): CLIP loss and recall@1 on them
+    datasets: str = ""  # evaluation catalog (YAML or built-in name): zero-shot on its zero-shot datasets
+    only: list[str] = field(default_factory=list)  # names of the catalog's datasets to validate on (default: all)
+    every: int = 0  # steps between validations (0: at the end of every epoch and of the run)
+    batch_size: int = 64  # pairs per loss chunk and per encoder call
+    keep_best: str = ""  # keep RUN/best by this metric (val/clip_loss, zero-shot/mean_accuracy, ...); --init RUN:best
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -136,6 +146,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    val: ValConfig = field(default_factory=ValConfig)
 
 
 # Short flags for the options people set most.
@@ -304,7 +315,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ConfigError([f"--config: {path} is not valid YAML: {e}"]) from None
     if not isinstance(data, dict):
-        raise ConfigError([f"--config: {path} must hold a mapping of sections (data, model, optim, train, distill, loss)"])
+        raise ConfigError([f"--config: {path} must hold a mapping of sections (data, model, optim, train, distill, loss, val)"])
     data.pop("segments", None)  # a run's config.yaml: the history of its resumes (mmkd.training.run_folder)
     return _flatten(data)
 
@@ -391,6 +402,9 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
     check("train.save_every", cfg.train.save_every >= 0, "use 0 (epoch ends only) or a positive step count")
     check("train.keep_checkpoints", cfg.train.keep_checkpoints >= 1, "use 1 or more")
     check("train.max_bad_steps", cfg.train.max_bad_steps >= 1, "use 1 or more")
+    from mmkd.training.validation import check_val_config
+
+    check_val_config(cfg.val, problems)
     if stage == "distill":
         check("distill.store", bool(cfg.distill.store), "give the feature store with --store PATH")
         for key in ("lambda_fd", "lambda_icl", "lambda_kl", "lambda_decision"):

@@ -36,6 +36,7 @@ from mmkd.training.augment import SeededSamples
 from mmkd.training.optim import build_optimizer, lr_at, set_lr
 from mmkd.training.run_folder import check_out_folder, remove_owned, write_config
 from mmkd.training.telemetry import MetricsLogger, Throughput
+from mmkd.training.validation import Validator
 from mmkd.utils import dist as dist_utils
 from mmkd.utils.io import atomic_write_json
 from mmkd.utils.locks import writer_lock
@@ -354,6 +355,13 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
     if cfg.train.compile:
         train_module = torch.compile(train_module)
 
+    validator, error = None, None
+    try:  # rank 0 reads the validation data; its refusal reaches every rank
+        validator = Validator(cfg, student, run_dir, info, device, resumed=resume_from is not None)
+    except UsageError as e:
+        error = e
+    _agree(error, info)
+    assert validator is not None
     logger = MetricsLogger(run_dir, enabled=info.is_main)
     throughput = Throughput()
     # Captions are tokenized in the loader's workers, padded to each batch's longest caption.
@@ -490,6 +498,8 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
                                     f"(train.max_bad_steps={cfg.train.max_bad_steps}); a checkpoint was saved at "
                                     f"step {state.step}. Lower --lr or check the data, then resume")
                 end_of_epoch = state.step % steps_per_epoch == 0
+                if validator.due(state.step, end_of_epoch, state.step == total_steps):
+                    logger.log(state.step, validator.run(state.step))
                 if (cfg.train.save_every and state.step % cfg.train.save_every == 0) or end_of_epoch \
                         or state.step == total_steps:
                     save("periodic" if not end_of_epoch else "epoch")
