@@ -13,7 +13,7 @@ Legend: N validation pairs, D embedding dim.
 Validation runs on rank 0 with the student in eval mode, between optimiser steps (`val.every`
 steps, or at the end of every epoch and of the run), inside a forked RNG state so a run with
 validation draws the same random numbers as one without. Its values go to metrics.jsonl and
-TensorBoard like the training terms. With `--val.keep_best METRIC` the student of the best
+TensorBoard like the training terms, with the time it took (`val/seconds`). With `--val.keep_best METRIC` the student of the best
 validation so far (lowest for a loss, highest otherwise) is written to RUN/best/ (weights,
 model config, best.json), which `--init RUN:best` loads.
 """
@@ -25,6 +25,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,7 @@ class Validator:
         from mmkd.utils import dist as dist_utils
 
         values: dict[str, float] = {}
+        started = time.perf_counter()
         if self.info.is_main:
             model = self.student.model
             was_training = model.training
@@ -153,6 +155,7 @@ class Validator:
                 model.train(was_training)
             if self.val.keep_best:
                 self._keep_best(step, values)
+            values["val/seconds"] = time.perf_counter() - started
         dist_utils.barrier()
         return values
 
