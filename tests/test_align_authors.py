@@ -81,3 +81,17 @@ def test_saved_authors_alignment_loads_as_theirs(store, tmp_path):
     assert loaded.arch == "authors" and loaded.hidden_dim == 8
     x = torch.randn(3, 40)
     torch.testing.assert_close(loaded.encode_many({"t1": x}, "image")["t1"], model.proj["t1"](x))
+
+
+def test_target_norm_range_is_that_of_the_released_targets():
+    """TARGET_NORM_RANGE (what `mmkd align` warns against) is the min and max norm of the authors' released
+    projected features (tests/data/mmkd-reference, copied from their repository), to two decimals."""
+    from pathlib import Path
+
+    from mmkd.models.alignment import TARGET_NORM_RANGE
+
+    files = sorted((Path(__file__).parent / "data" / "mmkd-reference" / "MMKDCLIP_DATA" / "features").rglob(
+        "clips_project_output.pt"))
+    assert len(files) == 8
+    norms = [float(v.float().norm()) for f in files for v in torch.load(f, weights_only=True).values()]
+    assert (round(min(norms), 2), round(max(norms), 2)) == TARGET_NORM_RANGE
