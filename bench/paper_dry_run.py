@@ -199,7 +199,7 @@ def main() -> int:
             "--model.hf_text_path", str(inputs / "biomedbert"), "--model.image_init",
             str(inputs / "metaclip" / "b16_400m.pt"), "--out", str(runs / "s1-paper"), "--optim.warmup_steps", "1",
             "--train.save_every", "0", *TRAIN, "--train.batch_size_per_process", "8", "--val.data", str(pairs),
-            "--val.batch_size", "16", "--val.keep_best", "val/clip_loss"], env, log)
+            "--val.encode_batch_size", "16", "--val.keep_best", "val/clip_loss"], env, log)
     if ok:
         from mmkd.teachers.recipes import RECIPES
 

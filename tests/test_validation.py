@@ -76,7 +76,7 @@ def test_pretrain_validates_keeps_the_best_and_init_run_best_loads_it(tmp_path):
     run = tmp_path / "run"
     r = run_cli("pretrain", "--data", str(table), "--model", "mmkd-tiny-vit", "--out", str(run), "--batch-size", "8",
                 "--max-steps", "4", "--lr", "1e-3", "--optim.warmup_steps", "0", "--train.progress", "false",
-                "--val.data", str(val), "--val.every", "1", "--val.batch_size", "6", "--val.keep_best", "val/clip_loss")
+                "--val.data", str(val), "--val.every", "1", "--val.encode_batch_size", "6", "--val.keep_best", "val/clip_loss")
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     logged = {x["step"]: x["val/clip_loss"] for x in lines if "val/clip_loss" in x}

@@ -134,7 +134,7 @@ class ValConfig:
     datasets: str = ""  # evaluation catalog (YAML or built-in name): zero-shot on its zero-shot datasets
     only: list[str] = field(default_factory=list)  # names of the catalog's datasets to validate on (default: all)
     every: int = 0  # steps between validations (0: at the end of every epoch and of the run)
-    batch_size: int = 64  # pairs per loss chunk and per encoder call
+    encode_batch_size: int = 64  # pairs per loss chunk and per encoder call
     keep_best: str = ""  # keep RUN/best by this metric (val/clip_loss, zero-shot/mean_accuracy, ...); --init RUN:best
 
 

@@ -4,7 +4,7 @@ Legend: N validation pairs, D embedding dim.
 
 - `--val.data PAIRS` (CSV, JSONL or shards, read with the training data's keys): the student's
   CLIP loss on them (the symmetric InfoNCE of `mmkd.losses.contrastive` over consecutive chunks of
-  `val.batch_size` pairs, at the current logit scale, averaged over pairs) as `val/clip_loss`, and
+  `val.encode_batch_size` pairs, at the current logit scale, averaged over pairs) as `val/clip_loss`, and
   `val/i2t_recall@1`, `val/t2i_recall@1` over the whole set;
 - `--val.datasets CATALOG`: zero-shot classification on the catalog's zero-shot datasets, scored
   as `mmkd eval` scores it (no bootstrap), as `zero-shot/<dataset>/<metric>` and the means over
@@ -48,8 +48,8 @@ def check_val_config(val, problems: list[str]) -> None:
     """Config-time checks of the val section (named keys, values, fixes), added to `problems`."""
     if val.every < 0:
         problems.append(f"val.every: {val.every!r} is not allowed; use 0 (end of every epoch) or a step count")
-    if val.batch_size < 2:
-        problems.append(f"val.batch_size: {val.batch_size!r} is not allowed; use 2 or more (the loss needs negatives)")
+    if val.encode_batch_size < 2:
+        problems.append(f"val.encode_batch_size: {val.encode_batch_size!r} is not allowed; use 2 or more (the loss needs negatives)")
     metric = val.keep_best
     if not metric:
         return
@@ -184,7 +184,7 @@ class Validator:
         from mmkd.evaluation.metrics import retrieval_metrics
         from mmkd.losses.contrastive import clip_loss
 
-        loader = torch.utils.data.DataLoader(self.pairs, batch_size=self.val.batch_size, shuffle=False,
+        loader = torch.utils.data.DataLoader(self.pairs, batch_size=self.val.encode_batch_size, shuffle=False,
                                              collate_fn=collate_pairs, num_workers=self.data_cfg.num_workers)
         images, texts = [], []
         for batch in loader:
@@ -196,8 +196,8 @@ class Validator:
         image_ND, text_ND = F.normalize(torch.cat(images), dim=-1), F.normalize(torch.cat(texts), dim=-1)
         scale = self.student.model.logit_scale.exp().float().cpu()
         total, count = 0.0, 0
-        for start in range(0, len(image_ND), self.val.batch_size):
-            rows = slice(start, start + self.val.batch_size)
+        for start in range(0, len(image_ND), self.val.encode_batch_size):
+            rows = slice(start, start + self.val.encode_batch_size)
             n = len(image_ND[rows])
             if n >= 2:
                 total += clip_loss(image_ND[rows], text_ND[rows], scale)["clip"].item() * n
@@ -216,7 +216,7 @@ class Validator:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             records = evaluate(encoder, self.entries, ["zero-shot"], None, num_bootstrap=0,
-                               cache=FeatureCache(None, batch_size=self.val.batch_size), model_name="validation")
+                               cache=FeatureCache(None, batch_size=self.val.encode_batch_size), model_name="validation")
         out: dict[str, float] = {}
         for r in records:
             for k, v in r["metrics"].items():
