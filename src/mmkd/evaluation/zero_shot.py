@@ -112,11 +112,11 @@ def run(model, entry, *, seed: int, cache, num_bootstrap: int, protocol: str = "
         probs_NC = zero_shot_probs(image_feats_ND, class_feats_CD).numpy()
         metrics = classification_metrics(y_true, probs_NC)
         ci = bootstrap_classification_ci(y_true, probs_NC, num_bootstrap, seed)
-    metrics["top5_accuracy"] = topk_accuracy(y_true, probs_NC, 5)
+    metrics_out: dict[str, float | None] = {**metrics, "top5_accuracy": topk_accuracy(y_true, probs_NC, 5)}
     from sklearn.metrics import confusion_matrix
 
     return {
-        "metrics": metrics,
+        "metrics": metrics_out,
         "ci": ci,
         "protocol": protocol,
         **common,
