@@ -8,13 +8,16 @@ MetaCLIP's ViT-B/16 checkpoint, BiomedBERT with weights, the 512-d ViT-B/16 + Bi
  1. writes every input (`mmkd.teachers.paper_inputs`) and 32 image-caption pairs at 224 px;
  2. `mmkd teachers --check` on the nine folders (all must load);
  3. checks that the student's towers, initialised from the MetaCLIP file and the BiomedBERT folder,
-    equal the files' tensors, then `mmkd pretrain` initialised from them;
+    equal the files' tensors, then `mmkd pretrain` initialised from them, once with mmkd's
+    configs/mmkd_b16/pretrain.yaml and once with the authors' pretrain-paper.yaml (validated on the
+    pairs, keeping the best student);
  4. `mmkd extract` with all nine teachers into one store (one teacher per process: memory stays at one
     teacher, the store gains a teacher per call);
- 5. `mmkd align`; `mmkd distill` with configs/mmkd_b16/distill-paper.yaml (skipped, and said so, when
-    that file is absent) and with mmkd's defaults (no --model: the stage-1 run's own);
- 6. `mmkd eval` (zero-shot, retrieval) and `mmkd export`; open_clip loads the export and must give the
-    same embeddings as mmkd's own model;
+ 5. `mmkd align` and `mmkd align --arch authors`; `mmkd distill` with configs/mmkd_b16/distill-paper.yaml
+    from the authors' stage 1's best student and their alignment (skipped, and said so, when that file is
+    absent) and with mmkd's defaults (no --model: the stage-1 run's own);
+ 6. `mmkd eval` (zero-shot, retrieval), `mmkd eval --protocol authors` (zero-shot) and `mmkd export`;
+    open_clip loads the export and must give the same embeddings as mmkd's own model;
  7. prints per stage the wall time and peak RSS, and the store's bytes per sample.
 
 Every stage runs in its own process (its peak RSS is the child's, from os.wait4). Teachers are
@@ -42,6 +45,7 @@ sys.path.insert(0, str(ROOT / "src"))  # this checkout's mmkd, for the in-proces
 NUM_PAIRS = 32
 SIZE = 224
 PAPER_RECIPE = ROOT / "configs" / "mmkd_b16" / "distill-paper.yaml"
+PAPER_STAGE1 = ROOT / "configs" / "mmkd_b16" / "pretrain-paper.yaml"
 TRAIN = ["--batch-size", "8", "--max-steps", "2", "--epochs", "1", "--device", "cpu", "--train.precision", "fp32",
          "--train.progress", "false", "--train.log_every", "1", "--data.num_workers", "0"]
 MARK = "<!-- paper-dry-run -->"
@@ -189,6 +193,13 @@ def main() -> int:
             "--data.format", "csv", "--model.hf_text_path", str(inputs / "biomedbert"), "--model.image_init",
             str(inputs / "metaclip" / "b16_400m.pt"), "--out", str(runs / "s1"), "--optim.warmup_steps", "1",
             "--train.save_every", "0", *TRAIN], env, log)
+    if ok:  # the authors' stage 1: fp32, local loss, per-process batch; validated, the best student kept
+        ok = run_stage(stages, "pretrain (pretrain-paper.yaml)", mmkd + [
+            "pretrain", "--config", str(PAPER_STAGE1), "--data", str(pairs), "--data.format", "csv",
+            "--model.hf_text_path", str(inputs / "biomedbert"), "--model.image_init",
+            str(inputs / "metaclip" / "b16_400m.pt"), "--out", str(runs / "s1-paper"), "--optim.warmup_steps", "1",
+            "--train.save_every", "0", *TRAIN, "--train.batch_size_per_process", "8", "--val.data", str(pairs),
+            "--val.encode_batch_size", "16", "--val.keep_best", "val/clip_loss"], env, log)
     if ok:
         from mmkd.teachers.recipes import RECIPES
 
@@ -201,11 +212,16 @@ def main() -> int:
     if ok:
         ok = run_stage(stages, "align", mmkd + ["align", "--store", str(store), "--latent-dim", "512", "--steps",
                                                "20", "--batch-size", "16"], env, log)
+    authors_alignment = store / "alignment-authors.safetensors"
+    if ok:
+        ok = run_stage(stages, "align --arch authors", mmkd + [
+            "align", "--store", str(store), "--latent-dim", "512", "--steps", "20", "--batch-size", "16",
+            "--arch", "authors", "--out", str(authors_alignment)], env, log)
     if ok and PAPER_RECIPE.is_file():
         ok = run_stage(stages, "distill (distill-paper.yaml)", mmkd + [
             "distill", "--config", str(PAPER_RECIPE), "--data", str(pairs), "--data.format", "csv",
-            "--store", str(store), "--init", str(runs / "s1"), "--out", str(runs / "s2-paper"),
-            "--train.save_every", "0", "--distill.alignment", str(store / "alignment.safetensors"), *TRAIN], env, log)
+            "--store", str(store), "--init", f"{runs / 's1-paper'}:best", "--out", str(runs / "s2-paper"),
+            "--train.save_every", "0", "--distill.alignment", str(authors_alignment), *TRAIN], env, log)
     elif ok:
         print(f"{'distill (distill-paper.yaml)':<34} skipped: {PAPER_RECIPE.relative_to(ROOT)} does not exist", flush=True)
         stages.append(Stage("distill (distill-paper.yaml)", 0.0, 0.0, True, "skipped: recipe absent"))
@@ -217,6 +233,11 @@ def main() -> int:
         ok = run_stage(stages, "eval (zero-shot, retrieval)", mmkd + [
             "eval", "--model", str(runs / "s2"), "--tasks", "zero-shot,retrieval", "--datasets", str(catalog),
             "--out", str(work / "eval"), "--num-bootstrap", "100", "--device", "cpu", "--batch-size", "16"], env, log)
+    if ok:
+        ok = run_stage(stages, "eval --protocol authors (zero-shot)", mmkd + [
+            "eval", "--model", str(runs / "s2"), "--tasks", "zero-shot", "--datasets", str(catalog), "--protocol",
+            "authors", "--out", str(work / "eval"), "--num-bootstrap", "100", "--device", "cpu", "--batch-size",
+            "16"], env, log)
     if ok:
         ok = run_stage(stages, "export", mmkd + ["export", "--checkpoint", str(runs / "s2"), "--out",
                                                  str(work / "export")], env, log)

@@ -19,14 +19,14 @@ STUDENT_512 = {"embed_dim": 512, "quick_gelu": True,
                "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
 
-def _store(root: Path, table: Path, available: dict[str, np.ndarray], dims=(24, 40)) -> Path:
+def _store(root: Path, table: Path, available: dict[str, np.ndarray], dims=(24, 40), scale: float = 1.0) -> Path:
     records, _ = index_source(str(table))
     rng = np.random.default_rng(0)
     entries = [TeacherEntry(t, d, provenance={"weights": {"w": t}}) for t, d in zip(available, dims)]
     writer = FeatureStoreWriter.open(root, [r.sample_id for r in records], entries, chunk_rows=16)
     for entry in entries:
         feats = {k: rng.normal(size=(len(records), entry.embed_dim)) for k in ("image", "text")}
-        feats = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in feats.items()}
+        feats = {k: scale * v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in feats.items()}
         for c in range(writer.num_chunks):
             a, b = writer.chunk_bounds(c)
             writer.write_chunk(c, entry.name, {"image": feats["image"][a:b], "text": feats["text"][a:b],
@@ -76,9 +76,10 @@ def test_a_teacher_without_rows_is_reported(data):
     assert r.returncode == 0, r.stderr
     assert "teacher t1: no available rows" in r.stdout and "--exclude-teacher t1" in r.stdout
     line = next(x for x in r.stdout.splitlines() if x.startswith("t1 "))
-    assert line.split() == ["t1", "0", "-"]
+    assert line.split() == ["t1", "0", "-", "-", "-"]
     meta = json.loads((store / "alignment.json").read_text())
-    assert meta["report"]["teachers"]["t1"] == {"relative_reconstruction_error": None, "rows_available": 0}
+    assert meta["report"]["teachers"]["t1"] == {"relative_reconstruction_error": None, "rows_available": 0,
+                                                "target_norm": None}
     assert meta["report"]["teachers"]["t0"]["relative_reconstruction_error"] is not None
 
 
@@ -115,3 +116,29 @@ def test_bad_values_are_clear_errors(data, args, flags, capsys):
     assert err.startswith("mmkd align: error:")
     for flag in flags:
         assert flag in err, (flag, err)
+
+
+def test_align_authors_reports_target_norms_and_warns_far_outside(data):
+    """--arch authors trains their autoencoder; every run prints per-teacher target norms, and features
+    whose projections are far larger than the authors' released targets (1.09-2.58) get a warning."""
+    root, table = data
+    store = _store(root / "store-big", table, {"t0": np.ones(N, bool), "t1": np.ones(N, bool)}, scale=200.0)
+    r = run_cli("align", "--store", str(store), "--latent-dim", "32", "--epochs", "1", "--no-progress",
+                "--arch", "authors")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((store / "alignment.json").read_text())
+    assert meta["arch"] == "authors" and meta["report"]["arch"] == "authors"
+    from mmkd.data.feature_store import FeatureStore
+    from mmkd.models.alignment import load_alignment
+
+    model = load_alignment(store / "alignment.safetensors", FeatureStore(store))
+    x = FeatureStore(store).rows(np.arange(N), teachers=["t0"])["image"]["t0"].astype(np.float32)
+    import torch
+
+    with torch.no_grad():
+        mean_norm = model.proj["t0"](torch.from_numpy(x)).norm(dim=-1).mean().item()
+    assert meta["report"]["teachers"]["t0"]["target_norm"]["image"]["mean"] == pytest.approx(mean_norm, rel=1e-3)
+    line = next(x for x in r.stdout.splitlines() if x.startswith("t0 "))
+    assert f"{mean_norm:.3f}" in line.split()
+    assert mean_norm > 2.58 * 2 and "teacher t0: the image targets have mean norm" in r.stderr
+    assert "teacher t1: the" in r.stderr  # both teachers are named

@@ -79,6 +79,7 @@ class TrainConfig:
     epochs: int = 1  # passes over the data
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
     batch_size: int = 32  # global batch size (all ranks, all accumulation micro-steps)
+    batch_size_per_process: int = 0  # per-process batch (the authors' convention); set, it replaces batch_size
     accum_steps: int = 1  # gradient accumulation micro-steps per optimiser step
     seed: int = 0  # seed of initialisation, data order and augmentation
     device: str = "auto"  # where to train: auto (cuda when present) | cpu | cuda
@@ -122,12 +123,30 @@ class DistillConfig:
 
 
 @dataclass
+class LossConfig:
+    local: bool = False  # CLIP loss over this process's rows x all columns (the authors' stage 1: true)
+    gather_with_grad: bool = True  # other processes' features carry gradient (the authors' stage 1: false)
+
+
+@dataclass
+class ValConfig:
+    data: str = ""  # held-out pairs (CSV/JSONL/shards, keys as data.*): CLIP loss and recall@1 on them
+    datasets: str = ""  # evaluation catalog (YAML or built-in name): zero-shot on its zero-shot datasets
+    only: list[str] = field(default_factory=list)  # names of the catalog's datasets to validate on (default: all)
+    every: int = 0  # steps between validations (0: at the end of every epoch and of the run)
+    encode_batch_size: int = 64  # pairs per loss chunk and per encoder call
+    keep_best: str = ""  # keep RUN/best by this metric (val/clip_loss, zero-shot/mean_accuracy, ...); --init RUN:best
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    val: ValConfig = field(default_factory=ValConfig)
 
 
 # Short flags for the options people set most.
@@ -300,7 +319,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ConfigError([f"--config: {path} is not valid YAML: {e}"]) from None
     if not isinstance(data, dict):
-        raise ConfigError([f"--config: {path} must hold a mapping of sections (data, model, optim, train, distill)"])
+        raise ConfigError([f"--config: {path} must hold a mapping of sections (data, model, optim, train, distill, loss, val)"])
     data.pop("segments", None)  # a run's config.yaml: the history of its resumes (mmkd.training.run_folder)
     return _flatten(data)
 
@@ -372,6 +391,12 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
     check("train.max_steps", cfg.train.max_steps >= 0, "use 0 (all epochs) or a positive step count")
     check("train.batch_size", cfg.train.batch_size >= 2, "use 2 or more (contrastive loss needs negatives)")
     check("train.accum_steps", cfg.train.accum_steps >= 1, "use 1 or more")
+    check("train.batch_size_per_process", cfg.train.batch_size_per_process >= 0, "use 0 (train.batch_size is "
+          "global) or a per-process batch")
+    if cfg.train.batch_size_per_process > 0 and cfg.train.accum_steps >= 1 \
+            and cfg.train.batch_size_per_process % cfg.train.accum_steps:
+        problems.append(f"train.batch_size_per_process: {cfg.train.batch_size_per_process} is not divisible by "
+                        f"train.accum_steps ({cfg.train.accum_steps}); choose a multiple of it")
     if cfg.train.batch_size >= 2 and cfg.train.accum_steps >= 1 and cfg.train.batch_size % cfg.train.accum_steps:
         problems.append(
             f"train.batch_size: {cfg.train.batch_size} is not divisible by train.accum_steps "
@@ -381,6 +406,9 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
     check("train.save_every", cfg.train.save_every >= 0, "use 0 (epoch ends only) or a positive step count")
     check("train.keep_checkpoints", cfg.train.keep_checkpoints >= 1, "use 1 or more")
     check("train.max_bad_steps", cfg.train.max_bad_steps >= 1, "use 1 or more")
+    from mmkd.training.validation import check_val_config
+
+    check_val_config(cfg.val, problems)
     if stage == "distill":
         check("distill.store", bool(cfg.distill.store), "give the feature store with --store PATH")
         for key in ("lambda_fd", "lambda_icl", "lambda_kl", "lambda_decision"):
@@ -425,6 +453,21 @@ def build_config(config_file: str | None, cli_tokens: list[str], stage: str = "p
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def resolve_batch_size(cfg: Config, world_size: int) -> tuple[Config, str]:
+    """The config with train.batch_size global: per-process batch x processes when batch_size_per_process is set.
+
+    Returns the config (a copy when changed) and a line saying what was resolved ("" when nothing was).
+    """
+    per_process = cfg.train.batch_size_per_process
+    if per_process <= 0:
+        return cfg, ""
+    total = per_process * world_size
+    note = (f"train.batch_size_per_process {per_process} x {world_size} process(es) = global batch {total}"
+            + (f" (train.batch_size {cfg.train.batch_size} is not used)" if cfg.train.batch_size != total else ""))
+    train = dataclasses.replace(cfg.train, batch_size=total)
+    return dataclasses.replace(cfg, train=train), note
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -46,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated dataset names of the catalog to run (default: all)")
     parser.add_argument("--out", default="eval_results", metavar="DIR", help="results folder (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of splits, subsamples and bootstrap (default: 0)")
+    parser.add_argument("--protocol", choices=("mmkd", "authors"), default="mmkd",
+                        help="how zero-shot classification is scored: mmkd (softmax of 100 x cosine, macro metrics, "
+                             "stratified bootstrap with --seed) or authors (the MMKD-CLIP authors' eval_zeroshot.py: "
+                             "softmax of the raw cosine, binary F1/precision/recall on two-class sets, their "
+                             "bootstrap with seed 42); results of the authors' protocol are filed as "
+                             "<dataset>__zero-shot__authors.json and reported in their own column "
+                             "(default: %(default)s)")
     parser.add_argument("--num-bootstrap", type=int, default=1000,
                         help="stratified bootstrap resamples for the 95%% CIs; 0 turns CIs off (default: 1000)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
@@ -190,7 +197,8 @@ def _evaluate_all(args, specs: list[str], names: list[str], tasks: list[str], en
         marker.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(marker, {"identity": model_identity(spec), "spec": spec})
         records = evaluate(model, entries, tasks, args.out, seed=args.seed, num_bootstrap=args.num_bootstrap,
-                           cache=cache, model_name=model_name, only=only, overwrite=args.overwrite)
+                           cache=cache, model_name=model_name, only=only, overwrite=args.overwrite,
+                           protocol=args.protocol)
         for r in records:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in r["metrics"].items() if v is not None)
             print(f"{model_name}  {r['dataset']}  {r['task']}: {shown}")

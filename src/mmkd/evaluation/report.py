@@ -31,6 +31,8 @@ def collect_results(folder: str | Path) -> list[dict[str, Any]]:
             continue
         if isinstance(data, dict) and isinstance(data.get("metrics"), dict) and "task" in data and "dataset" in data:
             data.setdefault("model", path.parent.name)
+            if data.get("protocol", "mmkd") != "mmkd":  # another scoring protocol: never in the same column
+                data["model"] = f"{data['model']} [{data['protocol']} protocol]"
             records.append(data)
     label_models(records)
     return records

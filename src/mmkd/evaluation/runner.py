@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import importlib
+import inspect
 import json
 import re
 import time
@@ -295,8 +296,10 @@ class FeatureCache:
 # Running
 
 
-def result_path(out_dir: str | Path, model_name: str, dataset: str, task: str) -> Path:
-    return Path(out_dir) / _safe(model_name) / f"{_safe(dataset)}__{_safe(task)}.json"
+def result_path(out_dir: str | Path, model_name: str, dataset: str, task: str, protocol: str = "mmkd") -> Path:
+    """OUT/<model>/<dataset>__<task>.json; a result of another scoring protocol gets __<protocol> before .json."""
+    suffix = "" if protocol == "mmkd" else f"__{_safe(protocol)}"
+    return Path(out_dir) / _safe(model_name) / f"{_safe(dataset)}__{_safe(task)}{suffix}.json"
 
 
 def _check_result(task: str, result: dict) -> None:
@@ -305,16 +308,19 @@ def _check_result(task: str, result: dict) -> None:
 
 
 def run_one(model, entry: DatasetEntry, task: str, *, seed: int, cache: FeatureCache, num_bootstrap: int,
-            model_name: str, listed: list[str] | None = None) -> dict[str, Any]:
+            model_name: str, listed: list[str] | None = None, protocol: str = "mmkd") -> dict[str, Any]:
     """Run one task on one dataset; returns the full result record (not yet written).
-    `listed`: the datasets of the catalog that list this task (the report's coverage denominator)."""
+    `listed`: the datasets of the catalog that list this task (the report's coverage denominator).
+    `protocol`: the scoring protocol, passed to the tasks that have one (zero-shot); the record's
+    `protocol` is the one its numbers were computed under."""
     from mmkd import __version__
     from mmkd.evaluation.clip_benchmark import clip_benchmark_metrics
     from mmkd.utils.io import finite_json
 
     fn = load_task(task)
     started = time.perf_counter()
-    result = fn(model, entry, seed=seed, cache=cache, num_bootstrap=num_bootstrap)
+    options = {"protocol": protocol} if "protocol" in inspect.signature(fn).parameters else {}
+    result = fn(model, entry, seed=seed, cache=cache, num_bootstrap=num_bootstrap, **options)
     _check_result(task, result)
     details = dict(result.get("details") or {})
     return finite_json({  # undefined values (a label without positives) are null, never a bare NaN
@@ -322,6 +328,7 @@ def run_one(model, entry: DatasetEntry, task: str, *, seed: int, cache: FeatureC
         "model": model_name,
         "dataset": entry.name,
         "task": task,
+        "protocol": result.get("protocol", "mmkd"),
         "modality": entry.modality,
         "metrics": {k: (None if v is None else float(v)) for k, v in result["metrics"].items()},
         "clip_benchmark": clip_benchmark_metrics(task, result["metrics"]),
@@ -353,13 +360,15 @@ def _as_entries(catalog) -> list[DatasetEntry]:
 def evaluate(model, catalog, tasks: Iterable[str], out_dir: str | Path | None, *, seed: int = 0,
              num_bootstrap: int = 1000, cache: FeatureCache | None = None, cache_dir: str | Path | None = None,
              model_name: str | None = None, only: Iterable[str] | None = None,
-             overwrite: bool = False) -> list[dict[str, Any]]:
+             overwrite: bool = False, protocol: str = "mmkd") -> list[dict[str, Any]]:
     """Evaluate one ClipEncoder on every (dataset, task) of `catalog` that `tasks` selects.
 
     `catalog`: a YAML path, a parsed mapping, or a list of DatasetEntry. A dataset runs each
     requested task it lists. Datasets whose files are missing are skipped with a warning.
     Writes `out_dir/<model>/<dataset>__<task>.json` (unless out_dir is None) and returns the records.
-    Features are cached under `cache_dir` (default `out_dir/.feature_cache`).
+    Features are cached under `cache_dir` (default `out_dir/.feature_cache`). `protocol`: how zero-shot
+    classification is scored, mmkd or authors (see mmkd.evaluation.authors_protocol); a result scored
+    another way than mmkd's is written as `<dataset>__<task>__<protocol>.json`.
     """
     from mmkd.utils.io import atomic_write_json
 
@@ -385,7 +394,7 @@ def evaluate(model, catalog, tasks: Iterable[str], out_dir: str | Path | None, *
     if out_dir is not None:  # before any work: no result may replace a file that is not an earlier result
         from mmkd.utils.outputs import check_replaceable, json_with_keys
 
-        check_replaceable([result_path(out_dir, model_name, e.name, t) for e, t in jobs],
+        check_replaceable([result_path(out_dir, model_name, e.name, t, _protocol_of(t, protocol)) for e, t in jobs],
                           json_with_keys("dataset", "task", "metrics"), "--out", "an evaluation result", overwrite)
     records, missing = [], []
     listed = {t: [e.name for e in entries if t in e.tasks] for t in tasks}
@@ -394,9 +403,9 @@ def evaluate(model, catalog, tasks: Iterable[str], out_dir: str | Path | None, *
             missing.append(entry)
             continue
         record = run_one(model, entry, task, seed=seed, cache=cache, num_bootstrap=num_bootstrap, model_name=model_name,
-                         listed=listed[task])
+                         listed=listed[task], protocol=_protocol_of(task, protocol))
         if out_dir is not None:
-            atomic_write_json(result_path(out_dir, model_name, entry.name, task), record)
+            atomic_write_json(result_path(out_dir, model_name, entry.name, task, record["protocol"]), record)
         records.append(record)
     absent = list({e.name: e for e in missing}.values())
     for entry in absent:
@@ -447,6 +456,11 @@ def remove_results(folder: str | Path) -> list[str]:
         if not any(sub.iterdir()):
             sub.rmdir()
     return removed
+
+
+def _protocol_of(task: str, protocol: str) -> str:
+    """The protocol a task is run under: `protocol` for the tasks that have one, mmkd for the others."""
+    return protocol if "protocol" in inspect.signature(load_task(task)).parameters else "mmkd"
 
 
 def absent_hint(entry: DatasetEntry) -> str:

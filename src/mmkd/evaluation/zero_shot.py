@@ -52,8 +52,16 @@ def zero_shot(model, images, classnames: list[str], templates: list[str] | None 
     return zero_shot_probs(feats_ND, class_feats_CD)
 
 
-def run(model, entry, *, seed: int, cache, num_bootstrap: int) -> dict:
-    """Zero-shot metrics on the entry's evaluation split (test by default)."""
+PROTOCOLS = ("mmkd", "authors")
+
+
+def run(model, entry, *, seed: int, cache, num_bootstrap: int, protocol: str = "mmkd") -> dict:
+    """Zero-shot metrics on the entry's evaluation split (test by default).
+
+    `protocol`: mmkd (this module's definitions) or authors (the MMKD-CLIP authors' logits, binary
+    metrics and bootstrap, mmkd.evaluation.authors_protocol) for single-label sets; multi-label sets
+    are scored the mmkd way under either, and their result says so.
+    """
     from mmkd.evaluation.datasets import load_classification, pick_split
     from mmkd.evaluation.encode import texts_fingerprint
     from mmkd.evaluation.metrics import bootstrap_classification_ci, classification_metrics
@@ -90,17 +98,27 @@ def run(model, entry, *, seed: int, cache, num_bootstrap: int) -> dict:
         result = evaluate_multilabel(labeled.labels, scores_NC, data.classnames, num_bootstrap, seed)
         result["details"] = {**details, **result["details"]}
         return {**result, **common}
-    probs_NC = zero_shot_probs(image_feats_ND, class_feats_CD).numpy()
     y_true = labeled.labels
     from mmkd.evaluation.clip_benchmark import topk_accuracy
 
-    metrics = {**classification_metrics(y_true, probs_NC), "top5_accuracy": topk_accuracy(y_true, probs_NC, 5)}
-    ci = bootstrap_classification_ci(y_true, probs_NC, num_bootstrap, seed)
+    if protocol == "authors":
+        from mmkd.evaluation.authors_protocol import BOOTSTRAP_SEED, authors_classification, is_binary
+
+        cosine_NC = (image_feats_ND.double() @ class_feats_CD.double().T).numpy()
+        metrics, ci, probs_NC = authors_classification(y_true, cosine_NC, num_bootstrap)
+        details.update(logit_scale=1.0, bootstrap_seed=BOOTSTRAP_SEED,
+                       averaging="binary" if is_binary(y_true) else "macro")
+    else:
+        probs_NC = zero_shot_probs(image_feats_ND, class_feats_CD).numpy()
+        metrics = classification_metrics(y_true, probs_NC)
+        ci = bootstrap_classification_ci(y_true, probs_NC, num_bootstrap, seed)
+    metrics_out: dict[str, float | None] = {**metrics, "top5_accuracy": topk_accuracy(y_true, probs_NC, 5)}
     from sklearn.metrics import confusion_matrix
 
     return {
-        "metrics": metrics,
+        "metrics": metrics_out,
         "ci": ci,
+        "protocol": protocol,
         **common,
         "details": {
             **details,

@@ -8,7 +8,12 @@ Legend: B rows, D_t a teacher's dim, E the latent (= student embedding) dim.
 One linear projection per teacher shared by its image and text features, one MLP per
 modality shared by all teachers, one linear decoder per teacher, trained by reconstruction
 MSE; an optional cross-teacher InfoNCE pulls different teachers' latents of the same sample
-together (the paper defines it but leaves it off).
+together (the paper defines it but leaves it off). The authors' own autoencoder (`--arch authors`)
+is mmkd.models.alignment_authors.
+
+Every run reports, per teacher, the norms of its projected features: with unnormalised targets
+(distill-paper.yaml) their scale sets the size of both FD and ICL, and the authors' released
+targets have norms 1.09-2.58 (`TARGET_NORM_RANGE`).
 """
 
 from __future__ import annotations
@@ -26,9 +31,16 @@ from mmkd.errors import UsageError
 
 WEIGHTS_FILE = "alignment.safetensors"
 META_FILE = "alignment.json"
+ARCHS = ("mmkd", "authors")
+# Norms of the authors' released projected features (clips_project_output.pt of their demo data,
+# wangshansong1/MMKD-CLIP @ 127544c, MMKDCLIP_DATA/features): min 1.09, max 2.58 over teachers and modalities.
+TARGET_NORM_RANGE = (1.09, 2.58)
+FAR_OUTSIDE = 2.0  # a mean norm below range / 2 or above range x 2 is warned about
 
 
 class AlignmentAE(nn.Module):
+    arch = "mmkd"
+
     def __init__(self, teacher_dims: dict[str, int], latent_dim: int, hidden_dim: int | None = None):
         super().__init__()
         hidden_dim = hidden_dim or latent_dim
@@ -76,6 +88,23 @@ class AlignmentAE(nn.Module):
     def decode(self, teacher: str, z_BE: torch.Tensor) -> torch.Tensor:
         return self.dec[teacher](z_BE)
 
+    def reconstruct(self, teacher: str, x_BD: torch.Tensor, modality: str) -> torch.Tensor:
+        return self.decode(teacher, self.encode(teacher, x_BD, modality))
+
+    def options(self) -> dict[str, Any]:
+        return {}
+
+
+def build_alignment(arch: str, teacher_dims: dict[str, int], latent_dim: int, **options) -> nn.Module:
+    """mmkd's autoencoder (`AlignmentAE`) or the authors' (`alignment_authors.AuthorsAlignmentAE`)."""
+    if arch == "authors":
+        from mmkd.models.alignment_authors import AuthorsAlignmentAE
+
+        return AuthorsAlignmentAE(teacher_dims, latent_dim, **options)
+    if arch != "mmkd":
+        raise UsageError(f"--arch: {arch!r} is not an alignment architecture; choose one of {', '.join(ARCHS)}")
+    return AlignmentAE(teacher_dims, latent_dim)
+
 
 def alignment_paths(store_path: str | Path, alignment: str = "") -> tuple[Path, Path]:
     weights = Path(alignment) if alignment else Path(store_path) / WEIGHTS_FILE
@@ -84,18 +113,21 @@ def alignment_paths(store_path: str | Path, alignment: str = "") -> tuple[Path, 
 
 def train_alignment(store, latent_dim: int, *, epochs: int = 10, steps: int = 0, batch_size: int = 256,
                     lr: float = 1e-3, lambda_nce: float = 0.0, temperature: float = 0.07, seed: int = 0,
-                    teachers: list[str] | None = None, progress: bool = True) -> tuple[AlignmentAE, dict[str, Any]]:
+                    teachers: list[str] | None = None, progress: bool = True,
+                    arch: str = "mmkd") -> tuple[nn.Module, dict[str, Any]]:
     """Fit the autoencoder on a store's available rows; returns the model and its per-teacher report.
 
     Training passes over every row with an available teacher `epochs` times (a seeded order per
     pass), unless `steps` > 0 fixes the number of batches. A teacher available for no row is not
     trained (its projection stays at its initial values; it teaches no sample in stage 2 either)
-    and is reported with `rows_available` 0.
+    and is reported with `rows_available` 0. `arch`: mmkd (per-teacher means summed) or authors
+    (mmkd.models.alignment_authors: noise, dropout, every item weighed equally).
     """
     teachers = teachers or list(store.teachers)
     dims = {t: store.embed_dim(t) for t in teachers}
     torch.manual_seed(seed)
-    model = AlignmentAE(dims, latent_dim)
+    model = build_alignment(arch, dims, latent_dim)
+    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     avail = np.asarray(store.available)[:, [store.teachers.index(t) for t in teachers]]
     usable = np.nonzero(avail.any(axis=1))[0]
@@ -135,23 +167,33 @@ def train_alignment(store, latent_dim: int, *, epochs: int = 10, steps: int = 0,
     return model, report
 
 
-def _reconstruction_step(model: AlignmentAE, store, idx: np.ndarray, teachers: list[str], lambda_nce: float,
+def _reconstruction_step(model: nn.Module, store, idx: np.ndarray, teachers: list[str], lambda_nce: float,
                          temperature: float) -> torch.Tensor:
-    """Reconstruction MSE of the batch's available (teacher, modality) features (+ the cross-teacher NCE)."""
+    """Reconstruction MSE of the batch's available (teacher, modality) features (+ the cross-teacher NCE).
+
+    mmkd: the mean over a teacher's available rows, summed over teachers and modalities. authors: the
+    mean over every available (sample, teacher, modality) item."""
     batch = store.rows(idx, teachers=teachers)
     mask = torch.from_numpy(batch["available"])
     loss = torch.zeros(())
     latents: dict[str, dict[str, torch.Tensor]] = {}
+    items = []
     for j, t in enumerate(teachers):
         rows = mask[:, j]
         if rows.sum() == 0:
             continue
         for modality in ("image", "text"):
             x = torch.from_numpy(batch[modality][t].astype(np.float32))
-            z = model.encode(t, x, modality)
-            recon = model.decode(t, z)
-            loss = loss + ((recon - x) ** 2).mean(dim=-1)[rows].mean()
-            latents.setdefault(modality, {})[t] = z
+            if model.arch == "authors":
+                items.append((t, modality, x[rows]))
+            else:
+                loss = loss + ((model.reconstruct(t, x, modality) - x) ** 2).mean(dim=-1)[rows].mean()
+            if lambda_nce > 0:
+                latents.setdefault(modality, {})[t] = model.encode(t, x, modality)
+    if model.arch == "authors":
+        from mmkd.models.alignment_authors import authors_reconstruction_loss
+
+        loss = authors_reconstruction_loss(model, items)
     if lambda_nce > 0:
         loss = loss + lambda_nce * _cross_teacher_nce(latents, mask, teachers, temperature)
     return loss
@@ -177,11 +219,14 @@ def _cross_teacher_nce(latents, mask, teachers, temperature) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_alignment(model: AlignmentAE, store, teachers: list[str], max_rows: int = 4096,
+def evaluate_alignment(model: nn.Module, store, teachers: list[str], max_rows: int = 4096,
                        seed: int = 0) -> dict[str, Any]:
-    """Per teacher: its available rows in the whole store and the relative reconstruction error on
-    them (None when it has none); per pair: mean cosine of latents of the same sample. Errors and
-    cosines are measured on up to `max_rows` rows that have an available teacher (seeded draw)."""
+    """Per teacher: its available rows in the whole store, the relative reconstruction error on them
+    (None when it has none) and the norms {min, mean, max} of its projected image and text features
+    (the unnormalised targets of distill-paper.yaml); per pair: mean cosine of latents of the same
+    sample. Measured on up to `max_rows` rows that have an available teacher (seeded draw), the
+    model in eval mode (no noise, no dropout)."""
+    model.eval()
     avail = np.asarray(store.available)[:, [store.teachers.index(t) for t in teachers]]
     usable = np.nonzero(avail.any(axis=1))[0]
     idx = usable if usable.size <= max_rows else np.sort(np.random.default_rng(seed).choice(usable, max_rows,
@@ -192,17 +237,20 @@ def evaluate_alignment(model: AlignmentAE, store, teachers: list[str], max_rows:
     latents = {}
     for j, t in enumerate(teachers):
         rows = mask[:, j]
-        errs = []
+        errs, norms = [], {}
         for modality in ("image", "text"):
             x = torch.from_numpy(batch[modality][t].astype(np.float32))
             z = model.encode(t, x, modality)
-            recon = model.decode(t, z)
+            recon = model.reconstruct(t, x, modality)
             if rows.any():
+                on = torch.from_numpy(rows)
                 rel = ((recon - x) ** 2).sum(-1) / (x ** 2).sum(-1).clamp_min(1e-12)
-                errs.append(float(rel[torch.from_numpy(rows)].mean()))
+                errs.append(float(rel[on].mean()))
+                norm = model.proj[t](x[on]).norm(dim=-1)
+                norms[modality] = {"min": float(norm.min()), "mean": float(norm.mean()), "max": float(norm.max())}
             latents[(t, modality)] = F.normalize(z, dim=-1)
         report["teachers"][t] = {"relative_reconstruction_error": float(np.mean(errs)) if errs else None,
-                                 "rows_available": int(avail[:, j].sum())}
+                                 "rows_available": int(avail[:, j].sum()), "target_norm": norms or None}
     for a in range(len(teachers)):
         for b in range(a + 1, len(teachers)):
             both = torch.from_numpy(mask[:, a] & mask[:, b])
@@ -213,22 +261,38 @@ def evaluate_alignment(model: AlignmentAE, store, teachers: list[str], max_rows:
             report["pair_cosine"][f"{teachers[a]}|{teachers[b]}"] = float(np.mean(cos))
     values = list(report["pair_cosine"].values())
     report["mean_pair_cosine"] = float(np.mean(values)) if values else None
+    report["arch"] = model.arch
     return report
 
 
-def save_alignment(model: AlignmentAE, path: Path, store, report: dict[str, Any]) -> None:
+def norm_warnings(report: dict[str, Any]) -> list[str]:
+    """One line per teacher whose mean target norm (image or text) is far outside TARGET_NORM_RANGE."""
+    lo, hi = TARGET_NORM_RANGE
+    out = []
+    for t, r in report["teachers"].items():
+        for modality, n in (r.get("target_norm") or {}).items():
+            if n["mean"] < lo / FAR_OUTSIDE or n["mean"] > hi * FAR_OUTSIDE:
+                out.append(f"teacher {t}: the {modality} targets have mean norm {n['mean']:.3g} (min {n['min']:.3g}, "
+                           f"max {n['max']:.3g}), far outside the {lo}-{hi} of the authors' released targets that "
+                           f"distill-paper.yaml's weights (lambda_fd 50, fixed ICL scale) assume with unnormalised "
+                           f"targets; use --distill.normalize_targets true, or weigh FD again")
+    return out
+
+
+def save_alignment(model: nn.Module, path: Path, store, report: dict[str, Any]) -> None:
     from mmkd.utils.io import atomic_save_safetensors, atomic_write_json
 
     atomic_save_safetensors(path, model.state_dict())
     atomic_write_json(path.with_suffix(".json"), {
-        "teacher_dims": model.teacher_dims, "latent_dim": model.latent_dim,
+        "teacher_dims": model.teacher_dims, "latent_dim": model.latent_dim, "arch": model.arch,
+        "options": model.options(),
         "store_fingerprints": {t: store.manifest["teachers"][store.teachers.index(t)].get("fingerprint")
                                for t in model.teacher_dims},
         "report": report,
     })
 
 
-def load_alignment(path: Path, store=None) -> AlignmentAE:
+def load_alignment(path: Path, store=None) -> nn.Module:
     """Load alignment weights; with `store`, check that its teachers and dims still match."""
     from safetensors.torch import load_file
 
@@ -252,6 +316,7 @@ def load_alignment(path: Path, store=None) -> AlignmentAE:
         if problems:
             raise UsageError("the alignment does not match the feature store: " + "; ".join(problems)
                              + f". Rerun `mmkd align --store {store.path}`")
-    model = AlignmentAE(meta["teacher_dims"], meta["latent_dim"])
+    model = build_alignment(meta.get("arch", "mmkd"), meta["teacher_dims"], meta["latent_dim"],
+                            **meta.get("options", {}))
     model.load_state_dict(load_file(str(path)))
     return model.eval()

@@ -130,7 +130,7 @@ RECIPES: dict[str, TeacherRecipe] = {r.name: r for r in [
     TeacherRecipe(
         "MedCLIP", "medclip", "medclip:{path}", ("pytorch_model.bin",), 512, 77,
         "grey-scale, zero-pad to square, resize 224 (bicubic), mean 0.5863 / std 0.2795, repeated to 3 channels",
-        "BSD per the medclip package's setup.py classifier (github.com/RyanWangZf/MedCLIP has no LICENSE file); "
+        "MIT (LICENSE of github.com/RyanWangZf/MedCLIP @ 75d1545; the medclip package's setup.py classifier says BSD); "
         "trained on MIMIC-CXR/CheXpert (their data terms apply)",
         "download the MedCLIP-ViT zip (URL in medclip/medclip_vit_weight.txt of github.com/RyanWangZf/MedCLIP), "
         "unzip pytorch_model.bin into {root}/medclip/, and "

@@ -71,7 +71,8 @@ KNOWN_TEACHERS: dict[str, TeacherInfo] = {t.name: t for t in [
                 "transformers", 77, "CLIP ViT-B/32",
                 _HUB.format(hub="flaviagiammarino/pubmed-clip-vit-base-patch32"), False),
     TeacherInfo("MedCLIP", "", "", "medclip:{path}", 512, "chest X-ray (MIMIC-CXR, CheXpert)",
-                "BSD per its package's setup.py classifier (the repository has no LICENSE file)",
+                "MIT (LICENSE of the repository, github.com/RyanWangZf/MedCLIP @ 75d1545; its setup.py classifier "
+                "says BSD)",
                 "custom:mmkd.teachers.custom.medclip", 77,
                 "Swin-T + Bio_ClinicalBERT", "download the pretrained weights as described at "
                 "github.com/RyanWangZf/MedCLIP and pass medclip:PATH", True),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 DESCRIPTION = """Train the alignment autoencoder of a feature store (MMKD-CLIP's teacher projection).
@@ -16,12 +17,19 @@ Saves STORE/alignment.safetensors (+ .json with the report) and prints, per teac
 available rows, the reconstruction error and the mean cosine between teachers' projections of
 the same sample.
 
+--arch authors trains the MMKD-CLIP authors' autoencoder instead (their models_ae.py: projection,
+Gaussian noise, ReLU/dropout encoder and decoder per modality, a decoder projection per teacher;
+the loss averaged over every (sample, teacher, modality) item). Either way the targets of
+stage 2 are the per-teacher projections, and every run prints their norms per teacher, with a
+warning when they fall far outside the 1.09-2.58 of the authors' released targets.
+
 The latent size must equal the student's embedding size: give the student (--student, its
 size is read from it) or the size itself (--latent-dim).
 
 examples:
   mmkd align --store stores/biomedica-9t --student runs/mmkd-b16-stage1   # 512, the paper's student
   mmkd align --store store/ --latent-dim 64 --epochs 20
+  mmkd align --store stores/biomedica-9t --student runs/mmkd-b16-stage1-paper --arch authors
 """
 
 
@@ -40,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="samples per step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: %(default)s)")
     parser.add_argument("--lambda-nce", type=float, default=0.0, help="weight of the cross-teacher InfoNCE")
+    parser.add_argument("--arch", choices=("mmkd", "authors"), default="mmkd",
+                        help="mmkd (residual GELU MLP per modality, per-teacher means summed) or authors (their "
+                             "MultiCLIP_AE: noise, ReLU/dropout encoder and decoder, every item weighed equally) "
+                             "(default: %(default)s)")
     parser.add_argument("--out", default="", help="weights file, ending in .safetensors; the report is written "
                                                    "beside it as .json (default STORE/alignment.safetensors)")
     parser.add_argument("--overwrite", action="store_true",
@@ -143,19 +155,26 @@ def run(args: argparse.Namespace) -> int:
     store = FeatureStore(args.store)
     model, report = train_alignment(store, latent_dim, epochs=args.epochs, steps=args.steps,
                                     batch_size=args.batch_size, lr=args.lr, lambda_nce=args.lambda_nce,
-                                    seed=args.seed, progress=not args.no_progress)
+                                    seed=args.seed, progress=not args.no_progress, arch=args.arch)
     with contextlib.ExitStack() as lock:
         if not args.out:  # writing into the store: one writer at a time
             lock.enter_context(writer_lock(args.store, "--store", "feature store", command="mmkd align"))
         save_alignment(model, weights, store, report)
-    print(f"latent size {latent_dim}; {report['steps']} steps ({report['epochs']:g} epochs)")
-    print(f"{'teacher':<20} {'rows':>8} {'rel. recon. error':>18}")
+    print(f"latent size {latent_dim}; {args.arch} autoencoder; {report['steps']} steps ({report['epochs']:g} epochs)")
+    print(f"{'teacher':<20} {'rows':>8} {'rel. recon. error':>18} {'target norm, image':>20} {'text':>8}")
     idle = []
     for t, r in report["teachers"].items():
         err = r["relative_reconstruction_error"]
         if not r["rows_available"]:
             idle.append(t)
-        print(f"{t:<20} {r['rows_available']:>8} {'-' if err is None else f'{err:.4f}':>18}")
+        norms = r.get("target_norm") or {}
+        shown = [f"{norms[m]['mean']:.3f}" if m in norms else "-" for m in ("image", "text")]
+        print(f"{t:<20} {r['rows_available']:>8} {'-' if err is None else f'{err:.4f}':>18} {shown[0]:>20} "
+              f"{shown[1]:>8}")
+    from mmkd.models.alignment import norm_warnings
+
+    for line in norm_warnings(report):
+        print(f"warning: {line}", file=sys.stderr)
     if report["mean_pair_cosine"] is not None:
         print(f"mean cosine between teachers' projections of the same sample: {report['mean_pair_cosine']:.3f}")
     for t in idle:

@@ -42,6 +42,8 @@ SECTION_TITLES = {
     "optim": "optim: AdamW and the learning-rate schedule",
     "train": "train: the run",
     "distill": "distill: stage 2",
+    "loss": "loss: how processes share the CLIP loss",
+    "val": "val: validation during training",
 }
 
 
@@ -70,7 +72,7 @@ def format_default(value) -> str:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, command: str, base: dict | None = None,
-                      sections: tuple[str, ...] = ("data", "model", "optim", "train", "distill")) -> None:
+                      sections: tuple[str, ...] = ("data", "model", "optim", "train", "distill", "loss", "val")) -> None:
     """The options of a training command: --config, the short flags, and every config field.
 
     `base`: the command's own defaults over the dataclass ones (distill: lr 1e-6, ...), shown by --help.
@@ -81,7 +83,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, command: str, base: dict 
     parser.epilog = OVERRIDES_HELP.format(command=command)
     parser.usage = f"mmkd {command} [--config FILE] [OPTIONS] [--section.key VALUE ...]"
     parser.add_argument("--config", metavar="FILE|NAME", help="YAML recipe (sections data, model, optim, train, "
-                        "distill): a file, or a packaged recipe's name such as mmkd_b16/pretrain (`mmkd recipes`)")
+                        "distill, loss, val): a file, or a packaged recipe's name such as mmkd_b16/pretrain (`mmkd recipes`)")
     short = parser.add_argument_group("common options (short forms of config fields)")
     for flag, key in FLAG_ALIASES.items():
         if key.split(".")[0] not in sections:
@@ -93,6 +95,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, command: str, base: dict 
         title = SECTION_TITLES.get(section, section)
         if section == "distill" and command != "distill":
             title += f" (read by `mmkd distill` only; ignored by `mmkd {command}`)"
+        if section == "loss" and command != "pretrain":
+            title += f" (read by `mmkd pretrain` only; `mmkd {command}` gathers every term with gradient)"
         group = parser.add_argument_group(f"config fields, {title}")
         for key, default in defaults.items():
             if key.split(".")[0] != section:
@@ -121,7 +125,11 @@ def config_from_args(args: argparse.Namespace, rest: list[str], stage: str, base
         tokens += [f"--{key}={value}"]
     if getattr(args, "_overwrite", False):
         tokens += ["--train.overwrite", "true"]
-    return build_config(args.config, tokens + list(rest), stage=stage, base=base)
+    from mmkd.training.validation import resolve_init
+
+    cfg = build_config(args.config, tokens + list(rest), stage=stage, base=base)
+    cfg.model.init = resolve_init(cfg.model.init)  # RUN:best -> RUN/best
+    return cfg
 
 
 def print_run_summary(summary: dict, cfg: Config, started: Summary) -> None:

@@ -11,6 +11,9 @@ DESCRIPTION = """Stage 1: CLIP pretraining of the student on image-text pairs.
 Symmetric InfoNCE over the global batch (features gathered across processes), learnable logit
 scale clamped at ln 100, AdamW with warm-up and cosine decay, bf16 autocast on CUDA. Writes
 RUN/config.yaml, metrics.jsonl, TensorBoard scalars, checkpoints/ and summary.json.
+The authors' stage 1 is --config configs/mmkd_b16/pretrain-paper.yaml (fp32, no clipping, their local
+loss: --loss.local true --loss.gather_with_grad false, a per-process batch). --val.data PAIRS and/or
+--val.datasets CATALOG validate during training; --val.keep_best METRIC keeps RUN/best (--init RUN:best).
 
 Example:
   mmkd pretrain --data pairs.csv --model mmkd-tiny-vit --out runs/s1 --epochs 5 --batch-size 64 --lr 5e-4

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from mmkd.config import Config, to_dict
+from mmkd.config import Config, resolve_batch_size, to_dict
 from mmkd.data.pairs import Batch, PairDataset, collate_pairs
 from mmkd.data.sampler import ResumableBatchSampler
 from mmkd.errors import DataError, UsageError
@@ -37,6 +37,7 @@ from mmkd.training.optim import build_optimizer, lr_at, set_lr
 from mmkd.training.inputs import check_resume_inputs, init_summary, run_inputs
 from mmkd.training.run_folder import check_out_folder, finished_run, remove_owned, write_config
 from mmkd.training.telemetry import MetricsLogger, Throughput
+from mmkd.training.validation import Validator
 from mmkd.utils import dist as dist_utils
 from mmkd.utils.io import atomic_write_json
 from mmkd.utils.locks import writer_lock
@@ -229,6 +230,9 @@ def fit(cfg: Config, make_task, student: Student | None = None) -> dict[str, Any
         raise UsageError("--train.device: 'cuda' was asked for but no GPU is visible; use --device cpu or auto")
     info = dist_utils.init_distributed(device_type)
     device = torch.device(f"cuda:{info.local_rank}" if device_type == "cuda" else "cpu")
+    cfg, batch_note = resolve_batch_size(cfg, info.world_size)
+    if batch_note and info.is_main:
+        print(f"mmkd {getattr(make_task, 'name', None) or 'pretrain'}: {batch_note}", file=sys.stderr)
     micro_global = cfg.train.batch_size // cfg.train.accum_steps
     if micro_global % info.world_size:
         raise UsageError(f"--train.batch_size: {cfg.train.batch_size} / accum_steps {cfg.train.accum_steps} = "
@@ -358,6 +362,13 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
     if cfg.train.compile:
         train_module = torch.compile(train_module)
 
+    validator, error = None, None
+    try:  # rank 0 reads the validation data; its refusal reaches every rank
+        validator = Validator(cfg, student, run_dir, info, device, resumed=resume_from is not None)
+    except UsageError as e:
+        error = e
+    _agree(error, info)
+    assert validator is not None
     logger = MetricsLogger(run_dir, enabled=info.is_main)
     throughput = Throughput()
     # Captions are tokenized in the loader's workers, padded to each batch's longest caption.
@@ -494,6 +505,8 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
                                     f"(train.max_bad_steps={cfg.train.max_bad_steps}); a checkpoint was saved at "
                                     f"step {state.step}. Lower --lr or check the data, then resume")
                 end_of_epoch = state.step % steps_per_epoch == 0
+                if validator.due(state.step, end_of_epoch, state.step == total_steps):
+                    logger.log(state.step, validator.run(state.step))
                 if (cfg.train.save_every and state.step % cfg.train.save_every == 0) or end_of_epoch \
                         or state.step == total_steps:
                     save("periodic" if not end_of_epoch else "epoch")

@@ -33,6 +33,8 @@ def _is_step_dir(p: Path) -> bool:
 def run_contents(run_dir: Path) -> list[str]:
     """What in `run_dir` shows that a run was written there (relative names)."""
     found = [name for name in OWNED_FILES if (run_dir / name).is_file()]
+    if (run_dir / "best" / "best.json").is_file():  # the kept best checkpoint (mmkd.training.validation)
+        found.append("best")
     ckpts = checkpoint_dir(run_dir)
     if ckpts.is_dir():
         found += sorted(f"checkpoints/{p.name}" for p in ckpts.iterdir() if _is_step_dir(p))

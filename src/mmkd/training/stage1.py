@@ -30,9 +30,11 @@ class ClipTask:
 
     def __init__(self, student, cfg, device, records=None):
         self.module = ClipForward(student.model)
+        self.local, self.gather_grad = cfg.loss.local, cfg.loss.gather_with_grad
 
     def losses(self, outputs, batch, rank: int, world_size: int) -> dict[str, torch.Tensor]:
-        terms = clip_loss(outputs["image"], outputs["text"], outputs["logit_scale"], rank, world_size)
+        terms = clip_loss(outputs["image"], outputs["text"], outputs["logit_scale"], rank, world_size,
+                          local=self.local, gather_grad=self.gather_grad)
         terms["loss"] = terms["clip"]
         return terms
 
