@@ -29,7 +29,8 @@ class DataConfig:
     path: str = ""  # CSV/JSONL file, or webdataset shards (a .tar, a folder of .tar, a glob, a {000..009} pattern)
     format: str = "auto"  # format of data.path: auto (from the name) | csv | jsonl | webdataset
     image_key: str = "image"  # column / json key holding the image path (CSV/JSONL)
-    caption_key: str = "caption"  # column / json key holding the caption; for webdataset the key inside the .json
+    caption_key: str = "caption"  # column / json key holding the caption; webdataset: the default reads a sample's
+    # .txt member when it has one (BIOMEDICA), another name always reads that key of the sample's .json
     id_key: str = "sample_id"  # optional column with a stable sample id (defaults to the row number / tar key)
     modality_key: str = "modality"  # optional column naming the sample's modality
     num_workers: int = 0  # DataLoader worker processes per rank

@@ -78,10 +78,17 @@ def run(args: argparse.Namespace) -> int:
     index = ensure_index(source, args.workers, not args.no_progress, args.check)
     damaged = sum(1 for s in index.shards if s.get("damaged"))
     bad_json = sum(int(s.get("bad_json", 0)) for s in index.shards)
+    duplicated = [s for s in index.shards if s.get("duplicate_keys")]
+    duplicates = sum(int(s["duplicate_keys"]) for s in duplicated)
     summary = {"index": str(index.folder), "num_samples": index.num_samples, "num_files": len(index.shards),
-               "damaged_shards": damaged, "unreadable_json": bad_json,
+               "damaged_shards": damaged, "unreadable_json": bad_json, "duplicate_keys": duplicates,
                "index_bytes_per_sample": round(index.nbytes() / max(1, index.num_samples), 1),
                "fields": {k: len(v) for k, v in index.fields.items()}}
+    if duplicated:
+        shown = "; ".join(f"{s['path']}: {', '.join(map(repr, s['duplicate_examples']))}" for s in duplicated[:3])
+        print(f"warning: {duplicates} sample(s) in {len(duplicated)} shard(s) reuse a key an earlier sample of the "
+              f"same shard has ({shown}); only the first sample of each key is read. Give every sample of a shard "
+              f"its own key (rewrite the shard) to train on the others", file=sys.stderr)
     if args.action == "index":
         print(json.dumps(summary))
         return 0

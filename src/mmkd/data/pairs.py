@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mmkd.data.records import (  # noqa: F401 - the readers' public names
-    BAD_CAPTION_ENCODING, BAD_TAR_MEMBER, CAPTION_TOO_LONG, DECOMPRESSION_BOMB, EMPTY_CAPTION, IMAGE_EXTS, MISSING_FILE,
+    BAD_CAPTION_ENCODING, BAD_TAR_MEMBER, CAPTION_TOO_LONG, DECOMPRESSION_BOMB, DUPLICATE_KEY, EMPTY_CAPTION, IMAGE_EXTS,
+    MISSING_FILE,
     MISSING_IMAGE, UNREADABLE_IMAGE, PairRecord, Skip)
 from mmkd.data.sources import expand_shards, refuse_urls  # noqa: F401 - expand_shards is public here too
 from mmkd.errors import UsageError
@@ -115,7 +116,8 @@ def index_source(path: str, fmt: str = "auto", image_key: str = "image", caption
     if saved is not None:
         rows, modality, modality_values = sel.selection_rows(selection_path, saved, index)
     records = sel.selected_records(index, rows, modality, modality_values, caption_key, modality_key, clauses)
-    problems = Counter({BAD_TAR_MEMBER: sum(1 for s in index.shards if s.get("damaged"))})
+    problems = Counter({BAD_TAR_MEMBER: sum(1 for s in index.shards if s.get("damaged")),
+                        DUPLICATE_KEY: sum(int(s.get("duplicate_keys", 0)) for s in index.shards)})
     return records, +problems
 
 
