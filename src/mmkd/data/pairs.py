@@ -111,6 +111,7 @@ def index_source(path: str, fmt: str = "auto", image_key: str = "image", caption
     fields = (modality_key, *index_fields, *clauses, *(saved["select"] if saved else ()))
     source = resolve_source(path, fmt, image_key, caption_key, id_key, tuple(dict.fromkeys(fields)), index_dir)
     index = ensure_index(source, index_workers, progress, index_check)
+    close_open_shard()
     rows = modality = None
     modality_values: list[str] = []
     if saved is not None:
@@ -129,11 +130,34 @@ def records_from_config(data_cfg, progress: bool | None = None) -> tuple[Sequenc
                         index_workers=data_cfg.index_workers, index_check=data_cfg.index_check, progress=progress)
 
 
+_open_shard: tuple[int, str, int] | None = None  # (pid, path, fd) of the shard this process reads
+
+
+def _shard_fd(shard: str) -> int:
+    """A descriptor of `shard`, kept open while this process reads the same shard: a loader that reads
+    shards in order (`ShardOrderedBatchSampler`) opens each shard once, not twice per sample."""
+    global _open_shard
+    pid = os.getpid()
+    if _open_shard is not None and _open_shard[0] == pid and _open_shard[1] == shard:
+        return _open_shard[2]
+    fd = os.open(shard, os.O_RDONLY)
+    if _open_shard is not None and _open_shard[0] == pid:
+        os.close(_open_shard[2])  # a forked worker leaves its parent's descriptor alone
+    _open_shard = (pid, shard, fd)
+    return fd
+
+
+def close_open_shard() -> None:
+    """Forget the kept descriptor (a shard replaced since is then read anew); called when a source is indexed."""
+    global _open_shard
+    if _open_shard is not None and _open_shard[0] == os.getpid():
+        os.close(_open_shard[2])
+    _open_shard = None
+
+
 def _read_member(ref: tuple[str, int, int]) -> bytes:
     shard, offset, size = ref
-    with open(shard, "rb") as f:
-        f.seek(offset)
-        data = f.read(size)
+    data = os.pread(_shard_fd(shard), size, offset)
     if len(data) != size:
         raise EOFError("tar member is truncated")
     return data
@@ -148,11 +172,18 @@ def decode_image(data_or_path: bytes | str, max_pixels: int):
         if img.width * img.height > max_pixels:
             raise _Bomb()
         img.load()
-        if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return img.convert("RGB")
+        return rgb_of(img)
+
+
+def rgb_of(img):
+    """A loaded PIL image as RGB: transparency is composited on white."""
+    from PIL import Image
+
+    if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 class _Bomb(Exception):
