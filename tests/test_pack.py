@@ -10,44 +10,14 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import COLORS, SHAPES, draw
+from helpers import write_originals
 from mmkd.cli import main
 
 SIZE = 64  # packed shorter side; originals are 320 x 240
-
-
-def write_originals(root: Path, shards: dict[str, int], seed: int = 0) -> Path:
-    """Shards root/<subset>/<NNNNNN>.tar, each holding `n` samples: a 320 x 240 JPEG of a coloured shape
-    (drawn at 40 x 30 and enlarged, so a downscaled copy keeps the picture), a .txt caption and a .json
-    with BIOMEDICA's licence and label fields."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    i = 0
-    for rel, n in shards.items():
-        path = root / f"{rel}.tar"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(path, "w") as tf:
-            for _ in range(n):
-                color, shape = list(COLORS)[i % len(COLORS)], SHAPES[(i // len(COLORS)) % len(SHAPES)]
-                small = Image.fromarray(draw(color, shape, rng, 40)).resize((320, 240), Image.BILINEAR)
-                buf = io.BytesIO()
-                small.save(buf, format="JPEG", quality=95)
-                key = f"filelist_{rel.split('/')[0]}_batch_{i}-PMC{1000 + i}-0-fig{i}"
-                meta = {"article_license": "CC BY", "image_secondary_label": [shape], "image_size": [320, 240]}
-                for name, data in ((f"{key}.jpg", buf.getvalue()), (f"{key}.txt", f"a {color} {shape}".encode()),
-                                   (f"{key}.json", json.dumps(meta).encode())):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tf.addfile(info, io.BytesIO(data))
-                i += 1
-    return root
 
 
 def cli(capsys, *args) -> tuple[int, str]:
@@ -69,8 +39,8 @@ def test_pack_keeps_ids_order_captions_and_metadata_and_resizes_the_pixels(origi
     from mmkd.data.pairs import index_source, load_image, read_caption
 
     sel = tmp_path / "sel"
-    code, out = cli(capsys, "data", "select", "--data", originals, "--license", "commercial", "--out", sel,
-                    "--no-progress")
+    code, out = cli(capsys, "data", "select", "--data", originals, "--license", "commercial", "--modality-key",
+                    "image_secondary_label", "--out", sel, "--no-progress")
     assert code == 0, out
     packed = tmp_path / "packed"
     code, out = cli(capsys, "data", "pack", sel, "--out", packed, "--size", SIZE, "--quality", 85, "--no-progress")
@@ -82,6 +52,7 @@ def test_pack_keeps_ids_order_captions_and_metadata_and_resizes_the_pixels(origi
     want, _ = index_source(str(sel), progress=False)
     got, _ = index_source(str(packed), progress=False)
     assert list(got.sample_ids) == list(want.sample_ids) and len(got) == 11
+    assert [r.modality for r in got] == [r.modality for r in want] and {r.modality for r in got} == {"disc", "square"}
     for a, b in zip(want, got):
         assert read_caption(a) == read_caption(b)
         img = load_image(b, 10 ** 8)
@@ -163,7 +134,7 @@ def test_shard_ordered_batches_cover_every_sample_once_and_read_shards_in_runs()
     for epoch in (0, 1):
         for rank in range(world):
             s = ShardOrderedBatchSampler(shard_of, per_rank * world, rank, world, seed=4, num_workers=workers,
-                                         buffer=1)
+                                         buffer=6)
             s.set_position(epoch)
             batches = list(s)
             assert len(batches) == 68 // 4 and all(len(b) == per_rank for b in batches)
@@ -178,9 +149,9 @@ def test_shard_ordered_batches_cover_every_sample_once_and_read_shards_in_runs()
     for epoch, ids in seen.items():
         assert sorted(ids) == list(range(68)), epoch  # 68 = 17 batches of 4: nothing dropped, nothing twice
     assert seen[0] != seen[1]  # shards and samples are reshuffled every epoch
-    again = ShardOrderedBatchSampler(shard_of, 4, 1, world, seed=4, num_workers=workers, buffer=1)
+    again = ShardOrderedBatchSampler(shard_of, 4, 1, world, seed=4, num_workers=workers, buffer=6)
     again.set_position(1)
-    other_seed = ShardOrderedBatchSampler(shard_of, 4, 1, world, seed=5, num_workers=workers, buffer=1)
+    other_seed = ShardOrderedBatchSampler(shard_of, 4, 1, world, seed=5, num_workers=workers, buffer=6)
     other_seed.set_position(1)
     assert list(again) == last and list(other_seed) != last  # a function of the seed (and epoch, world, workers)
 

@@ -12,7 +12,9 @@ the same rows in the same order:
   (the first folder) are unchanged;
 - the keys and their order within a shard; the .txt member byte for byte; the .json member with
   one field added, `mmkd_pack`: the size, the quality and `source_image_digest` (the content digest
-  of the original image, `mmkd.data.content`). A feature store records digests of the image
+  of the original image, `mmkd.data.content`), and `modality`, the modality a selection gave the
+  sample (`--modality-key`), unless the JSON has that field already: `--data.modality_key`'s
+  default then reads it from the packed shards. A feature store records digests of the image
   bytes it read, so packed and original data never pass each other's identity check, and the
   refusal says which of the two the store was made from;
 - an image that is already small enough, or that cannot be decoded, is copied unchanged (it is
@@ -92,9 +94,9 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
-def pack_shard(job: tuple[str, str, list[tuple[str, tuple[int, ...]]], int, int, int]) -> dict[str, int]:
+def pack_shard(job: tuple[str, str, list[tuple[str, tuple[int, ...], str]], int, int, int]) -> dict[str, int]:
     """Write one packed shard (atomically); returns its counts. The job: source shard, packed shard,
-    the selected samples as (key, member table row), size, quality, max pixels."""
+    the selected samples as (key, member table row, modality), size, quality, max pixels."""
     from mmkd.data.content import digest
 
     src, dst, samples, size, quality, max_pixels = job
@@ -106,7 +108,8 @@ def pack_shard(job: tuple[str, str, list[tuple[str, tuple[int, ...]]], int, int,
     try:
         with open(tmp, "wb") as raw:
             with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
-                for key, (image_off, image_size, caption_off, caption_size, json_off, json_size, kind) in samples:
+                for key, (image_off, image_size, caption_off, caption_size, json_off, json_size, kind), modality \
+                        in samples:
                     pack_info: dict[str, Any] = {"size": size, "quality": quality}
                     if image_off >= 0:
                         data = os.pread(fd, image_size, image_off)
@@ -121,7 +124,8 @@ def pack_shard(job: tuple[str, str, list[tuple[str, tuple[int, ...]]], int, int,
                     if kind == 1:  # CAPTION_TXT
                         _add(tf, f"{key}.txt", os.pread(fd, caption_size, caption_off))
                     if json_off >= 0:
-                        _add(tf, f"{key}.json", _with_pack_info(os.pread(fd, json_size, json_off), pack_info))
+                        _add(tf, f"{key}.json", _with_pack_info(os.pread(fd, json_size, json_off), pack_info,
+                                                                 modality))
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, out)
@@ -144,8 +148,9 @@ def _image_ext(key: str, data: bytes) -> str:
     return "jpg"
 
 
-def _with_pack_info(raw: bytes, info: dict[str, Any]) -> bytes:
-    """The sample's JSON with `mmkd_pack` added; JSON that is not an object is kept byte for byte."""
+def _with_pack_info(raw: bytes, info: dict[str, Any], modality: str) -> bytes:
+    """The sample's JSON with `mmkd_pack` added, and `modality` (the one a selection chose) where it has
+    none; JSON that is not an object is kept byte for byte."""
     try:
         obj = json.loads(raw)
     except ValueError:
@@ -153,6 +158,8 @@ def _with_pack_info(raw: bytes, info: dict[str, Any]) -> bytes:
     if not isinstance(obj, dict):
         return raw
     obj["mmkd_pack"] = info
+    if modality and "modality" not in obj:
+        obj["modality"] = modality
     return json.dumps(obj, ensure_ascii=False).encode("utf-8")
 
 
@@ -169,7 +176,8 @@ def _jobs(records, out: Path, size: int, quality: int, max_pixels: int) -> list[
             continue
         s = int(shard_of[part[0]])
         table = index.members[rows[part]]
-        samples = [(index.key(int(r)), tuple(int(v) for v in m)) for r, m in zip(rows[part], table)]
+        samples = [(index.key(int(r)), tuple(int(v) for v in m), records[int(i)].modality)
+                   for i, r, m in zip(part, rows[part], table)]
         jobs.append((index.shard_paths[s], str(out / index.shards[s]["path"]), samples, size, quality, max_pixels))
     return jobs
 

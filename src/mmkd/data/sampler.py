@@ -67,7 +67,8 @@ class ShardOrderedBatchSampler(ResumableBatchSampler):
     are cut into contiguous streams, one per (worker w, rank r): stream (w, r) holds exactly
     the samples of the batches b = w, w + W, w + 2W, ... that rank r reads, and a DataLoader hands
     batch b to one worker, so a worker reads a stream front to back. Within a stream, samples
-    are shuffled inside consecutive windows of `buffer` samples (seeded by (seed, e, w, r)).
+    are shuffled inside consecutive windows of `buffer` samples (seeded by (seed, e, w, r)); a window
+    that spans the end of one shard and the start of the next keeps the first shard's samples first.
     Every sample is read at most once per epoch, by exactly one rank; all but the dropped tail
     exactly once.
 
@@ -99,7 +100,9 @@ class ShardOrderedBatchSampler(ResumableBatchSampler):
                     stream = order[start:start + n]
                     window = np.arange(n) // self.buffer
                     noise = np.random.default_rng([self.seed, epoch, w, r]).random(n)
-                    mine.append(stream[np.lexsort((noise, window))])
+                    # shuffled within a window, but never across a shard boundary: a worker moves on from a
+                    # shard once and for all
+                    mine.append(stream[np.lexsort((noise, place[self.shard_code[stream]], window))])
                 start += n
         return [mine[b % self.streams][(b // self.streams) * self.per_rank:(b // self.streams + 1) * self.per_rank]
                 for b in range(self.batches_per_epoch)]
