@@ -170,3 +170,32 @@ def test_order_and_decode_options_are_refused_where_they_cannot_work(tmp_path, c
         code, out = cli(capsys, *base, "--data.decode", "gpu")
         assert code == 2 and "--data.decode" in out and "cpu" in out and "Traceback" not in out
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_gpu_decoding_path_gives_the_cpu_pixels_when_run_on_the_cpu(originals):
+    """`--data.decode gpu`'s decode-and-crop (torchvision.io.decode_jpeg + resized_crop), run here on the CPU
+    device, against the training transform of CPU decoding (PIL + open_clip's RandomResizedCrop) under the
+    same seed: the same crop box, the same picture up to the decoders' and resamplers' rounding."""
+    import torch
+
+    from mmkd.data.gpu_decode import EncodedPairs, decode_batch
+    from mmkd.data.pairs import index_source, load_image
+    from mmkd.models.student import build_transforms
+
+    cfg = {"size": 64, "mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711),
+           "interpolation": "bicubic", "resize_mode": "shortest"}
+    train_tf = build_transforms(cfg, "random-resized-crop", 0.5)[0]
+    records, _ = index_source(str(originals), progress=False)
+    encoded = EncodedPairs(records, (0.5, 1.0))
+    for i in range(0, len(records), 3):
+        torch.manual_seed(100 + i)
+        want = train_tf(load_image(records[i], 10 ** 8))
+        torch.manual_seed(100 + i)
+        item = encoded[i]
+        assert item["image"][0].dim() == 1  # still encoded: a JPEG's bytes
+        got = decode_batch([item["image"]], 64, cfg["mean"], cfg["std"], "cpu")[0]
+        assert got.shape == want.shape == (3, 64, 64)
+        std = torch.tensor(cfg["std"])[:, None, None]
+        assert ((got - want) * std).abs().mean() < 0.01, i  # < 1 % of the pixel range on average
+        other = train_tf(load_image(records[(i + 1) % len(records)], 10 ** 8))
+        assert ((other - want) * std).abs().mean() > 0.03  # another image is much further away

@@ -311,7 +311,10 @@ class Batch:
 
     def pin_memory(self) -> Batch:
         """Called by a DataLoader with pin_memory=True: page-locked tensors copy to a GPU asynchronously."""
-        self.images = self.images.pin_memory() if self.images.numel() else self.images
+        import torch
+
+        if isinstance(self.images, torch.Tensor) and self.images.numel():
+            self.images = self.images.pin_memory()
         if self.tokens is not None:
             self.tokens = self.tokens.pin_memory()
         return self
@@ -323,10 +326,10 @@ def collate_pairs(items: list[dict[str, Any] | Skip], tokenize: Callable[[list[s
 
     good = [it for it in items if not isinstance(it, Skip)]
     skipped = Counter(it.reason for it in items if isinstance(it, Skip))
-    if good:
-        images = torch.stack([it["image"] for it in good])
-    else:
-        images = torch.empty(0)
+    images: Any = torch.empty(0)
+    if good:  # a list when the images are still encoded (decoded on the GPU: mmkd.data.gpu_decode)
+        encoded = not isinstance(good[0]["image"], torch.Tensor)
+        images = [it["image"] for it in good] if encoded else torch.stack([it["image"] for it in good])
     return Batch(
         images=images,
         captions=[it["caption"] for it in good],
