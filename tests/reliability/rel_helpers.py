@@ -189,6 +189,17 @@ def add_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
+def cli(capsys, *args) -> tuple[int, str]:
+    """Run `mmkd ARGS` in-process (one torch thread): (exit code, stderr + stdout)."""
+    from mmkd.cli import main
+
+    capsys.readouterr()
+    with one_thread():
+        code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out
+
+
 def rss_mb() -> float:
     """Resident memory of this process, MiB."""
     with open("/proc/self/statm") as f:

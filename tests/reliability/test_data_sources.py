@@ -12,9 +12,8 @@ import os
 import tarfile
 from pathlib import Path
 
-from mmkd.cli import main
 from mmkd.data.pairs import index_source, read_caption
-from rel_helpers import add_member, one_thread, png_bytes
+from rel_helpers import add_member, cli, png_bytes
 
 
 def _shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
@@ -23,14 +22,6 @@ def _shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
         for name, data in members:
             add_member(tf, name, data)
     return path
-
-
-def _cli(capsys, *args) -> tuple[int, str]:
-    capsys.readouterr()
-    with one_thread():
-        code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
 
 
 def test_caption_key_names_the_json_field_even_when_a_txt_member_exists(tmp_path):
@@ -52,7 +43,7 @@ def test_a_key_held_twice_in_a_shard_is_counted_not_dropped_in_silence(tmp_path,
     assert [r.sample_id for r in records] == ["000000/a", "000000/b"]
     assert read_caption(records[0]) == "first a"  # the first copy is kept, as in file order
     assert problems["duplicate_key"] == 1
-    code, out = _cli(capsys, "data", "index", "--data", shard.parent, "--no-progress")
+    code, out = cli(capsys, "data", "index", "--data", shard.parent, "--no-progress")
     assert code == 0, out
     assert json.loads(out.strip().splitlines()[-1])["duplicate_keys"] == 1
     assert "000000.tar" in out and "'a'" in out  # the warning names the shard and the key
@@ -66,7 +57,7 @@ def test_data_through_a_symlink_gives_the_same_ids_and_subsets(tmp_path, capsys)
     linked, _ = index_source(str(tmp_path / "link"), progress=False)
     assert [r.sample_id for r in linked] == [r.sample_id for r in direct] == ["commercial/000000/k",
                                                                             "other/000000/k"]
-    code, out = _cli(capsys, "data", "select", "--data", tmp_path / "link", "--select", "subset=commercial",
+    code, out = cli(capsys, "data", "select", "--data", tmp_path / "link", "--select", "subset=commercial",
                      "--out", tmp_path / "sel", "--no-progress")
     assert code == 0, out
     assert json.loads(out.strip().splitlines()[-1])["selected"] == 1

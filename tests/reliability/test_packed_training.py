@@ -19,7 +19,7 @@ import pytest
 
 from helpers import write_originals
 from mmkd.cli import main
-from rel_helpers import (_child, assert_same_run, kill_when, latest_step, one_thread, run_stage1, stage1_args,
+from rel_helpers import (_child, assert_same_run, cli, kill_when, latest_step, one_thread, run_stage1, stage1_args,
                          stage2_args, wait_until)
 
 SHARDS = {"commercial/000000": 9, "commercial/000001": 7, "commercial/000002": 8, "other/000000": 8}  # 32
@@ -46,14 +46,6 @@ def _unlocked(path: Path) -> bool:
             return False
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         return True
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    capsys.readouterr()
-    with one_thread():
-        code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
 
 
 @pytest.mark.slow
