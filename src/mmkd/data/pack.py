@@ -81,7 +81,7 @@ def resize_image(data: bytes, size: int, quality: int, max_pixels: int) -> bytes
             img.load()
             rgb = rgb_of(img)
         buf = io.BytesIO()
-        rgb.resize(target, Image.BICUBIC).save(buf, format="JPEG", quality=quality)
+        rgb.resize(target, Image.Resampling.BICUBIC).save(buf, format="JPEG", quality=quality)
         return buf.getvalue()
     except Exception:  # noqa: BLE001 - any decoding failure keeps the original bytes (see the docstring)
         return None
