@@ -91,6 +91,8 @@ def test_pack_resumes_per_shard_and_refuses_other_settings(originals, tmp_path, 
     assert {p: p.read_bytes() for p in sorted(packed.rglob("*.tar"))} == shards  # the same bytes again
     code, out = cli(capsys, "data", "pack", "--data", originals, "--out", packed, "--size", 128, "--no-progress")
     assert code == 2 and "size" in out and "Traceback" not in out
+    code, out = cli(capsys, "data", "pack", "--data", originals, "--out", originals / "packed", "--no-progress")
+    assert code == 2 and "overlaps" in out and not (originals / "packed").exists()
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     code, out = cli(capsys, "data", "pack", "--data", originals, "--out", tmp_path / "notes", "--no-progress")

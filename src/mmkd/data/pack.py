@@ -216,9 +216,11 @@ def pack(data: str, out: str, size: int = DEFAULT_SIZE, quality: int = DEFAULT_Q
     dest = Path(out)
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"--out: {out} is a file; give a folder for the packed shards")
-    roots = {Path(p).resolve() for p in records.data_index.shard_paths[:1]}
-    if any(dest.resolve() == r or dest.resolve() in r.parents for r in roots):
-        raise UsageError(f"--out: {out} holds the shards being packed; choose a folder outside them")
+    root, target = records.data_index.root.resolve(), dest.resolve()
+    if target == root or root in target.parents or target in root.parents:
+        # inside the source, packed shards would be read as more source shards by the next index
+        raise UsageError(f"--out: {out} overlaps the folder of the shards being packed ({root}); choose a folder "
+                         f"outside it")
     settings = {"format": FORMAT, "size": size, "quality": quality, "resample": "bicubic, shorter side",
                 "source": os.path.abspath(data), "sample_ids_sha256": ids_digest(records.sample_ids),
                 "num_samples": len(records)}
