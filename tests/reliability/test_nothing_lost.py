@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from mmkd.cli import main
-from rel_helpers import (fork, latest_step, make_pairs, one_thread, stage1_args, stage2_args, training_world,
+from rel_helpers import (cli, fork, latest_step, make_pairs, stage1_args, stage2_args, training_world,
                          wait_until, write_store)
 
 
@@ -39,14 +39,6 @@ def teachers(tmp_path_factory):
     root = tmp_path_factory.mktemp("teachers")
     return {"a": f"local-dir:{make_open_clip_teacher(root / 'a', seed=3)}",
             "b": f"local-dir:{make_open_clip_teacher(root / 'b', seed=4, embed_dim=24)}"}
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    capsys.readouterr()
-    with one_thread():
-        code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
