@@ -11,8 +11,12 @@ reports it.
 A tiny student makes this a hard case: its step is short, so decoding has to keep up with a
 fast consumer. On a 2-core machine the 2 workers share the cores with the training process.
 
+A third source is packed shards: webdataset shards of images twice `--image-size` packed by
+`mmkd data pack` to `--image-size`, read with 2 workers in shard order.
+
 Usage: python bench/bench_data_wait.py [--image-size 256] [--batch 32] [--steps 25]
-Prints `RATIO data_wait_2_workers: <worst steady data-wait fraction with 2 workers> (target <= 0.10)`.
+Prints `RATIO data_wait_2_workers: <worst steady data-wait fraction with 2 workers> (target <= 0.10)` and
+`RATIO data_wait_packed_2_workers: <the same on packed shards> (target <= 0.05)`.
 """
 
 from __future__ import annotations
@@ -60,10 +64,19 @@ def main() -> None:
                 r = results[(name, workers)] = run(data, workers, root / f"{name}-{workers}", args)
                 print(f"{name:<10} {workers} workers: data wait {r['wait']:6.1%} of step time "
                       f"(whole run {r['wait_run']:6.1%}), {r['sps']:7.1f} samples/s", flush=True)
+        from mmkd.data.pack import pack
+
+        originals = write_shards(root / "originals", n, 2 * args.image_size, per_shard=400)
+        pack(str(originals), str(root / "packed"), size=args.image_size, workers=1, progress=False)
+        r = results[("packed", 2)] = run(str(root / "packed"), 2, root / "packed-2", args)
+        print(f"{'packed':<10} 2 workers: data wait {r['wait']:6.1%} of step time (whole run {r['wait_run']:6.1%}), "
+              f"{r['sps']:7.1f} samples/s (shards written by mmkd data pack, read in shard order)", flush=True)
     worst = max(results[(name, 2)]["wait"] for name in sources)
     print(json.dumps({f"{k[0]}/{k[1]}": v for k, v in results.items()}))
     print(f"RATIO data_wait_2_workers: {worst:.3f} (target <= 0.10: worst share of step time waiting for data "
           f"with 2 workers; with 0 workers: {max(results[(n, 0)]['wait'] for n in sources):.3f})")
+    print(f"RATIO data_wait_packed_2_workers: {results[('packed', 2)]['wait']:.3f} (target <= 0.05: share of step "
+          f"time waiting for data with 2 workers on packed shards)")
 
 
 if __name__ == "__main__":

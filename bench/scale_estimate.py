@@ -6,7 +6,10 @@ Measured here, when the script runs:
     sample JSONs (tests/data/mmkd-reference; 21-45 kB each, as released);
   - index bytes per sample: an index built over synthetic shards, corrected for the length of
     real BIOMEDICA sample keys (the authors' 8 keys);
-  - the JSON bytes an index build reads per sample (the real JSONs' mean size).
+  - the JSON bytes an index build reads per sample (the real JSONs' mean size);
+  - loader CPU per sample for a BIOMEDICA-size JPEG (1600 x 1200, ~1 MB) and for its copy packed by
+    `mmkd data pack` (256 px): decode + training transform, decode + nine teachers' transforms
+    (extraction), and the one-off cost of packing (`measure_loader_ms`).
 Taken from measurements recorded in docs/PERFORMANCE.md (pass other values to replan):
   - --train-rate: stage-1 samples/s per GPU (NVIDIA H200, eager, run A: 941);
   - --stage2-ratio: stage-2 / stage-1 step time (H200 run B: 1.020);
@@ -18,9 +21,11 @@ Teacher forward FLOPs are counted from their architectures (ViT/BERT/CLIP-text e
 transformers; RN50 and Swin-T from their published GMACs), an estimate.
 
 Each pass over the pairs (extraction, every epoch of each stage) takes the longest of: the GPU
-time, the CPU time to decode the images on --loader-cores cores, and the time to read the
-shards at --fs-gbps per node (the table names which one binds). The index build is bound by its
-CPU time on --cores cores or by reading every JSON once.
+time, the loader's CPU time on --loader-cores cores, and the time to read the shards at
+--fs-gbps per node (the table names which one binds), once reading the originals and once the
+packed shards. Packing is bound by its CPU time on --cores cores or by reading the originals once;
+the index build by its CPU time on --cores cores or by reading every JSON once. The `cores:` lines
+give the loader cores a node needs to keep its GPUs busy in training.
 
 Usage: python bench/scale_estimate.py [--pairs 2900000,24000000] [--gpus 8] [--nodes 1,4]
        [--cores 16] [--epochs 20] [--markdown]
@@ -107,27 +112,53 @@ def measure_index(samples: int = 20_000) -> dict[str, float]:
             "real_key_chars": real_key, "json_files": len(blobs)}
 
 
-def measure_decode_ms(width: int = 1600, height: int = 1200) -> float:
-    """CPU ms to decode one BIOMEDICA-size JPEG (~1 MB; images are stored at original resolution) and
-    resize it to 224 px, as the loader's workers do (median of 10)."""
+def measure_loader_ms(width: int = 1600, height: int = 1200, reps: int = 10) -> dict[str, float]:
+    """CPU ms per sample (median of `reps`) of what the loaders do with one BIOMEDICA-size JPEG (~1 MB,
+    stored at original resolution) and with its copy packed by `mmkd data pack` (256 px, quality 90):
+    - train_*: decode + the student's training transform (RandomResizedCrop 224, scale 0.9-1, normalise);
+    - extract_*: decode once + nine teachers' eval transforms (resize 224, centre crop, normalise);
+    - pack: decoding (with Image.draft) + resizing + encoding the packed copy, once per sample."""
     import io
 
     import numpy as np
     from PIL import Image
 
+    from mmkd.data.pack import resize_image
+    from mmkd.data.pairs import decode_image
+    from mmkd.models.student import build_transforms
+
     rng = np.random.default_rng(0)
-    small = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8)
-    img = Image.fromarray(small).resize((width, height), Image.BICUBIC)  # smooth content, like figures
+    coarse = Image.fromarray(rng.integers(0, 255, (height // 27, width // 27, 3), dtype=np.uint8))
+    pixels = np.asarray(coarse.resize((width, height), Image.BICUBIC), dtype=np.int16)
+    pixels = pixels + rng.normal(0, 8, pixels.shape).astype(np.int16)  # figure-like structure plus noise, ~1 MB
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=92)
-    data = buf.getvalue()
-    times = []
-    for _ in range(10):
-        t0 = time.process_time()
-        with Image.open(io.BytesIO(data)) as im:
-            im.convert("RGB").resize((224, 224), Image.BICUBIC)
-        times.append(time.process_time() - t0)
-    return statistics.median(times) * 1e3
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=95)
+    original = buf.getvalue()
+    packed = resize_image(original, 256, 90, 10 ** 9)
+    assert packed is not None
+    cfg = {"size": 224, "mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711),
+           "interpolation": "bicubic", "resize_mode": "shortest"}
+    train_tf, eval_tf = build_transforms(cfg, "random-resized-crop", 0.9)
+
+    def median_ms(fn) -> float:
+        times = []
+        for _ in range(reps):
+            t0 = time.process_time()
+            fn()
+            times.append(time.process_time() - t0)
+        return statistics.median(times) * 1e3
+
+    def extract(data: bytes) -> None:
+        img = decode_image(data, 10 ** 9)
+        for _ in range(9):
+            eval_tf(img)
+
+    return {"original_bytes": len(original), "packed_bytes": len(packed),
+            "train_originals": median_ms(lambda: train_tf(decode_image(original, 10 ** 9))),
+            "train_packed": median_ms(lambda: train_tf(decode_image(packed, 10 ** 9))),
+            "extract_originals": median_ms(lambda: extract(original)),
+            "extract_packed": median_ms(lambda: extract(packed)),
+            "pack": median_ms(lambda: resize_image(original, 256, 90, 10 ** 9))}
 
 
 def human_bytes(n: float) -> str:
@@ -165,8 +196,9 @@ def main() -> None:
     args = parser.parse_args()
 
     m = measure_index()
-    decode_ms = measure_decode_ms()
+    ms = measure_loader_ms()
     sample_bytes = BIOMEDICA_TB * 1e12 / 24_000_000  # image + JSON + caption, as released
+    read_bytes = {"originals": sample_bytes, "packed": ms["packed_bytes"] + 200}  # + a caption
     teachers = teacher_gflop_per_sample()
     teacher_gflop = sum(teachers.values())
     store_bytes = sum(2 * 2 * d for d in DIMS) + len(DIMS) * 5 + m["real_key_chars"] + 4
@@ -176,53 +208,63 @@ def main() -> None:
           f"{m['json_bytes'] / 1e3:.0f} kB BIOMEDICA JSON, mean of {m['json_files']}); index {m['index_bytes']:.0f} "
           f"B/sample (real keys: "
           f"{m['real_key_chars']:.0f} characters)")
-    print(f"measured: decoding a 1600x1200 JPEG and resizing it to 224 px: {decode_ms:.1f} ms CPU; a sample is "
+    print(f"measured: CPU ms per sample, a 1600x1200 JPEG of {ms['original_bytes'] / 1e6:.2f} MB vs its packed 256-px "
+          f"copy of {ms['packed_bytes'] / 1e3:.0f} kB: training transform {ms['train_originals']:.1f} vs "
+          f"{ms['train_packed']:.1f}; extraction (decode + 9 teachers' transforms) {ms['extract_originals']:.1f} vs "
+          f"{ms['extract_packed']:.1f}; packing (once) {ms['pack']:.1f}. A released sample is "
           f"{sample_bytes / 1e6:.2f} MB on disk (27 TB / 24 M)")
     print(f"exact: feature store {store_bytes / 1e3:.1f} kB/sample (9 teachers, ids included); selection "
           f"{selection_bytes} B/sample; teachers' forward {teacher_gflop:.0f} GFLOP/sample (estimate: "
           + ", ".join(f"{k.split(' ')[0]} {v:.0f}" for k, v in teachers.items()) + ")")
+    for kind in ("originals", "packed"):
+        need = args.train_rate * args.gpus * ms[f"train_{kind}"] / 1e3
+        print(f"cores: training from {kind} needs {need:.0f} loader cores per node to feed {args.gpus} GPUs at "
+              f"{args.train_rate:.0f} samples/s each ({ms[f'train_{kind}']:.1f} ms per sample)")
     nodes = [int(x) for x in args.nodes.split(",")]
     rows = []
     for n in (int(x) for x in args.pairs.split(",")):
         full = 24_000_000  # the index covers the whole download, whatever the selection
         disk = {"shards (the download)": BIOMEDICA_TB * 1e12, "index (all 24 M)": m["index_bytes"] * full,
-                "selection": selection_bytes * n, "feature store": store_bytes * n,
-                "checkpoints (2 kept, with AdamW state)": 2 * 2.4e9}
-        for k in nodes:
-            g = args.gpus * k
-            index_s = m["cpu_s_per_sample"] * full / (args.cores * k)
-            index_io = m["json_bytes"] * full / (args.fs_gbps * 1e9 * k)
-            # each pass over the pairs is bound by the GPUs, by decoding, or by reading the shards
-            read_s = n * sample_bytes / (args.fs_gbps * 1e9 * k)
-            decode_s = n * decode_ms / 1e3 / (args.loader_cores * k)
-            gpu_extract = n * teacher_gflop * 1e9 / (args.achieved_tflops * 1e12 * g)
-            gpu_s1 = n / (args.train_rate * g)
+                "packed shards": read_bytes["packed"] * n, "selection": selection_bytes * n,
+                "feature store": store_bytes * n, "checkpoints (2 kept, with AdamW state)": 2 * 2.4e9}
+        for kind in ("originals", "packed"):
+            for k in nodes:
+                g = args.gpus * k
+                index_s = m["cpu_s_per_sample"] * full / (args.cores * k)
+                index_io = m["json_bytes"] * full / (args.fs_gbps * 1e9 * k)
+                read_s = n * read_bytes[kind] / (args.fs_gbps * 1e9 * k)
 
-            def bound(gpu: float) -> tuple[float, str]:
-                t, what = max((gpu, "GPU"), (decode_s, "decode"), (read_s, "read"))
-                return t, what
+                # each pass over the pairs is bound by the GPUs, by the loader's CPU, or by reading the shards
+                def bound(gpu: float, cpu_ms: float) -> tuple[float, str]:
+                    cpu_s = n * cpu_ms / 1e3 / (args.loader_cores * k)
+                    return max((gpu, "GPU"), (cpu_s, "decode"), (read_s, "read"))
 
-            e = bound(gpu_extract)
-            s1 = bound(gpu_s1)
-            s2 = bound(gpu_s1 * args.stage2_ratio)
-            rows.append((n, k, g, (max(index_s, index_io), "read" if index_io > index_s else "CPU"), e,
-                         (s1[0] * args.epochs, s1[1]), (s2[0] * args.epochs, s2[1])))
+                pack_s = (0.0, "-") if kind == "originals" else max(
+                    (n * ms["pack"] / 1e3 / (args.cores * k), "CPU"),
+                    (n * sample_bytes / (args.fs_gbps * 1e9 * k), "read"))
+                e = bound(n * teacher_gflop * 1e9 / (args.achieved_tflops * 1e12 * g), ms[f"extract_{kind}"])
+                s1 = bound(n / (args.train_rate * g), ms[f"train_{kind}"])
+                s2 = bound(n / (args.train_rate * g) * args.stage2_ratio, ms[f"train_{kind}"])
+                rows.append((n, kind, k, g, (max(index_s, index_io), "read" if index_io > index_s else "CPU"), pack_s,
+                             e, (s1[0] * args.epochs, s1[1]), (s2[0] * args.epochs, s2[1])))
         print(f"\n{n:,} pairs: disk " + "; ".join(f"{k} {human_bytes(v)}" for k, v in disk.items()))
-        need = args.train_rate * args.gpus * decode_ms / 1e3
-        print(f"{n:,} pairs: if decoding kept up (GPU-bound), stage 1 would take "
-              f"{human_time(n / (args.train_rate * args.gpus * nodes[0]) * args.epochs)} on {nodes[0]} node(s); "
-              f"that needs {need:.0f} decoding cores per node")
-    header = ("pairs", "nodes", "GPUs", "index build (once)", "extract (9 teachers)", "stage 1", "stage 2")
+        print(f"{n:,} pairs: GPU-bound, stage 1 would take "
+              f"{human_time(n / (args.train_rate * args.gpus * nodes[0]) * args.epochs)} on {nodes[0]} node(s)")
+    header = ("pairs", "data", "nodes", "GPUs", "index build (once)", "pack (once)", "extract (9 teachers)",
+              "stage 1", "stage 2")
+
+    def cell(t: float, w: str) -> str:
+        return "-" if w == "-" else f"{human_time(t)} ({w})"
+
     if args.markdown:
         print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-        for n, k, g, *times in rows:
-            print(f"| {n / 1e6:.1f} M | {k} | {g} | " + " | ".join(f"{human_time(t)} ({w})" for t, w in times) + " |")
+        for n, kind, k, g, *times in rows:
+            print(f"| {n / 1e6:.1f} M | {kind} | {k} | {g} | " + " | ".join(cell(t, w) for t, w in times) + " |")
     else:
         print()
-        for n, k, g, *times in rows:
-            print(f"{n / 1e6:5.1f} M pairs, {k} node(s), {g:3d} GPUs: " + ", ".join(
-                f"{name} {human_time(t)} ({w}-bound)" for name, (t, w) in zip(header[3:], times)))
-
+        for n, kind, k, g, *times in rows:
+            print(f"{n / 1e6:5.1f} M pairs, {kind:<9}, {k} node(s), {g:3d} GPUs: " + ", ".join(
+                f"{name} {cell(t, w)}" for name, (t, w) in zip(header[4:], times)))
 
 if __name__ == "__main__":
     main()

@@ -109,3 +109,34 @@ def save_noisy_colour(path: Path, name: str, rng: np.random.Generator, noise: fl
     arr = np.clip(np.array(COLOURS[name]) + rng.normal(0, noise, (size, size, 3)), 0, 255).astype(np.uint8)
     Image.fromarray(arr).save(path)
     return path
+
+
+def write_originals(root: Path, shards: dict[str, int], seed: int = 0) -> Path:
+    """Shards root/<subset>/<NNNNNN>.tar, each holding `n` samples: a 320 x 240 JPEG of a coloured shape
+    (drawn at 40 x 40 and stretched, so a downscaled copy keeps the picture), a .txt caption and a .json
+    with BIOMEDICA's licence and label fields."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    i = 0
+    for rel, n in shards.items():
+        path = root / f"{rel}.tar"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(path, "w") as tf:
+            for _ in range(n):
+                color, shape = list(COLORS)[i % len(COLORS)], SHAPES[(i // len(COLORS)) % len(SHAPES)]
+                small = Image.fromarray(draw(color, shape, rng, 40)).resize((320, 240), Image.BILINEAR)
+                buf = io.BytesIO()
+                small.save(buf, format="JPEG", quality=95)
+                key = f"filelist_{rel.split('/')[0]}_batch_{i}-PMC{1000 + i}-0-fig{i}"
+                meta = {"article_license": "CC BY", "image_secondary_label": [shape], "image_size": [320, 240]}
+                for name, data in ((f"{key}.jpg", buf.getvalue()), (f"{key}.txt", f"a {color} {shape}".encode()),
+                                   (f"{key}.json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+                i += 1
+    return root

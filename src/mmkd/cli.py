@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("mmkd.export.cli", "export a checkpoint as an open_clip-loadable folder with a model card"),
     "predict": ("mmkd.export.cli_predict", "zero-shot prediction of labels for images"),
     "synth": ("mmkd.synth.cli", "write the synthetic multi-modality corpus and evaluation sets"),
-    "data": ("mmkd.data.cli", "index a data source, and save metadata selections (e.g. BIOMEDICA subsets)"),
+    "data": ("mmkd.data.cli", "index a data source, save metadata selections (e.g. BIOMEDICA subsets), pack them resized"),
     "demo": ("mmkd.demo.cli", "the whole pipeline end to end on built-in data"),
     "recipes": ("mmkd.recipe_files", "list the YAML recipes that ship with mmkd (names for --config)"),
 }

@@ -29,10 +29,15 @@ class DataConfig:
     path: str = ""  # CSV/JSONL file, or webdataset shards (a .tar, a folder of .tar, a glob, a {000..009} pattern)
     format: str = "auto"  # format of data.path: auto (from the name) | csv | jsonl | webdataset
     image_key: str = "image"  # column / json key holding the image path (CSV/JSONL)
-    caption_key: str = "caption"  # column / json key holding the caption; for webdataset the key inside the .json
+    caption_key: str = "caption"  # column / json key holding the caption; webdataset: the default reads a sample's
+    # .txt member when it has one (BIOMEDICA), another name always reads that key of the sample's .json
     id_key: str = "sample_id"  # optional column with a stable sample id (defaults to the row number / tar key)
     modality_key: str = "modality"  # optional column naming the sample's modality
     num_workers: int = 0  # DataLoader worker processes per rank
+    order: str = "auto"  # auto (shards for webdataset, random for CSV/JSONL) | shards (each worker reads whole shards
+    # in sequence, shuffled within a buffer) | random (one global permutation per epoch)
+    shuffle_buffer: int = 2048  # order shards: samples shuffled together within a worker's stream of shards
+    decode: str = "cpu"  # cpu (PIL in the loader workers) | gpu (JPEG decoding on the GPU, nvJPEG; needs CUDA)
     max_image_pixels: int = 64_000_000  # larger images are skipped as decompression bombs
     max_skipped_fraction: float = 0.5  # stop the run when more than this share of samples is unreadable
     image_only_path: str = ""  # stage 2 only: images without captions (folder or CSV) for decision distillation
@@ -174,6 +179,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.license": ("", "commercial", "noncommercial"),
     "data.index_check": ("stat", "full"),
     "data.augment": ("random-resized-crop", "none"),
+    "data.order": ("auto", "shards", "random"),
+    "data.decode": ("cpu", "gpu"),
     "optim.schedule": ("cosine", "constant"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
@@ -369,6 +376,7 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
         check(key, getattr(getattr(cfg, section), name) in choices, f"choose one of {', '.join(choices)}")
     check("data.path", bool(cfg.data.path), "give the training data with --data PATH (CSV, JSONL or .tar shards)")
     check("data.num_workers", cfg.data.num_workers >= 0, "use 0 or more")
+    check("data.shuffle_buffer", cfg.data.shuffle_buffer >= 1, "use 1 (no shuffling within shards) or more")
     check("data.index_workers", cfg.data.index_workers >= 0, "use 0 (all cores) or more")
     check("data.max_skipped_fraction", 0.0 <= cfg.data.max_skipped_fraction <= 1.0, "use a fraction in [0, 1]")
     check("data.crop_scale_min", 0.0 < cfg.data.crop_scale_min <= 1.0, "use a fraction in (0, 1] (the authors': 0.9)")

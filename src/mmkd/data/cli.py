@@ -1,4 +1,5 @@
-"""`mmkd data`: build a data source's index, and save metadata selections as reusable `--data` folders."""
+"""`mmkd data`: build a data source's index, save metadata selections as reusable `--data` folders, and
+pack samples into resized shards."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ Index a data source once, and choose samples by metadata.
                    --out SUBSET                     save the chosen samples; prints counts per
                                                     modality and licence. SUBSET is then a --data
                                                     for pretrain, extract and distill.
+  mmkd data pack SUBSET --out PACKED [--size 256] [--quality 90]
+                                                    decode the samples once: write them as
+                                                    webdataset shards with JPEGs resized to a
+                                                    shorter side of --size (same sample ids, order,
+                                                    captions, metadata, licence folders). PACKED is
+                                                    then a --data; rerun to resume.
 
 Clauses: a sample is kept when, for every clause, one of its FIELD values is listed (clauses on
 different fields are ANDed, values ORed). FIELD is a key of the shards' per-sample JSON (for
@@ -26,14 +33,17 @@ a CSV/JSONL column. A YAML file (FIELD: [values]) holds long lists: --select rec
 examples:
   mmkd data select --data biomedica/ --select mmkd_b16/select-26-modalities \\
       --modality-key image_secondary_label --license commercial --out data/paper-26
-  torchrun --nproc_per_node 8 -m mmkd pretrain --data data/paper-26 ...
+  mmkd data pack data/paper-26 --out data/paper-26-256
+  torchrun --nproc_per_node 8 -m mmkd pretrain --data data/paper-26-256 ...
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["index", "select"], help="index: build the index; select: save a selection")
-    parser.add_argument("--data", required=True, help="webdataset shards (a folder, searched recursively; a .tar; a "
-                                                      "glob; a {000..009} range) or a CSV/JSONL file")
+    parser.add_argument("action", choices=["index", "select", "pack"],
+                        help="index: build the index; select: save a selection; pack: write resized shards")
+    parser.add_argument("source", nargs="?", default="", help="pack: the selection or shards to pack (or --data)")
+    parser.add_argument("--data", default="", help="webdataset shards (a folder, searched recursively; a .tar; a "
+                                                   "glob; a {000..009} range) or a CSV/JSONL file")
     parser.add_argument("--format", default="auto", choices=["auto", "csv", "jsonl", "webdataset"],
                         help="format of --data (default: from the name)")
     parser.add_argument("--select", action="append", default=[], metavar="FIELD=V1,V2",
@@ -49,11 +59,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index-field", action="append", default=[], metavar="FIELD",
                         help="another JSON key / column to index for selection (repeatable)")
     parser.add_argument("--index-dir", default="", help="where the index lives (default: $MMKD_CACHE/index/..., i.e. ~/.cache/mmkd/index/...)")
-    parser.add_argument("--workers", type=int, default=0, help="indexing processes (default: 0 = every core)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="indexing / packing processes (default: 0 = every core)")
+    parser.add_argument("--size", type=int, default=256, help="pack: shorter side of the packed images, px (default: "
+                                                              "256; smaller images are kept as they are)")
+    parser.add_argument("--quality", type=int, default=90, help="pack: JPEG quality of the packed images (default: 90)")
     parser.add_argument("--check", default="stat", choices=["stat", "full"],
                         help="how shards are checked for changes: stat = size and mtime (default); full = also "
                              "re-list every shard's headers")
-    parser.add_argument("--out", help="select: the selection folder to write")
+    parser.add_argument("--out", help="select: the selection folder to write; pack: the folder of packed shards")
     parser.add_argument("--overwrite", action="store_true",
                         help="select: replace the selection already in --out (runs trained on it refuse to resume)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -66,10 +80,22 @@ def run(args: argparse.Namespace) -> int:
     from mmkd.data.sources import refuse_urls
     from mmkd.errors import UsageError
 
-    if args.action == "select" and not args.out:
-        raise UsageError("--out: give the folder to write the selection into")
+    if args.action != "index" and not args.out:
+        raise UsageError(f"--out: give the folder to write the {'selection' if args.action == 'select' else 'packed shards'} "
+                         f"into")
     if args.workers < 0:
         raise UsageError(f"--workers: {args.workers} is not allowed; use 0 (every core) or more")
+    if args.source and args.data and args.source != args.data:
+        raise UsageError(f"--data: give the data once (either {args.source!r} or --data {args.data!r})")
+    args.data = args.data or args.source
+    if not args.data:
+        raise UsageError(f"--data: give the data to {args.action}, e.g. `mmkd data {args.action} --data SHARDS`")
+    if args.action == "pack":
+        from mmkd.data.pack import pack
+
+        summary = pack(args.data, args.out, args.size, args.quality, args.workers, not args.no_progress)
+        print(json.dumps({k: v for k, v in summary.items() if k != "format"}))
+        return 0
     refuse_urls(args.data)
     fmt = detect_format(args.data) if args.format == "auto" else args.format
     if fmt == "selection":
@@ -80,10 +106,17 @@ def run(args: argparse.Namespace) -> int:
     index = ensure_index(source, args.workers, not args.no_progress, args.check)
     damaged = sum(1 for s in index.shards if s.get("damaged"))
     bad_json = sum(int(s.get("bad_json", 0)) for s in index.shards)
+    duplicated = [s for s in index.shards if s.get("duplicate_keys")]
+    duplicates = sum(int(s["duplicate_keys"]) for s in duplicated)
     summary = {"index": str(index.folder), "num_samples": index.num_samples, "num_files": len(index.shards),
-               "damaged_shards": damaged, "unreadable_json": bad_json,
+               "damaged_shards": damaged, "unreadable_json": bad_json, "duplicate_keys": duplicates,
                "index_bytes_per_sample": round(index.nbytes() / max(1, index.num_samples), 1),
                "fields": {k: len(v) for k, v in index.fields.items()}}
+    if duplicated:
+        shown = "; ".join(f"{s['path']}: {', '.join(map(repr, s['duplicate_examples']))}" for s in duplicated[:3])
+        print(f"warning: {duplicates} sample(s) in {len(duplicated)} shard(s) reuse a key an earlier sample of the "
+              f"same shard has ({shown}); only the first sample of each key is read. Give every sample of a shard "
+              f"its own key (rewrite the shard) to train on the others", file=sys.stderr)
     if args.action == "index":
         print(json.dumps(summary))
         return 0

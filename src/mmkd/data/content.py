@@ -80,11 +80,26 @@ def check_rows(content: np.ndarray, records: Sequence[PairRecord], rows: np.ndar
     if bad:
         shown = ", ".join(f"row {int(store_rows[i])} ({records[i].sample_id})" for i in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        first = int(bad[0])
         raise UsageError(
             f"{option}: {len(bad)} of {len(picked)} checked sample(s) differ from the data the feature store {where} "
-            f"was made from: {shown}{more}. Their image or caption bytes changed under the same sample ids. Use the "
+            f"was made from: {shown}{more}. {_packed_note(records[first], bytes(stored[first]))}Use the "
             f"data the store was made from, or extract a new store for this data")
     return len(picked)
+
+
+def _packed_note(record: PairRecord, stored: bytes) -> str:
+    """Why a row differs, when packing explains it: the data given are resized copies (`mmkd data pack`)."""
+    from mmkd.data.pack import pack_info, source_image_digest
+
+    info = pack_info(record.image[0]) if isinstance(record.image, tuple) else None
+    if info is None:
+        return ("Their image or caption bytes changed under the same sample ids (a store extracted from images "
+                "resized by `mmkd data pack` differs from one extracted from the originals). ")
+    packed = f"packed copies (shorter side {info.get('size')} px, JPEG quality {info.get('quality')})"
+    if source_image_digest(record) == stored[:DIGEST_BYTES].hex():
+        return f"The data given are {packed} of the images the store was made from. "
+    return f"The data given are {packed}; the store was made from other images. "
 
 
 def open_content(store_path: str | Path) -> np.ndarray | None:

@@ -54,7 +54,7 @@ INDEX_FILE = "index.json"
 LEASES = "leases"
 RETIRED = ".retired"
 FORMAT = "mmkd-index"
-VERSION = 1
+VERSION = 2  # 2: a key repeated within a shard keeps its first sample and is counted (duplicate_keys)
 MAX_CAPTION_CHARS = 128 * 1024  # a longer CSV/JSONL caption is skipped as caption_too_long
 FLAG_CAPTION_TOO_LONG = 1
 
@@ -234,6 +234,9 @@ class SourceIndex:
             image = (path, int(m["image_off"]), int(m["image_size"])) if m["image_off"] >= 0 else None
             kind = int(m["caption_kind"])
             caption = (path, int(m["caption_off"]), int(m["caption_size"])) if kind != CAPTION_NONE else None
+            if kind == CAPTION_TXT and caption_key != "caption" and m["json_off"] >= 0:
+                # A key the user named is a field of the .json: it wins over the .txt member.
+                kind, caption = CAPTION_JSON, (path, int(m["json_off"]), int(m["json_size"]))
             if modality is None:
                 modality = self._first_value(modality_key, row)
             return PairRecord(sample_id=f"{self.shard_prefixes[shard]}/{self.key(row)}", image=image, caption=caption,

@@ -95,7 +95,9 @@ def resolve_source(path: str, fmt: str, image_key: str = "image", caption_key: s
 
     if fmt == "webdataset":
         shards = [os.path.abspath(s) for s in expand_shards(path)]
-        root = Path(path).resolve() if os.path.isdir(path) else Path(os.path.commonpath(
+        # Not resolved: through a symlinked folder, shard paths (and so sample ids and subsets) are
+        # relative to the folder as the user named it.
+        root = Path(os.path.abspath(path)) if os.path.isdir(path) else Path(os.path.commonpath(
             [os.path.dirname(s) for s in shards]))
         all_fields = tuple(dict.fromkeys((*DEFAULT_SHARD_FIELDS, *DERIVED_FIELDS, *fields)))
         where = Path(index_dir) if index_dir else default_index_dir(root.name or "shards", path)
@@ -238,7 +240,8 @@ def merge(source: Source, plan: dict[str, Any], build_dir: Path) -> dict[str, An
                 va = int(st[a])
                 codes[j][value_off[j]:value_off[j] + counts[j]] = c[va:va + counts[j]]
                 starts[j][row + 1:row + n + 1] = np.asarray(st[a + 1:b + 1], dtype=np.int64) - va + value_off[j]
-            info = {k: prev[k] for k in ("damaged", "bad_json", "num_members", "listing") if k in prev}
+            info = {k: prev[k] for k in ("damaged", "bad_json", "num_members", "listing", "duplicate_keys",
+                                         "duplicate_examples") if k in prev}
         else:
             arrays, meta = read_part(build_dir, s)
             keys[key_off:key_off + kb] = arrays["keys"]
@@ -256,6 +259,8 @@ def merge(source: Source, plan: dict[str, Any], build_dir: Path) -> dict[str, An
                 starts[j][row + 1:row + n + 1] = arrays[f"f{j}_starts"][1:] + value_off[j]
             info = {k: meta[k] for k in ("damaged", "bad_json", "num_members", "listing", "caption_too_long")
                     if k in meta}
+            if meta.get("duplicate_keys"):
+                info.update(duplicate_keys=meta["duplicate_keys"], duplicate_examples=meta["duplicate_examples"])
         shard_table.append({"path": entry["path"], "size": entry["size"], "mtime_ns": entry["mtime_ns"],
                             "start": row, "stop": row + n, **info})
         row, key_off = row + n, key_off + kb

@@ -116,6 +116,7 @@ def scan_shard(path: str, rel: str, fields: tuple[str, ...]) -> tuple[dict[str, 
     except OSError:
         listing = tarscan.TarListing([], [], [], damaged=True)
     groups: dict[str, dict[str, tuple[int, int]]] = {}
+    repeats: dict[str, dict[str, int]] = {}  # key -> member extension -> copies after the first
     for name, off, size in zip(listing.names, listing.offsets, listing.sizes):
         slash = name.rfind("/")
         base = name[slash + 1:]
@@ -125,7 +126,13 @@ def scan_shard(path: str, rel: str, fields: tuple[str, ...]) -> tuple[dict[str, 
         members = groups.get(key)
         if members is None:
             members = groups[key] = {}
-        members[ext] = (off, size)
+        if ext in members:  # a second sample under a key already used: the first one is kept
+            counts = repeats.setdefault(key, {})
+            counts[ext] = counts.get(ext, 0) + 1
+        else:
+            members[ext] = (off, size)
+    # A key written n times holds n samples; all but the first are dropped and counted.
+    duplicates = {key: max(counts.values()) for key, counts in repeats.items()}
     subset = rel.split("/", 1)[0] if "/" in rel else ""
     json_fields = tuple(f for f in fields if f not in ("subset", "license_group"))
     want_json = bool(json_fields) or "license_group" in fields
@@ -169,6 +176,7 @@ def scan_shard(path: str, rel: str, fields: tuple[str, ...]) -> tuple[dict[str, 
     table = np.array(rows, dtype=MEMBER_DTYPE) if rows else np.zeros(0, dtype=MEMBER_DTYPE)
     arrays = {"members": table, **_keys_arrays(list(groups)), **collector.arrays()}
     meta = {"num_samples": len(groups), "damaged": listing.damaged, "bad_json": bad_json,
+            "duplicate_keys": sum(duplicates.values()), "duplicate_examples": list(duplicates)[:3],
             "num_members": len(listing.names), "listing": _listing_digest(listing), **_sizes(arrays, fields),
             "vocab": collector.vocabularies()}
     return arrays, meta

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mmkd.data.records import (  # noqa: F401 - the readers' public names
-    BAD_CAPTION_ENCODING, BAD_TAR_MEMBER, CAPTION_TOO_LONG, DECOMPRESSION_BOMB, EMPTY_CAPTION, IMAGE_EXTS, MISSING_FILE,
+    BAD_CAPTION_ENCODING, BAD_TAR_MEMBER, CAPTION_TOO_LONG, DECOMPRESSION_BOMB, DUPLICATE_KEY, EMPTY_CAPTION, IMAGE_EXTS,
+    MISSING_FILE,
     MISSING_IMAGE, UNREADABLE_IMAGE, PairRecord, Skip)
 from mmkd.data.sources import expand_shards, refuse_urls  # noqa: F401 - expand_shards is public here too
 from mmkd.errors import UsageError
@@ -110,12 +111,14 @@ def index_source(path: str, fmt: str = "auto", image_key: str = "image", caption
     fields = (modality_key, *index_fields, *clauses, *(saved["select"] if saved else ()))
     source = resolve_source(path, fmt, image_key, caption_key, id_key, tuple(dict.fromkeys(fields)), index_dir)
     index = ensure_index(source, index_workers, progress, index_check)
+    close_open_shard()
     rows = modality = None
     modality_values: list[str] = []
     if saved is not None:
         rows, modality, modality_values = sel.selection_rows(selection_path, saved, index)
     records = sel.selected_records(index, rows, modality, modality_values, caption_key, modality_key, clauses)
-    problems = Counter({BAD_TAR_MEMBER: sum(1 for s in index.shards if s.get("damaged"))})
+    problems = Counter({BAD_TAR_MEMBER: sum(1 for s in index.shards if s.get("damaged")),
+                        DUPLICATE_KEY: sum(int(s.get("duplicate_keys", 0)) for s in index.shards)})
     return records, +problems
 
 
@@ -127,11 +130,34 @@ def records_from_config(data_cfg, progress: bool | None = None) -> tuple[Sequenc
                         index_workers=data_cfg.index_workers, index_check=data_cfg.index_check, progress=progress)
 
 
+_open_shard: tuple[int, str, int] | None = None  # (pid, path, fd) of the shard this process reads
+
+
+def _shard_fd(shard: str) -> int:
+    """A descriptor of `shard`, kept open while this process reads the same shard: a loader that reads
+    shards in order (`ShardOrderedBatchSampler`) opens each shard once, not twice per sample."""
+    global _open_shard
+    pid = os.getpid()
+    if _open_shard is not None and _open_shard[0] == pid and _open_shard[1] == shard:
+        return _open_shard[2]
+    fd = os.open(shard, os.O_RDONLY)
+    if _open_shard is not None and _open_shard[0] == pid:
+        os.close(_open_shard[2])  # a forked worker leaves its parent's descriptor alone
+    _open_shard = (pid, shard, fd)
+    return fd
+
+
+def close_open_shard() -> None:
+    """Forget the kept descriptor (a shard replaced since is then read anew); called when a source is indexed."""
+    global _open_shard
+    if _open_shard is not None and _open_shard[0] == os.getpid():
+        os.close(_open_shard[2])
+    _open_shard = None
+
+
 def _read_member(ref: tuple[str, int, int]) -> bytes:
     shard, offset, size = ref
-    with open(shard, "rb") as f:
-        f.seek(offset)
-        data = f.read(size)
+    data = os.pread(_shard_fd(shard), size, offset)
     if len(data) != size:
         raise EOFError("tar member is truncated")
     return data
@@ -146,11 +172,18 @@ def decode_image(data_or_path: bytes | str, max_pixels: int):
         if img.width * img.height > max_pixels:
             raise _Bomb()
         img.load()
-        if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return img.convert("RGB")
+        return rgb_of(img)
+
+
+def rgb_of(img):
+    """A loaded PIL image as RGB: transparency is composited on white."""
+    from PIL import Image
+
+    if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 class _Bomb(Exception):
@@ -278,7 +311,10 @@ class Batch:
 
     def pin_memory(self) -> Batch:
         """Called by a DataLoader with pin_memory=True: page-locked tensors copy to a GPU asynchronously."""
-        self.images = self.images.pin_memory() if self.images.numel() else self.images
+        import torch
+
+        if isinstance(self.images, torch.Tensor) and self.images.numel():
+            self.images = self.images.pin_memory()
         if self.tokens is not None:
             self.tokens = self.tokens.pin_memory()
         return self
@@ -290,10 +326,10 @@ def collate_pairs(items: list[dict[str, Any] | Skip], tokenize: Callable[[list[s
 
     good = [it for it in items if not isinstance(it, Skip)]
     skipped = Counter(it.reason for it in items if isinstance(it, Skip))
-    if good:
-        images = torch.stack([it["image"] for it in good])
-    else:
-        images = torch.empty(0)
+    images: Any = torch.empty(0)
+    if good:  # a list when the images are still encoded (decoded on the GPU: mmkd.data.gpu_decode)
+        encoded = not isinstance(good[0]["image"], torch.Tensor)
+        images = [it["image"] for it in good] if encoded else torch.stack([it["image"] for it in good])
     return Batch(
         images=images,
         captions=[it["caption"] for it in good],

@@ -21,6 +21,7 @@ BAD_CAPTION_ENCODING = "bad_caption_encoding"
 MISSING_IMAGE = "missing_image"
 BAD_TAR_MEMBER = "bad_tar_member"
 CAPTION_TOO_LONG = "caption_too_long"  # a CSV/JSONL caption over 128 KiB (mmkd.data.index.MAX_CAPTION_CHARS)
+DUPLICATE_KEY = "duplicate_key"  # a later sample of a shard under a key an earlier one used (the first is kept)
 
 
 @dataclass(frozen=True)

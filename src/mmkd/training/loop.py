@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from mmkd.config import Config, resolve_batch_size, to_dict
-from mmkd.data.pairs import Batch, PairDataset, collate_pairs
-from mmkd.data.sampler import ResumableBatchSampler
+from mmkd.data.loader import batch_sampler, check_decode, epoch_loader, gpu_decode_settings, training_dataset
+from mmkd.data.pairs import Batch, collate_pairs
 from mmkd.errors import DataError, UsageError
 from mmkd.models.student import Student, build_transforms, create_student, describe_towers
 from mmkd.models.text import BatchTokenizer
@@ -304,6 +304,7 @@ def _agree(error: UsageError | None, info) -> None:
 
 def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_global: int, run_dir: Path,
          command: str, resume_from: Path | None, saved: dict[str, Any] | None) -> dict[str, Any]:
+    check_decode(cfg.data, device_type)
     # Every RNG the process holds is a function of the seed, so a run's RNG state (saved in each checkpoint)
     # does not depend on what the process did before.
     torch.manual_seed(cfg.train.seed)
@@ -320,13 +321,12 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
     if cfg.model.grad_checkpointing:
         student.model.set_grad_checkpointing(True)
     train_transform = build_transforms(student.preprocess_cfg, cfg.data.augment, cfg.data.crop_scale_min)[0]
-    dataset, index_skips = PairDataset.from_config(cfg.data, train_transform,
-                                                   progress=cfg.train.progress and info.is_main)
+    dataset, index_skips = training_dataset(cfg.data, train_transform, progress=cfg.train.progress and info.is_main)
     dataset = SeededSamples(dataset, cfg.train.seed)
     task = make_task(student, cfg, device, records=dataset.records)
     module = task.module.to(device)
 
-    sampler = ResumableBatchSampler(len(dataset), micro_global, info.rank, info.world_size, cfg.train.seed)
+    sampler = batch_sampler(dataset.records, micro_global, info.rank, info.world_size, cfg.train.seed, cfg.data)
     steps_per_epoch = sampler.batches_per_epoch // cfg.train.accum_steps
     if steps_per_epoch == 0:
         raise UsageError(f"--batch-size: {cfg.train.batch_size} is larger than the dataset ({len(dataset)} samples); "
@@ -417,13 +417,9 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
             dataset.epoch = epoch
             if hasattr(task, "set_epoch"):
                 task.set_epoch(epoch)
-            # The loader draws its worker seed from its own generator, never from the global RNG: a run resumed
-            # mid-epoch creates one more loader than an uninterrupted run, and must not shift the RNG stream
-            # that dropout and augmentations use.
-            loader_rng = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
-            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                                                 num_workers=cfg.data.num_workers, generator=loader_rng,
-                                                 pin_memory=device_type == "cuda")
+            loader = epoch_loader(dataset, sampler, collate, cfg.data.num_workers, cfg.train.seed, epoch,
+                                  pin_memory=device_type == "cuda",
+                                  gpu_decode=gpu_decode_settings(cfg.data, student.preprocess_cfg, device))
             batches = iter(loader)
             while state.step < total_steps and (state.step // steps_per_epoch) == epoch:
                 lr = lr_at(state.step, total_steps, cfg.optim)
