@@ -31,7 +31,7 @@ class ClipTask:
     def __init__(self, student, cfg, device, records=None):
         self.module = ClipForward(student.model)
 
-    def losses(self, outputs, batch, rank: int, world_size: int) -> dict[str, torch.Tensor]:
+    def losses(self, outputs, batch, rank: int, world_size: int, targets=None) -> dict[str, torch.Tensor]:
         terms = clip_loss(outputs["image"], outputs["text"], outputs["logit_scale"], rank, world_size)
         terms["loss"] = terms["clip"]
         return terms

@@ -38,7 +38,7 @@ from mmkd.errors import UsageError
 from mmkd.losses.contrastive import clip_loss
 from mmkd.losses.distill import (feature_distillation, feature_distillation_many, interactive_contrastive,
                                  interactive_contrastive_joint, interactive_contrastive_many, relational_kl)
-from mmkd.losses.gather import gather_rows
+from mmkd.losses.gather import gather_ids, gather_rows
 from mmkd.training.policies import teacher_weights
 
 
@@ -98,6 +98,7 @@ def _check_content(store, records, rows, mode: str) -> None:
 
 class DistillTask:
     name = "distill"
+    shared_outputs = ("logit_scale", "icl_temperature", "prompts")  # not per row (see mmkd.training.accumulate)
 
     def __init__(self, student, cfg, device, records=None):
         from mmkd.data.feature_store import FeatureStore
@@ -210,7 +211,7 @@ class DistillTask:
         rows = all_rows[info.rank * per_rank:(info.rank + 1) * per_rank]
         images, weights = self.decision.load_images(
             rows, self.image_hw, self.decision.first_draw(position, per_rank, info.rank, info.world_size))
-        self._decision_rows = (all_rows, weights)
+        self._decision_rows = (rows, weights)  # this rank's: `prepare` hands them to the loss with the targets
         return {"decision_images": images.to(device), "prompt_tokens": self.decision.prompt_tokens.to(device)}
 
     def set_epoch(self, epoch: int) -> None:
@@ -218,14 +219,16 @@ class DistillTask:
         self.epoch = epoch
 
     # ---- targets ------------------------------------------------------------------------------
-    def prepare(self, batch) -> None:
+    def prepare(self, batch) -> dict[str, Any]:
         """Read the batch's teacher features and weights and start their copy to the device.
 
-        `fit` calls this before the student's forward pass: the store reads, the policy and one
-        asynchronous host-to-device copy then overlap the forward on a GPU, and `losses` finds the
-        targets waiting. (`losses` prepares the batch itself when nobody did.)
+        `fit` calls this (after `extra_inputs`) before the student's forward pass: the store reads, the
+        policy and one asynchronous host-to-device copy then overlap the forward on a GPU. Returns the
+        targets `losses` takes (and keeps them for a `losses(outputs, batch)` call without them).
         """
-        self._prepared = (batch, self._load_targets(batch))
+        targets = self._load_targets(batch)
+        self._prepared = (batch, targets)
+        return targets
 
     def _load_targets(self, batch) -> dict[str, Any]:
         d = self.cfg.distill
@@ -250,7 +253,10 @@ class DistillTask:
         else:
             block = torch.from_numpy(np.concatenate(arrays, axis=1, dtype=np.float32, casting="unsafe"))
         on_device = dict(zip([name for name, _ in parts], torch.split(block, widths, dim=1)))
-        return {"weights": w_BT, "on_device": on_device}
+        targets = {"weights": w_BT, "on_device": on_device}
+        if self.decision is not None and self._decision_rows is not None:  # this rank's image-only rows
+            targets["decision_rows"], targets["decision_weight"] = self._decision_rows
+        return targets
 
     def _pinned_block(self, rows: int, width: int) -> torch.Tensor:
         """A reusable pinned host block for the batch's targets, free once its last copy has finished."""
@@ -306,13 +312,15 @@ class DistillTask:
         return rows
 
     # ---- the loss -----------------------------------------------------------------------------
-    def losses(self, outputs, batch, rank: int, world_size: int) -> dict[str, torch.Tensor]:
+    def losses(self, outputs, batch, rank: int, world_size: int, targets=None) -> dict[str, torch.Tensor]:
         """Every term over the global batch: the rows of all ranks are gathered (student features with
         their gradient), and every rank computes the same loss. With DDP averaging the gradients this
-        equals one process on the global batch (see mmkd.losses.gather)."""
+        equals one process on the global batch (see mmkd.losses.gather). `targets`: what `prepare`
+        returned (concatenated over a step's micro-batches); without them, the batch's are read."""
         d = self.cfg.distill
-        prepared, self._prepared = self._prepared, None
-        targets = prepared[1] if prepared is not None and prepared[0] is batch else self._load_targets(batch)
+        if targets is None:
+            prepared, self._prepared = self._prepared, None
+            targets = prepared[1] if prepared is not None and prepared[0] is batch else self._load_targets(batch)
         g = gather_rows(self._local_rows(outputs, targets), rank, world_size)
         terms = clip_loss(g["image"], g["text"], outputs["logit_scale"])  # already global: no second gather
         zero = outputs["image"].sum() * 0.0
@@ -367,11 +375,12 @@ class DistillTask:
             terms[f"kl:{t}"] = kl.detach()
         decision_total = zero
         if self.decision is not None and "decision_image" in outputs:
-            rows, weights = self._decision_rows  # every rank's rows, and this rank's weights
+            rows, weights = targets["decision_rows"], targets["decision_weight"]  # this rank's
             local = {"image": outputs["decision_image"], "weight": torch.from_numpy(weights).to(outputs["image"].device)}
             gd = gather_rows(local, rank, world_size)
             if world_size > 1:
                 weights = gd["weight"].detach().cpu().numpy()
+                rows = gather_ids(rows, world_size, outputs["image"].device)
             decision_total = self.decision.loss(gd["image"], outputs["prompts"], rows, weights)
         terms["fd"], terms["icl"], terms["kl"], terms["decision"] = fd_total, icl_total, kl_total, decision_total
         # Zero-weighted use of every output keeps DDP's gradient bookkeeping whole when a batch has
