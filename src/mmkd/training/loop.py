@@ -35,6 +35,7 @@ from mmkd.training.accumulate import MicroBatch, StepGradients
 from mmkd.training.augment import SeededSamples
 from mmkd.training.optim import build_optimizer, lr_at, set_lr
 from mmkd.training.run_folder import check_out_folder, remove_owned, write_config
+from mmkd.training.targets import CollateWithTargets
 from mmkd.training.telemetry import MetricsLogger, Throughput
 from mmkd.utils import dist as dist_utils
 from mmkd.utils.io import atomic_write_json
@@ -60,9 +61,10 @@ class Task(Protocol):
         """Extra JSON saved in train_state.json (e.g. the teachers of a distillation)."""
 
     # Optional hooks: set_epoch(epoch); extra_inputs(micro_position, dist_info, device) -> kwargs for the
-    # module's forward; prepare(batch) -> per-row loss targets (dicts of tensors/arrays, concatenated over a
-    # step's micro-batches), called after extra_inputs and before the forward. Outputs "image", "text" and
-    # "head_*" are per pair sample; `shared_outputs` names those that are not per row (see accumulate.py).
+    # module's forward; target_reader(batch) -> host targets, run in the loader's workers (see targets.py);
+    # prepare(batch, host_targets) -> per-row loss targets on the device (dicts of tensors/arrays, concatenated
+    # over a step's micro-batches), called after extra_inputs and before the forward. Outputs "image", "text"
+    # and "head_*" are per pair sample; `shared_outputs` names those that are not per row (accumulate.py).
 
 
 @dataclass
@@ -335,7 +337,10 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
     # Captions are tokenized in the loader's workers, padded to each batch's longest caption.
     text_batcher = BatchTokenizer(student.tokenizer, student.model, cfg.model.pad_to_longest,
                                   32 if cfg.train.compile else 8)
-    collate = functools.partial(collate_pairs, tokenize=text_batcher)
+    collate: Any = functools.partial(collate_pairs, tokenize=text_batcher)
+    reader = getattr(task, "target_reader", None)
+    if reader is not None:  # stage 2: teacher targets read in the loader's workers, delivered with the batch
+        collate = CollateWithTargets(collate, reader)
     size = student.preprocess_cfg["size"]
     image_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
 
@@ -398,12 +403,12 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
                     # Only the time inside next() is data wait: mark its start, then count it once the
                     # batch is here (the previous micro-batch's compute must not count as waiting).
                     throughput.computed(0)
-                    batch: Batch = next(batches)
+                    batch, host_targets = next(batches) if reader is not None else (next(batches), None)
                     throughput.waited()
                     state.skipped.update(batch.skipped)
                     _check_skip_fraction(state, cfg)
-                    grads.add(_micro_batch(task, batch, state.step * cfg.train.accum_steps + micro, info, device,
-                                           text_batcher, image_hw))
+                    grads.add(_micro_batch(task, batch, host_targets, state.step * cfg.train.accum_steps + micro,
+                                           info, device, text_batcher, image_hw))
                     step_samples += len(batch)
                 terms = grads.backward(poison_loss=state.step in nan_steps)  # nan_steps: see _test_nan_steps
                 # One host sync for every logged term (not one per term); the terms are the whole step's.
@@ -473,8 +478,9 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
     return summary
 
 
-def _micro_batch(task, batch: Batch, position: int, info, device, text_batcher, image_hw) -> MicroBatch:
-    """One micro-batch's forward inputs and loss targets, on the device.
+def _micro_batch(task, batch: Batch, host_targets, position: int, info, device, text_batcher,
+                 image_hw) -> MicroBatch:
+    """One micro-batch's forward inputs and loss targets (from what the loader read, `host_targets`), on the device.
 
     A micro-batch whose samples were all unreadable still runs one blank sample through the model (so every
     rank takes part in the collectives); its pair outputs are then dropped.
@@ -485,7 +491,7 @@ def _micro_batch(task, batch: Batch, position: int, info, device, text_batcher, 
     extra = {}
     if hasattr(task, "extra_inputs"):  # e.g. image-only samples of decision distillation
         extra = task.extra_inputs(position, info, device)
-    targets = task.prepare(batch) if hasattr(task, "prepare") else None  # copied while the forward runs
+    targets = task.prepare(batch, host_targets) if hasattr(task, "prepare") else None  # copied during the forward
     return MicroBatch(images.to(device, non_blocking=True), tokens.to(device, non_blocking=True), extra, targets,
                       empty)
 
@@ -512,13 +518,18 @@ def _global_count(n: int, world_size: int, device) -> int:
 
 
 def _stop_requested(stop: StopFlag, world_size: int, device) -> bool:
+    """Whether any rank received a stop signal: every rank then stops after this same step. One all-reduce of
+    the signal number per step; a rank that received none takes the other's (for the summary and exit code)."""
     if world_size == 1:
         return stop.requested
     import torch.distributed as dist
 
-    flag = torch.tensor([1 if stop.requested else 0], device=device)
+    flag = torch.tensor([stop.signum if stop.requested else 0], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    signum = int(flag.item())
+    if signum and not stop.requested:
+        stop.requested, stop.signum = True, signum
+    return bool(signum)
 
 
 def _logit_scale(model) -> torch.Tensor:
