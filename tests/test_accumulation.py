@@ -140,3 +140,19 @@ def test_accumulation_under_torchrun_equals_one_process_on_the_whole_batch(setup
     two1 = _run(root, {**spec, "accum_steps": K, "task": "pretrain"}, (), 2, "-accum-stage1",
                 case_args={"clip": ["--train.accum_steps", str(K)]})
     _check_equal(whole1, two1, "clip", terms=("clip",))
+
+
+def test_the_training_loop_logs_the_whole_batch_loss_with_accumulation(tmp_path):
+    """`fit` with 4 x 16 logs the loss of the whole batch of 64: the value one pass of 64 logs."""
+    from mmkd.config import build_config
+    from mmkd.training.loop import fit
+
+    data = make_pairs(tmp_path / "data", n=N)
+    logged = {}
+    for k in (1, K):
+        out = tmp_path / f"run{k}"
+        fit(build_config(None, ["--data", str(data), "--out", str(out), "--batch-size", str(N), "--max-steps", "1",
+                                "--train.accum_steps", str(k), "--train.log_every", "1", "--train.progress", "false",
+                                "--seed", "4"]), ClipTask)
+        logged[k] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss/clip"]
+    assert logged[1] > 1.0 and abs(logged[1] - logged[K]) <= 1e-5, logged
