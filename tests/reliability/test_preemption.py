@@ -206,8 +206,8 @@ def test_the_sbatch_templates_forward_usr1_to_the_ranks_and_requeue(world, tmp_p
     (bin_dir / "srun").write_text('#!/bin/bash\nexport SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_NTASKS=1\nexec "$@"\n')
     (bin_dir / "scontrol").write_text(f'#!/bin/bash\n[ "$1" = show ] && {{ echo localhost; exit 0; }}\n'
                                       f'echo "$@" >> {tmp_path}/scontrol.log\n')
-    (bin_dir / "python").symlink_to(sys.executable)
-    for f in ("srun", "scontrol"):
+    (bin_dir / "python").write_text(f'#!/bin/bash\nexec {sys.executable} "$@"\n')  # this environment's python
+    for f in ("srun", "scontrol", "python"):
         (bin_dir / f).chmod(0o755)
     ref, out = tmp_path / "ref", tmp_path / "run"
     with one_thread():
@@ -219,7 +219,8 @@ def test_the_sbatch_templates_forward_usr1_to_the_ranks_and_requeue(world, tmp_p
            "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "localhost", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(["bash", str(job)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    assert wait_until(lambda: latest_step(out) >= 2, timeout=300)
+    assert wait_until(lambda: latest_step(out) >= 2 or proc.poll() is not None, timeout=300)
+    assert proc.poll() is None, proc.communicate()[0].decode()[-3000:]
     os.kill(proc.pid, signal.SIGUSR1)  # the batch script only
     log = proc.communicate(timeout=300)[0].decode()
     assert proc.returncode == 143, log[-3000:]
