@@ -232,3 +232,39 @@ def test_the_sbatch_templates_forward_usr1_to_the_ranks_and_requeue(world, tmp_p
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]  # not requeued again
     assert_same_run(out, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_signal_to_one_extraction_rank_stops_every_rank_and_the_rerun_completes(world, tmp_path):
+    """SIGUSR1 to rank 1 of a 2-rank torchrun extract: no rank finishes the store (rank 0 would otherwise
+    find rank 1's chunks missing); the rerun gives the store one process extracts."""
+    import subprocess
+
+    from helpers import assert_same_store
+    from mmkd.teachers.testing import make_open_clip_teacher
+    from test_kill_rank import rank_pid, run_to_end, torchrun
+
+    root, data, _ = world
+    teacher = make_open_clip_teacher(tmp_path / "t", seed=3)
+
+    def args(out):
+        return ["extract", "--data", str(data), "--out", str(out), "--teacher", f"a=local-dir:{teacher}",
+                "--chunk-rows", "4", "--batch-size", "2", "--workers", "2", "--no-progress"]
+
+    ref, out = tmp_path / "ref", tmp_path / "store"
+    assert _cli(args(ref)) == 0
+    chunks = out / "teachers" / "a" / "chunks"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MMKD_TEST_COMMIT_DELAY_S": "0.3"}
+    proc = subprocess.Popen(torchrun(29553, *args(out)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert wait_until(lambda: chunks.is_dir() and len(list(chunks.iterdir())) >= 2 or proc.poll() is not None,
+                      timeout=300)
+    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    os.kill(rank_pid(proc.pid, 1), signal.SIGUSR1)
+    assert proc.wait(timeout=300) != 0
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert "stopped by SIGUSR1" in stderr and "cannot finish the store" not in stderr, stderr[-3000:]
+    assert not json.loads((out / "manifest.json").read_text()).get("complete")
+    run_to_end(torchrun(29553, *args(out)))
+    assert_same_store(out, ref, check_summary=True)

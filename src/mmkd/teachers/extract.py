@@ -222,7 +222,7 @@ def _check_existing_rows(out: str, records: Sequence[PairRecord], sample_ids: Se
 
 def _extract(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], out: str, opts: ExtractOptions,
              dist_info: DistInfo, writer: FeatureStoreWriter) -> dict[str, Any] | None:
-    from mmkd.utils.dist import barrier
+    from mmkd.utils.dist import barrier, max_over_ranks
     from mmkd.utils.signals import StopFlag, loader_kwargs
 
     names = list(teachers)
@@ -261,7 +261,10 @@ def _extract(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], ou
     for bar in bars.values():
         bar.close()
     barrier()
-    if stop.requested:
+    # Every rank learns whether any rank stopped (a signal may reach one rank only): none finishes the store then.
+    signum = max_over_ranks(stop.signum if stop.requested else 0)
+    if signum:
+        stop.signum = signum
         return {"stopped_by_signal": True, "signal": stop.name, "chunks_left": len(writer.pending(names))}
     if not dist_info.is_main:
         return None

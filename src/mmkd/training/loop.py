@@ -453,7 +453,7 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
                 if (cfg.train.save_every and state.step % cfg.train.save_every == 0) or end_of_epoch \
                         or state.step == total_steps:
                     save("periodic" if not end_of_epoch else "epoch")
-                if _stop_requested(stop, info.world_size, device):
+                if _stop_requested(stop, info.world_size):
                     save("signal")
                     stopped_by_signal = stop.name
                     break
@@ -517,16 +517,12 @@ def _global_count(n: int, world_size: int, device) -> int:
     return int(t.item())
 
 
-def _stop_requested(stop: StopFlag, world_size: int, device) -> bool:
+def _stop_requested(stop: StopFlag, world_size: int) -> bool:
     """Whether any rank received a stop signal: every rank then stops after this same step. One all-reduce of
     the signal number per step; a rank that received none takes the other's (for the summary and exit code)."""
     if world_size == 1:
         return stop.requested
-    import torch.distributed as dist
-
-    flag = torch.tensor([stop.signum if stop.requested else 0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    signum = int(flag.item())
+    signum = dist_utils.max_over_ranks(stop.signum if stop.requested else 0)
     if signum and not stop.requested:
         stop.requested, stop.signum = True, signum
     return bool(signum)
