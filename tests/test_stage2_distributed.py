@@ -62,11 +62,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(root: Path, spec: dict, cases: tuple[str, ...], world_size: int, tag: str = "") -> Path:
+def _run(root: Path, spec: dict, cases: tuple[str, ...], world_size: int, tag: str = "",
+         case_args: dict[str, list[str]] | None = None) -> Path:
+    """Run the worker; `case_args` gives the cases' tokens directly instead of naming `CASES`."""
     out = root / f"out-{world_size}-{'-'.join(cases)}{tag}"
     out.mkdir()
     spec_file = out / "spec.json"
-    spec_file.write_text(json.dumps({**spec, "cases": {c: CASES[c] for c in cases}}))
+    spec_file.write_text(json.dumps({**spec, "cases": case_args or {c: CASES[c] for c in cases}}))
     launcher = [sys.executable] if world_size == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world_size), "--master_port",
         str(_free_port())]

@@ -85,7 +85,7 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
     batch_size: int = 32  # global batch size (all ranks, all accumulation micro-steps)
     batch_size_per_process: int = 0  # per-process batch (the authors' convention); set, it replaces batch_size
-    accum_steps: int = 1  # gradient accumulation micro-steps per optimiser step
+    accum_steps: int = 1  # micro-batches per optimiser step; every loss stays over the whole batch (accumulate.py)
     seed: int = 0  # seed of initialisation, data order and augmentation
     device: str = "auto"  # where to train: auto (cuda when present) | cpu | cuda
     precision: str = "auto"  # autocast precision: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16

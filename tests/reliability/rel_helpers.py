@@ -50,9 +50,10 @@ def _child(target: Callable, args: tuple, env: dict[str, str]) -> None:
     target(*args)
 
 
-def fork(target: Callable, *args, env: dict[str, str] | None = None):
-    """Start `target(*args)` in a forked child (one torch thread); returns the Process."""
-    proc = _FORK.Process(target=_child, args=(target, args, env or {}), daemon=True)
+def fork(target: Callable, *args, env: dict[str, str] | None = None, daemon: bool = True):
+    """Start `target(*args)` in a forked child (one torch thread); returns the Process. A child that starts
+    processes of its own (DataLoader workers) must not be a daemon."""
+    proc = _FORK.Process(target=_child, args=(target, args, env or {}), daemon=daemon)
     proc.start()
     return proc
 
@@ -124,6 +125,15 @@ def run_stage2(args: list[str]) -> dict:
     from mmkd.training.stage2 import DistillTask
 
     return fit(build_config(None, args, stage="distill"), DistillTask)
+
+
+def run_cli_in_own_group(argv: list[str]) -> None:
+    """`mmkd ARGV` in a new process group (as a batch job's step is), exiting with the command's exit code:
+    `os.killpg(pid, sig)` then reaches it and every DataLoader worker it starts."""
+    from mmkd.cli import main
+
+    os.setpgid(0, 0)
+    sys.exit(main(argv))
 
 
 def final_files(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:

@@ -14,6 +14,7 @@ import torch
 
 from mmkd.data.sampler import ResumableBatchSampler, batch_sampler  # noqa: F401 - the loop's entry points
 from mmkd.errors import UsageError
+from mmkd.utils.signals import loader_kwargs
 
 
 def check_decode(data_cfg, device_type: str = "cuda") -> None:
@@ -54,8 +55,8 @@ def epoch_loader(dataset, sampler: ResumableBatchSampler, collate: Callable, num
     mid-epoch creates one more loader than an uninterrupted run, and must not shift the RNG stream
     that dropout and augmentations use."""
     loader_rng = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                                         generator=loader_rng, pin_memory=pin_memory)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=loader_rng,
+                                         pin_memory=pin_memory, **loader_kwargs(num_workers))
     if gpu_decode is None:
         return loader
     from mmkd.data.gpu_decode import decoded

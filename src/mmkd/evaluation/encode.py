@@ -27,8 +27,11 @@ def encode_images(model, images, batch_size: int = 64, num_workers: int = 0, des
     """[N, D] features of an ImageList (`len`, `load(i) -> PIL RGB`), preprocessed by the model's own transform."""
     from tqdm.auto import tqdm
 
+    from mmkd.utils.signals import loader_context
+
     loader = torch.utils.data.DataLoader(_Preprocessed(images, model.preprocess), batch_size=batch_size,
-                                         num_workers=num_workers, shuffle=False)
+                                         num_workers=num_workers, shuffle=False,
+                                         multiprocessing_context=loader_context(num_workers))
     feats = [model.encode_image(pixels).float().cpu()
              for pixels in tqdm(loader, desc=f"encode {desc}", unit="batch", disable=None, leave=False)]
     if not feats:

@@ -58,3 +58,16 @@ def gather_rows(tensors: dict[str, torch.Tensor], rank: int, world_size: int) ->
     block_ND, _ = gather_with_grad(torch.cat(flat, dim=1), rank, world_size)
     parts = torch.split(block_ND, widths, dim=1)
     return {k: p.reshape(p.shape[0], *tensors[k].shape[1:]) for k, p in zip(names, parts)}
+
+
+def gather_ids(ids_B, world_size: int, device: torch.device):
+    """Every rank's integer ids (a numpy [B] array, B may differ between ranks) in rank order, exactly (no
+    float cast): a plain all-gather, no gradient. One process: the ids themselves."""
+    if world_size == 1:
+        return ids_B
+    sizes = gather_sizes(len(ids_B), world_size, device)
+    padded = torch.zeros(max(sizes), dtype=torch.long, device=device)
+    padded[:len(ids_B)] = torch.as_tensor(ids_B, dtype=torch.long, device=device)
+    parts = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)]).cpu().numpy()

@@ -176,6 +176,14 @@ def run(args: argparse.Namespace) -> int:
                                                               "format": opts["data_format"]}})
     finally:
         destroy()
+    if summary is not None and summary.get("stopped_by_signal"):
+        from mmkd.utils.signals import exit_code
+
+        if dist_info.is_main:
+            print(f"mmkd extract: stopped by {summary['signal']}; the written chunks are kept "
+                  f"({summary['chunks_left']} chunk(s) left). Resume by running the same command again",
+                  file=sys.stderr)
+        return exit_code(summary["signal"])
     if summary is not None:
         print(format_table(summary["teachers"]))
         for warning in summary.get("warnings", []):

@@ -242,7 +242,8 @@ def _store_write_errors(out: str):
 def extract_features(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], out: str,
                      opts: ExtractOptions, dist_info: DistInfo = DistInfo(),
                      extra_manifest: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Fill (or resume) the store at `out`. Returns the summary on rank 0, None elsewhere."""
+    """Fill (or resume) the store at `out`. Returns the summary on rank 0, None elsewhere; a run stopped by a
+    signal returns `{"stopped_by_signal": True, "signal": name, "chunks_left": n}` on every rank."""
 
     if opts.availability not in availability.RULES:
         raise UsageError(f"--availability: {opts.availability!r} is not a rule; choose from {availability.RULES}")
@@ -310,7 +311,8 @@ def _check_existing_rows(out: str, records: Sequence[PairRecord], sample_ids: Se
 
 def _extract(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], out: str, opts: ExtractOptions,
              dist_info: DistInfo, writer: FeatureStoreWriter) -> dict[str, Any] | None:
-    from mmkd.utils.dist import barrier
+    from mmkd.utils.dist import barrier, max_over_ranks
+    from mmkd.utils.signals import StopFlag, loader_kwargs
 
     names = list(teachers)
     pending = writer.pending(names)
@@ -318,31 +320,42 @@ def _extract(records: Sequence[PairRecord], teachers: dict[str, ClipEncoder], ou
     bounds = [writer.chunk_bounds(c) for c in mine]
     dataset = _RowsDataset(records, {t: enc.preprocess for t, enc in teachers.items()}, opts.max_image_pixels,
                            opts.shared_decode)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=_ChunkBatches(bounds, opts.batch_size),
-                                         num_workers=opts.num_workers, collate_fn=_identity)
     bars = _progress_bars(names, sum(b - a for a, b in bounds), opts.progress and dist_info.is_main)
     dims = {t: int(enc.embed_dim) for t, enc in teachers.items()}
     chunk_of_start = {writer.chunk_bounds(c)[0]: c for c in mine}
     buffer: _ChunkBuffer | None = None
     chunk = -1
-    for batch in loader:
-        first_row = batch[0][0]
-        if buffer is None:
-            chunk = chunk_of_start[first_row]
-            buffer = _ChunkBuffer(*writer.chunk_bounds(chunk), dims)
-        _encode_batch(batch, teachers, buffer, bars, opts.precision)
-        if buffer.complete():
-            _same_rows_as_stored(writer, buffer, records, out)
-            for teacher in pending[chunk]:
-                with _store_write_errors(out):
-                    writer.write_chunk(chunk, teacher, buffer.arrays(teacher, opts, chunk),
-                                       record_extra={"skipped": {str(r): why for r, why in buffer.skipped.items()},
-                                                     "rank": dist_info.rank},
-                                       content=buffer.content)
-            buffer = None
+    # A stop signal (mmkd.utils.signals) ends the run after the current batch: written chunks are kept, the
+    # chunk being filled is dropped, and a rerun of the same command extracts what is left.
+    with StopFlag() as stop:
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=_ChunkBatches(bounds, opts.batch_size),
+                                             collate_fn=_identity, **loader_kwargs(opts.num_workers))
+        for batch in loader:
+            first_row = batch[0][0]
+            if buffer is None:
+                chunk = chunk_of_start[first_row]
+                buffer = _ChunkBuffer(*writer.chunk_bounds(chunk), dims)
+            _encode_batch(batch, teachers, buffer, bars, opts.precision)
+            if buffer.complete():
+                _same_rows_as_stored(writer, buffer, records, out)
+                for teacher in pending[chunk]:
+                    with _store_write_errors(out):
+                        writer.write_chunk(chunk, teacher, buffer.arrays(teacher, opts, chunk),
+                                           record_extra={"skipped": {str(r): why for r, why in buffer.skipped.items()},
+                                                         "rank": dist_info.rank},
+                                           content=buffer.content)
+                buffer = None
+            if stop.requested:
+                break
+        del loader
     for bar in bars.values():
         bar.close()
     barrier()
+    # Every rank learns whether any rank stopped (a signal may reach one rank only): none finishes the store then.
+    signum = max_over_ranks(stop.signum if stop.requested else 0)
+    if signum:
+        stop.signum = signum
+        return {"stopped_by_signal": True, "signal": stop.name, "chunks_left": len(writer.pending(names))}
     if not dist_info.is_main:
         return None
     with _store_write_errors(out):

@@ -163,8 +163,8 @@ def print_run_summary(summary: dict, cfg: Config, started: Summary) -> None:
 
 def exit_code(summary: dict, command: str, cfg: Config) -> int:
     """0 for a finished run; for one stopped by a signal, say where it stopped and how to resume, and return
-    the shell's code for that signal (130 for SIGINT, 143 for SIGTERM), so `pretrain && distill` stops."""
-    import signal
+    the shell's code for that signal (130 for SIGINT, 143 for SIGTERM and SIGUSR1: see mmkd.utils.signals), so
+    `pretrain && distill` stops and a requeued job resumes."""
     import sys
     from pathlib import Path
 
@@ -178,4 +178,6 @@ def exit_code(summary: dict, command: str, cfg: Config) -> int:
     print(f"mmkd {command}: stopped by {name} at step {summary['num_steps']} of {summary['total_steps']}; "
           f"checkpoint {latest_checkpoint(run_dir)}. Resume with:\n  {resume_command(command, run_dir)}\n"
           f"(under torchrun: the same arguments after `-m mmkd`)", file=sys.stderr)
-    return 128 + int(getattr(signal, name, signal.SIGTERM))
+    from mmkd.utils.signals import exit_code as signal_exit_code
+
+    return signal_exit_code(name)

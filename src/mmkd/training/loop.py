@@ -15,7 +15,6 @@ import contextlib
 import functools
 import math
 import random
-import signal
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,15 +31,18 @@ from mmkd.errors import DataError, UsageError
 from mmkd.models.student import Student, build_transforms, create_student, describe_towers
 from mmkd.models.text import BatchTokenizer
 from mmkd.training import checkpoint as ckpt_io
+from mmkd.training.accumulate import MicroBatch, StepGradients
 from mmkd.training.augment import SeededSamples
 from mmkd.training.optim import build_optimizer, lr_at, set_lr
 from mmkd.training.inputs import check_resume_inputs, init_summary, run_inputs
 from mmkd.training.run_folder import check_out_folder, finished_run, remove_owned, write_config
+from mmkd.training.targets import CollateWithTargets
 from mmkd.training.telemetry import MetricsLogger, Throughput
 from mmkd.training.validation import Validator
 from mmkd.utils import dist as dist_utils
 from mmkd.utils.io import atomic_write_json
 from mmkd.utils.locks import writer_lock
+from mmkd.utils.signals import StopFlag, loader_kwargs
 
 
 class Task(Protocol):
@@ -49,8 +51,10 @@ class Task(Protocol):
     name: str
     module: torch.nn.Module
 
-    def losses(self, outputs: dict[str, torch.Tensor], batch: Batch, rank: int, world_size: int) -> dict[str, torch.Tensor]:
-        """Named loss terms; the weighted total is under "loss"."""
+    def losses(self, outputs: dict[str, torch.Tensor], batch: Batch | None, rank: int, world_size: int,
+               targets: Any = None) -> dict[str, torch.Tensor]:
+        """Named loss terms over the whole step's batch; the weighted total is under "loss". The loop passes
+        `targets` (what `prepare` returned for each micro-batch, concatenated) and no batch."""
 
     def extra_modules(self) -> dict[str, torch.nn.Module]:
         """Trainable modules saved beside the student (extra.safetensors)."""
@@ -58,9 +62,11 @@ class Task(Protocol):
     def checkpoint_info(self) -> dict[str, Any]:
         """Extra JSON saved in train_state.json (e.g. the teachers of a distillation)."""
 
-    # Optional hooks: set_epoch(epoch); prepare(batch), called before the forward pass (host work that can
-    # overlap it); extra_inputs(micro_position, dist_info, device) -> kwargs for the module's forward.
-    # Outputs "image", "text" and "head_*" are per pair sample.
+    # Optional hooks: set_epoch(epoch); extra_inputs(micro_position, dist_info, device) -> kwargs for the
+    # module's forward; target_reader(batch) -> host targets, run in the loader's workers (see targets.py);
+    # prepare(batch, host_targets) -> per-row loss targets on the device (dicts of tensors/arrays, concatenated
+    # over a step's micro-batches), called after extra_inputs and before the forward. Outputs "image", "text"
+    # and "head_*" are per pair sample; `shared_outputs` names those that are not per row (accumulate.py).
 
 
 @dataclass
@@ -86,31 +92,6 @@ class RunState:
                    num_samples_seen=d["num_samples_seen"], num_bad_steps=d["num_bad_steps"],
                    consecutive_bad_steps=d.get("consecutive_bad_steps", 0), skipped=Counter(d.get("skipped", {})),
                    last_loss=d.get("last_loss", float("nan")))
-
-
-class _StopFlag:
-    """SIGTERM/SIGINT ask the loop to save a checkpoint and exit cleanly at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        self.signum = 0
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def autocast_context(device_type: str, precision: str):
@@ -374,7 +355,10 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
     # Captions are tokenized in the loader's workers, padded to each batch's longest caption.
     text_batcher = BatchTokenizer(student.tokenizer, student.model, cfg.model.pad_to_longest,
                                   32 if cfg.train.compile else 8)
-    collate = functools.partial(collate_pairs, tokenize=text_batcher)
+    collate: Any = functools.partial(collate_pairs, tokenize=text_batcher)
+    reader = getattr(task, "target_reader", None)
+    if reader is not None:  # stage 2: teacher targets read in the loader's workers, delivered with the batch
+        collate = CollateWithTargets(collate, reader)
     size = student.preprocess_cfg["size"]
     image_hw = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
 
@@ -410,7 +394,7 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
     nan_steps = _test_nan_steps()
     nan_weight_steps = _test_nan_steps(_TEST_NAN_WEIGHTS_ENV)
     module.train()
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         while state.step < total_steps:
             epoch, step_in_epoch = divmod(state.step, steps_per_epoch)
             sampler.set_position(epoch, step_in_epoch * cfg.train.accum_steps)
@@ -425,46 +409,25 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
                 lr = lr_at(state.step, total_steps, cfg.optim)
                 set_lr(optimizer, lr)
                 optimizer.zero_grad(set_to_none=True)
-                terms_sum: dict[str, float] = {}
-                finite = True
                 step_samples = 0
+                no_sync = train_module.no_sync if info.distributed else contextlib.nullcontext
+                grads = StepGradients(train_module, task, cfg.train.accum_steps, info.rank, info.world_size,
+                                      lambda: autocast_context(device_type, cfg.train.precision), no_sync, device)
                 for micro in range(cfg.train.accum_steps):
                     # Only the time inside next() is data wait: mark its start, then count it once the
                     # batch is here (the previous micro-batch's compute must not count as waiting).
                     throughput.computed(0)
-                    batch: Batch = next(batches)
+                    batch, host_targets = next(batches) if reader is not None else (next(batches), None)
                     throughput.waited()
                     state.skipped.update(batch.skipped)
                     _check_skip_fraction(state, cfg)
-                    sync = micro == cfg.train.accum_steps - 1 or not info.distributed
-                    ctx = contextlib.nullcontext() if sync else train_module.no_sync()
-                    with ctx:
-                        # A micro-batch whose samples were all unreadable still runs one blank sample through
-                        # the model (so every rank takes part in the collectives) and then drops its outputs.
-                        empty = len(batch) == 0
-                        images = torch.zeros(1, 3, *image_hw) if empty else batch.images
-                        images = images.to(device, non_blocking=True)
-                        tokens = text_batcher(["-"]) if empty else batch.tokens
-                        tokens = tokens.to(device, non_blocking=True)
-                        if hasattr(task, "prepare") and not empty:  # targets read and copied during the forward
-                            task.prepare(batch)
-                        extra = {}
-                        if hasattr(task, "extra_inputs"):  # e.g. image-only samples of decision distillation
-                            extra = task.extra_inputs(state.step * cfg.train.accum_steps + micro, info, device)
-                        with autocast_context(device_type, cfg.train.precision):
-                            outputs = train_module(images, tokens, **extra)
-                        if empty:  # drop the blank sample's pair outputs (image, text, head_*)
-                            outputs = {k: v[:0] if _is_pair_output(k) else v for k, v in outputs.items()}
-                        terms = task.losses(outputs, batch, info.rank, info.world_size)
-                        if state.step in nan_steps:  # test-only hook, see _test_nan_steps
-                            terms["loss"] = terms["loss"] * float("nan")
-                        loss = terms["loss"] / cfg.train.accum_steps
-                        loss.backward()
-                    # One host sync for every logged term (not one per term).
-                    values = torch.stack([v.detach().float().reshape(()) for v in terms.values()]).tolist()
-                    for k, v in zip(terms, values):
-                        terms_sum[k] = terms_sum.get(k, 0.0) + v / cfg.train.accum_steps
+                    grads.add(_micro_batch(task, batch, host_targets, state.step * cfg.train.accum_steps + micro,
+                                           info, device, text_batcher, image_hw))
                     step_samples += len(batch)
+                terms = grads.backward(poison_loss=state.step in nan_steps)  # nan_steps: see _test_nan_steps
+                # One host sync for every logged term (not one per term); the terms are the whole step's.
+                values = torch.stack([v.detach().float().reshape(()) for v in terms.values()]).tolist()
+                terms_sum = dict(zip(terms, values))
                 finite = _all_finite(terms_sum["loss"], info.world_size, device)
                 if finite:
                     if cfg.optim.grad_clip > 0:
@@ -506,9 +469,9 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
                 if (cfg.train.save_every and state.step % cfg.train.save_every == 0) or end_of_epoch \
                         or state.step == total_steps:
                     save("periodic" if not end_of_epoch else "epoch")
-                if _stop_requested(stop, info.world_size, device):
+                if _stop_requested(stop, info.world_size):
                     save("signal")
-                    stopped_by_signal = signal.Signals(stop.signum).name if stop.signum else "SIGTERM"
+                    stopped_by_signal = stop.name
                     break
             del batches, loader
             if stopped_by_signal:
@@ -531,8 +494,22 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
     return summary
 
 
-def _is_pair_output(key: str) -> bool:
-    return key in ("image", "text") or key.startswith("head_")
+def _micro_batch(task, batch: Batch, host_targets, position: int, info, device, text_batcher,
+                 image_hw) -> MicroBatch:
+    """One micro-batch's forward inputs and loss targets (from what the loader read, `host_targets`), on the device.
+
+    A micro-batch whose samples were all unreadable still runs one blank sample through the model (so every
+    rank takes part in the collectives); its pair outputs are then dropped.
+    """
+    empty = len(batch) == 0
+    images = torch.zeros(1, 3, *image_hw) if empty else batch.images
+    tokens = text_batcher(["-"]) if empty else batch.tokens
+    extra = {}
+    if hasattr(task, "extra_inputs"):  # e.g. image-only samples of decision distillation
+        extra = task.extra_inputs(position, info, device)
+    targets = task.prepare(batch, host_targets) if hasattr(task, "prepare") else None  # copied during the forward
+    return MicroBatch(images.to(device, non_blocking=True), tokens.to(device, non_blocking=True), extra, targets,
+                      empty)
 
 
 def _all_finite(value: float, world_size: int, device) -> bool:
@@ -556,14 +533,15 @@ def _global_count(n: int, world_size: int, device) -> int:
     return int(t.item())
 
 
-def _stop_requested(stop: _StopFlag, world_size: int, device) -> bool:
+def _stop_requested(stop: StopFlag, world_size: int) -> bool:
+    """Whether any rank received a stop signal: every rank then stops after this same step. One all-reduce of
+    the signal number per step; a rank that received none takes the other's (for the summary and exit code)."""
     if world_size == 1:
         return stop.requested
-    import torch.distributed as dist
-
-    flag = torch.tensor([1 if stop.requested else 0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    signum = dist_utils.max_over_ranks(stop.signum if stop.requested else 0)
+    if signum and not stop.requested:
+        stop.requested, stop.signum = True, signum
+    return bool(signum)
 
 
 def _logit_scale(model) -> torch.Tensor:

@@ -32,7 +32,7 @@ class ClipTask:
         self.module = ClipForward(student.model)
         self.local, self.gather_grad = cfg.loss.local, cfg.loss.gather_with_grad
 
-    def losses(self, outputs, batch, rank: int, world_size: int) -> dict[str, torch.Tensor]:
+    def losses(self, outputs, batch, rank: int, world_size: int, targets=None) -> dict[str, torch.Tensor]:
         terms = clip_loss(outputs["image"], outputs["text"], outputs["logit_scale"], rank, world_size,
                           local=self.local, gather_grad=self.gather_grad)
         terms["loss"] = terms["clip"]

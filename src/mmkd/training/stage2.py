@@ -38,8 +38,8 @@ from mmkd.errors import UsageError
 from mmkd.losses.contrastive import clip_loss
 from mmkd.losses.distill import (feature_distillation, feature_distillation_many, interactive_contrastive,
                                  interactive_contrastive_joint, interactive_contrastive_many, relational_kl)
-from mmkd.losses.gather import gather_rows
-from mmkd.training.policies import teacher_weights
+from mmkd.losses.gather import gather_ids, gather_rows
+from mmkd.training.targets import TargetReader
 
 
 class DistillExtras(nn.Module):
@@ -98,6 +98,7 @@ def _check_content(store, records, rows, mode: str) -> None:
 
 class DistillTask:
     name = "distill"
+    shared_outputs = ("logit_scale", "icl_temperature", "prompts")  # not per row (see mmkd.training.accumulate)
 
     def __init__(self, student, cfg, device, records=None):
         from mmkd.data.feature_store import FeatureStore
@@ -155,8 +156,9 @@ class DistillTask:
         self.needs_features = self.feature_terms or d.lambda_kl > 0
         self.epoch = 0
         self._prepared: tuple[Any, dict[str, Any]] | None = None
-        self._host: torch.Tensor | None = None
-        self._copy_done: Any = None  # a torch.cuda.Event once the pinned block exists
+        # The decision and CLIP-only runs read no features. Used by the loader's workers (`fit`).
+        self.target_reader = TargetReader(self.store, self.teachers, self.kinds if self.needs_features else (),
+                                          self.row_of_index, d.policy, cfg.train.seed, d.modality_routes)
         self.decision = None
         if d.lambda_decision > 0 or self.space == "decision":
             from mmkd.training.decision import DecisionTargets, teacher_specs_from_store
@@ -210,56 +212,34 @@ class DistillTask:
         rows = all_rows[info.rank * per_rank:(info.rank + 1) * per_rank]
         images, weights = self.decision.load_images(
             rows, self.image_hw, self.decision.first_draw(position, per_rank, info.rank, info.world_size))
-        self._decision_rows = (all_rows, weights)
+        self._decision_rows = (rows, weights)  # this rank's: `prepare` hands them to the loss with the targets
         return {"decision_images": images.to(device), "prompt_tokens": self.decision.prompt_tokens.to(device)}
 
     def set_epoch(self, epoch: int) -> None:
         """Random teacher draws change with the epoch (and never with the number of processes)."""
         self.epoch = epoch
+        self.target_reader.epoch = epoch
 
     # ---- targets ------------------------------------------------------------------------------
-    def prepare(self, batch) -> None:
-        """Read the batch's teacher features and weights and start their copy to the device.
+    def prepare(self, batch, host: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Start the copy of the batch's teacher features and weights to the device.
 
-        `fit` calls this before the student's forward pass: the store reads, the policy and one
-        asynchronous host-to-device copy then overlap the forward on a GPU, and `losses` finds the
-        targets waiting. (`losses` prepares the batch itself when nobody did.)
+        `fit` calls this (after `extra_inputs`) before the student's forward pass, with what the loader's
+        worker read for the batch (`host`, see mmkd.training.targets); without it the store is read here.
+        Returns the targets `losses` takes (and keeps them for a `losses(outputs, batch)` call without them).
         """
-        self._prepared = (batch, self._load_targets(batch))
+        targets = self._load_targets(batch, host)
+        self._prepared = (batch, targets)
+        return targets
 
-    def _load_targets(self, batch) -> dict[str, Any]:
-        d = self.cfg.distill
-        rows = self.row_of_index[batch.indices.numpy()]
-        feature_kinds = self.kinds if self.needs_features else ()  # the decision and CLIP-only runs read none
-        feats = self.store.rows(rows, kinds=feature_kinds + (("score",) if d.policy == "score-weighted" else ()),
-                                teachers=self.teachers)
-        w_BT = teacher_weights(d.policy, feats["available"],
-                               scores_BT=np.stack([feats["score"][t] for t in self.teachers], 1) if "score" in feats
-                               else None, seed=self.cfg.train.seed, epoch=self.epoch, indices_B=batch.indices.numpy(),
-                               modalities_B=batch.modalities, routes=d.modality_routes, teachers=self.teachers)
-        # Every array the loss needs, packed (and cast) into one float32 [B, sum of widths] block: one copy.
-        parts = [(f"{kind}:{t}", feats[kind][t]) for kind in feature_kinds for t in self.teachers]
-        parts += [("weights", w_BT), ("available", feats["available"])]
-        widths = [a.shape[1] for _, a in parts]
-        arrays = [a for _, a in parts]
-        if torch.device(self.device).type == "cuda":
-            host = self._pinned_block(len(rows), sum(widths))
-            np.concatenate(arrays, axis=1, out=host.numpy(), casting="unsafe")
-            block = host.to(self.device, non_blocking=True)
-            self._copy_done.record()
-        else:
-            block = torch.from_numpy(np.concatenate(arrays, axis=1, dtype=np.float32, casting="unsafe"))
-        on_device = dict(zip([name for name, _ in parts], torch.split(block, widths, dim=1)))
-        return {"weights": w_BT, "on_device": on_device}
-
-    def _pinned_block(self, rows: int, width: int) -> torch.Tensor:
-        """A reusable pinned host block for the batch's targets, free once its last copy has finished."""
-        if self._host is None or self._host.shape[0] < rows or self._host.shape[1] != width:
-            self._host = torch.empty((rows, width), dtype=torch.float32, pin_memory=True)
-            self._copy_done = torch.cuda.Event()
-        else:
-            self._copy_done.synchronize()
-        return self._host[:rows]
+    def _load_targets(self, batch, host: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The batch's targets on the device, from what a loader worker read (`host`) or read here."""
+        host = self.target_reader(batch) if host is None else host
+        block = host["block"].to(self.device, non_blocking=True)  # pinned by the loader on a GPU
+        targets = {"weights": host["weights"], "on_device": self.target_reader.split(block)}
+        if self.decision is not None and self._decision_rows is not None:  # this rank's image-only rows
+            targets["decision_rows"], targets["decision_weight"] = self._decision_rows
+        return targets
 
     def _raw(self, targets, t: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher t's stored image and text features of the batch, float32 on the device."""
@@ -306,13 +286,15 @@ class DistillTask:
         return rows
 
     # ---- the loss -----------------------------------------------------------------------------
-    def losses(self, outputs, batch, rank: int, world_size: int) -> dict[str, torch.Tensor]:
+    def losses(self, outputs, batch, rank: int, world_size: int, targets=None) -> dict[str, torch.Tensor]:
         """Every term over the global batch: the rows of all ranks are gathered (student features with
         their gradient), and every rank computes the same loss. With DDP averaging the gradients this
-        equals one process on the global batch (see mmkd.losses.gather)."""
+        equals one process on the global batch (see mmkd.losses.gather). `targets`: what `prepare`
+        returned (concatenated over a step's micro-batches); without them, the batch's are read."""
         d = self.cfg.distill
-        prepared, self._prepared = self._prepared, None
-        targets = prepared[1] if prepared is not None and prepared[0] is batch else self._load_targets(batch)
+        if targets is None:
+            prepared, self._prepared = self._prepared, None
+            targets = prepared[1] if prepared is not None and prepared[0] is batch else self._load_targets(batch)
         g = gather_rows(self._local_rows(outputs, targets), rank, world_size)
         terms = clip_loss(g["image"], g["text"], outputs["logit_scale"])  # already global: no second gather
         zero = outputs["image"].sum() * 0.0
@@ -367,11 +349,12 @@ class DistillTask:
             terms[f"kl:{t}"] = kl.detach()
         decision_total = zero
         if self.decision is not None and "decision_image" in outputs:
-            rows, weights = self._decision_rows  # every rank's rows, and this rank's weights
+            rows, weights = targets["decision_rows"], targets["decision_weight"]  # this rank's
             local = {"image": outputs["decision_image"], "weight": torch.from_numpy(weights).to(outputs["image"].device)}
             gd = gather_rows(local, rank, world_size)
             if world_size > 1:
                 weights = gd["weight"].detach().cpu().numpy()
+                rows = gather_ids(rows, world_size, outputs["image"].device)
             decision_total = self.decision.loss(gd["image"], outputs["prompts"], rows, weights)
         terms["fd"], terms["icl"], terms["kl"], terms["decision"] = fd_total, icl_total, kl_total, decision_total
         # Zero-weighted use of every output keeps DDP's gradient bookkeeping whole when a batch has

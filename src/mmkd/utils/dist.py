@@ -52,6 +52,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest `value` of all ranks, on every rank (one all-reduce; one process: `value`)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def destroy() -> None:
     import torch.distributed as dist
 

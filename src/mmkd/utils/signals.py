@@ -1,0 +1,81 @@
+"""Stopping on a signal: the main process decides, the data loader's workers carry on until told.
+
+A cluster stops a job by signalling it: SLURM's `scancel` and preemption send SIGTERM to every
+process of the step (the whole process group, workers included), `--signal=B:USR1@120` sends
+SIGUSR1 to the batch script (which forwards it) two minutes before the time limit, and Ctrl-C
+sends SIGINT to the foreground group. mmkd answers all three the same way: finish the current
+step (or chunk), write a checkpoint that resumes exactly, and exit with the shell's code for a
+terminated process, so that `pretrain && distill` stops and a requeued job resumes:
+
+  SIGTERM, SIGUSR1  ->  exit 143 (128 + SIGTERM): stopped, resumable (USR1 asks for requeue, not a bug)
+  SIGINT            ->  exit 130 (128 + SIGINT)
+
+DataLoader workers ignore all three (`ignore_stop_signals`, their `worker_init_fn`): a worker
+killed by a group-wide SIGTERM would make the main process's next batch raise before it could
+write its checkpoint. The main process ends them when it closes the loader. Loaders start their
+workers with an explicit context (`loader_context`): fork where the platform has it (workers
+inherit the main process's signal handlers between fork and `worker_init_fn`, and its open
+memory maps), spawn elsewhere; Python 3.14 would otherwise switch Linux to forkserver.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
+
+
+class StopFlag:
+    """While entered, a stop signal sets `requested` (and `signum`) instead of ending the process."""
+
+    def __init__(self):
+        self.requested = False
+        self.signum = 0
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in STOP_SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "SIGTERM"
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """`worker_init_fn` of every DataLoader: the worker ignores SIGTERM, SIGINT and SIGUSR1."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def loader_context(num_workers: int) -> str | None:
+    """The DataLoader's `multiprocessing_context`: fork on Linux, spawn elsewhere (None without workers)."""
+    if num_workers == 0:
+        return None
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
+def loader_kwargs(num_workers: int) -> dict:
+    """The DataLoader arguments every mmkd loader with workers takes (see the module docstring)."""
+    if num_workers == 0:
+        return {"num_workers": 0}
+    return {"num_workers": num_workers, "worker_init_fn": ignore_stop_signals,
+            "multiprocessing_context": loader_context(num_workers)}
+
+
+def exit_code(signal_name: str | None) -> int:
+    """The exit code of a run stopped by `signal_name`: 130 for SIGINT, 143 otherwise (see above)."""
+    return 128 + (signal.SIGINT if signal_name == "SIGINT" else signal.SIGTERM)
