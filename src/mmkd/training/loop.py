@@ -42,7 +42,7 @@ from mmkd.training.validation import Validator
 from mmkd.utils import dist as dist_utils
 from mmkd.utils.io import atomic_write_json
 from mmkd.utils.locks import writer_lock
-from mmkd.utils.signals import StopFlag, loader_kwargs
+from mmkd.utils.signals import StopFlag
 
 
 class Task(Protocol):
