@@ -362,6 +362,34 @@ def _dash_key(name: str) -> str:
     return f"{section}.{key.replace('-', '_')}"
 
 
+# The metrics of validation pairs (mmkd.training.validation) that --val.keep_best may name.
+PAIR_METRICS = ("val/clip_loss", "val/i2t_recall@1", "val/t2i_recall@1")
+
+
+def check_val_config(val, problems: list[str]) -> None:
+    """Config-time checks of the val section (named keys, values, fixes), added to `problems`."""
+    if val.every < 0:
+        problems.append(f"val.every: {val.every!r} is not allowed; use 0 (end of every epoch) or a step count")
+    if val.encode_batch_size < 2:
+        problems.append(f"val.encode_batch_size: {val.encode_batch_size!r} is not allowed; use 2 or more (the loss needs negatives)")
+    metric = val.keep_best
+    if not metric:
+        return
+    if metric.startswith("val/"):
+        if not val.data:
+            problems.append(f"val.keep_best: {metric!r} needs validation pairs; give --val.data PAIRS")
+        elif metric not in PAIR_METRICS:
+            problems.append(f"val.keep_best: {metric!r} is not a validation metric; choose one of "
+                            f"{', '.join(PAIR_METRICS)}")
+    elif metric.startswith("zero-shot/"):
+        if not val.datasets:
+            problems.append(f"val.keep_best: {metric!r} needs zero-shot datasets; give --val.datasets CATALOG")
+    else:
+        problems.append(f"val.keep_best: {metric!r} is not a validation metric; use one of {', '.join(PAIR_METRICS)}, "
+                        f"zero-shot/mean_accuracy (or mean_auroc, mean_balanced_accuracy) or "
+                        f"zero-shot/DATASET/accuracy")
+
+
 def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
     """Every problem of a resolved config, each naming the key, the value and what is allowed."""
     problems: list[str] = []
@@ -414,8 +442,6 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
     check("train.save_every", cfg.train.save_every >= 0, "use 0 (epoch ends only) or a positive step count")
     check("train.keep_checkpoints", cfg.train.keep_checkpoints >= 1, "use 1 or more")
     check("train.max_bad_steps", cfg.train.max_bad_steps >= 1, "use 1 or more")
-    from mmkd.training.validation import check_val_config
-
     check_val_config(cfg.val, problems)
     if stage == "distill":
         check("distill.store", bool(cfg.distill.store), "give the feature store with --store PATH")

@@ -12,9 +12,10 @@ captions under the same sample ids.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -90,8 +91,6 @@ def check_rows(content: np.ndarray, records: Sequence[PairRecord], rows: np.ndar
 
 def _packed_note(record: PairRecord, stored: bytes) -> str:
     """Why a row differs, when packing explains it: the data given are resized copies (`mmkd data pack`)."""
-    from mmkd.data.pack import pack_info, source_image_digest
-
     info = pack_info(record.image[0]) if isinstance(record.image, tuple) else None
     if info is None:
         return ("Their image or caption bytes changed under the same sample ids (a store extracted from images "
@@ -116,3 +115,43 @@ def open_content(store_path: str | Path) -> np.ndarray | None:
         raise UsageError(f"feature store {str(store_path)!r}: {CONTENT_FILE} has shape {arr.shape} {arr.dtype}, "
                          f"not [N, {ROW_BYTES}] uint8; rerun the extraction into a new folder")
     return arr[:, :ROW_BYTES]  # wider rows are padding that keeps every chunk on a page
+
+
+# Packed data (`mmkd data pack`): each packed folder holds PACK_FILE, and each sample's .json its `mmkd_pack`.
+PACK_FILE = "PACKED.json"
+
+
+def pack_info(shard_path: str) -> dict[str, Any] | None:
+    """PACKED.json of the packed folder holding `shard_path` (searched upwards), or None for original data."""
+    folder = Path(shard_path).parent
+    for candidate in (folder, *folder.parents):
+        meta = candidate / PACK_FILE
+        if meta.is_file():
+            try:
+                return json.loads(meta.read_text())
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def source_image_digest(record) -> str:
+    """`source_image_digest` of a packed sample (its .json's `mmkd_pack`), or "" when it has none."""
+    from mmkd.data import tarscan
+
+    shard, offset, _ = record.image
+    listing = tarscan.list_members(shard)
+    try:
+        name = listing.names[listing.offsets.index(offset)]
+    except ValueError:
+        return ""
+    key = name[:len(name) - len(name.rsplit("/", 1)[-1])] + name.rsplit("/", 1)[-1].split(".", 1)[0]
+    for member, off, size in zip(listing.names, listing.offsets, listing.sizes):
+        if member == f"{key}.json":
+            try:
+                with open(shard, "rb") as f:
+                    f.seek(off)
+                    obj = json.loads(f.read(size))
+                return str(obj.get("mmkd_pack", {}).get("source_image_digest", ""))
+            except (OSError, ValueError, AttributeError):
+                return ""
+    return ""

@@ -42,10 +42,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from mmkd.data.content import PACK_FILE, digest, pack_info, source_image_digest  # noqa: F401 - pack's public names
 from mmkd.errors import UsageError
 from mmkd.utils.io import atomic_write_text
 
-PACK_FILE = "PACKED.json"
 FORMAT = "mmkd-packed"
 DEFAULT_SIZE = 256
 DEFAULT_QUALITY = 90
@@ -97,8 +97,6 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 def pack_shard(job: tuple[str, str, list[tuple[str, tuple[int, ...], str]], int, int, int]) -> dict[str, int]:
     """Write one packed shard (atomically); returns its counts. The job: source shard, packed shard,
     the selected samples as (key, member table row, modality), size, quality, max pixels."""
-    from mmkd.data.content import digest
-
     src, dst, samples, size, quality, max_pixels = job
     counts = {"samples": len(samples), "resized": 0, "kept": 0, "bytes_in": 0, "bytes_out": 0}
     out = Path(dst)
@@ -275,39 +273,3 @@ def _run(jobs: Sequence[tuple], workers: int, progress: bool, done: int) -> Iter
     finally:
         if bar is not None:
             bar.close()
-
-
-def pack_info(shard_path: str) -> dict[str, Any] | None:
-    """PACKED.json of the packed folder holding `shard_path` (searched upwards), or None for original data."""
-    folder = Path(shard_path).parent
-    for candidate in (folder, *folder.parents):
-        meta = candidate / PACK_FILE
-        if meta.is_file():
-            try:
-                return json.loads(meta.read_text())
-            except (OSError, ValueError):
-                return None
-    return None
-
-
-def source_image_digest(record) -> str:
-    """`source_image_digest` of a packed sample (its .json's `mmkd_pack`), or "" when it has none."""
-    from mmkd.data import tarscan
-
-    shard, offset, _ = record.image
-    listing = tarscan.list_members(shard)
-    try:
-        name = listing.names[listing.offsets.index(offset)]
-    except ValueError:
-        return ""
-    key = name[:len(name) - len(name.rsplit("/", 1)[-1])] + name.rsplit("/", 1)[-1].split(".", 1)[0]
-    for member, off, size in zip(listing.names, listing.offsets, listing.sizes):
-        if member == f"{key}.json":
-            try:
-                with open(shard, "rb") as f:
-                    f.seek(off)
-                    obj = json.loads(f.read(size))
-                return str(obj.get("mmkd_pack", {}).get("source_image_digest", ""))
-            except (OSError, ValueError, AttributeError):
-                return ""
-    return ""

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmkd.models.projections import TeacherProjections
+
 from mmkd.errors import UsageError
 
 WEIGHTS_FILE = "alignment.safetensors"
@@ -38,7 +40,7 @@ TARGET_NORM_RANGE = (1.09, 2.58)
 FAR_OUTSIDE = 2.0  # a mean norm below range / 2 or above range x 2 is warned about
 
 
-class AlignmentAE(nn.Module):
+class AlignmentAE(TeacherProjections, nn.Module):
     arch = "mmkd"
 
     def __init__(self, teacher_dims: dict[str, int], latent_dim: int, hidden_dim: int | None = None):
@@ -55,23 +57,6 @@ class AlignmentAE(nn.Module):
     def encode(self, teacher: str, x_BD: torch.Tensor, modality: str) -> torch.Tensor:
         z = self.proj[teacher](x_BD.float())
         return z + self.mlp[modality](z)
-
-    @torch.no_grad()
-    def project_many(self, xs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The per-teacher linear projections `proj_t(x)` of several teachers' [B_t, D_t] inputs, frozen:
-        teachers of the same dim share one batched matmul. This alone is what the MMKD-CLIP authors
-        distil towards (`clips_project_output`); their modality MLPs only serve the reconstruction."""
-        z = {}
-        for dim in dict.fromkeys(x.shape[1] for x in xs.values()):
-            group = [t for t in xs if xs[t].shape[1] == dim]
-            w_GED = torch.stack([self.proj[t].weight for t in group])
-            b_GE = torch.stack([self.proj[t].bias for t in group])
-            if len({xs[t].shape[0] for t in group}) == 1:
-                x_GBD = torch.stack([xs[t].float() for t in group])
-                z.update(zip(group, torch.baddbmm(b_GE.unsqueeze(1), x_GBD, w_GED.transpose(1, 2)).unbind(0)))
-            else:
-                z.update({t: self.proj[t](xs[t].float()) for t in group})
-        return {t: z[t] for t in xs}
 
     @torch.no_grad()
     def encode_many(self, xs: dict[str, torch.Tensor], modality: str) -> dict[str, torch.Tensor]:

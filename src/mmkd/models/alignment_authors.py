@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmkd.models.alignment import AlignmentAE
+from mmkd.models.projections import TeacherProjections
 
 DROPOUT, NOISE_STD = 0.2, 0.01  # MultiCLIP_AE's defaults (models_ae.py:6)
 
@@ -35,7 +35,7 @@ def _decoder(latent_dim: int, hidden_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, latent_dim))
 
 
-class AuthorsAlignmentAE(nn.Module):
+class AuthorsAlignmentAE(TeacherProjections, nn.Module):
     arch = "authors"
 
     def __init__(self, teacher_dims: dict[str, int], latent_dim: int, hidden_dim: int | None = None,
@@ -58,8 +58,6 @@ class AuthorsAlignmentAE(nn.Module):
         if self.training and self.noise_std > 0:
             z = z + torch.randn_like(z) * self.noise_std
         return self.dec_proj[teacher](self.decoder[modality](self.encoder[modality](z)))
-
-    project_many = AlignmentAE.project_many
 
     @torch.no_grad()
     def encode_many(self, xs: dict[str, torch.Tensor], modality: str) -> dict[str, torch.Tensor]:

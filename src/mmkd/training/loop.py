@@ -34,6 +34,7 @@ from mmkd.training import checkpoint as ckpt_io
 from mmkd.training.accumulate import MicroBatch, StepGradients
 from mmkd.training.augment import SeededSamples
 from mmkd.training.optim import build_optimizer, lr_at, set_lr
+from mmkd.training.precision import autocast_context  # noqa: F401 - also the loop's public name (bench)
 from mmkd.training.inputs import check_resume_inputs, init_summary, run_inputs
 from mmkd.training.run_folder import check_out_folder, finished_run, remove_owned, write_config
 from mmkd.training.targets import CollateWithTargets
@@ -92,12 +93,6 @@ class RunState:
                    num_samples_seen=d["num_samples_seen"], num_bad_steps=d["num_bad_steps"],
                    consecutive_bad_steps=d.get("consecutive_bad_steps", 0), skipped=Counter(d.get("skipped", {})),
                    last_loss=d.get("last_loss", float("nan")))
-
-
-def autocast_context(device_type: str, precision: str):
-    if precision == "bf16" or (precision == "auto" and device_type == "cuda"):
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def resolve_resume(cfg: Config) -> Path | None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from mmkd.config import LossConfig
 from mmkd.losses.contrastive import clip_loss
 
 
@@ -30,7 +31,8 @@ class ClipTask:
 
     def __init__(self, student, cfg, device, records=None):
         self.module = ClipForward(student.model)
-        self.local, self.gather_grad = cfg.loss.local, cfg.loss.gather_with_grad
+        loss = cfg.loss if cfg is not None else LossConfig()
+        self.local, self.gather_grad = loss.local, loss.gather_with_grad
 
     def losses(self, outputs, batch, rank: int, world_size: int, targets=None) -> dict[str, torch.Tensor]:
         terms = clip_loss(outputs["image"], outputs["text"], outputs["logit_scale"], rank, world_size,

@@ -32,40 +32,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmkd.config import PAIR_METRICS  # noqa: F401 - validation metrics, named where they are computed
 from mmkd.errors import UsageError
 
 BEST_DIR = "best"
 BEST_FILE = "best.json"
-PAIR_METRICS = ("val/clip_loss", "val/i2t_recall@1", "val/t2i_recall@1")
 ZERO_SHOT_MEANS = ("accuracy", "balanced_accuracy", "auroc")
 
 
 def lower_is_better(metric: str) -> bool:
     return "loss" in metric
-
-
-def check_val_config(val, problems: list[str]) -> None:
-    """Config-time checks of the val section (named keys, values, fixes), added to `problems`."""
-    if val.every < 0:
-        problems.append(f"val.every: {val.every!r} is not allowed; use 0 (end of every epoch) or a step count")
-    if val.encode_batch_size < 2:
-        problems.append(f"val.encode_batch_size: {val.encode_batch_size!r} is not allowed; use 2 or more (the loss needs negatives)")
-    metric = val.keep_best
-    if not metric:
-        return
-    if metric.startswith("val/"):
-        if not val.data:
-            problems.append(f"val.keep_best: {metric!r} needs validation pairs; give --val.data PAIRS")
-        elif metric not in PAIR_METRICS:
-            problems.append(f"val.keep_best: {metric!r} is not a validation metric; choose one of "
-                            f"{', '.join(PAIR_METRICS)}")
-    elif metric.startswith("zero-shot/"):
-        if not val.datasets:
-            problems.append(f"val.keep_best: {metric!r} needs zero-shot datasets; give --val.datasets CATALOG")
-    else:
-        problems.append(f"val.keep_best: {metric!r} is not a validation metric; use one of {', '.join(PAIR_METRICS)}, "
-                        f"zero-shot/mean_accuracy (or mean_auroc, mean_balanced_accuracy) or "
-                        f"zero-shot/DATASET/accuracy")
 
 
 def resolve_init(init: str) -> str:
@@ -166,7 +142,7 @@ class Validator:
                                name="validation", device=self.device)
 
     def _compute(self) -> dict[str, float]:
-        from mmkd.training.loop import autocast_context
+        from mmkd.training.precision import autocast_context
 
         encoder = self._encoder()
         values: dict[str, float] = {}
