@@ -141,7 +141,8 @@ def prepare(data_dir: str | Path, recipe: DemoRecipe, progress: bool = True) -> 
                       "decision_vocab_captions": str(data_dir / "decision_vocab_captions.yaml"),
                       "decision_vocab_captions_no_names": str(data_dir / "decision_vocab_captions_no_names.yaml"),
                       "catalog": str(data_dir / "catalog.yaml"), "catalog_val": str(data_dir / "catalog-val.yaml")},
-            "counts": counts, "test_data_seed": recipe.seed if recipe.test_data_seed is None else recipe.test_data_seed,
+            "counts": counts, "class_name_share": class_name_share(split.student_pairs, vocab),
+            "test_data_seed": recipe.seed if recipe.test_data_seed is None else recipe.test_data_seed,
             "class_prompts": {m: [t.format(c) for c in v["classnames"] for t in v["templates"]] for m, v in vocab.items()}}
     atomic_write_json(data_dir / "data.json", info)
     return info
@@ -159,6 +160,16 @@ def names_a_class(caption: str, classnames: list[str]) -> bool:
     """Does the caption contain one of the class names as whole words (without case and punctuation)?"""
     words = _words(caption)
     return any(_words(n) in words for n in classnames)
+
+
+def class_name_share(pairs, vocab: dict[str, dict]) -> dict[str, float]:
+    """modality -> the fraction of its captions that name one of its classes (`names_a_class`)."""
+    out = {}
+    for modality, entry in vocab.items():
+        captions = pairs.loc[pairs["modality"] == modality, "caption"].astype(str)
+        if len(captions):
+            out[modality] = round(sum(names_a_class(c, entry["classnames"]) for c in captions) / len(captions), 4)
+    return out
 
 
 def caption_vocabulary(pairs, vocab: dict[str, dict], per_class: int, seed: int,
