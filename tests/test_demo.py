@@ -9,8 +9,9 @@ import pytest
 
 from conftest import run_cli
 from mmkd.demo.jobs import Runner, Step
-from mmkd.demo.recipe import (PREREGISTERED, SELECTION_CANDIDATES, SELECTION_SEEDS, STAGE2_VARIANTS,
-                              TEST_CORPUS_SEEDS, TEST_DATA_SEED, TEST_SEEDS, TEST_STUDENT_SEEDS, make_recipe)
+from mmkd.demo.recipe import (DEFAULT_VARIANT, SELECTION_CANDIDATES, SELECTION_SEEDS, STAGE2_VARIANTS,
+                              TEST_CORPUS_SEEDS, TEST_DATA_SEED, TEST_STUDENT_SEEDS, USED_DATA_SEEDS,
+                              make_recipe)
 import numpy as np
 
 from mmkd.demo.steps import TASKS
@@ -162,8 +163,9 @@ def test_recipe_gives_teachers_an_advantage_and_rejects_unknown_variants():
     assert all(t.epochs >= 8 for t in experts)
     routes = recipe.routes()
     assert routes["blood-cells"] == ["pathology"] and len(routes) == 8
-    assert recipe.stage2_variants == (PREREGISTERED,) and PREREGISTERED in SELECTION_CANDIDATES
-    assert not set(SELECTION_SEEDS) & set(TEST_SEEDS) and len(TEST_SEEDS) >= 5
+    assert recipe.stage2_variants == (DEFAULT_VARIANT,) and DEFAULT_VARIANT in SELECTION_CANDIDATES
+    assert not set(SELECTION_SEEDS) & set(TEST_STUDENT_SEEDS) and len(TEST_STUDENT_SEEDS) >= 3
+    assert len(TEST_CORPUS_SEEDS) >= 3 and TEST_DATA_SEED not in (*USED_DATA_SEEDS, *TEST_CORPUS_SEEDS)
     assert make_recipe(variants=("projection", "decision")).stage2_variants == ("projection", "decision")
     assert set(STAGE2_VARIANTS) >= {"control", "decision", "projection", "adaptor", "relational", "self-label"}
     both = make_recipe(variants=("self-label", "decision-gated:caption-vocab"))
@@ -234,8 +236,8 @@ def test_a_code_change_recomputes_demo_steps_and_a_copied_folder_reuses_them(tmp
 def test_the_validation_plan_uses_the_validation_catalog_and_builds_both_controls(tmp_path):
     from mmkd.demo.cli import _plan
 
-    recipe = make_recipe(quick=True, variants=(PREREGISTERED, "self-label", f"{PREREGISTERED}:caption-vocab",
-                                               "self-distill", f"{PREREGISTERED}:caption-vocab-no-names"),
+    recipe = make_recipe(quick=True, variants=(DEFAULT_VARIANT, "self-label", f"{DEFAULT_VARIANT}:caption-vocab",
+                                               "self-distill", f"{DEFAULT_VARIANT}:caption-vocab-no-names"),
                          student_seeds=(0, 1), eval_split="val")
     paths = {name: str(tmp_path / f"{name}.csv") for name in
              ["student_pairs", "image_only", "image_only_no_names", *(f"teacher-{t.name}" for t in recipe.teachers)]}
@@ -256,17 +258,17 @@ def test_the_validation_plan_uses_the_validation_catalog_and_builds_both_control
         assert own["self_label"] and own["routes_file"].endswith(f"expert-gate-s{seed}.json")
         assert own["overrides"]["distill.lambda_decision"] > 0 and not own["overrides"].get("distill.lambda_fd")
         assert f"expert-gate-s{seed}" in steps[f"stage2-self-label-s{seed}"].deps
-        words = steps[f"stage2-{PREREGISTERED}:caption-vocab-s{seed}"].kwargs["overrides"]
-        same = steps[f"stage2-{PREREGISTERED}-s{seed}"].kwargs["overrides"]
-        same_kwargs = steps[f"stage2-{PREREGISTERED}-s{seed}"].kwargs
+        words = steps[f"stage2-{DEFAULT_VARIANT}:caption-vocab-s{seed}"].kwargs["overrides"]
+        same = steps[f"stage2-{DEFAULT_VARIANT}-s{seed}"].kwargs["overrides"]
+        same_kwargs = steps[f"stage2-{DEFAULT_VARIANT}-s{seed}"].kwargs
         assert words["distill.decision_vocab"].endswith("vc.yaml") and same["distill.decision_vocab"].endswith("v.yaml")
         assert {k: v for k, v in words.items() if k != "distill.decision_vocab"} == \
             {k: v for k, v in same.items() if k != "distill.decision_vocab"}
         # its experts are gated with its own vocabulary
         assert steps[f"expert-gate-captions-s{seed}"].kwargs["vocab"].endswith("vc.yaml")
-        assert f"expert-gate-captions-s{seed}" in steps[f"stage2-{PREREGISTERED}:caption-vocab-s{seed}"].deps
+        assert f"expert-gate-captions-s{seed}" in steps[f"stage2-{DEFAULT_VARIANT}:caption-vocab-s{seed}"].deps
         # without class names: its own vocabulary, image-only rows and gate
-        nameless = steps[f"stage2-{PREREGISTERED}:caption-vocab-no-names-s{seed}"]
+        nameless = steps[f"stage2-{DEFAULT_VARIANT}:caption-vocab-no-names-s{seed}"]
         assert nameless.kwargs["overrides"]["distill.decision_vocab"].endswith("vn.yaml")
         assert nameless.kwargs["overrides"]["data.image_only_path"].endswith("image_only_no_names.csv")
         assert steps[f"expert-gate-no-names-s{seed}"].kwargs["vocab"].endswith("vn.yaml")
@@ -279,7 +281,7 @@ def test_the_validation_plan_uses_the_validation_catalog_and_builds_both_control
         assert steps[f"extract-self-s{seed}"].kwargs["teachers"] == {}
         assert own.kwargs["store"] == steps[f"align-self-s{seed}"].kwargs["store"] != same_kwargs["store"]
         assert own.kwargs["self_label"] and {f"extract-self-s{seed}", f"align-self-s{seed}"} <= set(own.deps)
-        assert own.kwargs["overrides"] == steps[f"stage2-{PREREGISTERED}-s{seed}"].kwargs["overrides"]
+        assert own.kwargs["overrides"] == steps[f"stage2-{DEFAULT_VARIANT}-s{seed}"].kwargs["overrides"]
         assert own.kwargs["steps"] == same_kwargs["steps"] and own.kwargs["routes_file"] == same_kwargs["routes_file"]
 
 
@@ -288,7 +290,7 @@ def _selection(tmp_path, **changes):
     from mmkd.demo.protocol import make_protocol, selection_document
 
     rows = with_overall([_row("expert", "teacher", 0.59), _row("untrained", "untrained", 0.26)])
-    protocol = make_protocol(PREREGISTERED, rows, make_recipe(student_seeds=(0, 1, 2), eval_split="val"), [0],
+    protocol = make_protocol(DEFAULT_VARIANT, rows, make_recipe(student_seeds=(0, 1, 2), eval_split="val"), [0],
                              TEST_STUDENT_SEEDS, TEST_CORPUS_SEEDS, TEST_DATA_SEED)
     protocol.update(changes)
     path = tmp_path / "selection.json"
@@ -306,8 +308,8 @@ def test_the_selection_file_freezes_every_choice_under_a_hash_of_its_content(tmp
     body = {k: v for k, v in doc.items() if k != "hash"}
     assert doc["hash"] == hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     p = doc["protocol"]
-    assert p["variant"] == PREREGISTERED and p["overall_tasks"] == list(TASKS)
-    assert p["controls"] == ["self-distill", f"{PREREGISTERED}:caption-vocab-no-names"]
+    assert p["variant"] == DEFAULT_VARIANT and p["overall_tasks"] == list(TASKS)
+    assert p["controls"] == ["self-distill", f"{DEFAULT_VARIANT}:caption-vocab-no-names"]
     assert not set(p["test_student_seeds"]) & set(p["selection_student_seeds"]) and len(p["test_student_seeds"]) >= 3
     assert len(p["test_corpus_seeds"]) >= 3 and p["test_data_seed"] not in p["used_data_seeds"]
     assert p["stage2"]["overrides"]["self-distill"]["distill.lambda_fd"] > 0  # every term on
@@ -478,15 +480,15 @@ def test_quick_selection_then_a_test_run_that_reads_the_frozen_file(tmp_path):
     from mmkd.demo.protocol import selection_document
 
     out = tmp_path / "demo"
-    r = run_cli("demo", "--quick", "--student-seeds", "0,1", "--stage2", f"projection,{PREREGISTERED}", "--out",
+    r = run_cli("demo", "--quick", "--student-seeds", "0,1", "--stage2", f"projection,{DEFAULT_VARIANT}", "--out",
                 str(out), timeout=3600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     doc = json.loads((out / "selection.json").read_text())
-    assert doc["protocol"]["variant"] in ("projection", PREREGISTERED)
+    assert doc["protocol"]["variant"] in ("projection", DEFAULT_VARIANT)
     assert doc["protocol"]["overall_tasks"] == json.loads((out / "results-val.json").read_text())["rows"][0][
         "overall_tasks"]
     protocol = {**doc["protocol"], "test_corpus_seeds": [20, 21], "test_student_seeds": [10, 11],
-                "variant": PREREGISTERED, "controls": ["self-distill", f"{PREREGISTERED}:caption-vocab-no-names"]}
+                "variant": DEFAULT_VARIANT, "controls": ["self-distill", f"{DEFAULT_VARIANT}:caption-vocab-no-names"]}
     resized = selection_document(protocol, doc["ranking"], doc["candidates"], doc["command"], doc["code_version"])
     path = tmp_path / "selection.json"
     path.write_text(json.dumps(resized))
@@ -504,9 +506,9 @@ def test_quick_selection_then_a_test_run_that_reads_the_frozen_file(tmp_path):
     assert [(s["corpus_seed"], s["model"]) for s in control["per_seed"]] == [
         (20, "student-control-s10"), (20, "student-control-s11"), (21, "student-control-s10"),
         (21, "student-control-s11")]
-    paired = comparison["paired"][f"student-stage2-{PREREGISTERED} - student-control"]["all-tasks"]
+    paired = comparison["paired"][f"student-stage2-{DEFAULT_VARIANT} - student-control"]["all-tasks"]
     assert paired["num_corpora"] == 2 and paired["ci_over"] == "corpus means" and len(paired["per_seed"]) == 4
-    assert f"student-stage2-{PREREGISTERED} - student-stage2-self-distill" in comparison["paired"]
+    assert f"student-stage2-{DEFAULT_VARIANT} - student-stage2-self-distill" in comparison["paired"]
     # fresh synthetic test sets (a data seed no run used), the real ones marked as seen before
     sets = comparison["meta"]["test_sets"]
     assert all(v.startswith("unseen") for k, v in sets.items() if k.startswith("synth-"))

@@ -125,7 +125,7 @@ def frozen_choices(args: argparse.Namespace) -> dict[str, Any] | None:
             raise UsageError(f"{option}: {value!r} would override a choice frozen in {args.selection}; the test run "
                              f"takes it from there (drop {option})")
     p = doc["protocol"]
-    if p["test_data_seed"] in p["used_data_seeds"]:
+    if p["test_data_seed"] in (*p["used_data_seeds"], *p["test_corpus_seeds"]):
         raise UsageError(f"--selection: {args.selection}: test_data_seed {p['test_data_seed']} made test sets an "
                          f"earlier run has seen; make a new selection")
     return doc
@@ -267,7 +267,7 @@ def _write_comparison(root: Path, rows, recipe, args, plan, corpora, selection, 
     from mmkd.demo.compare import comparison_json, comparison_markdown, select
     from mmkd.demo.protocol import make_protocol, selection_document
     from mmkd.demo.recipe import (SELECTION_CANDIDATES, SELECTION_SEEDS, TEST_CORPUS_SEEDS, TEST_DATA_SEED,
-                                  TEST_STUDENT_SEEDS)
+                                  TEST_STUDENT_SEEDS, USED_DATA_SEEDS)
     from mmkd.utils.io import atomic_write_json, atomic_write_text
 
     suffix = "" if recipe.eval_split == "test" else f"-{recipe.eval_split}"
@@ -292,9 +292,9 @@ def _write_comparison(root: Path, rows, recipe, args, plan, corpora, selection, 
                 else TEST_STUDENT_SEEDS
             corpus = tuple(s + 100 for s in TEST_CORPUS_SEEDS) if set(TEST_CORPUS_SEEDS) & set(plan["corpus_seeds"]) \
                 else TEST_CORPUS_SEEDS
+            used = {*USED_DATA_SEEDS, *plan["corpus_seeds"], *corpus}
             protocol = make_protocol(chosen["chosen"], rows, recipe, plan["corpus_seeds"], fresh, corpus,
-                                     TEST_DATA_SEED if TEST_DATA_SEED not in plan["corpus_seeds"]
-                                     else max(plan["corpus_seeds"]) + 1009)
+                                     TEST_DATA_SEED if TEST_DATA_SEED not in used else max(used) + 1)
             protocol["selection_student_seeds"] = plan["seeds"]
             doc = selection_document(protocol, chosen["ranking"], list(SELECTION_CANDIDATES), meta["command"], code)
             written.append(root / "selection.json")

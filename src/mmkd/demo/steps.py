@@ -117,8 +117,9 @@ def stage2(pairs_csv: str, store: str, init: str, run_dir: str, steps: int, lr: 
     """Stage 2 (or its control): `steps` optimiser steps from the stage-1 student, the given distill options.
 
     `routes_file`: a `gate_experts` result whose routes become `distill.modality_routes`.
-    `self_label`: the control without teachers: the stage-1 student itself (`init`'s last checkpoint)
-    labels the image-only images of every modality the routes give an expert to."""
+    `self_label`: the stage-1 student itself (`init`'s last checkpoint) replaces the experts: it labels the
+    image-only images of every modality the routes give an expert to, and, with a `store` of its own
+    features (the `self-distill` control), is the only teacher of the feature terms too."""
     from mmkd.data.pairs import index_source
     from mmkd.utils.runs import latest_checkpoint
 
