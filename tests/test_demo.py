@@ -523,3 +523,34 @@ def test_quick_selection_then_a_test_run_that_reads_the_frozen_file(tmp_path):
         assert json.loads((steps / "extract-self-s10.json").read_text())["result"]["teachers"] == ["student-self"]
         terms = json.loads((steps / "stage2-self-distill-s10.json").read_text())["result"]["final_terms"]
         assert terms["fd"] > 0 and terms["icl"] > 0 and "decision" in terms
+
+
+def test_the_test_comparison_names_its_selection_hash_frozen_tasks_and_seen_test_sets():
+    from mmkd.demo.compare import comparison_json, comparison_markdown
+
+    def runs(name, kind, values, **extra):
+        per_seed = [{**_row(f"{name}-c{c}-s{s}", kind, v, zs=v), "corpus_seed": c}
+                    for (c, s), v in zip([(20, 10), (20, 11), (21, 10), (21, 11)], values)]
+        return {"model": name, "label": name, "kind": kind, "num_seeds": 4, "per_seed": per_seed, **extra,
+                **{t: float(np.mean([p[t] for p in per_seed])) for t in TASKS}}
+
+    control = [0.50, 0.52, 0.40, 0.42]
+    rows = with_overall([_row("expert", "teacher", 0.7), runs("student-untrained", "untrained", [0.26] * 4),
+                         runs("student-control", "control", control),
+                         runs("student-stage2-x", "stage2", [c + 0.05 for c in control], variant="x")],
+                        tasks=("zero-shot", "retrieval"))
+    assert rows[3]["overall_tasks"] == ["zero-shot", "retrieval"]  # the frozen set, though every task separates
+    meta = {"command": "mmkd demo --eval-split test --selection s.json", "split": "test", "split_name": "test sets",
+            "seeds": [10, 11], "corpus_seeds": [20, 21], "selection_seeds": [0, 1, 2], "selection_file": "s.json",
+            "selection_hash": "abc123", "frozen_tasks": ["zero-shot", "retrieval"], "test_data_seed": 1009,
+            "test_sets": {"d1": "unseen (synthetic, data seed 1009, never used before)",
+                          "d2": "seen before (the shipped test split, evaluated by earlier runs)"}}
+    md = comparison_markdown(rows, meta)
+    assert "protocol hash `abc123`" in md and "in `overall` (frozen)" in md
+    assert "| corpus 20 seed 10 | corpus 20 seed 11 | corpus 21 seed 10 | corpus 21 seed 11 |" in md
+    assert "| d2 (seen before) |" in md and "| d1 |" in md
+    assert "mean [95 % CI over corpus means] | between-corpus sd |" in md
+    data = comparison_json(rows, meta)
+    gain = data["paired"]["student-stage2-x - student-control"]["overall"]
+    assert gain["per_seed"] == pytest.approx([0.05] * 4) and gain["num_corpora"] == 2
+    assert data["meta"]["selection_hash"] == "abc123"
