@@ -237,3 +237,30 @@ def test_a_truncated_readme_block_is_caught():
     truncated = readme.replace(copied, copied.rsplit("\n", 2)[0])
     assert truncated != readme
     assert block_problems(readme, _files()) == [] and block_problems(truncated, _files())
+
+
+def test_docs_results_copies_only_a_test_run_made_with_the_selection_it_copies(tmp_path, monkeypatch):
+    publish = _publish()
+    repo, run = tmp_path / "repo", tmp_path / "run"
+    (repo / "docs" / "results").mkdir(parents=True)
+    run.mkdir()
+    for page, name in (("README.md", "demo-test"), ("docs/DISTILLATION.md", "demo-val")):
+        (repo / page).write_text(f"text\n<!-- copied verbatim from docs/results/{name}.md -->\nold\n"
+                                 f"<!-- end of docs/results/{name}.md -->\nmore\n")
+    (run / "comparison-val.md").write_text("Written by `mmkd demo --eval-split val`\n\nvalidation table\n")
+    (run / "comparison.md").write_text("Written by `mmkd demo --eval-split test`\n\ntest table\n")
+    (run / "comparison-val.json").write_text("{}")
+    (run / "comparison.json").write_text(json.dumps({"meta": {"selection_hash": "h1"}}))
+    (run / "selection.json").write_text(json.dumps({"hash": "h2"}))
+    monkeypatch.setattr(publish, "REPO", repo)
+    with pytest.raises(SystemExit, match="was not run with"):
+        publish.main(run)
+    assert not list((repo / "docs" / "results").iterdir())  # nothing copied
+    (run / "selection.json").write_text(json.dumps({"hash": "h1"}))
+    publish.main(run)
+    assert sorted(p.name for p in (repo / "docs" / "results").iterdir()) == [
+        "demo-test.json", "demo-test.md", "demo-val.json", "demo-val.md", "selection.json"]
+    readme = (repo / "README.md").read_text()
+    assert readme == ("text\n<!-- copied verbatim from docs/results/demo-test.md -->\n"
+                      "Written by `mmkd demo --eval-split test`\n\ntest table\n<!-- end of docs/results/demo-test.md -->\n"
+                      "more\n")
