@@ -32,21 +32,28 @@ synthetic ones (CT, brain MRI, histopathology, dermoscopy; `mmkd synth`).
   6. stage 2     distillation (default `decision-gated+projection-modality`: for the modalities
                  where an expert beats the stage-1 student, its zero-shot decisions on the
                  image-only images and its aligned features on the pairs) and the control:
-                 the same steps, CLIP loss only; `self-label` and `NAME:caption-vocab` are the
-                 controls for decision distillation (docs/DISTILLATION.md)
+                 the same steps, CLIP loss only; `self-distill` (the stage-1 student as the only
+                 teacher, every term on), `self-label`, `NAME:caption-vocab` and
+                 `NAME:caption-vocab-no-names` are controls (docs/DISTILLATION.md)
   7. evaluate    every model on zero-shot, linear probe, retrieval, VQA, MIL classification and
                  survival, on the --eval-split sets; then `mmkd report`
 
+Validation first, test once. The default evaluates on the validation sets; with several student
+seeds it writes selection.json: the chosen variant, the tasks of `overall` and every other choice
+of the test run, with a hash. The test sets are evaluated only with that file (--selection FILE):
+the run takes every choice from it, refuses a changed file, and writes its hash into every output.
+
 Prints a table (per-task means over datasets; `overall` averages the tasks that separate trained
-from untrained models) and writes comparison[-val].md/.json: paired differences to the control per
-seed, their mean with a 95 % CI, and wins. Rerunning on the same --out reuses every finished step
-whose code and inputs are unchanged (a copied folder too).
+from untrained models, frozen on validation for the test run; the all-task mean beside it) and
+writes comparison[-val].md/.json: paired differences to the control per run, their mean with a
+95 % CI (over corpus means when there are several --corpus-seeds), and wins. Rerunning on the same
+--out reuses every finished step whose code and inputs are unchanged (a copied folder too).
 
 examples:
-  mmkd demo                          # about 10 minutes on 2 CPU cores; results in runs/demo
+  mmkd demo                          # about 10 minutes on 2 CPU cores; validation sets, results in runs/demo
   mmkd demo --quick --out /tmp/demo  # a small version (a couple of minutes), as the tests run it
-  mmkd demo --eval-split val --student-seeds 0,1,2 --stage2 decision-gated,projection-modality --out runs/e
-  mmkd demo --student-seeds 10,11,12,13,14 --stage2 decision-gated+projection-modality,self-label --out runs/e
+  mmkd demo --eval-split val --student-seeds 0,1,2 --stage2 projection,decision-gated --out runs/e
+  mmkd demo --eval-split test --selection runs/e/selection.json --out runs/e
 """
 
 
@@ -64,15 +71,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads per step (default: CPU cores / jobs, at least 1)")
     parser.add_argument("--student-seeds", default="", metavar="SEEDS",
                         help="comma-separated seeds: run stage 1, the control and stage 2 once per seed (same data "
-                             "and teachers) and show mean ± sd over them (default: --seed only)")
-    parser.add_argument("--eval-split", default="test", choices=("val", "test"),
+                             "and teachers) and show mean ± sd over them (default: --seed only; the test run takes "
+                             "them from --selection)")
+    parser.add_argument("--corpus-seeds", default="", metavar="SEEDS",
+                        help="comma-separated corpus-and-teacher seeds: a fresh draw of both corpora and freshly "
+                             "trained teachers per seed, each in DIR/corpus-SEED, every student seed on each "
+                             "(default: --seed only; the test run takes them from --selection)")
+    parser.add_argument("--eval-split", default="val", choices=("val", "test"),
                         help="evaluate on the validation sets (to choose a stage-2 variant and its settings) or the "
-                             "test sets (the reported comparison, with fresh --student-seeds) (default: %(default)s)")
+                             "test sets (the reported comparison; needs --selection) (default: %(default)s)")
+    parser.add_argument("--selection", default="", metavar="FILE",
+                        help="the test run's frozen choices: the selection.json a validation run wrote "
+                             "(required with --eval-split test)")
     parser.add_argument("--stage2", default="", metavar="VARIANTS",
                         help="comma-separated stage-2 variants to run beside the control: "
                              f"{', '.join(v for v in STAGE2_VARIANTS if v != 'control')}; a decision variant with "
-                             ":caption-vocab uses the training captions as its vocabulary (default: "
-                             "decision-gated+projection-modality; see docs/DISTILLATION.md)")
+                             ":caption-vocab uses the training captions as its vocabulary, with "
+                             ":caption-vocab-no-names those that name no class (default: "
+                             "decision-gated+projection-modality; the test run takes them from --selection)")
+
+
+def _seeds(option: str, text: str) -> tuple[int, ...]:
+    from mmkd.errors import UsageError
+
+    try:
+        seeds = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"{option}: {text!r} is not a comma-separated list of integers") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UsageError(f"{option}: {text!r} must be distinct seeds >= 0")
+    return seeds
+
+
+def frozen_choices(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The selection file of a test run (checked), or None for a validation run; refuses a test run without
+    one and any option that would override a frozen choice."""
+    from mmkd.demo.protocol import read_selection
+    from mmkd.errors import UsageError
+
+    if args.eval_split != "test":
+        if args.selection:
+            raise UsageError("--selection: only the test run (--eval-split test) takes a selection file; the "
+                             "validation run writes one")
+        return None
+    if not args.selection:
+        raise UsageError("--eval-split test: the test sets are evaluated only with the choices frozen on the "
+                         "validation sets; give --selection DIR/selection.json as the validation run "
+                         "(mmkd demo --eval-split val --student-seeds 0,1,2 --out DIR) wrote it")
+    doc = read_selection(args.selection, args.quick)
+    for option, value in (("--stage2", args.stage2), ("--student-seeds", args.student_seeds),
+                          ("--corpus-seeds", args.corpus_seeds)):
+        if value:
+            raise UsageError(f"{option}: {value!r} would override a choice frozen in {args.selection}; the test run "
+                             f"takes it from there (drop {option})")
+    p = doc["protocol"]
+    if p["test_data_seed"] in (*p["used_data_seeds"], *p["test_corpus_seeds"]):
+        raise UsageError(f"--selection: {args.selection}: test_data_seed {p['test_data_seed']} made test sets an "
+                         f"earlier run has seen; make a new selection")
+    return doc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,50 +142,70 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs: {args.jobs} must be at least 1")
     if args.seed < 0:
         raise UsageError(f"--seed: {args.seed} is negative; use a seed >= 0")
-    variants = tuple(v.strip() for v in args.stage2.split(",") if v.strip()) or None
-    try:
-        student_seeds = tuple(int(x) for x in args.student_seeds.split(",") if x.strip())
-    except ValueError:
-        raise UsageError(f"--student-seeds: {args.student_seeds!r} is not a comma-separated list of integers") from None
-    recipe = make_recipe(quick=args.quick, seed=args.seed, variants=variants, student_seeds=student_seeds,
-                         eval_split=args.eval_split)
+    selection = frozen_choices(args)
+    if selection is None:
+        variants = tuple(v.strip() for v in args.stage2.split(",") if v.strip()) or None
+        student_seeds = _seeds("--student-seeds", args.student_seeds)
+        corpus_seeds = _seeds("--corpus-seeds", args.corpus_seeds) or (args.seed,)
+        test_data_seed, frozen_tasks = None, None
+    else:
+        p = selection["protocol"]
+        variants = (p["variant"], *p["controls"])
+        student_seeds, corpus_seeds = tuple(p["test_student_seeds"]), tuple(p["test_corpus_seeds"])
+        test_data_seed, frozen_tasks = p["test_data_seed"], tuple(p["overall_tasks"])
+    recipes = {c: make_recipe(quick=args.quick, seed=c, variants=variants, student_seeds=student_seeds,
+                              eval_split=args.eval_split, test_data_seed=test_data_seed) for c in corpus_seeds}
+    recipe = recipes[corpus_seeds[0]]
     root = Path(args.out)
     check_out_dir(root)
-    selection_seeds = _check_fresh_seeds(root, recipe)
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / "recipe.json", recipe.to_json())
+    stamp = {"selection_file": str(args.selection), "selection_hash": selection["hash"]} if selection else {}
+    atomic_write_json(root / "recipe.json", {**recipe.to_json(), "corpus_seeds": list(corpus_seeds), **stamp})
     started = time.perf_counter()
     print(f"mmkd demo{' --quick' if recipe.quick else ''}: writing to {root.resolve()} "
           f"(evaluation on the {recipe.eval_split} sets)")
+    if selection:
+        print(f"frozen choices: {args.selection} (hash {selection['hash'][:16]}): {', '.join(variants or ())}; "
+              f"overall = {', '.join(frozen_tasks or ()) or 'no task'}")
 
     from mmkd.demo.data import prepare
 
-    print("[1/7] data: synthetic corpus + real-mini images, student / teacher / image-only tables")
-    info = prepare(root / "data", recipe)
-    _print_counts(info)
     _preimport()
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    runner = Runner(root, jobs=args.jobs, threads=threads)
-    plan = _plan(runner, recipe, info, root)
-    print(f"[2-7/7] {len(runner.steps)} steps, {args.jobs} at a time ({threads} thread(s) each); logs in {root / 'logs'}")
-    runner.run()
-    plan["reused"] = runner.reused
-    rows = results(runner, plan)
+    corpora = []
+    reused = 0
+    for c, r in recipes.items():
+        croot = root if len(recipes) == 1 else root / f"corpus-{c}"
+        print(f"[1/7] data{'' if len(recipes) == 1 else f' (corpus seed {c})'}: synthetic corpus + real-mini "
+              f"images, student / teacher / image-only tables")
+        info = prepare(croot / "data", r)
+        _print_counts(info)
+        runner = Runner(croot, jobs=args.jobs, threads=threads)
+        plan = _plan(runner, r, info, croot)
+        print(f"[2-7/7] {len(runner.steps)} steps, {args.jobs} at a time ({threads} thread(s) each); logs in "
+              f"{croot / 'logs'}")
+        runner.run()
+        reused += runner.reused
+        corpora.append((c, runner, plan, info))
+    plan = {"seeds": corpora[0][2]["seeds"], "corpus_seeds": list(corpus_seeds), "reused": reused}
+    rows = results([(c, runner, p) for c, runner, p, _ in corpora], tasks=frozen_tasks)
     table = format_table(rows, plan)
     suffix = "" if recipe.eval_split == "test" else f"-{recipe.eval_split}"
+    header = (f"Frozen choices: {args.selection}, hash {selection['hash']}.\n\n" if selection else "")
     atomic_write_json(root / f"results{suffix}.json", {"rows": rows, "recipe": recipe.to_json(),
+                                                       "corpus_seeds": list(corpus_seeds), **stamp,
                                                        "minutes": round((time.perf_counter() - started) / 60, 2)})
-    (root / f"results{suffix}.md").write_text(table + "\n")
-    written = _write_comparison(root, rows, recipe, args, plan, selection_seeds, code_version(),
+    (root / f"results{suffix}.md").write_text(header + table + "\n")
+    written = _write_comparison(root, rows, recipe, args, plan, corpora, selection, code_version(),
                                 round((time.perf_counter() - started) / 60, 1))
     print()
     print(table)
     print()
     for line in verdict(rows, plan):
         print(line)
-    report = runner.steps[plan["report_step"]].result or {}
+    report = corpora[0][1].steps[corpora[0][2]["report_step"]].result or {}
     print()
-    print(f"report: {report.get('markdown')}  (tables)")
+    print(f"report: {report.get('markdown')}  (tables{'' if len(corpora) == 1 else ', first corpus seed'})")
     print(f"        {report.get('html')}  (one page with plots)")
     print(f"        plots in {Path(report.get('html', root)).parent / 'plots'}")
     print(f"table:  {root / f'results{suffix}.md'}; per-result JSON in {root / ('eval' + suffix)}")
@@ -140,8 +216,8 @@ def run(args: argparse.Namespace) -> int:
     closing = Summary("demo")
     closing.started = started
     closing.add("folder", root.resolve())
-    closing.add("steps", f"{len(runner.steps)} (logs in {root / 'logs'})")
-    closing.add("table", root / "results.md")
+    closing.add("steps", f"{sum(len(runner.steps) for _, runner, _, _ in corpora)} (logs in {root / 'logs'})")
+    closing.add("table", root / f"results{suffix}.md")
     closing.add("report", report.get("html"))
     closing.emit()
     return 0
@@ -155,58 +231,78 @@ def command_line(args: argparse.Namespace) -> str:
     if args.seed:
         parts.append(f"--seed {args.seed}")
     parts.append(f"--eval-split {args.eval_split}")
-    if args.student_seeds:
-        parts.append(f"--student-seeds {args.student_seeds}")
-    if args.stage2:
-        parts.append(f"--stage2 {args.stage2}")
+    for option, value in (("--selection", args.selection), ("--corpus-seeds", args.corpus_seeds),
+                          ("--student-seeds", args.student_seeds), ("--stage2", args.stage2)):
+        if value:
+            parts.append(f"{option} {value}")
     parts.append(f"--out {args.out}")
     return " ".join(parts)
 
 
-def _check_fresh_seeds(root: Path, recipe) -> list[int]:
-    """The selection seeds; a test comparison over several seeds must not reuse one of them."""
-    from mmkd.demo.recipe import SELECTION_SEEDS
-    from mmkd.errors import UsageError
+def test_sets(corpora, selection: dict[str, Any] | None) -> dict[str, str]:
+    """dataset -> whether its test images are new to every choice: the synthetic sets of a data seed no run
+    used before are; the real sets (the shipped test splits, evaluated by every earlier run) are seen before."""
+    import yaml
 
-    chosen = root / "selection.json"
-    used = set(SELECTION_SEEDS)
-    if chosen.is_file():
-        used |= set(json.loads(chosen.read_text()).get("seeds", []))
-    overlap = sorted(used & set(recipe.student_seeds))
-    if recipe.eval_split == "test" and len(recipe.student_seeds) > 1 and overlap:
-        raise UsageError(f"--student-seeds: {', '.join(map(str, overlap))} chose the stage-2 variant on the validation "
-                         f"sets; the test comparison needs fresh seeds (e.g. "
-                         f"{','.join(str(max(used) + 1 + i) for i in range(5))})")
-    return sorted(used)
+    info = corpora[0][3]
+    catalog = yaml.safe_load(Path(info["paths"]["catalog"]).read_text())["datasets"]
+    used = set(selection["protocol"]["used_data_seeds"]) if selection else set()
+    seed = info.get("test_data_seed")
+    out = {}
+    for name in catalog:
+        if name.startswith("synth-") and selection and seed not in used:
+            out[name] = f"unseen (synthetic, data seed {seed}, never used before)"
+        elif name.startswith("synth-"):
+            out[name] = f"seen before (synthetic, data seed {seed})"
+        else:
+            out[name] = "seen before (the shipped test split, evaluated by earlier runs)"
+    return out
 
 
-def _write_comparison(root: Path, rows, recipe, args, plan, selection_seeds, code: str,
+def _write_comparison(root: Path, rows, recipe, args, plan, corpora, selection, code: str,
                       minutes: float) -> list[Path]:
-    """comparison[-val].md/.json; on validation also selection.json (the variant chosen for the test run)."""
+    """comparison[-val].md/.json; on validation also selection.json (the frozen choices of the test run)."""
     import datetime
 
     from mmkd.demo.compare import comparison_json, comparison_markdown, select
-    from mmkd.demo.recipe import SELECTION_CANDIDATES
+    from mmkd.demo.protocol import make_protocol, selection_document
+    from mmkd.demo.recipe import (SELECTION_CANDIDATES, SELECTION_SEEDS, TEST_CORPUS_SEEDS, TEST_DATA_SEED,
+                                  TEST_STUDENT_SEEDS, USED_DATA_SEEDS)
     from mmkd.utils.io import atomic_write_json, atomic_write_text
 
     suffix = "" if recipe.eval_split == "test" else f"-{recipe.eval_split}"
+    p = selection["protocol"] if selection else {}
     meta = {"command": command_line(args), "date": datetime.date.today().isoformat(), "code_version": code,
             "split": recipe.eval_split,
             "split_name": "test sets (catalog.yaml)" if recipe.eval_split == "test"
             else "validation sets (catalog-val.yaml)",
-            "seeds": plan["seeds"], "selection_seeds": selection_seeds, "data_seed": recipe.seed,
+            "seeds": plan["seeds"], "corpus_seeds": plan["corpus_seeds"],
+            "selection_seeds": p.get("selection_student_seeds", list(SELECTION_SEEDS)), "data_seed": recipe.seed,
             "minutes": minutes, "reused_steps": plan.get("reused", 0)}
+    if selection:
+        meta.update(selection_file=str(args.selection), selection_hash=selection["hash"], frozen_tasks=p["overall_tasks"],
+                    test_data_seed=p["test_data_seed"], test_sets=test_sets(corpora, selection))
     written = [root / f"comparison{suffix}.md", root / f"comparison{suffix}.json"]
     atomic_write_text(written[0], comparison_markdown(rows, meta))
     atomic_write_json(written[1], comparison_json(rows, meta))
     if recipe.eval_split == "val" and len(plan["seeds"]) > 1:
         chosen = select(rows, SELECTION_CANDIDATES)
         if chosen["chosen"]:
+            fresh = tuple(s + 100 for s in TEST_STUDENT_SEEDS) if set(TEST_STUDENT_SEEDS) & set(plan["seeds"]) \
+                else TEST_STUDENT_SEEDS
+            corpus = tuple(s + 100 for s in TEST_CORPUS_SEEDS) if set(TEST_CORPUS_SEEDS) & set(plan["corpus_seeds"]) \
+                else TEST_CORPUS_SEEDS
+            used = {*USED_DATA_SEEDS, *plan["corpus_seeds"], *corpus}
+            protocol = make_protocol(chosen["chosen"], rows, recipe, plan["corpus_seeds"], fresh, corpus,
+                                     TEST_DATA_SEED if TEST_DATA_SEED not in used else max(used) + 1)
+            protocol["selection_student_seeds"] = plan["seeds"]
+            doc = selection_document(protocol, chosen["ranking"], list(SELECTION_CANDIDATES), meta["command"], code)
             written.append(root / "selection.json")
-            atomic_write_json(written[-1], {**chosen, "seeds": plan["seeds"], "candidates": list(SELECTION_CANDIDATES),
-                                            "command": meta["command"], "code_version": code})
+            atomic_write_json(written[-1], doc)
             print(f"chosen on validation: {chosen['chosen']} (mean paired difference to the control "
-                  f"{chosen['ranking'][0]['mean']:+.3f}); run it on test with fresh --student-seeds")
+                  f"{chosen['ranking'][0]['mean']:+.3f}); frozen in {written[-1]} (hash {doc['hash'][:16]}); "
+                  f"the test run: mmkd demo --eval-split test --selection {written[-1]}"
+                  f"{' --quick' if recipe.quick else ''} --out {args.out}")
     return written
 
 
@@ -241,11 +337,17 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+GATE_NAME = {"": "", ":caption-vocab": "-captions", ":caption-vocab-no-names": "-no-names"}
+VOCAB_PATH = {"": "decision_vocab", ":caption-vocab": "decision_vocab_captions",
+              ":caption-vocab-no-names": "decision_vocab_captions_no_names"}
+
+
 def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
     """Add every step to the runner; returns the models to evaluate (name -> display label, kind)."""
     from mmkd.demo.jobs import Step
-    from mmkd.demo.recipe import (STAGE2_VARIANTS, base_variant, is_gated, needs_alignment, needs_image_only,
-                                  needs_routes, uses_caption_vocab)
+    from mmkd.demo.recipe import (NO_NAMES_VOCAB, SELF_DISTILL, STAGE2_VARIANTS, base_variant, is_gated,
+                                  needs_alignment, needs_image_only, needs_routes, vocab_suffix)
+    from mmkd.demo.steps import SELF_TEACHER
 
     paths, counts = info["paths"], info["counts"]
     data_salt = _hash(counts)
@@ -298,23 +400,33 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
                                           "step": f"stage1{sfx}", "spec": s1, "group": "student-stage1"}
         shared = dict(pairs_csv=student_pairs, store=store, init=s1, steps=recipe.stage2_steps, lr=recipe.stage2_lr,
                       batch_size=recipe.batch_size, seed=seed)
-        # The gate classifies with the variant's own vocabulary: the caption-vocabulary control never
-        # touches the evaluation's class prompts, not even to choose its experts.
+        # The gate classifies with the variant's own vocabulary: the caption-vocabulary controls never
+        # touch the evaluation's class prompts, not even to choose their experts.
         gates = {}
-        for words in dict.fromkeys(uses_caption_vocab(v) for v in recipe.stage2_variants if is_gated(v)):
-            name = f"expert-gate{'-captions' if words else ''}{sfx}"
+        for words in dict.fromkeys(vocab_suffix(v) for v in recipe.stage2_variants if is_gated(v)):
+            name = f"expert-gate{GATE_NAME[words]}{sfx}"
             gates[words] = (name, abs_(root / "runs" / f"{name}.json"))
             runner.add(Step(name, "mmkd.demo.steps:gate_experts", dict(
-                pairs_csv=student_pairs, vocab=abs_(paths["decision_vocab_captions" if words else "decision_vocab"]),
+                pairs_csv=student_pairs, vocab=abs_(paths[VOCAB_PATH[words]]),
                 teachers=specs, experts={t.name: list(t.modalities) for t in recipe.teachers if t.modalities},
                 student=s1, out=gates[words][1]), deps=teacher_steps + (f"stage1{sfx}",), clean=(gates[words][1],),
                 weight=0.5))
+        if SELF_DISTILL in recipe.stage2_variants:  # the stage-1 student's own features, extracted and aligned
+            self_store = abs_(root / f"store-self{sfx}")
+            runner.add(Step(f"extract-self{sfx}", "mmkd.demo.steps:extract", dict(
+                pairs_csv=student_pairs, teachers={}, store=self_store, students={SELF_TEACHER: s1}),
+                deps=(f"stage1{sfx}",), clean=(self_store,), weight=num_student / 2000, salt=data_salt))
+            runner.add(Step(f"align-self{sfx}", "mmkd.demo.steps:align", dict(
+                store=self_store, latent_dim=64, steps=300 if not recipe.quick else 50, seed=recipe.seed),
+                deps=(f"extract-self{sfx}",), weight=0.3))
         for variant in ("control", *recipe.stage2_variants):
             overrides = dict(STAGE2_VARIANTS[base_variant(variant)])
             if needs_image_only(variant):
                 overrides.update(decision)
-                if uses_caption_vocab(variant):
-                    overrides["distill.decision_vocab"] = abs_(paths["decision_vocab_captions"])
+                if vocab_suffix(variant):
+                    overrides["distill.decision_vocab"] = abs_(paths[VOCAB_PATH[vocab_suffix(variant)]])
+                if vocab_suffix(variant) == NO_NAMES_VOCAB:
+                    overrides["data.image_only_path"] = abs_(paths["image_only_no_names"])
             if needs_routes(variant):
                 overrides["distill.modality_routes"] = recipe.routes()
             group = "student-control" if variant == "control" else f"student-stage2-{variant}"
@@ -323,16 +435,20 @@ def _plan(runner, recipe, info: dict[str, Any], root: Path) -> dict[str, Any]:
             deps = (f"stage1{sfx}", "extract") + (("align",) if needs_alignment(variant) else ())
             kwargs = dict(shared, run_dir=run_dir, overrides=overrides)
             if is_gated(variant):
-                gate, kwargs["routes_file"] = gates[uses_caption_vocab(variant)]
+                gate, kwargs["routes_file"] = gates[vocab_suffix(variant)]
                 deps += (gate,)
-            if base_variant(variant) == "self-label":
+            if base_variant(variant) in ("self-label", SELF_DISTILL):
                 kwargs["self_label"] = True
+            if variant == SELF_DISTILL:
+                kwargs["store"] = abs_(root / f"store-self{sfx}")
+                deps += (f"extract-self{sfx}", f"align-self{sfx}")
             runner.add(Step(step, "mmkd.demo.steps:stage2", kwargs,
                             deps=deps, clean=(run_dir,),
                             weight=recipe.stage2_steps * recipe.batch_size / 1000
                             * (1.6 if needs_image_only(variant) else 1)))
             label = ("control: stage 1 + the same steps, CLIP loss only" if variant == "control"
-                     else f"student after stage 2 ({variant})")
+                     else "self-distillation: the stage-1 student as the only teacher, every term"
+                     if variant == SELF_DISTILL else f"student after stage 2 ({variant})")
             kind = "control" if variant == "control" else "stage2"
             models[f"{group}{sfx}"] = {"label": label, "kind": kind, "step": step, "spec": run_dir, "group": group,
                                        "variant": variant}

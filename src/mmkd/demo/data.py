@@ -12,6 +12,11 @@
     data_dir/decision_vocab_captions.yaml  modality -> {classnames, prompts: class -> texts}: the
                                student's own training captions of each class, none equal to an
                                evaluation prompt (the `:caption-vocab` control)
+    data_dir/decision_vocab_captions_no_names.yaml  the same from the captions that name no class of
+                               their modality, with image_only_no_names.csv (the modalities it covers)
+                               (the `:caption-vocab-no-names` control)
+    data_dir/synth-test/       with `recipe.test_data_seed`: a synthetic corpus of that seed, whose
+                               evaluation sets are the synthetic test sets of catalog.yaml
     data_dir/catalog.yaml      the evaluation datasets of both corpora (six task types), test sets
     data_dir/catalog-val.yaml  the same datasets' validation sets (where stage-2 choices are made)
     data_dir/data.json         counts per modality and per table
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,20 +115,34 @@ def prepare(data_dir: str | Path, recipe: DemoRecipe, progress: bool = True) -> 
     vocab = {**yaml.safe_load((synth.root / "decision_vocab.yaml").read_text()),
              **yaml.safe_load((real.root / "decision_vocab.yaml").read_text())}
     atomic_write_text(data_dir / "decision_vocab.yaml", yaml.safe_dump(vocab, sort_keys=False, width=120))
-    for name, what in (("catalog.yaml", "test sets"), ("catalog-val.yaml", "validation sets")):
-        catalog = _merged_catalog({"synth": synth.root / name, "real": real.root / name}, data_dir / name, recipe)
+    synth_test = synth
+    if recipe.test_data_seed is not None:  # test images no choice has seen: a corpus of a fresh seed
+        synth_test = _reuse_or_replace(generate, data_dir / "synth-test", seed=recipe.test_data_seed, size=32,
+                                       train_per_class=1, quick=recipe.quick, difficulty=recipe.synth_difficulty,
+                                       workers=2, progress=progress)
+    for name, what, source in (("catalog.yaml", "test sets", synth_test), ("catalog-val.yaml", "validation sets", synth)):
+        catalog = _merged_catalog({"synth": source.root / name, "real": real.root / name}, data_dir / name, recipe)
         atomic_write_text(data_dir / name, f"# The demo's evaluation datasets ({what}): mmkd synth + real-mini "
                           "(captions made from class names).\n" + yaml.safe_dump(catalog, sort_keys=False, width=120))
     caption_vocab = caption_vocabulary(split.student_pairs, vocab, recipe.caption_vocab_per_class, recipe.seed)
     atomic_write_text(data_dir / "decision_vocab_captions.yaml",
                       yaml.safe_dump(caption_vocab, sort_keys=False, width=120, allow_unicode=True))
+    no_names = caption_vocabulary(split.student_pairs, vocab, recipe.caption_vocab_per_class, recipe.seed,
+                                  without_names=True)
+    atomic_write_text(data_dir / "decision_vocab_captions_no_names.yaml",
+                      yaml.safe_dump(no_names, sort_keys=False, width=120, allow_unicode=True))
+    paths["image_only_no_names"] = str(write_pairs_csv(
+        split.image_only[split.image_only["modality"].isin(list(no_names))], data_dir / "image_only_no_names.csv",
+        data_dir, columns=["image", "modality", "sample_id"]))
     counts = {name: {str(m): int(n) for m, n in table["modality"].value_counts().sort_index().items()}
               for name, table in tables.items()}
     counts["image_only"] = {str(m): int(n) for m, n in split.image_only["modality"].value_counts().sort_index().items()}
     info = {"paths": {**paths, "decision_vocab": str(data_dir / "decision_vocab.yaml"),
                       "decision_vocab_captions": str(data_dir / "decision_vocab_captions.yaml"),
+                      "decision_vocab_captions_no_names": str(data_dir / "decision_vocab_captions_no_names.yaml"),
                       "catalog": str(data_dir / "catalog.yaml"), "catalog_val": str(data_dir / "catalog-val.yaml")},
-            "counts": counts,
+            "counts": counts, "class_name_share": class_name_share(split.student_pairs, vocab),
+            "test_data_seed": recipe.seed if recipe.test_data_seed is None else recipe.test_data_seed,
             "class_prompts": {m: [t.format(c) for c in v["classnames"] for t in v["templates"]] for m, v in vocab.items()}}
     atomic_write_json(data_dir / "data.json", info)
     return info
@@ -132,29 +152,54 @@ def _plain(text: str) -> str:
     return " ".join(str(text).lower().replace(".", " ").replace(":", " ").split())
 
 
-def caption_vocabulary(pairs, vocab: dict[str, dict], per_class: int, seed: int) -> dict[str, dict]:
+def _words(text: str) -> str:
+    return " " + " ".join(re.sub(r"\W+", " ", str(text).lower()).split()) + " "
+
+
+def names_a_class(caption: str, classnames: list[str]) -> bool:
+    """Does the caption contain one of the class names as whole words (without case and punctuation)?"""
+    words = _words(caption)
+    return any(_words(n) in words for n in classnames)
+
+
+def class_name_share(pairs, vocab: dict[str, dict]) -> dict[str, float]:
+    """modality -> the fraction of its captions that name one of its classes (`names_a_class`)."""
+    out = {}
+    for modality, entry in vocab.items():
+        captions = pairs.loc[pairs["modality"] == modality, "caption"].astype(str)
+        if len(captions):
+            out[modality] = round(sum(names_a_class(c, entry["classnames"]) for c in captions) / len(captions), 4)
+    return out
+
+
+def caption_vocabulary(pairs, vocab: dict[str, dict], per_class: int, seed: int,
+                       without_names: bool = False) -> dict[str, dict]:
     """modality -> {classnames, prompts: class -> up to `per_class` training captions of that class}.
 
     The captions come from `pairs` (the student's own captioned pairs), drawn in a seeded order;
     a caption equal to an evaluation prompt (a template of `vocab` filled with a class name,
     compared without case and punctuation) is never used, so the vocabulary shares wording with
-    the training captions only.
+    the training captions only. They keep the class names where the captions have them.
+    `without_names`: a caption that names a class of its modality is never used either, and a
+    modality where some class is left without a caption is left out.
     """
     import numpy as np
 
     from mmkd.training.decision import class_texts
 
     out: dict[str, dict] = {}
-    for modality, entry in vocab.items():
+    for m_index, (modality, entry) in enumerate(vocab.items()):
         evaluation = {_plain(t) for texts in class_texts(entry) for t in texts}
         rows = pairs[pairs["modality"] == modality]
         prompts = {}
         for name in entry["classnames"]:
             captions = sorted(set(rows.loc[rows["label"] == name, "caption"].astype(str)))
-            captions = [c for c in captions if _plain(c) not in evaluation]
-            order = np.random.default_rng([seed, len(out), len(prompts)]).permutation(len(captions))
+            captions = [c for c in captions if _plain(c) not in evaluation
+                        and not (without_names and names_a_class(c, entry["classnames"]))]
+            order = np.random.default_rng([seed, m_index, len(prompts)]).permutation(len(captions))
             prompts[name] = [captions[i] for i in order[:per_class]]
-        out[modality] = {"classnames": list(entry["classnames"]), "prompts": prompts}
+        if all(prompts.values()) or not without_names:
+            out[modality] = {"classnames": list(entry["classnames"]), "prompts": prompts}
     return out
 
 

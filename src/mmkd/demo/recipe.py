@@ -82,33 +82,58 @@ STAGE2_VARIANTS: dict[str, dict[str, Any]] = {
 # gains over it is what its teachers add beyond "more images + a prompt objective".
 STAGE2_VARIANTS["self-label"] = {"distill.target_space": "decision", "distill.lambda_decision": 1.0,
                                  "distill.lambda_kl": 0.0}
+# `self-distill` -- the whole stage-2 path with the stage-1 student as the only teacher: its features
+# extracted into a store of its own and aligned, its decisions over the same vocabulary on the same
+# image-only images (the modalities the gate kept), every term of `SELF_DISTILL_OF` on, the same steps.
+# What a variant gains over it is what the teachers add; the claim "the gain is the teachers'" is made
+# against it only.
+SELF_DISTILL = "self-distill"
+SELF_DISTILL_OF = "decision-gated+projection-modality"
+STAGE2_VARIANTS[SELF_DISTILL] = dict(STAGE2_VARIANTS[SELF_DISTILL_OF])
 # `NAME:caption-vocab` -- variant NAME with the decision vocabulary made of the student's training
-# captions of each class instead of the evaluation's class names and prompt templates.
+# captions of each class instead of the evaluation's prompt templates. The captions keep the class
+# names (every PBC caption names its class): it removes the templates, not the names.
 CAPTION_VOCAB = ":caption-vocab"
+# `NAME:caption-vocab-no-names` -- the same, from the captions that name no class of their modality
+# (the evaluation's class names, compared without case and punctuation); a modality where some class
+# has no such caption is left out of decision distillation (its vocabulary and image-only rows).
+NO_NAMES_VOCAB = ":caption-vocab-no-names"
+VOCAB_SUFFIXES = (NO_NAMES_VOCAB, CAPTION_VOCAB)  # longest first
 # Gating (an expert teaches a modality only where it beats the stage-1 student) is the demo's own
 # step, not a distill setting; everything else a variant needs follows from its overrides.
 # `self-label` labels the images of the modalities the gate kept (the same images as the gated variants).
-GATED = ("decision-gated", "decision-gated+projection-modality", "self-label")
+GATED = ("decision-gated", "decision-gated+projection-modality", "self-label", SELF_DISTILL)
 
-# The protocol of docs/DISTILLATION.md: every stage-2 choice (variant, weights, gate, temperature)
-# is made on the validation splits with SELECTION_SEEDS; the reported comparison runs once, on the
-# test splits, with TEST_SEEDS (fresh: disjoint from the selection seeds) and the variant chosen.
+# The frozen-selection protocol of docs/DISTILLATION.md: every stage-2 choice is made on the validation
+# splits with SELECTION_SEEDS and frozen in the selection file (`mmkd.demo.protocol`); the test run takes
+# it and runs once, on the test splits, with TEST_STUDENT_SEEDS (disjoint from the selection seeds) on
+# each of TEST_CORPUS_SEEDS: a fresh draw of both corpora and of who sees what, and freshly trained
+# teachers. Its synthetic test sets come from TEST_DATA_SEED, which no earlier run generated: every run
+# before this protocol used data seed 0 (USED_DATA_SEEDS; docs/DISTILLATION.md, "History").
 SELECTION_SEEDS = (0, 1, 2)
-TEST_SEEDS = (10, 11, 12, 13, 14)
+TEST_STUDENT_SEEDS = (10, 11, 12)
+TEST_CORPUS_SEEDS = (20, 21, 22)
+USED_DATA_SEEDS = (0,)
+TEST_DATA_SEED = 1009
 # The demo trains on 32-px images without augmentation: the recipe its measurements were made with
 # (docs/DISTILLATION.md). Real runs keep the authors' RandomResizedCrop (`data.augment`).
 TRAIN_AUGMENT = "none"
 SELECTION_CANDIDATES = ("projection", "paper-exact", "decision-gated", "decision-gated+projection-modality")
-PREREGISTERED = "decision-gated+projection-modality"
+DEFAULT_VARIANT = "decision-gated+projection-modality"  # the default of a run without --stage2
+
+
+def vocab_suffix(variant: str) -> str:
+    """The variant's vocabulary suffix (`:caption-vocab`, `:caption-vocab-no-names`), or ""."""
+    return next((s for s in VOCAB_SUFFIXES if variant.endswith(s)), "")
 
 
 def base_variant(variant: str) -> str:
-    """The STAGE2_VARIANTS entry of a variant name (without its `:caption-vocab` suffix)."""
-    return variant[: -len(CAPTION_VOCAB)] if variant.endswith(CAPTION_VOCAB) else variant
+    """The STAGE2_VARIANTS entry of a variant name (without its vocabulary suffix)."""
+    return variant[: len(variant) - len(vocab_suffix(variant))]
 
 
 def uses_caption_vocab(variant: str) -> bool:
-    return variant.endswith(CAPTION_VOCAB)
+    return bool(vocab_suffix(variant))
 
 
 def needs_image_only(variant: str) -> bool:
@@ -147,11 +172,12 @@ class DemoRecipe:
     stage1_lr: float = 1e-3
     stage2_steps: int = 300
     stage2_lr: float = 5e-4
-    stage2_variants: tuple[str, ...] = (PREREGISTERED,)  # chosen on validation (docs/DISTILLATION.md)
+    stage2_variants: tuple[str, ...] = (DEFAULT_VARIANT,)
     student_seeds: tuple[int, ...] = ()  # stage 1 / control / stage 2 once per seed (empty: `seed` only)
     decision_temperature: float = 0.05
     caption_vocab_per_class: int = 8  # `:caption-vocab`: training captions describing each class
     eval_split: str = "test"  # "val": the selection phase; "test": the reported comparison
+    test_data_seed: int | None = None  # the synthetic test sets' own seed (None: the corpus seed's)
     # evaluation
     num_bootstrap: int = 200
     probe_c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -185,7 +211,8 @@ def default_teachers(quick: bool) -> tuple[TeacherPlan, ...]:
 
 
 def make_recipe(quick: bool = False, seed: int = 0, variants: tuple[str, ...] | None = None,
-                student_seeds: tuple[int, ...] = (), eval_split: str = "test") -> DemoRecipe:
+                student_seeds: tuple[int, ...] = (), eval_split: str = "test",
+                test_data_seed: int | None = None) -> DemoRecipe:
     """The demo's recipe; `quick` is a small version that runs end to end in a couple of minutes."""
     from mmkd.errors import UsageError
 
@@ -193,7 +220,7 @@ def make_recipe(quick: bool = False, seed: int = 0, variants: tuple[str, ...] | 
         raise UsageError(f"--eval-split: {eval_split!r} is not allowed; use val (choosing a variant) or test (the "
                          f"reported comparison)")
     base = DemoRecipe(quick=quick, seed=seed, teachers=default_teachers(quick), student_seeds=tuple(student_seeds),
-                      eval_split=eval_split)
+                      eval_split=eval_split, test_data_seed=test_data_seed)
     if quick:
         # One dataset per task type and two real ones: every step and task runs, on little data.
         base = dataclasses.replace(base, synth_train_per_class=16, real_train_per_class=16, student_fraction=0.3,
@@ -206,6 +233,6 @@ def make_recipe(quick: bool = False, seed: int = 0, variants: tuple[str, ...] | 
         if unknown:
             raise UsageError(f"--stage2: {unknown} not allowed; choose from "
                              f"{', '.join(v for v in STAGE2_VARIANTS if v != 'control')}, or a decision variant "
-                             f"with {CAPTION_VOCAB} (e.g. {PREREGISTERED}{CAPTION_VOCAB})")
+                             f"with {CAPTION_VOCAB} or {NO_NAMES_VOCAB} (e.g. {DEFAULT_VARIANT}{CAPTION_VOCAB})")
         base = dataclasses.replace(base, stage2_variants=tuple(dict.fromkeys(variants)))
     return base

@@ -72,13 +72,19 @@ def untrained(run_dir: str, model: str, seed: int) -> dict[str, Any]:
     return {"checkpoint": Path(ckpt).name}
 
 
-def extract(pairs_csv: str, teachers: dict[str, str], store: str) -> dict[str, Any]:
-    """`mmkd extract`: every teacher encodes the student's pairs; availability by the rank rule."""
+def extract(pairs_csv: str, teachers: dict[str, str], store: str,
+            students: dict[str, str] | None = None) -> dict[str, Any]:
+    """`mmkd extract`: every teacher encodes the student's pairs; availability by the rank rule.
+
+    `students`: name -> a student's run folder, extracted as a teacher from its latest checkpoint
+    (the self-distillation control's only teacher)."""
     from mmkd.cli import main
     from mmkd.data.feature_store import FeatureStore
+    from mmkd.utils.runs import latest_checkpoint
 
     args = ["extract", "--data", pairs_csv, "--out", store, "--availability", "rank", "--candidates", "10",
             "--no-progress"]
+    teachers = {**teachers, **{name: f"local-dir:{latest_checkpoint(run)}" for name, run in (students or {}).items()}}
     for name, spec in teachers.items():
         args += ["--teacher", f"{name}={spec}"]
     code = main(args)
@@ -111,8 +117,9 @@ def stage2(pairs_csv: str, store: str, init: str, run_dir: str, steps: int, lr: 
     """Stage 2 (or its control): `steps` optimiser steps from the stage-1 student, the given distill options.
 
     `routes_file`: a `gate_experts` result whose routes become `distill.modality_routes`.
-    `self_label`: the control without teachers: the stage-1 student itself (`init`'s last checkpoint)
-    labels the image-only images of every modality the routes give an expert to."""
+    `self_label`: the stage-1 student itself (`init`'s last checkpoint) replaces the experts: it labels the
+    image-only images of every modality the routes give an expert to, and, with a `store` of its own
+    features (the `self-distill` control), is the only teacher of the feature terms too."""
     from mmkd.data.pairs import index_source
     from mmkd.utils.runs import latest_checkpoint
 
@@ -245,11 +252,12 @@ def gate_experts(pairs_csv: str, vocab: str, teachers: dict[str, str], experts: 
     table = Path(pairs_csv)
     pairs = pd.read_csv(table, keep_default_na=False)
     vocabulary = load_vocab(vocab)
-    modalities = sorted({m for ms in experts.values() for m in ms})
+    every = sorted({m for ms in experts.values() for m in ms})
+    modalities = [m for m in every if m in vocabulary]  # a vocabulary may leave modalities out
     accuracy: dict[str, dict[str, float]] = {}
     for name, spec in {**teachers, "student": student}.items():
         model = load_model(spec, name=name)
-        wanted = modalities if name == "student" else experts.get(name, [])
+        wanted = modalities if name == "student" else [m for m in experts.get(name, []) if m in vocabulary]
         accuracy[name] = {}
         for m in wanted:
             rows = pairs[pairs["modality"] == m]
@@ -259,7 +267,7 @@ def gate_experts(pairs_csv: str, vocab: str, teachers: dict[str, str], experts: 
             predicted = probs.argmax(1).numpy()
             truth = [names.index(label) for label in rows["label"]]
             accuracy[name][m] = round(float(balanced_accuracy_score(truth, predicted)), 4)
-    routes = {m: [t for t, ms in experts.items() if m in ms and accuracy[t][m] > accuracy["student"][m]]
-              for m in modalities}
+    routes = {m: [t for t, ms in experts.items() if m in modalities and m in ms
+                  and accuracy[t][m] > accuracy["student"][m]] for m in every}
     atomic_write_json(out, {"routes": routes, "accuracy": accuracy})
     return {"routes": routes, "accuracy": accuracy}

@@ -6,8 +6,10 @@ AUROC for MIL classification, c-index for survival). A task's column is the mean
 datasets. `overall` is the mean of the columns of the tasks that *separate* trained from untrained
 models (`separating_tasks`): a task an untrained encoder already solves says nothing about what
 training or distillation taught, so it is shown beside `overall`, never averaged into it.
-With several student seeds, a student row is the mean over seeds and `<column>_sd` its
-standard deviation; `per_seed` keeps each seed's row.
+The test run takes the task set of `overall` frozen on validation (the selection file), and every
+row also carries `all-tasks`, the mean of all six columns, shown beside `overall`.
+With several runs (student seeds, corpus seeds), a row is the mean over its runs and `<column>_sd`
+their standard deviation; `per_seed` keeps each run's row (with its `corpus_seed`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 from mmkd.demo.steps import TASKS
 
 SHORT = {"zero-shot": "zero-shot", "linear-probe": "lin. probe", "retrieval": "retrieval", "vqa": "VQA",
-         "mil-classification": "MIL", "survival": "survival"}
-COLUMNS = (*TASKS, "overall")
+         "mil-classification": "MIL", "survival": "survival", "overall": "overall", "all-tasks": "all tasks"}
+ALL_TASKS = "all-tasks"
+COLUMNS = (*TASKS, "overall", ALL_TASKS)
 KIND_ORDER = {"teacher": 0, "untrained": 1, "student": 2, "control": 3, "stage2": 4}
 # How far above chance an untrained student may score on a task that still separates (MIL AUROC <= 0.60,
 # c-index <= 0.55); a trained model (a teacher or the stage-1 student) must clear chance by twice as much.
@@ -70,35 +73,40 @@ def separating_tasks(rows: list[dict[str, Any]]) -> tuple[str, ...]:
     return tuple(t for t, s in separation(rows).items() if s["separates"])
 
 
-def results(runner, plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows in table order (teachers, untrained, stage 1, control, stage 2 variants), seeds merged per model;
-    `overall` over the separating tasks of this run."""
-    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for name, m in plan["models"].items():
-        groups.setdefault(m.get("group", name), []).append((name, m))
+def results(corpora: list[tuple[int, Any, dict[str, Any]]], tasks: tuple[str, ...] | None = None
+            ) -> list[dict[str, Any]]:
+    """Rows in table order (teachers, untrained, stage 1, control, stage 2 variants), every run of a model
+    merged (corpus seed by corpus seed, student seed by student seed); `overall` over `tasks` (the frozen
+    set) or else the separating tasks of these rows. `corpora`: (corpus seed, runner, plan) per corpus."""
+    groups: dict[str, list[tuple[int, Any, str, dict[str, Any]]]] = {}
+    for corpus, runner, plan in corpora:
+        for name, m in plan["models"].items():
+            groups.setdefault(m.get("group", name), []).append((corpus, runner, name, m))
     rows = []
-    for group, members in sorted(groups.items(), key=lambda g: KIND_ORDER[g[1][0][1]["kind"]]):
+    for group, members in sorted(groups.items(), key=lambda g: KIND_ORDER[g[1][0][3]["kind"]]):
         per_seed = []
-        for name, m in members:
+        for corpus, runner, name, m in members:
             result = runner.steps[m.get("eval_step", f"eval-{name}")].result or {}
             scores = result.get("scores", {})
-            per_seed.append({"model": name, **task_means(scores), "scores": scores, "chance": result.get("chance", {})})
-        rows.append(merge_seeds(group, members[0][1], per_seed))
-    return with_overall(rows)
+            per_seed.append({"model": name, "corpus_seed": corpus, **task_means(scores), "scores": scores,
+                             "chance": result.get("chance", {})})
+        rows.append(merge_seeds(group, members[0][3], per_seed))
+    return with_overall(rows, tasks)
 
 
 def with_overall(rows: list[dict[str, Any]], tasks: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """Fill `overall` (and its sd) of every row and seed from the separating tasks (or `tasks`)."""
-    tasks = separating_tasks(rows) if tasks is None else tasks
+    tasks = separating_tasks(rows) if tasks is None else tuple(tasks)
     for row in rows:
-        for seed_row in row.get("per_seed") or []:
-            seed_row["overall"] = overall_of(seed_row, tasks)
-        if row.get("per_seed"):
-            values = [s["overall"] for s in row["per_seed"] if math.isfinite(s["overall"])]
-            row["overall"] = statistics.fmean(values) if values else float("nan")
-            row["overall_sd"] = statistics.stdev(values) if len(values) > 1 else float("nan")
-        else:
-            row["overall"] = overall_of(row, tasks)
+        for column, of in (("overall", tasks), (ALL_TASKS, TASKS)):
+            for seed_row in row.get("per_seed") or []:
+                seed_row[column] = overall_of(seed_row, of)
+            if row.get("per_seed"):
+                values = [s[column] for s in row["per_seed"] if math.isfinite(s[column])]
+                row[column] = statistics.fmean(values) if values else float("nan")
+                row[f"{column}_sd"] = statistics.stdev(values) if len(values) > 1 else float("nan")
+            else:
+                row[column] = overall_of(row, of)
         row["overall_tasks"] = list(tasks)
     return rows
 
@@ -133,9 +141,9 @@ def format_table(rows: list[dict[str, Any]], plan: dict[str, Any] | None = None)
     """A markdown table (it also reads well in a terminal). Tasks outside `overall` are marked `(apart)`."""
     inside = set(rows[0].get("overall_tasks", TASKS)) if rows else set(TASKS)
     heads = [SHORT[t] + ("" if t in inside else " (apart)") for t in TASKS]
-    lines = ["| model | " + " | ".join(heads) + " | overall |", "|---|" + "---:|" * len(COLUMNS)]
+    lines = ["| model | " + " | ".join(heads) + " | overall | all tasks |", "|---|" + "---:|" * len(COLUMNS)]
     for r in rows:
-        seeds = f" [{r['num_seeds']} seeds]" if r.get("num_seeds", 1) > 1 else ""
+        seeds = f" [{r['num_seeds']} runs]" if r.get("num_seeds", 1) > 1 else ""
         lines.append(f"| {r['label']}{seeds} | " + " | ".join(_cell(r, c) for c in COLUMNS) + " |")
     return "\n".join(lines)
 
