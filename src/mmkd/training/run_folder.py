@@ -114,6 +114,20 @@ def _read_json(path: Path) -> dict[str, Any]:
 _NOT_FINISHED = ("train.epochs", "train.max_steps", "distill.store")
 
 
+def _whole_safetensors(folder: Path) -> bool:
+    """Every .safetensors file in `folder` has a valid header whose tensors fill the file exactly (a cheap check
+    that reads the header only)."""
+    from safetensors import safe_open
+
+    for path in folder.glob("*.safetensors"):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception:  # noqa: BLE001 - any failure to open means the file is not whole
+            return False
+    return True
+
+
 def finished_run(run_dir: Path, cfg: Config, command: str) -> dict[str, Any] | None:
     """`--resume latest` of a run that already finished (a requeued job): says so and returns its summary,
     leaving every file as it was; None when there is something to do. A setting changed on the command line
@@ -131,8 +145,8 @@ def finished_run(run_dir: Path, cfg: Config, command: str) -> dict[str, Any] | N
     summary = _read_json(run_dir / "summary.json")
     ckpt = latest_checkpoint(run_dir)
     if not summary.get("completed") or summary.get("stopped_by_signal") or ckpt is None \
-            or int(ckpt.name.split("_")[1]) != summary.get("num_steps"):
-        return None
+            or int(ckpt.name.split("_")[1]) != summary.get("num_steps") or not _whole_safetensors(ckpt):
+        return None  # a damaged final checkpoint takes the usual resume path, which names an earlier one
     try:
         old = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
