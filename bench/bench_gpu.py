@@ -102,7 +102,7 @@ def time_stage(task, student, cfg, device, batches, args) -> dict:
     """Warm up, then time `args.steps` training steps as `fit` runs them (without the loader)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mmkd.training.loop import autocast_context
+    from mmkd.training.precision import autocast_context
     from mmkd.training.optim import build_optimizer
 
     module = task.module.to(device)
@@ -164,7 +164,7 @@ def profile(step, student, cfg, device, batches) -> None:
     from torch.profiler import profile as torch_profile
 
     from mmkd.models.text import BatchTokenizer
-    from mmkd.training.loop import autocast_context
+    from mmkd.training.precision import autocast_context
 
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)

@@ -42,7 +42,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from mmkd.data.content import PACK_FILE, digest, pack_info, source_image_digest  # noqa: F401 - pack's public names
+from mmkd.data.content import PACK_FILE, digest
 from mmkd.errors import UsageError
 from mmkd.utils.io import atomic_write_text
 

@@ -34,7 +34,7 @@ from mmkd.training import checkpoint as ckpt_io
 from mmkd.training.accumulate import MicroBatch, StepGradients
 from mmkd.training.augment import SeededSamples
 from mmkd.training.optim import build_optimizer, lr_at, set_lr
-from mmkd.training.precision import autocast_context  # noqa: F401 - also the loop's public name (bench)
+from mmkd.training.precision import autocast_context
 from mmkd.training.inputs import check_resume_inputs, init_summary, run_inputs
 from mmkd.training.run_folder import check_out_folder, finished_run, remove_owned, write_config
 from mmkd.training.targets import CollateWithTargets

@@ -115,16 +115,15 @@ _NOT_FINISHED = ("train.epochs", "train.max_steps", "distill.store")
 
 
 def _whole_safetensors(folder: Path) -> bool:
-    """Every .safetensors file in `folder` has a valid header whose tensors fill the file exactly (a cheap check
-    that reads the header only)."""
-    from safetensors import safe_open
+    """Every .safetensors file in `folder` opens whole (the export's header check)."""
+    from mmkd.errors import UsageError
+    from mmkd.export.folder import check_safetensors
 
-    for path in folder.glob("*.safetensors"):
-        try:
-            with safe_open(str(path), framework="pt"):
-                pass
-        except Exception:  # noqa: BLE001 - any failure to open means the file is not whole
-            return False
+    try:
+        for path in folder.glob("*.safetensors"):
+            check_safetensors(path)
+    except UsageError:
+        return False
     return True
 
 

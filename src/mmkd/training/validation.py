@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmkd.config import PAIR_METRICS  # noqa: F401 - validation metrics, named where they are computed
 from mmkd.errors import UsageError
 
 BEST_DIR = "best"
