@@ -26,7 +26,7 @@ not help.
 Extraction with the nine teachers at real size (images/s, bf16 vs fp32 cosine): `--stage extract`,
 which runs bench/gpu_extract.py with the remaining options.
 
-Usage: python bench/bench_gpu.py [--batch N] [--steps 20] [--compile] [--full-context] [--paper] [--profile]
+Usage: python bench/bench_gpu.py [--batch N] [--steps 20] [--rounds 3] [--compile] [--full-context] [--paper] [--profile]
 Prints `RATIO gpu_stage2_vs_stage1: <stage-2 / stage-1 step time>x (target <= 1.10)` and
 `FIGURE` lines with samples/s, TFLOP/s and MFU of each stage.
 """
@@ -98,7 +98,7 @@ def make_config(csv: Path, store: Path, out: Path, args, device: str):
                                "--batch-size", str(args.batch)], stage="distill")
 
 
-def time_stage(task, student, cfg, device, batches, args) -> dict:
+def time_stage(task, student, cfg, device, batches, args, profile_it: bool = False) -> dict:
     """Warm up, then time `args.steps` training steps as `fit` runs them (without the loader)."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -110,11 +110,15 @@ def time_stage(task, student, cfg, device, batches, args) -> dict:
     optimizer = build_optimizer(module, cfg.optim, device.type)
     runner = {"module": module}  # FLOPs are counted on the eager module (compiled graphs bypass the counter)
 
+    # Stage 2's teacher targets are read from the store by the loader's workers in fit (CollateWithTargets):
+    # read here once per batch, outside the timed step, and handed to `prepare` as fit does.
+    hosts = {id(batch): task.target_reader(batch) for _, batch in batches} if hasattr(task, "target_reader") else {}
+
     def step(images, batch):
         optimizer.zero_grad(set_to_none=True)
         tokens = batch.tokens.to(device, non_blocking=True)  # tokenized by the loader's workers, as in fit
         if hasattr(task, "prepare"):
-            task.prepare(batch)
+            task.prepare(batch, hosts.get(id(batch)))
         with autocast_context(device.type, cfg.train.precision):
             outputs = runner["module"](images, tokens)
         terms = task.losses(outputs, batch, 0, 1)
@@ -148,12 +152,24 @@ def time_stage(task, student, cfg, device, batches, args) -> dict:
         lengths.append(length)
         assert np.isfinite(loss), "non-finite loss in the benchmark"
     step_s = median(times)
-    if args.profile:
+    if profile_it:
         profile(step, student, cfg, device, batches)
-    out = {"step_s": step_s, "samples_per_s": args.batch / step_s, "flops_per_step": flops,
+    out = {"times": times, "step_s": step_s, "samples_per_s": args.batch / step_s, "flops_per_step": flops,
            "tflops_per_s": flops / step_s / 1e12, "text_len": float(np.mean(lengths))}
     if device.type == "cuda":
         out["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def merge_rounds(rounds: list[dict], batch: int) -> dict:
+    """One stage's figures over its rounds: the median step time of all their timed steps."""
+    times = [t for r in rounds for t in r["times"]]
+    step_s = median(times)
+    out = dict(rounds[-1], times=times, step_s=step_s, samples_per_s=batch / step_s,
+               tflops_per_s=rounds[-1]["flops_per_step"] / step_s / 1e12,
+               text_len=float(np.mean([r["text_len"] for r in rounds])))
+    if "max_memory_gib" in rounds[-1]:
+        out["max_memory_gib"] = max(r["max_memory_gib"] for r in rounds)
     return out
 
 
@@ -214,7 +230,10 @@ def profile(step, student, cfg, device, batches) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=0, help="batch size (default: 256 on CUDA, 16 on CPU)")
-    parser.add_argument("--steps", type=int, default=0, help="timed steps (default: 20)")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per round (default: 20)")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="rounds of stage 1 then stage 2; each stage's median is over all its rounds "
+                             "(default: 3 on CPU, where a shared machine drifts, 1 on CUDA)")
     parser.add_argument("--warmup", type=int, default=0, help="untimed steps first (default: 5 CUDA, 3 CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the student (longer warm-up)")
     parser.add_argument("--full-context", action="store_true", help="pad captions to 256 tokens, as the paper does")
@@ -236,6 +255,7 @@ def main() -> None:
     args.batch = args.batch or (256 if cuda else 16)
     args.steps = args.steps or 20
     args.warmup = args.warmup or (5 if cuda else 3)
+    args.rounds = args.rounds or (1 if cuda else 3)
     print_header("training step throughput and MFU, stage 1 and stage 2")
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -275,13 +295,19 @@ def main() -> None:
                                           tokens=batcher([captions[i] for i in idx.tolist()]))))
         # The same initial weights for both stages: stage 2 starts from a copy of the state.
         initial = {k: v.clone() for k, v in student.model.state_dict().items()}
-        for stage, make in (("stage1", ClipTask), ("stage2", DistillTask)):
-            if args.stage not in ("both", stage[-1]):
-                continue
-            student.model.load_state_dict(initial)
-            task = make(student, cfg, device)
-            results[stage] = time_stage(task, student, cfg, device, batches, args)
-            del task
+        # Rounds of stage 1 then stage 2, each from the same initial weights: a machine that slows down or
+        # speeds up during the run moves both stages alike, and each stage's step time is the median
+        # over all its rounds' steps.
+        for r in range(args.rounds):
+            for stage, make in (("stage1", ClipTask), ("stage2", DistillTask)):
+                if args.stage not in ("both", stage[-1]):
+                    continue
+                student.model.load_state_dict(initial)
+                task = make(student, cfg, device)
+                results.setdefault(stage, []).append(time_stage(task, student, cfg, device, batches, args,
+                                                                     profile_it=args.profile and r == 0))
+                del task
+        results = {stage: merge_rounds(rounds, args.batch) for stage, rounds in results.items()}
     peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name(0)) if cuda else None)
     for stage, r in results.items():
         mfu = f"{r['tflops_per_s'] / peak:.1%}" if peak else "n/a (no GPU peak)"

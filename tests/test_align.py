@@ -142,3 +142,28 @@ def test_align_authors_reports_target_norms_and_warns_far_outside(data):
     assert f"{mean_norm:.3f}" in line.split()
     assert mean_norm > 2.58 * 2 and "teacher t0: the image targets have mean norm" in r.stderr
     assert "teacher t1: the" in r.stderr  # both teachers are named
+
+
+def test_project_many_equals_each_teachers_linear_and_follows_new_weights():
+    """The batched projection (weights stacked once and kept) against each teacher's own nn.Linear,
+    before and after the weights change in place and by load_state_dict."""
+    import torch
+
+    from mmkd.models.alignment import AlignmentAE
+
+    torch.manual_seed(0)
+    ae = AlignmentAE({"a": 12, "b": 12, "c": 20}, latent_dim=8)
+    xs = {t: torch.randn(5, d) for t, d in {"a": 12, "b": 12, "c": 20}.items()}
+
+    def check():
+        got = ae.project_many(xs)
+        for t, x in xs.items():
+            torch.testing.assert_close(got[t], torch.nn.functional.linear(x, ae.proj[t].weight, ae.proj[t].bias))
+
+    check()
+    with torch.no_grad():
+        ae.proj["a"].weight.mul_(3.0)  # in place: same storage, a new version
+    check()
+    other = AlignmentAE({"a": 12, "b": 12, "c": 20}, latent_dim=8)
+    ae.load_state_dict(other.state_dict())
+    check()
