@@ -9,8 +9,10 @@ never take the lock, so they are never blocked; `writer_of` lets a reader say th
 still being written (eval of a run still training).
 
 The lock belongs to the open file, so it ends with the process, also on SIGKILL: a stale lock
-file never blocks anyone (its recorded pid is only a hint for the message). Processes forked
-from the holder (data-loader workers) share the lock until they exit.
+file never blocks anyone (its recorded pid is only a hint for the message). A process forked
+from the holder (a data-loader worker) drops its copy of the lock at once (`os.register_at_fork`):
+otherwise workers outliving a killed holder by a few seconds would keep the folder locked and
+refuse the `--resume` that follows.
 
 Shared filesystems: on Linux NFS (v4, or v3 with lockd running) `flock` is carried out as a POSIX
 byte-range lock by the server, so two machines writing to one folder exclude each other. Some
@@ -33,6 +35,20 @@ from typing import Iterator
 from mmkd.errors import UsageError
 
 LOCK_FILE = ".mmkd.lock"
+_HELD: set[int] = set()  # descriptors of the writer locks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: point each inherited lock descriptor at /dev/null. The parent keeps its lock;
+    the descriptor number stays valid, so nothing the child runs later closes a file it did not open."""
+    for fd in _HELD:
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 class LockedError(UsageError):
@@ -69,6 +85,7 @@ def writer_lock(folder: str | os.PathLike, option: str = "--out", what: str = "f
         os.close(fd)
         raise LockedError(f"{option}: the {what} {str(folder)!r} is being written by another mmkd process "
                           f"({_holder(path)}); wait for it to finish, or write to another {option}") from None
+    _HELD.add(fd)
     try:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(["mmkd", *sys.argv[1:3]]),
                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -81,6 +98,7 @@ def writer_lock(folder: str | os.PathLike, option: str = "--out", what: str = "f
             for p in created:  # deepest first
                 with contextlib.suppress(OSError):
                     p.rmdir()
+        _HELD.discard(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
