@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+OPEN_SHARDS = 2  # shards a worker reads at once (interleaved)
+
 
 def _collate(items):
     from mmkd.data.pairs import collate_pairs
@@ -33,7 +35,7 @@ def main(shards: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     records, _ = index_source(shards, progress=False)
     dataset = PairDataset(records, lambda img: torch.zeros(1))
-    data_cfg = DataConfig(path=shards, num_workers=2, shuffle_buffer=3)
+    data_cfg = DataConfig(path=shards, num_workers=2, shuffle_buffer=3, open_shards=OPEN_SHARDS)
     sampler = batch_sampler(records, 4, info.rank, info.world_size, 7, data_cfg)
     epochs = []
     for epoch in (0, 1):

@@ -136,7 +136,7 @@ def test_shard_ordered_batches_cover_every_sample_once_and_read_shards_in_runs()
     for epoch in (0, 1):
         for rank in range(world):
             s = ShardOrderedBatchSampler(shard_of, per_rank * world, rank, world, seed=4, num_workers=workers,
-                                         buffer=6)
+                                         buffer=6, open_shards=1)
             s.set_position(epoch)
             batches = list(s)
             assert len(batches) == 68 // 4 and all(len(b) == per_rank for b in batches)
@@ -151,11 +151,52 @@ def test_shard_ordered_batches_cover_every_sample_once_and_read_shards_in_runs()
     for epoch, ids in seen.items():
         assert sorted(ids) == list(range(68)), epoch  # 68 = 17 batches of 4: nothing dropped, nothing twice
     assert seen[0] != seen[1]  # shards and samples are reshuffled every epoch
-    again = ShardOrderedBatchSampler(shard_of, 4, 1, world, seed=4, num_workers=workers, buffer=6)
+    again = ShardOrderedBatchSampler(shard_of, 4, 1, world, seed=4, num_workers=workers, buffer=6, open_shards=1)
     again.set_position(1)
-    other_seed = ShardOrderedBatchSampler(shard_of, 4, 1, world, seed=5, num_workers=workers, buffer=6)
+    other_seed = ShardOrderedBatchSampler(shard_of, 4, 1, world, seed=5, num_workers=workers, buffer=6,
+                                          open_shards=1)
     other_seed.set_position(1)
     assert list(again) == last and list(other_seed) != last  # a function of the seed (and epoch, world, workers)
+
+
+def test_interleaved_shards_mix_clusters_in_a_batch_and_keep_each_shard_read_forward():
+    """Shards written cluster by cluster (as BIOMEDICA's): with `open_shards` K a worker's batches mix about K
+    shards, each sample is still read once per epoch, no more than K shards are open at any point of a
+    worker's stream, and each shard's samples are read window after window in file order."""
+    from mmkd.data.sampler import ShardOrderedBatchSampler
+
+    sizes = [25] * 30 + [7, 13]
+    shard_of = np.repeat(np.arange(len(sizes)), sizes)  # sample i's shard; file order = i
+    world, workers, per_rank, buffer = 2, 2, 8, 16
+
+    def read(open_shards: int, rank: int, epoch: int = 0) -> list[list[int]]:
+        s = ShardOrderedBatchSampler(shard_of, per_rank * world, rank, world, seed=7, num_workers=workers,
+                                     buffer=buffer, open_shards=open_shards)
+        s.set_position(epoch)
+        return list(s)
+
+    def distinct(open_shards: int) -> float:
+        return float(np.mean([len(set(shard_of[b])) for r in range(world) for b in read(open_shards, r)]))
+
+    k = 6
+    assert distinct(k) >= 2 * distinct(1), (distinct(k), distinct(1))
+    ids = [i for r in range(world) for b in read(k, r, epoch=1) for i in b]
+    usable = len(shard_of) // (per_rank * world) * per_rank * world
+    assert len(ids) == usable and len(set(ids)) == usable  # nothing twice; only the partial last batch dropped
+    for r in range(world):
+        batches = read(k, r)
+        for w in range(workers):
+            stream = [i for b in batches[w::workers] for i in b]
+            first = {}
+            last = {}
+            for pos, i in enumerate(stream):
+                first.setdefault(shard_of[i], pos)
+                last[shard_of[i]] = pos
+            for pos in range(len(stream)):  # shards begun and not yet finished at this point
+                assert sum(first[x] <= pos <= last[x] for x in first) <= k
+            for x in first:  # a shard is read forward: samples a buffer or more apart come in file order
+                mine = [(pos, i) for pos, i in enumerate(stream) if shard_of[i] == x]
+                assert all(i < j for p, i in mine for q, j in mine if q - p >= buffer), (x, mine)
 
 
 def test_order_and_decode_options_are_refused_where_they_cannot_work(tmp_path, capsys):

@@ -24,6 +24,9 @@ import yaml
 from mmkd.errors import ConfigError, UsageError
 
 
+MAX_OPEN_SHARDS = 64  # shard files a loader process keeps open (mmkd.data.pairs); data.open_shards is at most this
+
+
 @dataclass
 class DataConfig:
     path: str = ""  # CSV/JSONL file, or webdataset shards (a .tar, a folder of .tar, a glob, a {000..009} pattern)
@@ -37,6 +40,8 @@ class DataConfig:
     order: str = "auto"  # auto (shards for webdataset, random for CSV/JSONL) | shards (each worker reads whole shards
     # in sequence, shuffled within a buffer) | random (one global permutation per epoch)
     shuffle_buffer: int = 2048  # order shards: samples shuffled together within a worker's stream of shards
+    open_shards: int = 16  # order shards: shards each loader worker reads at once, their samples interleaved
+    # (BIOMEDICA writes shards cluster by cluster: 1 would fill a batch from one or two clusters)
     decode: str = "cpu"  # cpu (PIL in the loader workers) | gpu (JPEG decoding on the GPU, nvJPEG; needs CUDA)
     max_image_pixels: int = 64_000_000  # larger images are skipped as decompression bombs
     max_skipped_fraction: float = 0.5  # stop the run when more than this share of samples is unreadable
@@ -405,6 +410,8 @@ def validate(cfg: Config, stage: str = "pretrain") -> list[str]:
     check("data.path", bool(cfg.data.path), "give the training data with --data PATH (CSV, JSONL or .tar shards)")
     check("data.num_workers", cfg.data.num_workers >= 0, "use 0 or more")
     check("data.shuffle_buffer", cfg.data.shuffle_buffer >= 1, "use 1 (no shuffling within shards) or more")
+    check("data.open_shards", 1 <= cfg.data.open_shards <= MAX_OPEN_SHARDS,
+          f"use 1 (one shard at a time) to {MAX_OPEN_SHARDS} (the shard files a loader process keeps open)")
     check("data.index_workers", cfg.data.index_workers >= 0, "use 0 (all cores) or more")
     check("data.max_skipped_fraction", 0.0 <= cfg.data.max_skipped_fraction <= 1.0, "use a fraction in [0, 1]")
     check("data.crop_scale_min", 0.0 < cfg.data.crop_scale_min <= 1.0, "use a fraction in (0, 1] (the authors': 0.9)")

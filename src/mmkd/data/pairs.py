@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,6 +31,7 @@ from mmkd.data.records import (  # noqa: F401 - the readers' public names
     MISSING_FILE,
     MISSING_IMAGE, UNREADABLE_IMAGE, PairRecord, Skip)
 from mmkd.data.sources import expand_shards, refuse_urls  # noqa: F401 - expand_shards is public here too
+from mmkd.config import MAX_OPEN_SHARDS
 from mmkd.errors import UsageError
 from mmkd.utils.io import json_object_line
 
@@ -130,29 +131,35 @@ def records_from_config(data_cfg, progress: bool | None = None) -> tuple[Sequenc
                         index_workers=data_cfg.index_workers, index_check=data_cfg.index_check, progress=progress)
 
 
-_open_shard: tuple[int, str, int] | None = None  # (pid, path, fd) of the shard this process reads
+_open_shards: tuple[int, OrderedDict[str, int]] | None = None  # (pid, shard path -> fd) of the shards this process reads
 
 
 def _shard_fd(shard: str) -> int:
-    """A descriptor of `shard`, kept open while this process reads the same shard: a loader that reads
-    shards in order (`ShardOrderedBatchSampler`) opens each shard once, not twice per sample."""
-    global _open_shard
+    """A descriptor of `shard`, kept open while this process reads it: a loader that reads a few shards at a
+    time (`ShardOrderedBatchSampler`, `data.open_shards`) opens each shard once, not twice per sample. The
+    `MAX_OPEN_SHARDS` most recently read shards stay open."""
+    global _open_shards
     pid = os.getpid()
-    if _open_shard is not None and _open_shard[0] == pid and _open_shard[1] == shard:
-        return _open_shard[2]
+    if _open_shards is None or _open_shards[0] != pid:  # a forked worker leaves its parent's descriptors alone
+        _open_shards = (pid, OrderedDict())
+    fds = _open_shards[1]
+    if shard in fds:
+        fds.move_to_end(shard)
+        return fds[shard]
     fd = os.open(shard, os.O_RDONLY)
-    if _open_shard is not None and _open_shard[0] == pid:
-        os.close(_open_shard[2])  # a forked worker leaves its parent's descriptor alone
-    _open_shard = (pid, shard, fd)
+    fds[shard] = fd
+    if len(fds) > MAX_OPEN_SHARDS:
+        os.close(fds.popitem(last=False)[1])
     return fd
 
 
 def close_open_shard() -> None:
-    """Forget the kept descriptor (a shard replaced since is then read anew); called when a source is indexed."""
-    global _open_shard
-    if _open_shard is not None and _open_shard[0] == os.getpid():
-        os.close(_open_shard[2])
-    _open_shard = None
+    """Forget the kept descriptors (a shard replaced since is then read anew); called when a source is indexed."""
+    global _open_shards
+    if _open_shards is not None and _open_shards[0] == os.getpid():
+        for fd in _open_shards[1].values():
+            os.close(fd)
+    _open_shards = None
 
 
 def _read_member(ref: tuple[str, int, int]) -> bytes:
