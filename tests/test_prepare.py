@@ -436,3 +436,14 @@ def test_datasets_command_list_prepare_check(tmp_path, monkeypatch, capsys):
     assert {e.option("evidence") for e in entries} <= {"authors", "authors-code-hint", "substitute-unimed",
                                                        "substitute-standard"}
     assert all(e.option("source") and e.option("licence") for e in entries)
+
+
+def test_check_with_mmkd_data_unset_shows_the_target_as_written_and_what_to_set(monkeypatch, capsys):
+    from mmkd.cli import main
+
+    monkeypatch.delenv("MMKD_DATA", raising=False)
+    main(["datasets", "check", "lc25000_lung"])
+    out = capsys.readouterr().out
+    goes = next(line for line in out.splitlines() if "goes to:" in line)
+    assert "${MMKD_DATA}" not in out and "catalogs" not in goes  # not a path inside the package
+    assert "$MMKD_DATA/lc25000_lung" in goes and "export MMKD_DATA=" in goes

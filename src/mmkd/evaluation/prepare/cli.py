@@ -133,6 +133,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target_shown(entry) -> str:
+    """Where a dataset goes; a path under an unset $MMKD_DATA is shown as written, with what to do."""
+    raw = str(entry.option("path", ""))
+    if "${MMKD_DATA}" in raw and not os.environ.get("MMKD_DATA"):
+        return f"{raw.replace('${MMKD_DATA}', '$MMKD_DATA')}  (MMKD_DATA is not set: export MMKD_DATA=/your/data/folder)"
+    return str(entry.path)
+
+
 def _check(entries) -> int:
     from mmkd.evaluation.runner import absent_hint
 
@@ -155,7 +163,7 @@ def _check(entries) -> int:
         print(f"         get it: {absent_hint(e)}")
         if e.option("how_to_get"):
             print(f"         note:   {e.option('how_to_get')}")
-        print(f"         goes to: {e.path}")
+        print(f"         goes to: {_target_shown(e)}")
     print(f"\n{len(entries) - len(missing)} of {len(entries)} dataset(s) found, {len(missing)} missing"
           + (f", {damaged} damaged (their problems are listed above; prepare them again with --overwrite)"
              if damaged else "") + ("" if os.environ.get("MMKD_DATA") else " (MMKD_DATA is not set)"))
