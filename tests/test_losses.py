@@ -105,6 +105,27 @@ def test_alignment_encode_many_equals_encode_per_teacher():
     torch.testing.assert_close(ae.encode_many(xs, "image")["a"], ae.encode("a", xs["a"], "image"))
 
 
+def test_pairs_of_image_and_text_rows_project_as_each_teacher_alone():
+    """encode_pairs_many / project_pairs_many (one projection call for both kinds of rows) against `encode` and
+    the plain nn.Linear of each teacher, for mmkd's autoencoder and the authors'."""
+    from mmkd.models.alignment import AlignmentAE
+    from mmkd.models.alignment_authors import AuthorsAlignmentAE
+
+    torch.manual_seed(0)
+    dims = {"a": 12, "b": 8, "c": 12}
+    images = {t: torch.randn(5, d) for t, d in dims.items()}
+    texts = {t: torch.randn(3, d) for t, d in dims.items()}  # another row count
+    for ae in (AlignmentAE(dims, 6), AuthorsAlignmentAE(dims, 6)):
+        got_img, got_txt = ae.encode_pairs_many(images, texts)
+        lin_img, lin_txt = ae.project_pairs_many(images, texts)
+        for t in dims:
+            torch.testing.assert_close(got_img[t], ae.encode(t, images[t], "image"), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got_txt[t], ae.encode(t, texts[t], "text"), rtol=1e-5, atol=1e-6)
+            for x, lin in ((images[t], lin_img[t]), (texts[t], lin_txt[t])):
+                torch.testing.assert_close(lin, torch.nn.functional.linear(x, ae.proj[t].weight, ae.proj[t].bias),
+                                           rtol=1e-5, atol=1e-6)
+
+
 def test_all_teacher_fd_and_icl_equal_the_per_teacher_terms():
     from mmkd.losses.distill import feature_distillation_many, interactive_contrastive_many
 

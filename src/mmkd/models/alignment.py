@@ -58,17 +58,14 @@ class AlignmentAE(TeacherProjections, nn.Module):
         z = self.proj[teacher](x_BD.float())
         return z + self.mlp[modality](z)
 
-    @torch.no_grad()
-    def encode_many(self, xs: dict[str, torch.Tensor], modality: str) -> dict[str, torch.Tensor]:
-        """`encode` of several teachers' [B, D_t] inputs at once, for frozen use (stage-2 targets):
-        `project_many`, then the modality MLP once over all of them, instead of 3 small calls per teacher."""
-        names = list(xs)
+    def _after_projection(self, z: dict[str, torch.Tensor], modality: str) -> dict[str, torch.Tensor]:
+        """`encode` after the projection for several teachers: the modality MLP once over all their rows."""
+        names = list(z)
         if not names:
             return {}
-        z = self.project_many(xs)
         z_all = torch.cat([z[t] for t in names])
         out = z_all + self.mlp[modality](z_all)
-        return dict(zip(names, out.split([xs[t].shape[0] for t in names])))
+        return dict(zip(names, out.split([z[t].shape[0] for t in names])))
 
     def decode(self, teacher: str, z_BE: torch.Tensor) -> torch.Tensor:
         return self.dec[teacher](z_BE)

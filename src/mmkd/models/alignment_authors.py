@@ -59,12 +59,6 @@ class AuthorsAlignmentAE(TeacherProjections, nn.Module):
             z = z + torch.randn_like(z) * self.noise_std
         return self.dec_proj[teacher](self.decoder[modality](self.encoder[modality](z)))
 
-    @torch.no_grad()
-    def encode_many(self, xs: dict[str, torch.Tensor], modality: str) -> dict[str, torch.Tensor]:
-        """The targets of several teachers at once: their projections (this autoencoder has no modality MLP
-        after the projection; its encoder only serves the reconstruction)."""
-        return self.project_many(xs)
-
     def options(self) -> dict:
         return {"hidden_dim": self.hidden_dim, "dropout": self.dropout, "noise_std": self.noise_std}
 

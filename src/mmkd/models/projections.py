@@ -26,6 +26,30 @@ class TeacherProjections:
                 z.update({t: self.proj[t](xs[t].float()) for t in group})
         return {t: z[t] for t in xs}
 
+    @torch.no_grad()
+    def encode_many(self, xs: dict[str, torch.Tensor], modality: str) -> dict[str, torch.Tensor]:
+        """The distillation targets of several teachers' [B_t, D_t] inputs of one modality, frozen."""
+        return self._after_projection(self.project_many(xs), modality)
+
+    @torch.no_grad()
+    def project_pairs_many(self, images: dict[str, torch.Tensor], texts: dict[str, torch.Tensor]
+                           ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """`project_many` of each teacher's image rows and text rows (one projection serves both) in one call."""
+        both = self.project_many({t: torch.cat([images[t], texts[t]]) for t in images})
+        return ({t: z[:images[t].shape[0]] for t, z in both.items()},
+                {t: z[images[t].shape[0]:] for t, z in both.items()})
+
+    @torch.no_grad()
+    def encode_pairs_many(self, images: dict[str, torch.Tensor], texts: dict[str, torch.Tensor]
+                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """`encode_many` of the image rows and of the text rows, their projections in one call."""
+        z_img, z_txt = self.project_pairs_many(images, texts)
+        return self._after_projection(z_img, "image"), self._after_projection(z_txt, "text")
+
+    def _after_projection(self, z: dict[str, torch.Tensor], modality: str) -> dict[str, torch.Tensor]:
+        """What follows the projection in a target (nothing here; mmkd's autoencoder adds its modality MLP)."""
+        return z
+
     def _stacked(self, group: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The group's weights [G, E, D] and biases [G, E], stacked once and kept while every parameter is
         the same tensor at the same version (a load, an in-place update or a move to another device restacks):

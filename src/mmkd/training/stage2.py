@@ -245,20 +245,17 @@ class DistillTask:
         """Teacher t's stored image and text features of the batch, float32 on the device."""
         return tuple(targets["on_device"][f"{kind}:{t}"] for kind in self.kinds)
 
-    def _all_targets(self, targets) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def _all_targets(self, targets, normalize: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """FD/ICL targets of every teacher for the batch's rows: stored features, through the frozen
         alignment when the space is `projection` (its linear projection only, or with the modality
-        MLP: `distill.projection`), normalised unless `distill.normalize_targets` is false."""
+        MLP: `distill.projection`), normalised unless `distill.normalize_targets` (or `normalize`) is false."""
         raw = {t: self._raw(targets, t) for t in self.teachers}
         if self.alignment is not None:
-            if self.cfg.distill.projection == "linear":
-                images = self.alignment.project_many({t: raw[t][0] for t in self.teachers})
-                texts = self.alignment.project_many({t: raw[t][1] for t in self.teachers})
-            else:
-                images = self.alignment.encode_many({t: raw[t][0] for t in self.teachers}, "image")
-                texts = self.alignment.encode_many({t: raw[t][1] for t in self.teachers}, "text")
+            project = (self.alignment.project_pairs_many if self.cfg.distill.projection == "linear"
+                       else self.alignment.encode_pairs_many)
+            images, texts = project({t: raw[t][0] for t in self.teachers}, {t: raw[t][1] for t in self.teachers})
             raw = {t: (images[t], texts[t]) for t in self.teachers}
-        if self.cfg.distill.normalize_targets:
+        if normalize and self.cfg.distill.normalize_targets:
             raw = {t: (F.normalize(img, dim=-1), F.normalize(txt, dim=-1)) for t, (img, txt) in raw.items()}
         return raw
 
@@ -271,11 +268,14 @@ class DistillTask:
         rows = {"image": outputs["image"], "text": outputs["text"], "weights": on_device["weights"],
                 "available": on_device["available"]}
         if self.feature_terms:
-            fd_targets = self._all_targets(targets)
-            if self.space == "projection":  # all in the student's space: [B, T, E]
-                rows["target_image"] = torch.stack([fd_targets[t][0] for t in self.teachers], dim=1)
-                rows["target_text"] = torch.stack([fd_targets[t][1] for t in self.teachers], dim=1)
-            else:  # adaptor: each teacher's own space and its own head's outputs
+            if self.space == "projection":  # all in the student's space: [B, T, E], normalised at once
+                fd_targets = self._all_targets(targets, normalize=False)
+                for k, key in enumerate(("target_image", "target_text")):
+                    rows[key] = torch.stack([fd_targets[t][k] for t in self.teachers], dim=1)
+                    if d.normalize_targets:
+                        rows[key] = F.normalize(rows[key], dim=-1)
+            else:
+                fd_targets = self._all_targets(targets)  # adaptor: each teacher's own space and its own head's outputs
                 for t in self.teachers:
                     rows[f"target_image:{t}"], rows[f"target_text:{t}"] = fd_targets[t]
                     rows[f"head_image:{t}"] = outputs[f"head_image:{t}"]
