@@ -485,6 +485,8 @@ def test_quick_selection_then_a_test_run_that_reads_the_frozen_file(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     doc = json.loads((out / "selection.json").read_text())
     assert doc["protocol"]["variant"] in ("projection", DEFAULT_VARIANT)
+    assert f"protocol hash `{doc['hash']}`" in (out / "comparison-val.md").read_text()  # the selection run names it
+    assert json.loads((out / "comparison-val.json").read_text())["meta"]["wrote_selection_hash"] == doc["hash"]
     assert doc["protocol"]["overall_tasks"] == json.loads((out / "results-val.json").read_text())["rows"][0][
         "overall_tasks"]
     protocol = {**doc["protocol"], "test_corpus_seeds": [20, 21], "test_student_seeds": [10, 11],

@@ -283,8 +283,7 @@ def _write_comparison(root: Path, rows, recipe, args, plan, corpora, selection, 
         meta.update(selection_file=str(args.selection), selection_hash=selection["hash"], frozen_tasks=p["overall_tasks"],
                     test_data_seed=p["test_data_seed"], test_sets=test_sets(corpora, selection))
     written = [root / f"comparison{suffix}.md", root / f"comparison{suffix}.json"]
-    atomic_write_text(written[0], comparison_markdown(rows, meta))
-    atomic_write_json(written[1], comparison_json(rows, meta))
+    doc = None
     if recipe.eval_split == "val" and len(plan["seeds"]) > 1:
         chosen = select(rows, SELECTION_CANDIDATES)
         if chosen["chosen"]:
@@ -297,12 +296,16 @@ def _write_comparison(root: Path, rows, recipe, args, plan, corpora, selection, 
                                      TEST_DATA_SEED if TEST_DATA_SEED not in used else max(used) + 1)
             protocol["selection_student_seeds"] = plan["seeds"]
             doc = selection_document(protocol, chosen["ranking"], list(SELECTION_CANDIDATES), meta["command"], code)
-            written.append(root / "selection.json")
-            atomic_write_json(written[-1], doc)
-            print(f"chosen on validation: {chosen['chosen']} (mean paired difference to the control "
-                  f"{chosen['ranking'][0]['mean']:+.3f}); frozen in {written[-1]} (hash {doc['hash'][:16]}); "
-                  f"the test run: mmkd demo --eval-split test --selection {written[-1]}"
-                  f"{' --quick' if recipe.quick else ''} --out {args.out}")
+            meta.update(wrote_selection=str(root / "selection.json"), wrote_selection_hash=doc["hash"])
+    atomic_write_text(written[0], comparison_markdown(rows, meta))
+    atomic_write_json(written[1], comparison_json(rows, meta))
+    if doc is not None:
+        written.append(root / "selection.json")
+        atomic_write_json(written[-1], doc)
+        print(f"chosen on validation: {doc['protocol']['variant']} (mean paired difference to the control "
+              f"{doc['ranking'][0]['mean']:+.3f}); frozen in {written[-1]} (hash {doc['hash'][:16]}); "
+              f"the test run: mmkd demo --eval-split test --selection {written[-1]}"
+              f"{' --quick' if recipe.quick else ''} --out {args.out}")
     return written
 
 

@@ -155,6 +155,9 @@ def comparison_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str
           f"{meta.get('minutes', '?')} min wall, reusing {meta.get('reused_steps', 0)} finished steps).", ""]
     if meta.get("selection_hash"):
         md += [f"Frozen choices: `{meta['selection_file']}`, protocol hash `{meta['selection_hash']}`.", ""]
+    if meta.get("wrote_selection_hash"):
+        md += [f"This run froze the test run's choices in `{meta['wrote_selection']}`, protocol hash "
+               f"`{meta['wrote_selection_hash']}`.", ""]
     md += [f"Evaluated on the **{meta['split_name']}**. Student seeds: {', '.join(map(str, seeds))}"
            + (f" (the stage-2 choices were made on the validation sets with seeds "
               f"{', '.join(map(str, meta['selection_seeds']))}; "
