@@ -92,3 +92,15 @@ def test_a_missing_recipe_is_one_problem_among_the_others(tmp_path):
     with pytest.raises(ConfigError) as e:
         build_config(str(tmp_path / "none.yaml"), ["--data", "x.csv", "--train.epochs", "x"])
     assert len(e.value.problems) == 2 and "--config" in e.value.problems[0]
+
+
+@pytest.mark.parametrize("value", ["\x98x", "{a: [", "a: b: c"])
+def test_a_dict_option_that_is_not_yaml_is_refused_naming_the_key(value):
+    """A dict-valued option given text YAML cannot read (a control character, an unclosed flow) is a problem
+    naming the key, not a YAML traceback (found by tests/reliability/test_fuzz.py)."""
+    from mmkd.config import build_config
+    from mmkd.errors import UsageError
+
+    with pytest.raises(UsageError, match="distill.modality_routes"):
+        build_config(None, ["--data", "x.csv", "--out", "o", "--store", "s", "--distill.modality_routes", value],
+                     stage="distill")

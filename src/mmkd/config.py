@@ -278,7 +278,7 @@ def _parse_value(text: Any, typ, key: str, problems: list[str]):
             if not isinstance(loaded, dict):
                 raise ValueError
             return loaded
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, yaml.YAMLError):  # YAMLError: not YAML at all (a control character, a bad flow)
         pass
     type_name = getattr(typ, "__name__", str(typ))
     problems.append(f"{key}: {text!r} is not a valid {type_name}")
