@@ -47,12 +47,16 @@ def converter(layout: str) -> Callable[..., Plan]:
     return getattr(importlib.import_module(module), attr)
 
 
+def data_root_unset(entry) -> bool:
+    """The catalog puts `entry` under ${MMKD_DATA}, and MMKD_DATA is not set."""
+    return "${MMKD_DATA}" in str(entry.option("path", "")) and not os.environ.get("MMKD_DATA")
+
+
 def target_of(entry) -> tuple[Path, str, str]:
     """(folder the prepared data goes in, the catalog path's file name in it or '', "file" | "folder").
     A "file" target is written alone into a shared folder (MedMNIST's .npz files); a "folder"
     target is a whole folder of its own, replaced as a unit."""
-    raw = str(entry.option("path", ""))
-    if "${MMKD_DATA}" in raw and not os.environ.get("MMKD_DATA"):
+    if data_root_unset(entry):
         raise UsageError("MMKD_DATA is not set: `export MMKD_DATA=/path/to/data` (the folder prepared datasets go "
                          "in), or give --out")
     if entry.format in FOLDER_FORMATS:

@@ -59,9 +59,9 @@ def _entries(catalog: str, names: list[str]):
 
 
 def _status(entry) -> str:
-    from mmkd.evaluation.prepare import present
+    from mmkd.evaluation.prepare import data_root_unset, present
 
-    if "${MMKD_DATA}" in str(entry.option("path", "")) and not os.environ.get("MMKD_DATA"):
+    if data_root_unset(entry):
         return "MMKD_DATA unset"
     return "found" if present(entry) else "absent"
 
@@ -135,8 +135,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _target_shown(entry) -> str:
     """Where a dataset goes; a path under an unset $MMKD_DATA is shown as written, with what to do."""
-    raw = str(entry.option("path", ""))
-    if "${MMKD_DATA}" in raw and not os.environ.get("MMKD_DATA"):
+    from mmkd.evaluation.prepare import data_root_unset
+
+    if data_root_unset(entry):
+        raw = str(entry.option("path", ""))
         return f"{raw.replace('${MMKD_DATA}', '$MMKD_DATA')}  (MMKD_DATA is not set: export MMKD_DATA=/your/data/folder)"
     return str(entry.path)
 
