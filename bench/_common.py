@@ -68,6 +68,27 @@ def steady_rate(run_dir: Path, batch_size: int, skip_steps: int) -> float:
     return (last["step"] - first["step"]) * batch_size / (t_last - t_first)
 
 
+def window_seconds(run_dir: Path, batch_size: int, skip_steps: int) -> list[float]:
+    """Seconds of each 5-step window of a finished `fit` run logged every 5 steps, after `skip_steps`
+    (from metrics.jsonl's cumulative samples/s at each logged step k: the elapsed time at k is k * batch / rate_k)."""
+    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    times = [(r["step"], r["step"] * batch_size / r["samples_per_s"]) for r in lines if r["step"] >= skip_steps]
+    return [(t1 - t0) / (s1 - s0) * 5 for (s0, t0), (s1, t1) in zip(times, times[1:])]
+
+
+def fastest_window(step_seconds: list[float], size: int = 5) -> float:
+    """Seconds of the fastest run of `size` consecutive steps (disjoint windows, as `fit` logs them).
+
+    Other work on a shared machine can only add time to a window, so the fastest one is the closest
+    to the step's own cost (the reasoning behind `timeit`'s advice to read the minimum), while a mean
+    or median over every step moves with the load.
+    """
+    windows = [sum(step_seconds[i:i + size]) for i in range(0, len(step_seconds) - size + 1, size)]
+    if not windows:
+        raise ValueError(f"fastest_window: {len(step_seconds)} steps, fewer than one window of {size}")
+    return min(windows)
+
+
 # ---- memory ----------------------------------------------------------------------------------
 def rss_mib() -> dict[str, float]:
     """Resident memory of this process now (VmRSS, RssAnon, RssFile) and its peak (VmHWM), in MiB.

@@ -26,7 +26,6 @@ Prints `RATIO pretrain_step_vs_open_clip: <ours/baseline step time>x (target <= 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 import time
@@ -34,15 +33,7 @@ from pathlib import Path
 
 import torch
 
-from _common import median, print_header, set_threads, steady_rate, write_pairs_csv
-
-
-def window_seconds(run_dir: Path, batch_size: int, skip_steps: int) -> list[float]:
-    """Seconds of each 5-step window of a finished `fit` run after `skip_steps` (from metrics.jsonl's
-    cumulative samples/s at each logged step: the elapsed time at step k is k * batch / rate_k)."""
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    times = [(r["step"], r["step"] * batch_size / r["samples_per_s"]) for r in lines if r["step"] >= skip_steps]
-    return [(t1 - t0) / (s1 - s0) * 5 for (s0, t0), (s1, t1) in zip(times, times[1:])]
+from _common import median, print_header, set_threads, steady_rate, window_seconds, write_pairs_csv
 
 
 def run_ours(csv: Path, out: Path, args) -> tuple[float, list[float]]:

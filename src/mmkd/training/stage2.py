@@ -245,19 +245,48 @@ class DistillTask:
         """Teacher t's stored image and text features of the batch, float32 on the device."""
         return tuple(targets["on_device"][f"{kind}:{t}"] for kind in self.kinds)
 
-    def _all_targets(self, targets, normalize: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """FD/ICL targets of every teacher for the batch's rows: stored features, through the frozen
-        alignment when the space is `projection` (its linear projection only, or with the modality
-        MLP: `distill.projection`), normalised unless `distill.normalize_targets` (or `normalize`) is false."""
+    def _own_space_targets(self, targets) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Adaptor targets: every teacher's stored features in its own space, normalised unless
+        `distill.normalize_targets` is false."""
         raw = {t: self._raw(targets, t) for t in self.teachers}
-        if self.alignment is not None:
-            project = (self.alignment.project_pairs_many if self.cfg.distill.projection == "linear"
-                       else self.alignment.encode_pairs_many)
-            images, texts = project({t: raw[t][0] for t in self.teachers}, {t: raw[t][1] for t in self.teachers})
-            raw = {t: (images[t], texts[t]) for t in self.teachers}
-        if normalize and self.cfg.distill.normalize_targets:
+        if self.cfg.distill.normalize_targets:
             raw = {t: (F.normalize(img, dim=-1), F.normalize(txt, dim=-1)) for t, (img, txt) in raw.items()}
         return raw
+
+    def _projected_targets(self, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and text targets [B, T, E] in the student's space, not normalised: the stored features
+        through the frozen alignment (its linear projection only, or with the modality MLP:
+        `distill.projection`), or the authors' precomputed projections.
+
+        Only the (row, teacher) pairs the policy weighs are projected (one in ~6.6 under the paper's
+        random-available policy); the others stay zero. Every term ignores them: FD and ICL weigh a row
+        by its teacher weight, ICL masks the teacher's other rows out of its negatives, and the paper's
+        ICL mixes targets by those weights, so the loss and its gradients equal projecting every pair."""
+        raw = {t: self._raw(targets, t) for t in self.teachers}
+        if self.alignment is None:  # precomputed projections, already in the student's space
+            return tuple(torch.stack([raw[t][k] for t in self.teachers], dim=1) for k in range(2))
+        w_BT = np.asarray(targets["weights"])
+        rows = [np.flatnonzero(w_BT[:, j]) for j in range(len(self.teachers))]
+        counts = [r.size for r in rows]
+        first = raw[self.teachers[0]][0]
+        shape = (w_BT.shape[0], len(self.teachers), self.alignment.latent_dim)
+        image_BTE, text_BTE = first.new_zeros(shape), first.new_zeros(shape)
+        taught = [t for t, n in zip(self.teachers, counts) if n]
+        if not taught:
+            return image_BTE, text_BTE
+        # one host-to-device copy for every index: each teacher's rows, then (row, teacher) of every pair
+        flat = np.concatenate(rows + [np.repeat(np.arange(len(self.teachers)), counts)])
+        index = torch.from_numpy(flat).to(first.device, non_blocking=True)
+        pairs = sum(counts)
+        per_teacher = dict(zip(self.teachers, index[:pairs].split(counts)))
+        project = (self.alignment.project_pairs_many if self.cfg.distill.projection == "linear"
+                   else self.alignment.encode_pairs_many)
+        images, texts = project({t: raw[t][0].index_select(0, per_teacher[t]) for t in taught},
+                                {t: raw[t][1].index_select(0, per_teacher[t]) for t in taught})
+        row_P, teacher_P = index[:pairs], index[pairs:]
+        image_BTE[row_P, teacher_P] = torch.cat([images[t] for t in taught])
+        text_BTE[row_P, teacher_P] = torch.cat([texts[t] for t in taught])
+        return image_BTE, text_BTE
 
     def _local_rows(self, outputs, targets) -> dict[str, torch.Tensor]:
         """Everything the loss reads per pair row of this rank, student outputs and teacher targets:
@@ -269,13 +298,10 @@ class DistillTask:
                 "available": on_device["available"]}
         if self.feature_terms:
             if self.space == "projection":  # all in the student's space: [B, T, E], normalised at once
-                fd_targets = self._all_targets(targets, normalize=False)
-                for k, key in enumerate(("target_image", "target_text")):
-                    rows[key] = torch.stack([fd_targets[t][k] for t in self.teachers], dim=1)
-                    if d.normalize_targets:
-                        rows[key] = F.normalize(rows[key], dim=-1)
+                for key, x in zip(("target_image", "target_text"), self._projected_targets(targets)):
+                    rows[key] = F.normalize(x, dim=-1) if d.normalize_targets else x
             else:
-                fd_targets = self._all_targets(targets)  # adaptor: each teacher's own space and its own head's outputs
+                fd_targets = self._own_space_targets(targets)  # adaptor: each teacher's own space and its own head's outputs
                 for t in self.teachers:
                     rows[f"target_image:{t}"], rows[f"target_text:{t}"] = fd_targets[t]
                     rows[f"head_image:{t}"] = outputs[f"head_image:{t}"]
