@@ -18,8 +18,8 @@ class TeacherProjections:
         z = {}
         for dim in dict.fromkeys(x.shape[1] for x in xs.values()):
             group = [t for t in xs if xs[t].shape[1] == dim]
-            w_GED, b_GE = self._stacked(group)
             if len({xs[t].shape[0] for t in group}) == 1:
+                w_GED, b_GE = self._stacked(group)
                 x_GBD = torch.stack([xs[t].float() for t in group])
                 z.update(zip(group, torch.baddbmm(b_GE.unsqueeze(1), x_GBD, w_GED.transpose(1, 2)).unbind(0)))
             else:

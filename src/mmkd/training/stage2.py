@@ -354,8 +354,9 @@ class DistillTask:
             else:
                 icl_T = interactive_contrastive_many(s_img, s_txt, t_img, t_txt, outputs["icl_temperature"], w_TN)
                 icl_total = icl_total + (share_T * icl_T).sum()
+            fd_logged, icl_logged = fd_T.detach(), icl_T.detach()
             for k, t in enumerate(names):
-                terms[f"fd:{t}"], terms[f"icl:{t}"] = fd_T[k].detach(), icl_T[k].detach()
+                terms[f"fd:{t}"], terms[f"icl:{t}"] = fd_logged[k], icl_logged[k]
         for j in taught if self.feature_terms and self.space == "adaptor" else ():
             t = self.teachers[j]  # each teacher's own space: one at a time
             s_img, s_txt = g[f"head_image:{t}"], g[f"head_text:{t}"]
