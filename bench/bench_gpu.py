@@ -22,9 +22,10 @@ The ratio: each round times both stages back to back (every other round in the o
 pairs their fastest 5-step windows; the RATIO is the median of the rounds' paired ratios. Other
 work on a shared machine can only add time to a window, so the fastest one is the closest to the
 step's own cost (as in `bench_pretrain_step.py`). Until 2026-12-05 the ratio was the two stages'
-median step times over every round, which moved between 1.066x and 1.105x on one CPU that day;
-it is still printed ("median step, ratio"), and the H200 figures in docs/PERFORMANCE.md (one
-round) were measured that way. samples/s and MFU stay the median step's.
+median step times over every round, which gave 1.061x alone and 1.105x inside `make bench` on one
+CPU that day (bench/results-cpu/); it is still printed ("median step, ratio"), and the H200
+figures in docs/PERFORMANCE.md (one round) were measured that way. samples/s and MFU stay the
+median step's.
 
 MFU = (FLOPs of one step, counted by `torch.utils.flop_counter.FlopCounterMode` on the real
 shapes) x steps/s / the card's dense bf16 peak (a table of common cards; `--peak-tflops`
