@@ -1,9 +1,12 @@
 """Random batches of 256 rows: FeatureStore (memmap) against the authors' per-sample pickles.
 
-Baseline (MMKD-CLIP's released code): one `clips_output.pt` per sample holding every
-teacher's image and text embedding, read with torch.load (here weights_only=True) per sample.
-Both layouts hold the same features (8 teachers, dims as in the paper) and are read warm
-from the page cache, so the ratio measures the format, not the disk.
+Baseline: the MMKD-CLIP authors' layout, one pickle per sample as their `clips_output.pt`,
+here holding every teacher's raw image and text embedding, read with torch.load (here
+weights_only=True) per sample. Both layouts hold the same features (8 teachers, dims as in the
+paper) and are read warm from the page cache, so the ratio measures the format, not the disk.
+The authors' stage-2 loader reads the sibling `clips_project_output.pt` instead
+(wangshansong1/MMKD-CLIP `src/training/data.py`, commit 127544c): the sample's available teachers
+only, projected to 512-d, so fewer and smaller tensors than this baseline holds.
 
 The store's read is one gather of whole rows, so its floor is the machine's memory copy: the run
 also times a copy of the same number of bytes from one contiguous buffer into a new array
