@@ -145,8 +145,8 @@ def test_align_authors_reports_target_norms_and_warns_far_outside(data):
 
 
 def test_project_many_equals_each_teachers_linear_and_follows_new_weights():
-    """The batched projection (weights stacked once and kept) against each teacher's own nn.Linear,
-    before and after the weights change in place and by load_state_dict."""
+    """The frozen projections of several teachers against each teacher's own nn.Linear, before and after
+    the weights change in place and by load_state_dict."""
     import torch
 
     from mmkd.models.alignment import AlignmentAE
