@@ -140,3 +140,28 @@ def write_originals(root: Path, shards: dict[str, int], seed: int = 0) -> Path:
                     tf.addfile(info, io.BytesIO(data))
                 i += 1
     return root
+
+
+def write_unit_store(store: Path, sample_ids: list[str], dims: dict[str, int], available_NT: np.ndarray,
+                     rng: np.random.Generator, latent_dim: int, alignment_seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """A one-chunk feature store written through the real writer: per teacher (in order) random unit-norm image
+    then text features drawn from `rng`, stored as float16, with the availability given; plus a randomly
+    initialised alignment autoencoder into `latent_dim` (torch seed `alignment_seed`). Returns the features as
+    stored, {teacher: {"image": [N, D], "text": [N, D]}}."""
+    import torch
+
+    from mmkd.data.feature_store import FeatureStore, FeatureStoreWriter, TeacherEntry
+    from mmkd.models.alignment import WEIGHTS_FILE, AlignmentAE, save_alignment
+
+    n = len(sample_ids)
+    entries = [TeacherEntry(t, d, provenance={"weights": {"w": t}}) for t, d in dims.items()]
+    writer = FeatureStoreWriter.open(store, sample_ids, entries, chunk_rows=n)
+    raw = {}
+    for j, (t, d) in enumerate(dims.items()):
+        feats = {k: rng.normal(size=(n, d)) for k in ("image", "text")}
+        raw[t] = {k: (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16) for k, v in feats.items()}
+        writer.write_chunk(0, t, {**raw[t], "available": available_NT[:, j], "score": np.ones(n, np.float32)})
+    writer.finalize()
+    torch.manual_seed(alignment_seed)
+    save_alignment(AlignmentAE(dims, latent_dim), store / WEIGHTS_FILE, FeatureStore(store), {})
+    return raw

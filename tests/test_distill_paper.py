@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.numpy import load_file
 
-from helpers import make_pairs
+from helpers import make_pairs, write_unit_store
 from mmkd.config import build_config
-from mmkd.data.feature_store import FeatureStore, FeatureStoreWriter, TeacherEntry
 from mmkd.data.pairs import Batch, index_source
-from mmkd.models.alignment import WEIGHTS_FILE, AlignmentAE, save_alignment
+from mmkd.models.alignment import WEIGHTS_FILE
 from mmkd.models.student import create_student
 from mmkd.training.stage2 import DistillTask
 
@@ -55,17 +54,8 @@ def setup(tmp_path_factory):
     records, _ = index_source(str(table))
     rng = np.random.default_rng(7)
     teacher_of = ["t0" if i % 3 == 0 else "t1" for i in range(N)]  # one available teacher per row: no draw
-    entries = [TeacherEntry(t, d, provenance={"weights": {"w": t}}) for t, d in DIMS.items()]
-    writer = FeatureStoreWriter.open(root / "store", [r.sample_id for r in records], entries, chunk_rows=N)
-    raw = {}
-    for t, d in DIMS.items():
-        feats = {k: rng.normal(size=(N, d)) for k in ("image", "text")}
-        raw[t] = {k: (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16) for k, v in feats.items()}
-        writer.write_chunk(0, t, {**raw[t], "available": np.array([x == t for x in teacher_of]),
-                                  "score": np.ones(N, np.float32)})
-    writer.finalize()
-    torch.manual_seed(1)
-    save_alignment(AlignmentAE(DIMS, E), root / "store" / WEIGHTS_FILE, FeatureStore(root / "store"), {})
+    available = np.array([[x == t for t in DIMS] for x in teacher_of])
+    raw = write_unit_store(root / "store", [r.sample_id for r in records], DIMS, available, rng, E, alignment_seed=1)
     return root, table, teacher_of, raw
 
 

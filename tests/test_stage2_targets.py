@@ -16,15 +16,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import make_pairs
+from helpers import make_pairs, write_unit_store
 from mmkd.config import build_config
-from mmkd.data.feature_store import FeatureStore, FeatureStoreWriter, TeacherEntry
 from mmkd.data.pairs import Batch, index_source
-from mmkd.models.alignment import WEIGHTS_FILE, AlignmentAE, save_alignment
 from mmkd.models.student import create_student
 from mmkd.training.stage2 import DistillTask
 
-DIMS = {"t0": 12, "t1": 20, "t2": 12}  # two teachers share a dim: the batched group path runs too
+DIMS = {"t0": 12, "t1": 20, "t2": 12}
 N, E = 12, 64  # rows, student embedding size (mmkd-tiny-vit)
 
 
@@ -37,15 +35,7 @@ def setup(tmp_path_factory):
     available = rng.random((N, len(DIMS))) < 0.7
     available[0] = True  # a row every teacher may teach
     available[1] = False  # a row no teacher teaches
-    entries = [TeacherEntry(t, d, provenance={"weights": {"w": t}}) for t, d in DIMS.items()]
-    writer = FeatureStoreWriter.open(root / "store", [r.sample_id for r in records], entries, chunk_rows=N)
-    for j, (t, d) in enumerate(DIMS.items()):
-        feats = {k: rng.normal(size=(N, d)) for k in ("image", "text")}
-        writer.write_chunk(0, t, {**{k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in feats.items()},
-                                  "available": available[:, j], "score": np.ones(N, np.float32)})
-    writer.finalize()
-    torch.manual_seed(2)
-    save_alignment(AlignmentAE(DIMS, E), root / "store" / WEIGHTS_FILE, FeatureStore(root / "store"), {})
+    write_unit_store(root / "store", [r.sample_id for r in records], DIMS, available, rng, E, alignment_seed=2)
     batch = Batch(images=torch.empty(0), captions=[r.caption for r in records], indices=torch.arange(N),
                   sample_ids=[r.sample_id for r in records], modalities=["toy"] * N, skipped=Counter())
     return root, table, batch
