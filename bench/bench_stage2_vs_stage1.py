@@ -144,5 +144,6 @@ def second_name(args) -> str:
     """What the run's second side is called."""
     return "stage 1 again" if args.aa else "stage 2"
 
+
 if __name__ == "__main__":
     main()
