@@ -1,10 +1,13 @@
-"""Stage 2 projects only the (row, teacher) pairs its policy weighs (`DistillTask._projected_targets`).
+"""Stage 2 in the projection space works on the (row, teacher) pairs its policy weighs
+(`DistillTask._projected_targets`, `_pair_terms`): only those pairs are projected, and FD and ICL
+run over pairs (one P x P ICL matrix, each teacher's pairs a group).
 
-The claim: every term ignores the other pairs, so the loss and its gradients equal those of
-projecting every pair. The reference projects every row of every teacher one teacher at a time
-through the alignment's own modules (`proj[t]`, then `encode(t, x, modality)` for linear+mlp), a
-plain loop independent of the batched path, and the same task then computes its terms from those
-dense targets.
+The claim: the loss, every term and the gradients equal the per-teacher definition on dense targets.
+The reference projects every row of every teacher one row at a time through the alignment's own
+modules (`proj[t]`, then `encode(t, x, modality)` for linear+mlp), normalises them, and sums each
+teacher's terms from the single-teacher loss functions (`feature_distillation`,
+`interactive_contrastive`, or the authors' `interactive_contrastive_joint` over the policy's mix of
+targets), weighted by the teacher's share of the taught rows: a plain loop, no pair code.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch.nn.functional as F
 from helpers import make_pairs, write_unit_store
 from mmkd.config import build_config
 from mmkd.data.pairs import Batch, index_source
+from mmkd.losses.contrastive import clip_loss
+from mmkd.losses.distill import feature_distillation, interactive_contrastive, interactive_contrastive_joint
 from mmkd.models.student import create_student
 from mmkd.training.stage2 import DistillTask
 
@@ -56,21 +61,51 @@ def _dense_targets(task: DistillTask, targets) -> tuple[torch.Tensor, torch.Tens
     return out[0], out[1]
 
 
-def _terms_and_grads(task: DistillTask, batch: Batch, targets) -> tuple[dict[str, float], list[torch.Tensor]]:
+def _outputs(task: DistillTask) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(3)
     image = F.normalize(torch.randn(N, E, generator=g), dim=-1).requires_grad_(True)
     text = F.normalize(torch.randn(N, E, generator=g), dim=-1).requires_grad_(True)
     temperature = task.module.extras.log_icl_temperature.detach().exp().requires_grad_(True)
-    outputs = {"image": image, "text": text, "logit_scale": torch.tensor(1 / 0.07), "icl_temperature": temperature}
-    terms = task.losses(outputs, batch, 0, 1, targets=targets)
-    grads = torch.autograd.grad(terms["loss"], [image, text, temperature])
-    return {k: v.item() for k, v in terms.items()}, list(grads)
+    return {"image": image, "text": text, "logit_scale": torch.tensor(1 / 0.07), "icl_temperature": temperature}
+
+
+def _reference_terms(task: DistillTask, outputs, weights: np.ndarray, dense_image, dense_text) -> dict[str, torch.Tensor]:
+    """Each taught teacher's FD and ICL from the single-teacher functions, mixed by its share of the taught rows."""
+    d = task.cfg.distill
+    w_BT = torch.from_numpy(weights.astype(np.float32))
+    target_image, target_text = F.normalize(dense_image, dim=-1), F.normalize(dense_text, dim=-1)
+    image, text, temperature = outputs["image"], outputs["text"], outputs["icl_temperature"]
+    num_taught = int((w_BT.sum(1) > 0).sum())
+    terms = clip_loss(image, text, outputs["logit_scale"])
+    fd_total, icl_total = 0.0, 0.0
+    if d.icl_form == "paper":
+        mix_image = (w_BT.unsqueeze(-1) * target_image).sum(1)
+        mix_text = (w_BT.unsqueeze(-1) * target_text).sum(1)
+        icl_N = interactive_contrastive_joint(image, text, mix_image, mix_text, temperature, w_BT.sum(1) > 0)
+        icl_total = icl_N.sum() / num_taught
+    for j, t in enumerate(task.teachers):
+        w_B = w_BT[:, j]
+        if not (w_B > 0).any():
+            continue
+        share = float(w_B.sum()) / num_taught
+        fd = (feature_distillation(image, target_image[:, j], w_B)
+              + feature_distillation(text, target_text[:, j], w_B))
+        if d.icl_form == "paper":
+            icl = (w_B * icl_N).sum() / w_B.sum()
+        else:
+            icl = interactive_contrastive(image, text, target_image[:, j], target_text[:, j], temperature, w_B)
+            icl_total = icl_total + share * icl
+        fd_total = fd_total + share * fd
+        terms[f"fd:{t}"], terms[f"icl:{t}"] = fd, icl
+    terms["fd"], terms["icl"] = fd_total, icl_total
+    terms["loss"] = terms["clip"] + d.lambda_fd * fd_total + d.lambda_icl * icl_total
+    return terms
 
 
 @pytest.mark.parametrize("policy", ["random-available", "mean-available"])
 @pytest.mark.parametrize("icl_form", ["mmkd", "paper"])
 @pytest.mark.parametrize("projection", ["linear", "linear+mlp"])
-def test_projecting_only_weighted_pairs_equals_projecting_every_pair(setup, policy, icl_form, projection):
+def test_pair_terms_equal_each_teachers_terms_on_dense_targets(setup, policy, icl_form, projection):
     root, table, batch = setup
     cfg = build_config(None, ["--data", str(table), "--store", str(root / "store"), "--model", "mmkd-tiny-vit",
                               "--out", str(root / "run"), "--batch-size", str(N), "--distill.policy", policy,
@@ -78,23 +113,25 @@ def test_projecting_only_weighted_pairs_equals_projecting_every_pair(setup, poli
     task = DistillTask(create_student("mmkd-tiny-vit", seed=0), cfg, torch.device("cpu"))
     targets = task.prepare(batch)
     weights = np.asarray(targets["weights"])
-    image_BTE, text_BTE = task._projected_targets(targets)
+    got = task._projected_targets(targets)
     dense_image, dense_text = _dense_targets(task, targets)
 
-    # Only the weighted pairs are projected, each equal to the reference; the others are zero.
-    weighted = torch.from_numpy(weights > 0)
-    assert (~weighted).any() and weighted.any()
-    for got, dense in ((image_BTE, dense_image), (text_BTE, dense_text)):
-        torch.testing.assert_close(got[weighted], dense[weighted], rtol=1e-5, atol=1e-6)
-        assert (got[~weighted] == 0).all()
-        assert dense[~weighted].abs().amax(dim=-1).min() > 0  # the reference fills them: the comparison bites
+    # Only the weighted pairs are projected, row-major, each equal to the reference.
+    rows, teachers = np.nonzero(weights)
+    assert 0 < rows.size < weights.size  # some pairs weighted, some not: the selection bites
+    if policy == "mean-available":
+        assert np.bincount(rows).max() > 1  # rows with several teachers
+    assert got.shape == (rows.size, 2, E)
+    torch.testing.assert_close(got[:, 0], F.normalize(dense_image[rows, teachers], dim=-1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[:, 1], F.normalize(dense_text[rows, teachers], dim=-1), rtol=1e-5, atol=1e-6)
 
-    terms, grads = _terms_and_grads(task, batch, targets)
-    task._projected_targets = lambda targets: (dense_image, dense_text)  # every pair projected
-    dense_terms, dense_grads = _terms_and_grads(task, batch, targets)
-    assert terms.keys() == dense_terms.keys()
-    for key in terms:
-        assert terms[key] == pytest.approx(dense_terms[key], rel=1e-5, abs=1e-6), key
-    for got, want in zip(grads, dense_grads):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    outputs = _outputs(task)
+    terms = task.losses(outputs, batch, 0, 1, targets=targets)
+    want = _reference_terms(task, outputs, weights, dense_image, dense_text)
+    assert set(terms) >= set(want) and len(want) > 5
+    for key in want:
+        assert terms[key].item() == pytest.approx(want[key].item(), rel=1e-5, abs=1e-6), key
+    inputs = [outputs["image"], outputs["text"], outputs["icl_temperature"]]
+    for got_grad, want_grad in zip(torch.autograd.grad(terms["loss"], inputs), torch.autograd.grad(want["loss"], inputs)):
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-6)
     assert terms["fd"] > 0 and terms["icl"] > 0

@@ -12,6 +12,9 @@ student features they are compared with), T teachers.
 All take per-row weights `w_B` (0 drops a row) and return a scalar averaged over weighted rows.
 `feature_distillation_many` / `interactive_contrastive_many` compute FD and ICL for all teachers
 at once from [T, B, E] targets and [T, B] weights (stage 2 in the projection space).
+`feature_distillation_pairs` / `interactive_contrastive_pairs` give per-pair values over the
+(row, teacher) pairs a policy weighs, P of them, each teacher's pairs a group of their own (stage 2
+in the projection space: P x E targets instead of T x B x E, one P x P matrix instead of T of B x B).
 `interactive_contrastive_joint` is the ICL of the MMKD-CLIP authors' code: one similarity matrix
 over all rows, each row's targets from its own teacher, every other row a negative whichever
 teacher it came from (mmkd's default keeps each teacher's rows to themselves).
@@ -68,6 +71,22 @@ def interactive_contrastive_many(student_image_BE: torch.Tensor, student_text_BE
     return _weighted_means(per_row_TB, torch.where(keep_TB, w_TB, torch.zeros_like(w_TB))) * enough_T
 
 
+def feature_distillation_pairs(student_PE: torch.Tensor, target_PE: torch.Tensor) -> torch.Tensor:
+    """Per-pair MSE [P] (mean over dims) between each pair's student features and its target."""
+    return ((student_PE - target_PE.to(student_PE.dtype)) ** 2).mean(dim=-1)
+
+
+def interactive_contrastive_pairs(student_image_PE: torch.Tensor, student_text_PE: torch.Tensor,
+                                  target_image_PE: torch.Tensor, target_text_PE: torch.Tensor,
+                                  temperature: torch.Tensor | float, group_P: torch.Tensor) -> torch.Tensor:
+    """Per-pair ICL [P] within groups (`group_P`, a teacher per pair): pair p's student image against
+    the text targets of its group's pairs, its own the positive, and its student text against their
+    image targets; other groups' pairs are no negatives. A pair alone in its group gives 0."""
+    negatives_PP = group_P.unsqueeze(1) == group_P.unsqueeze(0)
+    return (_info_nce_rows(student_image_PE, target_text_PE, temperature, negatives_PP)
+            + _info_nce_rows(student_text_PE, target_image_PE, temperature, negatives_PP)) / 2
+
+
 def interactive_contrastive_joint(student_image_BE: torch.Tensor, student_text_BE: torch.Tensor,
                                   target_image_BE: torch.Tensor, target_text_BE: torch.Tensor,
                                   temperature: torch.Tensor | float, keep_B: torch.Tensor) -> torch.Tensor:
@@ -77,16 +96,19 @@ def interactive_contrastive_joint(student_image_BE: torch.Tensor, student_text_B
     them); logits = cos-like products / temperature, i.e. times the authors' fixed multiplier
     when temperature = 1 / multiplier."""
     dtype = student_image_BE.dtype
-    masked = torch.finfo(dtype).min
-    col_mask = ~keep_B.unsqueeze(0)  # [1, B]: rows without a teacher are no negatives either
-
-    def rows(a_BE: torch.Tensor, b_BE: torch.Tensor) -> torch.Tensor:
-        logits = (a_BE @ b_BE.to(dtype).T) / temperature
-        return -torch.diagonal(torch.log_softmax(logits.masked_fill(col_mask, masked), dim=-1))
-
-    per_row_B = (rows(student_image_BE, target_text_BE) + rows(student_text_BE, target_image_BE)) / 2
+    columns = keep_B.unsqueeze(0)  # [1, B]: rows without a teacher are no negatives either
+    per_row_B = (_info_nce_rows(student_image_BE, target_text_BE, temperature, columns)
+                 + _info_nce_rows(student_text_BE, target_image_BE, temperature, columns)) / 2
     enough = (keep_B.sum() >= 2).to(dtype)
     return torch.where(keep_B, per_row_B, torch.zeros_like(per_row_B)) * enough
+
+
+def _info_nce_rows(a_RE: torch.Tensor, b_RE: torch.Tensor, temperature: torch.Tensor | float,
+                   columns: torch.Tensor) -> torch.Tensor:
+    """-log softmax of row i's own column (a_i . b_i) among the columns `columns[i]` allows, [R]."""
+    logits = (a_RE @ b_RE.to(a_RE.dtype).T) / temperature
+    masked = torch.finfo(logits.dtype).min
+    return -torch.diagonal(torch.log_softmax(logits.masked_fill(~columns, masked), dim=-1))
 
 
 def _weighted_means(values_TB: torch.Tensor, w_TB: torch.Tensor) -> torch.Tensor:

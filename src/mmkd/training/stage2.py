@@ -36,9 +36,9 @@ from torch import nn
 
 from mmkd.errors import UsageError
 from mmkd.losses.contrastive import clip_loss
-from mmkd.losses.distill import (feature_distillation, feature_distillation_many, interactive_contrastive,
-                                 interactive_contrastive_joint, interactive_contrastive_many, relational_kl)
-from mmkd.losses.gather import gather_ids, gather_rows
+from mmkd.losses.distill import (feature_distillation, feature_distillation_pairs, interactive_contrastive,
+                                 interactive_contrastive_joint, interactive_contrastive_pairs, relational_kl)
+from mmkd.losses.gather import gather_ids, gather_rows, gather_with_grad
 from mmkd.training.targets import TargetReader
 
 
@@ -253,59 +253,93 @@ class DistillTask:
             raw = {t: (F.normalize(img, dim=-1), F.normalize(txt, dim=-1)) for t, (img, txt) in raw.items()}
         return raw
 
-    def _projected_targets(self, targets) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image and text targets [B, T, E] in the student's space, not normalised: the stored features
-        through the frozen alignment (its linear projection only, or with the modality MLP:
-        `distill.projection`), or the authors' precomputed projections.
+    def _projected_targets(self, targets) -> torch.Tensor:
+        """Image and text targets [P, 2, E] of the (row, teacher) pairs the policy weighs, in the student's
+        space and the order of `weighted_pairs`, normalised unless `distill.normalize_targets` is false:
+        the stored features through the frozen alignment (its linear projection only, or with the modality
+        MLP: `distill.projection`), or the authors' precomputed projections.
 
-        Only the (row, teacher) pairs the policy weighs are projected (one in ~6.6 under the paper's
-        random-available policy); the others stay zero. Every term ignores them: FD and ICL weigh a row
-        by its teacher weight, ICL masks the teacher's other rows out of its negatives, and the paper's
-        ICL mixes targets by those weights, so the loss and its gradients equal projecting every pair."""
+        Only those pairs are projected (one in ~6.6 under the paper's random-available policy): FD and ICL
+        weigh a pair by its teacher weight and the paper's ICL mixes a row's targets by them, so the other
+        pairs never count."""
         raw = {t: self._raw(targets, t) for t in self.teachers}
-        if self.alignment is None:  # precomputed projections, already in the student's space
-            return tuple(torch.stack([raw[t][k] for t in self.teachers], dim=1) for k in range(2))
-        w_BT = np.asarray(targets["weights"])
-        rows = [np.flatnonzero(w_BT[:, j]) for j in range(len(self.teachers))]
-        counts = [r.size for r in rows]
+        rows_P, teacher_P = weighted_pairs(targets["weights"])
         first = raw[self.teachers[0]][0]
-        shape = (w_BT.shape[0], len(self.teachers), self.alignment.latent_dim)
-        image_BTE, text_BTE = first.new_zeros(shape), first.new_zeros(shape)
-        taught = [t for t, n in zip(self.teachers, counts) if n]
-        if not taught:
-            return image_BTE, text_BTE
-        # one host-to-device copy for every index: each teacher's rows, then (row, teacher) of every pair
-        flat = np.concatenate(rows + [np.repeat(np.arange(len(self.teachers)), counts)])
+        num_pairs = rows_P.size
+        if not num_pairs:
+            return first.new_zeros((0, 2, self.alignment.latent_dim if self.alignment else first.shape[1]))
+        # Each teacher's rows are read and projected together (teacher-major); one index puts every pair back
+        # in row-major order with its image and text targets side by side. One host-to-device copy for all.
+        by_teacher = np.lexsort((rows_P, teacher_P))
+        position = np.empty(num_pairs, dtype=np.int64)
+        position[by_teacher] = np.arange(num_pairs)
+        counts = np.bincount(teacher_P, minlength=len(self.teachers))
+        flat = np.concatenate([rows_P[by_teacher], np.stack([position, position + num_pairs], axis=1).ravel()])
         index = torch.from_numpy(flat).to(first.device, non_blocking=True)
-        pairs = sum(counts)
-        per_teacher = dict(zip(self.teachers, index[:pairs].split(counts)))
-        project = (self.alignment.project_pairs_many if self.cfg.distill.projection == "linear"
-                   else self.alignment.encode_pairs_many)
-        images, texts = project({t: raw[t][0].index_select(0, per_teacher[t]) for t in taught},
-                                {t: raw[t][1].index_select(0, per_teacher[t]) for t in taught})
-        row_P, teacher_P = index[:pairs], index[pairs:]
-        image_BTE[row_P, teacher_P] = torch.cat([images[t] for t in taught])
-        text_BTE[row_P, teacher_P] = torch.cat([texts[t] for t in taught])
-        return image_BTE, text_BTE
+        taught = [t for t, n in zip(self.teachers, counts) if n]
+        per_teacher = dict(zip(taught, index[:num_pairs].split([int(n) for n in counts if n])))
+        images = {t: raw[t][0].index_select(0, per_teacher[t]) for t in taught}
+        texts = {t: raw[t][1].index_select(0, per_teacher[t]) for t in taught}
+        if self.alignment is not None:
+            project = (self.alignment.project_pairs_many if self.cfg.distill.projection == "linear"
+                       else self.alignment.encode_pairs_many)
+            images, texts = project(images, texts)
+        both = torch.cat([images[t] for t in taught] + [texts[t] for t in taught]).index_select(0, index[num_pairs:])
+        if self.cfg.distill.normalize_targets:
+            both = F.normalize(both, dim=-1)
+        return both.view(num_pairs, 2, both.shape[-1])
+
+    def _pair_terms(self, g, target_P2E: torch.Tensor, w_NT: np.ndarray, num_taught: int, temperature: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(FD total, ICL total, [2, T'] per-teacher FD and ICL to log) in the projection space, over the global
+        batch's weighted pairs. A teacher's FD is its pairs' weighted mean and its total share is its weight
+        over the taught rows, so the FD total is every pair's weight times its FD over the number of taught
+        rows; the same holds for ICL (a teacher with one pair gives 0: it is alone in its group). The
+        coefficients are built on the host and sent with the indices (no device sync)."""
+        rows_P, teacher_P = weighted_pairs(w_NT)
+        w_P = np.asarray(w_NT, dtype=np.float32)[rows_P, teacher_P]
+        taught, k_P = np.unique(teacher_P, return_inverse=True)
+        weight_T = np.bincount(k_P, weights=w_P, minlength=taught.size)
+        coef = np.zeros((taught.size + 1, rows_P.size), dtype=np.float32)  # [teachers, total] x pairs
+        coef[k_P, np.arange(rows_P.size)] = w_P / weight_T[k_P]
+        coef[-1] = w_P / num_taught
+        device = target_P2E.device
+        index = torch.from_numpy(np.concatenate([rows_P, teacher_P])).to(device, non_blocking=True)
+        floats = torch.from_numpy(np.concatenate([coef.ravel(), w_P])).to(device, non_blocking=True)
+        row_P, group_P = index.split(rows_P.size)
+        coef_t, w_P_t = floats.split([coef.size, rows_P.size])
+        paper = self.cfg.distill.icl_form == "paper"
+        s_img, s_txt = g["image"].index_select(0, row_P), g["text"].index_select(0, row_P)
+        t_img, t_txt = target_P2E[:, 0], target_P2E[:, 1]
+        fd_P = feature_distillation_pairs(s_img, t_img) + feature_distillation_pairs(s_txt, t_txt)
+        if paper:
+            # One matrix over every taught row; a row's targets are its own teacher's (the policy's mix of
+            # them when it gives a row several teachers).
+            mix_N2E = target_P2E.new_zeros((g["image"].shape[0], *target_P2E.shape[1:])).index_add_(
+                0, row_P, target_P2E * w_P_t[:, None, None])
+            keep_N = torch.zeros(g["image"].shape[0], dtype=torch.bool, device=device).index_fill_(0, row_P, True)
+            icl_N = interactive_contrastive_joint(g["image"], g["text"], mix_N2E[:, 0], mix_N2E[:, 1], temperature, keep_N)
+            icl_P = icl_N.index_select(0, row_P)
+        else:
+            icl_P = interactive_contrastive_pairs(s_img, s_txt, t_img, t_txt, temperature, group_P)
+        per_term = coef_t.view(coef.shape) @ torch.stack([fd_P, icl_P], dim=1)  # [T' + 1, 2]
+        icl_total = icl_N.sum() / num_taught if paper else per_term[-1, 1]
+        return per_term[-1, 0], icl_total, per_term[:-1].detach().T
 
     def _local_rows(self, outputs, targets) -> dict[str, torch.Tensor]:
-        """Everything the loss reads per pair row of this rank, student outputs and teacher targets:
-        `losses` gathers it across ranks in one collective. Every rank builds the same keys and
-        widths, also for an empty micro-batch (0 rows), so the collectives always match."""
+        """Everything the loss reads per pair row of this rank, student outputs and teacher targets (but the
+        projection space's, which are per (row, teacher) pair: `_projected_targets`): `losses` gathers it
+        across ranks in one collective. Every rank builds the same keys and widths, also for an empty micro-batch (0 rows), so the collectives always match."""
         d = self.cfg.distill
         on_device = targets["on_device"]
         rows = {"image": outputs["image"], "text": outputs["text"], "weights": on_device["weights"],
                 "available": on_device["available"]}
-        if self.feature_terms:
-            if self.space == "projection":  # all in the student's space: [B, T, E], normalised at once
-                for key, x in zip(("target_image", "target_text"), self._projected_targets(targets)):
-                    rows[key] = F.normalize(x, dim=-1) if d.normalize_targets else x
-            else:
-                fd_targets = self._own_space_targets(targets)  # adaptor: each teacher's own space and its own head's outputs
-                for t in self.teachers:
-                    rows[f"target_image:{t}"], rows[f"target_text:{t}"] = fd_targets[t]
-                    rows[f"head_image:{t}"] = outputs[f"head_image:{t}"]
-                    rows[f"head_text:{t}"] = outputs[f"head_text:{t}"]
+        if self.feature_terms and self.space == "adaptor":  # each teacher's own space and its own head's outputs
+            fd_targets = self._own_space_targets(targets)
+            for t in self.teachers:
+                rows[f"target_image:{t}"], rows[f"target_text:{t}"] = fd_targets[t]
+                rows[f"head_image:{t}"] = outputs[f"head_image:{t}"]
+                rows[f"head_text:{t}"] = outputs[f"head_text:{t}"]
         if d.lambda_kl > 0:
             for t in self.teachers:
                 rows[f"raw_image:{t}"], rows[f"raw_text:{t}"] = self._raw(targets, t)
@@ -327,36 +361,23 @@ class DistillTask:
         fd_total, icl_total, kl_total = zero, zero, zero
         # Which teachers teach the global batch is decided on the host: from the policy's own weights
         # in one process (no device sync), from the gathered weights under torchrun.
-        w_np = targets["weights"] if world_size == 1 else g["weights"].detach().cpu().numpy()
+        w_np = np.asarray(targets["weights"] if world_size == 1 else g["weights"].detach().cpu().numpy(), np.float32)
         num_taught = max(int((w_np.sum(axis=1) > 0).sum()), 1)
         taught = [j for j in range(len(self.teachers)) if w_np[:, j].any()]
         share = {j: float(w_np[:, j].sum()) / num_taught for j in taught}  # a teacher's share of the taught rows
         w_NT = g["weights"]
-        if self.feature_terms and self.space == "projection" and taught:
-            # Every target is in the student's space: all teachers' FD and ICL in a few batched ops.
-            names = [self.teachers[j] for j in taught]
-            w_TN = w_NT[:, taught].T
-            t_img, t_txt = g["target_image"][:, taught].transpose(0, 1), g["target_text"][:, taught].transpose(0, 1)
-            s_img, s_txt = g["image"], g["text"]
-            fd_T = feature_distillation_many(s_img, t_img, w_TN) + feature_distillation_many(s_txt, t_txt, w_TN)
-            share_T = torch.tensor([share[j] for j in taught], device=fd_T.device, dtype=fd_T.dtype)
-            fd_total = fd_total + (share_T * fd_T).sum()
-            if d.icl_form == "paper":
-                # One matrix over every taught row; a row's targets are its own teacher's (the
-                # policy's mix of them when it gives a row several teachers).
-                mix_img = torch.einsum("tn,tne->ne", w_TN, t_img)
-                mix_txt = torch.einsum("tn,tne->ne", w_TN, t_txt)
-                keep_N = w_TN.sum(dim=0) > 0
-                icl_N = interactive_contrastive_joint(s_img, s_txt, mix_img, mix_txt, outputs["icl_temperature"],
-                                                      keep_N)
-                icl_total = icl_total + icl_N.sum() / num_taught
-                icl_T = (w_TN * icl_N).sum(dim=1) / w_TN.sum(dim=1)  # each teacher's rows' mean, to log
-            else:
-                icl_T = interactive_contrastive_many(s_img, s_txt, t_img, t_txt, outputs["icl_temperature"], w_TN)
-                icl_total = icl_total + (share_T * icl_T).sum()
-            fd_logged, icl_logged = fd_T.detach(), icl_T.detach()
-            for k, t in enumerate(names):
-                terms[f"fd:{t}"], terms[f"icl:{t}"] = fd_logged[k], icl_logged[k]
+        if self.feature_terms and self.space == "projection":
+            # Every target is in the student's space: FD and ICL over the weighted (row, teacher) pairs, in
+            # a few ops for all teachers. Each rank's pairs are row-major, so in rank order they are the
+            # gathered batch's pairs in row-major order (`weighted_pairs(w_np)`).
+            local = self._projected_targets(targets)
+            target_P2E = local if world_size == 1 else gather_with_grad(local.flatten(1), rank, world_size)[0].view(
+                -1, *local.shape[1:])
+            if taught:
+                fd, icl, logged = self._pair_terms(g, target_P2E, w_np, num_taught, outputs["icl_temperature"])
+                fd_total, icl_total = fd_total + fd, icl_total + icl
+                for k, j in enumerate(taught):
+                    terms[f"fd:{self.teachers[j]}"], terms[f"icl:{self.teachers[j]}"] = logged[0, k], logged[1, k]
         for j in taught if self.feature_terms and self.space == "adaptor" else ():
             t = self.teachers[j]  # each teacher's own space: one at a time
             s_img, s_txt = g[f"head_image:{t}"], g[f"head_text:{t}"]
@@ -406,6 +427,13 @@ class DistillTask:
                             "lambda_kl": d.lambda_kl, "lambda_decision": d.lambda_decision, "normalize_targets": d.normalize_targets,
                             "learnable_icl_temperature": d.learnable_icl_temperature, "icl_form": d.icl_form,
                             "projection": d.projection}}
+
+
+def weighted_pairs(w_BT) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, teachers) of the pairs with a weight > 0 in float32 (as the gathered weights carry them),
+    row-major: a row's teachers in teacher order, rows in order."""
+    rows, teachers = np.nonzero(np.asarray(w_BT, dtype=np.float32))
+    return rows.astype(np.int64), teachers.astype(np.int64)
 
 
 def _registry_licence(name: str) -> str | None:
