@@ -18,14 +18,17 @@ reads the paper's teacher set (9 teachers, dims 768/512, ~6.6 of 9 available per
 feature store, through the alignment autoencoder into 512-d targets, random-available policy,
 FD x 50 + ICL. Data loading is measured separately (`bench_data_wait.py`).
 
-The ratio: each round times both stages back to back (every other round in the other order), and
-pairs their fastest 5-step windows; the RATIO is the median of the rounds' paired ratios. Other
-work on a shared machine can only add time to a window, so the fastest one is the closest to the
-step's own cost (as in `bench_pretrain_step.py`). Until 2026-12-05 the ratio was the two stages'
-median step times over every round, which gave 1.061x alone and 1.105x inside `make bench` on one
-CPU that day (bench/results-cpu/); it is still printed ("median step, ratio"), and the H200
-figures in docs/PERFORMANCE.md (one round) were measured that way. samples/s and MFU stay the
-median step's.
+The ratio: each stage trains its own copy of the student from the same initial weights, and their
+steps alternate (stage 1, stage 2, then stage 2, stage 1, ...), so each stage-2 step has a stage-1
+step beside it in time, on the same state of a shared machine; the RATIO is the median of those
+pairs' ratios over every round. `--aa` times stage 1 against itself in the same way, which gives the
+spread noise alone leaves. Before 2026-12-06 the stages ran one after the other in each round, with
+each round's fastest 5-step windows paired (on one 2-vCPU host, A/A medians of 5 rounds from 0.944x
+to 1.036x and single rounds from 0.685x to 1.455x, against 0.998x-1.003x for the paired steps,
+bench/results-cpu/gpu-aa-*-2026-12-06.txt); until 2026-12-05 it was the two stages' median step
+times. Both are still printed ("median step, ratio", "fastest 5 steps of each round"); the H200
+figures in docs/PERFORMANCE.md (one round) were measured with the median steps. samples/s and MFU
+are the median step's.
 
 MFU = (FLOPs of one step, counted by `torch.utils.flop_counter.FlopCounterMode` on the real
 shapes) x steps/s / the card's dense bf16 peak (a table of common cards; `--peak-tflops`
@@ -36,6 +39,7 @@ Extraction with the nine teachers at real size (images/s, bf16 vs fp32 cosine): 
 which runs bench/gpu_extract.py with the remaining options.
 
 Usage: python bench/bench_gpu.py [--batch N] [--steps 20] [--rounds 5] [--compile] [--full-context] [--paper] [--profile]
+       [--aa]
 Prints `RATIO gpu_stage2_vs_stage1: <stage-2 / stage-1 step time>x (target <= 1.10)` and
 `FIGURE` lines with samples/s, TFLOP/s and MFU of each stage.
 """
@@ -107,8 +111,8 @@ def make_config(csv: Path, store: Path, out: Path, args, device: str):
                                "--batch-size", str(args.batch)], stage="distill")
 
 
-def time_stage(task, student, cfg, device, batches, args, profile_it: bool = False) -> dict:
-    """Warm up, then time `args.steps` training steps as `fit` runs them (without the loader)."""
+def make_stepper(task, student, cfg, device, batches, args) -> dict:
+    """A stage's training step as `fit` runs it (without the loader), its FLOPs, after `args.warmup` steps."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from mmkd.training.precision import autocast_context
@@ -141,32 +145,42 @@ def time_stage(task, student, cfg, device, batches, args, profile_it: bool = Fal
             student.model.logit_scale.clamp_(0, np.log(100))
         return loss, int(tokens.shape[1])
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with FlopCounterMode(display=False) as counter:
         step(*batches[0])
-    flops = counter.get_total_flops()
     if args.compile:
         runner["module"] = torch.compile(module)
     for i in range(args.warmup):
         step(*batches[i % len(batches)])
+    return {"step": step, "flops_per_step": counter.get_total_flops(), "student": student, "cfg": cfg}
+
+
+def time_interleaved(steppers: dict[str, dict], device, batches, args) -> dict[str, dict]:
+    """Time `args.steps` steps of each stage, one stage's step then the other's (every other step in the
+    other order), so both see the same state of a shared machine; returns each stage's step times."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times, lengths = [], []
+    names = list(steppers)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    lengths: dict[str, list[int]] = {name: [] for name in names}
     for i in range(args.steps):
-        sync()
-        t0 = time.perf_counter()
-        loss, length = step(*batches[i % len(batches)])
-        sync()
-        times.append(time.perf_counter() - t0)
-        lengths.append(length)
-        assert np.isfinite(loss), "non-finite loss in the benchmark"
-    step_s = median(times)
-    if profile_it:
-        profile(step, student, cfg, device, batches)
-    out = {"times": times, "step_s": step_s, "samples_per_s": args.batch / step_s, "flops_per_step": flops,
-           "tflops_per_s": flops / step_s / 1e12, "text_len": float(np.mean(lengths))}
-    if device.type == "cuda":
-        out["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        for name in names if i % 2 == 0 else names[::-1]:
+            sync()
+            t0 = time.perf_counter()
+            loss, length = steppers[name]["step"](*batches[i % len(batches)])
+            sync()
+            times[name].append(time.perf_counter() - t0)
+            lengths[name].append(length)
+            assert np.isfinite(loss), "non-finite loss in the benchmark"
+    out = {}
+    for name in names:
+        step_s = median(times[name])
+        flops = steppers[name]["flops_per_step"]
+        out[name] = {"times": times[name], "step_s": step_s, "samples_per_s": args.batch / step_s,
+                     "flops_per_step": flops, "tflops_per_s": flops / step_s / 1e12,
+                     "text_len": float(np.mean(lengths[name]))}
+        if device.type == "cuda":  # both stages' peak: they share the device
+            out[name]["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
 
 
@@ -250,6 +264,8 @@ def main() -> None:
     parser.add_argument("--stage", choices=("1", "2", "both", "extract"), default="both",
                         help="which stages to time; extract: the nine teachers (bench/gpu_extract.py)")
     parser.add_argument("--profile", action="store_true", help="print where each stage's step time goes")
+    parser.add_argument("--aa", action="store_true",
+                        help="time stage 1 against itself (in stage 2's place): the spread noise alone gives the ratio")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="the card's dense bf16 peak, TFLOP/s")
     args, rest = parser.parse_known_args()
     if args.stage == "extract":
@@ -302,24 +318,33 @@ def main() -> None:
                                           sample_ids=[f"s{i:07d}" for i in idx.tolist()],
                                           modalities=[""] * args.batch, skipped={},
                                           tokens=batcher([captions[i] for i in idx.tolist()]))))
-        # The same initial weights for both stages: stage 2 starts from a copy of the state.
+        # Rounds of both stages, each from the same initial weights, each stage on its own copy of the student.
+        # Within a round the stages' steps alternate, so a machine that slows down or speeds up moves both
+        # alike; the ratio is the median over every round of each step pair's ratio (see the module text).
         initial = {k: v.clone() for k, v in student.model.state_dict().items()}
-        # Rounds of both stages, each from the same initial weights: a machine that slows down or speeds up
-        # during the run moves both stages alike. Each stage's step time (samples/s, MFU) is the median over
-        # all its rounds' steps; the ratio pairs each round's fastest 5-step windows (see the module text).
-        stages = (("stage1", ClipTask), ("stage2", DistillTask))
+        stages = (("stage1", ClipTask), ("stage2", ClipTask if args.aa else DistillTask))
+        stages = tuple((name, make) for name, make in stages if args.stage in ("both", name[-1]))
+        rounds: dict[str, list[dict]] = {}
+        paired = []
         for r in range(args.rounds):
-            for stage, make in stages if r % 2 == 0 else stages[::-1]:  # neither stage always runs after the other
-                if args.stage not in ("both", stage[-1]):
-                    continue
-                student.model.load_state_dict(initial)
-                task = make(student, cfg, device)
-                results.setdefault(stage, []).append(time_stage(task, student, cfg, device, batches, args,
-                                                                     profile_it=args.profile and r == 0))
-                del task
-        paired = [fastest_window(b["times"]) / fastest_window(a["times"])
-                  for a, b in zip(results.get("stage1", []), results.get("stage2", []))]
-        results = {stage: merge_rounds(rounds, args.batch) for stage, rounds in results.items()}
+            steppers = {}
+            for k, (stage, make) in enumerate(stages if r % 2 == 0 else stages[::-1]):  # alternate who warms up first
+                copy = student if k == 0 else clone_student(student)
+                copy.model.load_state_dict(initial)
+                steppers[stage] = make_stepper(make(copy, cfg, device), copy, cfg, device, batches, args)
+            timed = time_interleaved(dict(sorted(steppers.items())), device, batches, args)
+            for stage, result in timed.items():
+                rounds.setdefault(stage, []).append(result)
+            if len(timed) == 2:
+                paired += [b / a for a, b in zip(timed["stage1"]["times"], timed["stage2"]["times"])]
+            if args.profile and r == 0:
+                for stage, stepper in steppers.items():
+                    print(f"{stage}:")
+                    profile(stepper["step"], stepper["student"], cfg, device, batches)
+            del steppers
+        windows = [fastest_window(b["times"]) / fastest_window(a["times"])
+                   for a, b in zip(rounds.get("stage1", []), rounds.get("stage2", []))]
+        results = {stage: merge_rounds(rs, args.batch) for stage, rs in rounds.items()}
     peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name(0)) if cuda else None)
     for stage, r in results.items():
         mfu = f"{r['tflops_per_s'] / peak:.1%}" if peak else "n/a (no GPU peak)"
@@ -334,10 +359,23 @@ def main() -> None:
         return
     ratio = median(paired)
     where = torch.cuda.get_device_name(0) if cuda else f"CPU, {desc}"
-    print(f"median step, ratio: {results['stage2']['step_s'] / results['stage1']['step_s']:.3f}x; fastest 5 steps, "
-          f"paired ratio of each round: {', '.join(f'{x:.3f}x' for x in paired)}")
-    print(f"RATIO gpu_stage2_vs_stage1: {ratio:.3f}x (target <= 1.10: stage-2 / stage-1 step time, fastest 5-step "
-          f"window of each round, median over {len(paired)} round(s); {where})")
+    spread = f"quartiles of the {len(paired)} pairs {np.percentile(paired, 25):.3f}x-{np.percentile(paired, 75):.3f}x"
+    old = (f"median step, ratio: {results['stage2']['step_s'] / results['stage1']['step_s']:.3f}x; fastest 5 steps of "
+           f"each round, ratio: {', '.join(f'{x:.3f}x' for x in windows)}")
+    print(old)
+    if args.aa:  # no target: what noise alone gives
+        print(f"FIGURE gpu_stage1_vs_stage1_aa: {ratio:.3f}x (stage 1 against itself, median of the paired steps' "
+              f"ratios, {args.rounds} round(s); {spread}; {where})")
+        return
+    print(f"RATIO gpu_stage2_vs_stage1: {ratio:.3f}x (target <= 1.10: stage-2 / stage-1 step time, median of the "
+          f"paired steps' ratios, {args.rounds} round(s); {spread}; {where})")
+
+
+def clone_student(student):
+    """A second student with its own weights (each stage trains its own copy in the interleaved timing)."""
+    import copy
+
+    return copy.deepcopy(student)
 
 
 if __name__ == "__main__":
