@@ -23,10 +23,10 @@ steps alternate (stage 1, stage 2, then stage 2, stage 1, ...), so each stage-2 
 step beside it in time, on the same state of a shared machine; the RATIO is the median of those
 pairs' ratios over every round. `--aa` times stage 1 against itself in the same way, which gives the
 spread noise alone leaves. Before 2026-12-06 the stages ran one after the other in each round, with
-each round's fastest 5-step windows paired (on one 2-vCPU host, A/A medians of 5 rounds from 0.944x
-to 1.036x and single rounds from 0.685x to 1.455x, against 0.998x-1.003x for the paired steps,
-bench/results-cpu/gpu-aa-*-2026-12-06.txt); until 2026-12-05 it was the two stages' median step
-times. Both are still printed ("median step, ratio", "fastest 5 steps of each round"); the H200
+each round's fastest 5-step windows paired: on one 2-vCPU host, three A/A runs of 5 rounds gave
+1.029x, 1.007x and 0.983x that way, single rounds from 0.709x to 1.411x, and 1.003x, 1.006x and
+1.004x with the paired steps (bench/results-cpu/gpu-aa-*-2026-12-06.txt); until 2026-12-05 it was
+the two stages' median step times. Both are still printed ("median step, ratio", "fastest 5 steps of each round"); the H200
 figures in docs/PERFORMANCE.md (one round) were measured with the median steps. samples/s and MFU
 are the median step's.
 
