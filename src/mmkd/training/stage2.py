@@ -329,7 +329,8 @@ class DistillTask:
     def _local_rows(self, outputs, targets) -> dict[str, torch.Tensor]:
         """Everything the loss reads per pair row of this rank, student outputs and teacher targets (but the
         projection space's, which are per (row, teacher) pair: `_projected_targets`): `losses` gathers it
-        across ranks in one collective. Every rank builds the same keys and widths, also for an empty micro-batch (0 rows), so the collectives always match."""
+        across ranks in one collective. Every rank builds the same keys and widths, also for an empty
+        micro-batch (0 rows), so the collectives always match."""
         d = self.cfg.distill
         on_device = targets["on_device"]
         rows = {"image": outputs["image"], "text": outputs["text"], "weights": on_device["weights"],
