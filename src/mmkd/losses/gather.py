@@ -41,13 +41,15 @@ def gather_with_grad(feats_BD: torch.Tensor, rank: int, world_size: int,
     return gathered, sum(sizes[:rank])
 
 
-def gather_rows(tensors: dict[str, torch.Tensor], rank: int, world_size: int) -> dict[str, torch.Tensor]:
+def gather_rows(tensors: dict[str, torch.Tensor], rank: int, world_size: int,
+                sizes: list[int] | None = None) -> dict[str, torch.Tensor]:
     """Gather several per-row tensors of one batch (all [B, ...], same B) with one collective.
 
     They are packed into one float32 [B, sum of widths] block, gathered with gradient
     (`gather_with_grad`), and split back into [N, ...] tensors in rank order. Student features
     keep their gradient path; constants (teacher targets, weights) simply ride along. One
-    process: the tensors themselves, unchanged.
+    process: the tensors themselves, unchanged. `sizes`: every rank's B when the caller knows them
+    (`gather_sizes`), else they are gathered here.
     """
     if world_size == 1:
         return dict(tensors)
@@ -55,7 +57,7 @@ def gather_rows(tensors: dict[str, torch.Tensor], rank: int, world_size: int) ->
     rows = tensors[names[0]].shape[0]
     flat = [tensors[k].reshape(rows, math.prod(tensors[k].shape[1:])).float() for k in names]  # [B] -> [B, 1]
     widths = [f.shape[1] for f in flat]
-    block_ND, _ = gather_with_grad(torch.cat(flat, dim=1), rank, world_size)
+    block_ND, _ = gather_with_grad(torch.cat(flat, dim=1), rank, world_size, sizes)
     parts = torch.split(block_ND, widths, dim=1)
     return {k: p.reshape(p.shape[0], *tensors[k].shape[1:]) for k, p in zip(names, parts)}
 

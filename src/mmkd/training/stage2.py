@@ -38,7 +38,7 @@ from mmkd.errors import UsageError
 from mmkd.losses.contrastive import clip_loss
 from mmkd.losses.distill import (feature_distillation, feature_distillation_pairs, interactive_contrastive,
                                  interactive_contrastive_joint, interactive_contrastive_pairs, relational_kl)
-from mmkd.losses.gather import gather_ids, gather_rows, gather_with_grad
+from mmkd.losses.gather import gather_ids, gather_rows, gather_sizes, gather_with_grad
 from mmkd.training.targets import TargetReader
 
 
@@ -356,7 +356,9 @@ class DistillTask:
         if targets is None:
             prepared, self._prepared = self._prepared, None
             targets = prepared[1] if prepared is not None and prepared[0] is batch else self._load_targets(batch)
-        g = gather_rows(self._local_rows(outputs, targets), rank, world_size)
+        local = self._local_rows(outputs, targets)
+        row_sizes = gather_sizes(local["image"].shape[0], world_size, outputs["image"].device)
+        g = gather_rows(local, rank, world_size, row_sizes)
         terms = clip_loss(g["image"], g["text"], outputs["logit_scale"])  # already global: no second gather
         zero = outputs["image"].sum() * 0.0
         fd_total, icl_total, kl_total = zero, zero, zero
@@ -367,18 +369,20 @@ class DistillTask:
         taught = [j for j in range(len(self.teachers)) if w_np[:, j].any()]
         share = {j: float(w_np[:, j].sum()) / num_taught for j in taught}  # a teacher's share of the taught rows
         w_NT = g["weights"]
-        if self.feature_terms and self.space == "projection":
+        if self.feature_terms and self.space == "projection" and taught:
             # Every target is in the student's space: FD and ICL over the weighted (row, teacher) pairs, in
             # a few ops for all teachers. Each rank's pairs are row-major, so in rank order they are the
-            # gathered batch's pairs in row-major order (`weighted_pairs(w_np)`).
-            local = self._projected_targets(targets)
-            target_P2E = local if world_size == 1 else gather_with_grad(local.flatten(1), rank, world_size)[0].view(
-                -1, *local.shape[1:])
-            if taught:
-                fd, icl, logged = self._pair_terms(g, target_P2E, w_np, num_taught, outputs["icl_temperature"])
-                fd_total, icl_total = fd_total + fd, icl_total + icl
-                for k, j in enumerate(taught):
-                    terms[f"fd:{self.teachers[j]}"], terms[f"icl:{self.teachers[j]}"] = logged[0, k], logged[1, k]
+            # gathered batch's pairs in row-major order (`weighted_pairs(w_np)`), and each rank's count is
+            # known from the gathered weights (no collective for the sizes).
+            pairs = self._projected_targets(targets)
+            if world_size > 1:
+                ends = np.cumsum(row_sizes)
+                pair_sizes = [int(np.count_nonzero(w_np[end - n:end])) for end, n in zip(ends, row_sizes)]
+                pairs = gather_with_grad(pairs.flatten(1), rank, world_size, pair_sizes)[0].view(-1, *pairs.shape[1:])
+            fd, icl, logged = self._pair_terms(g, pairs, w_np, num_taught, outputs["icl_temperature"])
+            fd_total, icl_total = fd_total + fd, icl_total + icl
+            for k, j in enumerate(taught):
+                terms[f"fd:{self.teachers[j]}"], terms[f"icl:{self.teachers[j]}"] = logged[0, k], logged[1, k]
         for j in taught if self.feature_terms and self.space == "adaptor" else ():
             t = self.teachers[j]  # each teacher's own space: one at a time
             s_img, s_txt = g[f"head_image:{t}"], g[f"head_text:{t}"]
