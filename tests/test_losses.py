@@ -126,32 +126,24 @@ def test_pairs_of_image_and_text_rows_project_as_each_teacher_alone():
                                            rtol=1e-5, atol=1e-6)
 
 
-def test_all_teacher_fd_and_icl_equal_the_per_teacher_terms():
-    from mmkd.losses.distill import feature_distillation_many, interactive_contrastive_many
+def test_pair_fd_and_icl_match_a_naive_loop_within_each_group():
+    """Per-pair FD and ICL: a pair's negatives are its own group's targets only; a pair alone in its group gives 0."""
+    from mmkd.losses.distill import feature_distillation_pairs, interactive_contrastive_pairs
 
-    g = torch.Generator().manual_seed(0)
-    B, E, T = 10, 6, 4
-    si = F.normalize(torch.randn(B, E, generator=g), dim=-1).requires_grad_()
-    st = F.normalize(torch.randn(B, E, generator=g), dim=-1).requires_grad_()
-    ti, tt = F.normalize(torch.randn(T, B, E, generator=g), dim=-1), F.normalize(torch.randn(T, B, E, generator=g), dim=-1)
-    w = torch.rand(T, B, generator=g) * (torch.rand(T, B, generator=g) > 0.4)
-    w[2] = 0.0  # a teacher that teaches nothing
-    w[3] = 0.0
-    w[3, 5] = 0.7  # one row only: ICL needs two
-    temp = torch.tensor(0.07)
-    fd = feature_distillation_many(si, ti, w)
-    icl = interactive_contrastive_many(si, st, ti, tt, temp, w)
-    for t in range(T):
-        torch.testing.assert_close(fd[t], feature_distillation(si, ti[t], w[t]))
-        torch.testing.assert_close(icl[t], interactive_contrastive(si, st, ti[t], tt[t], temp, w[t]))
-    assert fd[2] == 0 and icl[2] == 0 and icl[3] == 0
-    # the same gradients as the sum of the per-teacher terms
-    (fd.sum() + icl.sum()).backward()
-    g_many = si.grad.clone()
-    si.grad = None
-    sum(feature_distillation(si, ti[t], w[t]) + interactive_contrastive(si, st, ti[t], tt[t], temp, w[t])
-        for t in range(T)).backward()
-    torch.testing.assert_close(g_many, si.grad)
+    si, st = _feats(7, 4, 20), _feats(7, 4, 21)
+    ti, tt = 1.3 * _feats(7, 4, 22), 0.8 * _feats(7, 4, 23)
+    group = torch.tensor([2, 0, 2, 5, 0, 2, 0])  # group 5 has one pair
+    tau = 0.1
+    fd = feature_distillation_pairs(si, ti)
+    icl = interactive_contrastive_pairs(si, st, ti, tt, tau, group)
+    for p in range(7):
+        assert abs(fd[p].item() - sum((si[p, e] - ti[p, e]).item() ** 2 for e in range(4)) / 4) < 1e-6
+        same = [q for q in range(7) if group[q] == group[p]]
+        a = same.index(p)
+        l1 = -math.log(torch.softmax(torch.stack([si[p] @ tt[q] / tau for q in same]), 0)[a])
+        l2 = -math.log(torch.softmax(torch.stack([st[p] @ ti[q] / tau for q in same]), 0)[a])
+        assert abs(icl[p].item() - (l1 + l2) / 2) < 1e-5, p
+    assert icl[3].item() == 0.0
 
 
 def test_joint_icl_is_one_matrix_over_the_kept_rows():

@@ -10,8 +10,6 @@ student features they are compared with), T teachers.
   distribution to the student's; each side stays in its own space, so no projection is needed.
 - `decision_kl`: KL from a teacher's distribution over a set of class prompts to the student's.
 All take per-row weights `w_B` (0 drops a row) and return a scalar averaged over weighted rows.
-`feature_distillation_many` / `interactive_contrastive_many` compute FD and ICL for all teachers
-at once from [T, B, E] targets and [T, B] weights (stage 2 in the projection space).
 `feature_distillation_pairs` / `interactive_contrastive_pairs` give per-pair values over the
 (row, teacher) pairs a policy weighs, P of them, each teacher's pairs a group of their own (stage 2
 in the projection space: P x E targets instead of T x B x E, one P x P matrix instead of T of B x B).
@@ -27,48 +25,25 @@ import torch.nn.functional as F
 
 
 def _weighted_mean(values_B: torch.Tensor, w_B: torch.Tensor) -> torch.Tensor:
-    return _weighted_means(values_B.unsqueeze(0), w_B.unsqueeze(0))[0]
+    """Weighted mean over rows; 0 when no row has weight (no host sync)."""
+    w = w_B.to(values_B.dtype)
+    total = w.sum()
+    return (values_B * w).sum() / total.clamp_min(torch.finfo(values_B.dtype).tiny) * (total > 0)
 
 
 def feature_distillation(student_BE: torch.Tensor, target_BE: torch.Tensor, w_B: torch.Tensor) -> torch.Tensor:
     """Per-row MSE (mean over dims) between student features and targets, weighted over rows."""
-    return feature_distillation_many(student_BE, target_BE.unsqueeze(0), w_B.unsqueeze(0))[0]
+    return _weighted_mean(feature_distillation_pairs(student_BE, target_BE), w_B)
 
 
 def interactive_contrastive(student_image_BE: torch.Tensor, student_text_BE: torch.Tensor,
                             teacher_image_BE: torch.Tensor, teacher_text_BE: torch.Tensor,
                             temperature: torch.Tensor | float, w_B: torch.Tensor) -> torch.Tensor:
-    """ICL over the rows with w > 0: student image -> teacher texts, student text -> teacher images."""
-    return interactive_contrastive_many(student_image_BE, student_text_BE, teacher_image_BE.unsqueeze(0),
-                                        teacher_text_BE.unsqueeze(0), temperature, w_B.unsqueeze(0))[0]
-
-
-def feature_distillation_many(student_BE: torch.Tensor, targets_TBE: torch.Tensor, w_TB: torch.Tensor) -> torch.Tensor:
-    """`feature_distillation` for T teachers at once (targets in the student's space): [T] terms."""
-    per_row_TB = ((student_BE.unsqueeze(0) - targets_TBE.to(student_BE.dtype)) ** 2).mean(dim=-1)
-    return _weighted_means(per_row_TB, w_TB)
-
-
-def interactive_contrastive_many(student_image_BE: torch.Tensor, student_text_BE: torch.Tensor,
-                                 teacher_image_TBE: torch.Tensor, teacher_text_TBE: torch.Tensor,
-                                 temperature: torch.Tensor | float, w_TB: torch.Tensor) -> torch.Tensor:
-    """`interactive_contrastive` for T teachers at once: [T] terms. Each teacher's InfoNCE runs over
-    its own rows (w > 0) only, as negatives too (the other columns are masked out); a teacher with
-    fewer than 2 such rows gives 0. No host sync: the masks stay on the device."""
-    keep_TB = w_TB > 0
-    dtype = student_image_BE.dtype
-    masked = torch.finfo(dtype).min
-    col_mask = ~keep_TB.unsqueeze(1)  # [T, 1, B]: columns a teacher does not teach
-
-    def rows(a_BE: torch.Tensor, b_TBE: torch.Tensor) -> torch.Tensor:
-        logits = torch.einsum("be,tce->tbc", a_BE, b_TBE.to(dtype)) / temperature
-        logp = torch.log_softmax(logits.masked_fill(col_mask, masked), dim=-1)
-        nll = -torch.diagonal(logp, dim1=1, dim2=2)  # [T, B]
-        return torch.where(keep_TB, nll, torch.zeros_like(nll))  # rows a teacher does not teach: 0
-
-    per_row_TB = (rows(student_image_BE, teacher_text_TBE) + rows(student_text_BE, teacher_image_TBE)) / 2
-    enough_T = (keep_TB.sum(dim=1) >= 2).to(dtype)
-    return _weighted_means(per_row_TB, torch.where(keep_TB, w_TB, torch.zeros_like(w_TB))) * enough_T
+    """ICL over the rows with w > 0: student image -> teacher texts, student text -> teacher images,
+    the other rows no negatives either (one matrix over the taught rows), weighted over rows."""
+    per_row_B = interactive_contrastive_joint(student_image_BE, student_text_BE, teacher_image_BE, teacher_text_BE,
+                                              temperature, w_B > 0)
+    return _weighted_mean(per_row_B, w_B)
 
 
 def feature_distillation_pairs(student_PE: torch.Tensor, target_PE: torch.Tensor) -> torch.Tensor:
@@ -109,13 +84,6 @@ def _info_nce_rows(a_RE: torch.Tensor, b_RE: torch.Tensor, temperature: torch.Te
     logits = (a_RE @ b_RE.to(a_RE.dtype).T) / temperature
     masked = torch.finfo(logits.dtype).min
     return -torch.diagonal(torch.log_softmax(logits.masked_fill(~columns, masked), dim=-1))
-
-
-def _weighted_means(values_TB: torch.Tensor, w_TB: torch.Tensor) -> torch.Tensor:
-    """Per teacher weighted mean over rows; 0 where a teacher has no weight (no host sync)."""
-    w = w_TB.to(values_TB.dtype)
-    total_T = w.sum(dim=1)
-    return (values_TB * w).sum(dim=1) / total_T.clamp_min(torch.finfo(values_TB.dtype).tiny) * (total_T > 0)
 
 
 def _kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
