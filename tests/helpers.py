@@ -165,3 +165,16 @@ def write_unit_store(store: Path, sample_ids: list[str], dims: dict[str, int], a
     torch.manual_seed(alignment_seed)
     save_alignment(AlignmentAE(dims, latent_dim), store / WEIGHTS_FILE, FeatureStore(store), {})
     return raw
+
+
+def pairs_with_unit_store(root: Path, n: int, dims: dict[str, int], available_NT: np.ndarray,
+                          rng: np.random.Generator, latent_dim: int, alignment_seed: int):
+    """`make_pairs(root / "data", n)` indexed, and `write_unit_store` of its samples at root / "store":
+    (table path, records, the features as stored)."""
+    from mmkd.data.pairs import index_source
+
+    table = make_pairs(root / "data", n=n)
+    records, _ = index_source(str(table))
+    raw = write_unit_store(root / "store", [r.sample_id for r in records], dims, available_NT, rng, latent_dim,
+                           alignment_seed)
+    return table, records, raw

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.numpy import load_file
 
-from helpers import make_pairs, write_unit_store
+from helpers import pairs_with_unit_store
 from mmkd.config import build_config
 from mmkd.data.pairs import Batch, index_source
 from mmkd.models.alignment import WEIGHTS_FILE
@@ -50,12 +50,10 @@ def _naive_mse(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("paper")
-    table = make_pairs(root / "data", n=N)
-    records, _ = index_source(str(table))
     rng = np.random.default_rng(7)
     teacher_of = ["t0" if i % 3 == 0 else "t1" for i in range(N)]  # one available teacher per row: no draw
     available = np.array([[x == t for t in DIMS] for x in teacher_of])
-    raw = write_unit_store(root / "store", [r.sample_id for r in records], DIMS, available, rng, E, alignment_seed=1)
+    table, _, raw = pairs_with_unit_store(root, N, DIMS, available, rng, E, alignment_seed=1)
     return root, table, teacher_of, raw
 
 
