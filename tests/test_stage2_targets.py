@@ -4,12 +4,11 @@ run over pairs (one P x P ICL matrix, each teacher's pairs a group).
 
 The claim: the loss, every term and the gradients equal the per-teacher definition on dense targets.
 The reference projects every row of every teacher one row at a time through the alignment's own
-modules (`proj[t]`, then `encode(t, x, modality)` for linear+mlp), normalises them, and sums each
-teacher's terms from the single-teacher loss functions (`feature_distillation`,
-`interactive_contrastive`, or the authors' `interactive_contrastive_joint` over the policy's mix of
-targets), weighted by the teacher's share of the taught rows: a plain loop, no pair code.
+modules (`proj[t]`, then `encode(t, x, modality)` for linear+mlp), normalises them, and computes each
+teacher's FD and ICL over its own rows with plain torch (squared differences, `F.cross_entropy` over
+the rows' similarity matrix; the authors' form over every taught row with the policy's mix of targets),
+weighted by the teacher's share of the taught rows: a plain loop, nothing from mmkd.losses.distill.
 """
-
 from __future__ import annotations
 
 from collections import Counter
@@ -19,11 +18,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import make_pairs, write_unit_store
+from helpers import pairs_with_unit_store
 from mmkd.config import build_config
-from mmkd.data.pairs import Batch, index_source
+from mmkd.data.pairs import Batch
 from mmkd.losses.contrastive import clip_loss
-from mmkd.losses.distill import feature_distillation, interactive_contrastive, interactive_contrastive_joint
 from mmkd.models.student import create_student
 from mmkd.training.stage2 import DistillTask
 
@@ -34,13 +32,11 @@ N, E = 12, 64  # rows, student embedding size (mmkd-tiny-vit)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("targets")
-    table = make_pairs(root / "data", n=N)
-    records, _ = index_source(str(table))
     rng = np.random.default_rng(5)
     available = rng.random((N, len(DIMS))) < 0.7
     available[0] = True  # a row every teacher may teach
     available[1] = False  # a row no teacher teaches
-    write_unit_store(root / "store", [r.sample_id for r in records], DIMS, available, rng, E, alignment_seed=2)
+    table, records, _ = pairs_with_unit_store(root, N, DIMS, available, rng, E, alignment_seed=2)
     batch = Batch(images=torch.empty(0), captions=[r.caption for r in records], indices=torch.arange(N),
                   sample_ids=[r.sample_id for r in records], modalities=["toy"] * N, skipped=Counter())
     return root, table, batch
@@ -69,31 +65,42 @@ def _outputs(task: DistillTask) -> dict[str, torch.Tensor]:
     return {"image": image, "text": text, "logit_scale": torch.tensor(1 / 0.07), "icl_temperature": temperature}
 
 
+def _info_nce(a_RE: torch.Tensor, b_RE: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Row i of a against every row of b, its own the positive: [R] cross-entropies."""
+    return F.cross_entropy(a_RE @ b_RE.T / temperature, torch.arange(a_RE.shape[0]), reduction="none")
+
+
 def _reference_terms(task: DistillTask, outputs, weights: np.ndarray, dense_image, dense_text) -> dict[str, torch.Tensor]:
-    """Each taught teacher's FD and ICL from the single-teacher functions, mixed by its share of the taught rows."""
+    """Each taught teacher's FD and ICL over its own rows, mixed by its share of the taught rows."""
     d = task.cfg.distill
     w_BT = torch.from_numpy(weights.astype(np.float32))
     target_image, target_text = F.normalize(dense_image, dim=-1), F.normalize(dense_text, dim=-1)
     image, text, temperature = outputs["image"], outputs["text"], outputs["icl_temperature"]
-    num_taught = int((w_BT.sum(1) > 0).sum())
+    taught_B = w_BT.sum(1) > 0
+    num_taught = int(taught_B.sum())
     terms = clip_loss(image, text, outputs["logit_scale"])
     fd_total, icl_total = 0.0, 0.0
-    if d.icl_form == "paper":
-        mix_image = (w_BT.unsqueeze(-1) * target_image).sum(1)
-        mix_text = (w_BT.unsqueeze(-1) * target_text).sum(1)
-        icl_N = interactive_contrastive_joint(image, text, mix_image, mix_text, temperature, w_BT.sum(1) > 0)
-        icl_total = icl_N.sum() / num_taught
+    if d.icl_form == "paper":  # one matrix over every taught row, each row's targets mixed by its weights
+        mix_image = (w_BT.unsqueeze(-1) * target_image).sum(1)[taught_B]
+        mix_text = (w_BT.unsqueeze(-1) * target_text).sum(1)[taught_B]
+        icl_K = (_info_nce(image[taught_B], mix_text, temperature)
+                 + _info_nce(text[taught_B], mix_image, temperature)) / 2
+        icl_total = icl_K.sum() / num_taught
     for j, t in enumerate(task.teachers):
-        w_B = w_BT[:, j]
-        if not (w_B > 0).any():
+        rows = w_BT[:, j] > 0
+        if not rows.any():
             continue
-        share = float(w_B.sum()) / num_taught
-        fd = (feature_distillation(image, target_image[:, j], w_B)
-              + feature_distillation(text, target_text[:, j], w_B))
+        w_R = w_BT[rows, j]
+        share = float(w_R.sum()) / num_taught
+        fd_R = (((image[rows] - target_image[rows, j]) ** 2).mean(-1)
+                + ((text[rows] - target_text[rows, j]) ** 2).mean(-1))
+        fd = (w_R * fd_R).sum() / w_R.sum()
         if d.icl_form == "paper":
-            icl = (w_B * icl_N).sum() / w_B.sum()
+            icl = (w_BT[taught_B, j] * icl_K).sum() / w_R.sum()
         else:
-            icl = interactive_contrastive(image, text, target_image[:, j], target_text[:, j], temperature, w_B)
+            icl_R = (_info_nce(image[rows], target_text[rows, j], temperature)
+                     + _info_nce(text[rows], target_image[rows, j], temperature)) / 2
+            icl = (w_R * icl_R).sum() / w_R.sum()
             icl_total = icl_total + share * icl
         fd_total = fd_total + share * fd
         terms[f"fd:{t}"], terms[f"icl:{t}"] = fd, icl
