@@ -57,9 +57,9 @@ def interactive_contrastive_pairs(student_image_PE: torch.Tensor, student_text_P
     """Per-pair ICL [P] within groups (`group_P`, a teacher per pair): pair p's student image against
     the text targets of its group's pairs, its own the positive, and its student text against their
     image targets; other groups' pairs are no negatives. A pair alone in its group gives 0."""
-    negatives_PP = group_P.unsqueeze(1) == group_P.unsqueeze(0)
-    return (_info_nce_rows(student_image_PE, target_text_PE, temperature, negatives_PP)
-            + _info_nce_rows(student_text_PE, target_image_PE, temperature, negatives_PP)) / 2
+    same_group_PP = group_P.unsqueeze(1) == group_P.unsqueeze(0)
+    return (_info_nce_rows(student_image_PE, target_text_PE, temperature, same_group_PP)
+            + _info_nce_rows(student_text_PE, target_image_PE, temperature, same_group_PP)) / 2
 
 
 def interactive_contrastive_joint(student_image_BE: torch.Tensor, student_text_BE: torch.Tensor,

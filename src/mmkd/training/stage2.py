@@ -290,8 +290,8 @@ class DistillTask:
         return both.view(num_pairs, 2, both.shape[-1])
 
     def _pair_terms(self, g, target_P2E: torch.Tensor, w_NT: np.ndarray, num_taught: int, temperature: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(FD total, ICL total, [2, T'] per-teacher FD and ICL to log) in the projection space, over the global
+                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(FD total, ICL total, each taught teacher's FD and ICL to log) in the projection space, over the global
         batch's weighted pairs. A teacher's FD is its pairs' weighted mean and its total share is its weight
         over the taught rows, so the FD total is every pair's weight times its FD over the number of taught
         rows; the same holds for ICL (a teacher with one pair gives 0: it is alone in its group). The
@@ -324,7 +324,10 @@ class DistillTask:
             icl_P = interactive_contrastive_pairs(s_img, s_txt, t_img, t_txt, temperature, group_P)
         per_term = coef_t.view(coef.shape) @ torch.stack([fd_P, icl_P], dim=1)  # [T' + 1, 2]
         icl_total = icl_N.sum() / num_taught if paper else per_term[-1, 1]
-        return per_term[-1, 0], icl_total, per_term[:-1].detach().T
+        logged = per_term[:-1].detach()
+        names = [self.teachers[j] for j in taught]
+        return per_term[-1, 0], icl_total, {f"{term}:{t}": logged[k, i] for k, t in enumerate(names)
+                                            for i, term in enumerate(("fd", "icl"))}
 
     def _local_rows(self, outputs, targets) -> dict[str, torch.Tensor]:
         """Everything the loss reads per pair row of this rank, student outputs and teacher targets (but the
@@ -381,8 +384,7 @@ class DistillTask:
                 pairs = gather_with_grad(pairs.flatten(1), rank, world_size, pair_sizes)[0].view(-1, *pairs.shape[1:])
             fd, icl, logged = self._pair_terms(g, pairs, w_np, num_taught, outputs["icl_temperature"])
             fd_total, icl_total = fd_total + fd, icl_total + icl
-            for k, j in enumerate(taught):
-                terms[f"fd:{self.teachers[j]}"], terms[f"icl:{self.teachers[j]}"] = logged[0, k], logged[1, k]
+            terms.update(logged)
         for j in taught if self.feature_terms and self.space == "adaptor" else ():
             t = self.teachers[j]  # each teacher's own space: one at a time
             s_img, s_txt = g[f"head_image:{t}"], g[f"head_text:{t}"]
