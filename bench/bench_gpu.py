@@ -47,6 +47,7 @@ Prints `RATIO gpu_stage2_vs_stage1: <stage-2 / stage-1 step time>x (target <= 1.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -151,7 +152,7 @@ def make_stepper(task, student, cfg, device, batches, args) -> dict:
         runner["module"] = torch.compile(module)
     for i in range(args.warmup):
         step(*batches[i % len(batches)])
-    return {"step": step, "flops_per_step": counter.get_total_flops(), "student": student, "cfg": cfg}
+    return {"step": step, "flops_per_step": counter.get_total_flops(), "student": student}
 
 
 def time_interleaved(steppers: dict[str, dict], device, batches, args) -> dict[str, dict]:
@@ -329,9 +330,9 @@ def main() -> None:
         for r in range(args.rounds):
             steppers = {}
             for k, (stage, make) in enumerate(stages if r % 2 == 0 else stages[::-1]):  # alternate who warms up first
-                copy = student if k == 0 else clone_student(student)
-                copy.model.load_state_dict(initial)
-                steppers[stage] = make_stepper(make(copy, cfg, device), copy, cfg, device, batches, args)
+                own = student if k == 0 else copy.deepcopy(student)  # each stage trains its own copy
+                own.model.load_state_dict(initial)
+                steppers[stage] = make_stepper(make(own, cfg, device), own, cfg, device, batches, args)
             timed = time_interleaved(dict(sorted(steppers.items())), device, batches, args)
             for stage, result in timed.items():
                 rounds.setdefault(stage, []).append(result)
@@ -369,13 +370,6 @@ def main() -> None:
         return
     print(f"RATIO gpu_stage2_vs_stage1: {ratio:.3f}x (target <= 1.10: stage-2 / stage-1 step time, median of the "
           f"paired steps' ratios, {args.rounds} round(s); {spread}; {where})")
-
-
-def clone_student(student):
-    """A second student with its own weights (each stage trains its own copy in the interleaved timing)."""
-    import copy
-
-    return copy.deepcopy(student)
 
 
 if __name__ == "__main__":
