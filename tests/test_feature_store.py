@@ -93,6 +93,28 @@ def test_rows_of_a_part_of_the_teachers_and_kinds(tmp_path):
     np.testing.assert_array_equal(batch["available"][:, 0], expected["alpha"]["available"][idx])
 
 
+def test_rows_of_one_store_asked_many_ways(tmp_path):
+    """A store remembers how to read each (kinds, teachers) it was asked for; every later ask, the
+    same or another, still reads what was written, in the order asked."""
+    _, expected = _write_store(tmp_path / "store")
+    store = FeatureStore(tmp_path / "store")
+    asks = [(("image",), ["alpha"]), (("image",), ["beta"]), (("image", "text"), None),
+            (("text", "score"), ["beta", "alpha"]), (("image",), ["alpha"]), (("projected_image", "image"), ["beta"]),
+            (("image", "text"), None)]
+    rng = np.random.default_rng(0)
+    for kinds, teachers in asks:
+        idx = rng.integers(0, 23, size=7)
+        batch = store.rows(idx, kinds=kinds, teachers=teachers)
+        names = teachers or ["alpha", "beta"]
+        assert set(batch) == set(kinds) | {"available"}
+        for kind in kinds:
+            assert list(batch[kind]) == names
+            for t in names:
+                want = expected[t][kind][idx]
+                np.testing.assert_array_equal(batch[kind][t], want if kind == "score" else want.astype(np.float16))
+        np.testing.assert_array_equal(batch["available"], np.stack([expected[t]["available"][idx] for t in names], 1))
+
+
 def test_verify_finds_a_flipped_byte(tmp_path):
     _write_store(tmp_path / "store")
     from helpers import writable_array

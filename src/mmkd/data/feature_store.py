@@ -282,6 +282,7 @@ class FeatureStore:
         self._sample_ids: list[str] | None = None
         self._row_of: dict[str, int] | None = None
         self._available: np.ndarray | None = None
+        self._plans: dict[tuple[Any, ...], tuple[list[Any], list[np.ndarray]]] = {}
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, num_samples={self.num_samples}, teachers={self.teachers})"
@@ -390,38 +391,47 @@ class FeatureStore:
              teachers: Sequence[str] | None = None) -> dict[str, Any]:
         """Features of a batch of rows: `{kind: {teacher: [B, D] float16}, "available": [B, T] bool}`.
 
-        One gather per array, straight into the order asked (`numpy.take` on the mapped file: no
-        sorting and reordering copy, and no per-call `numpy.memmap` overhead).
+        One gather per file, straight into the order asked (`numpy.take` on the mapped file: no
+        sorting and reordering copy, and no per-call `numpy.memmap` overhead); which arrays come from
+        which file is worked out once per `(kinds, teachers)`.
         """
         idx_B = np.asarray(indices, dtype=np.int64)
         if idx_B.size and (idx_B.min() < 0 or idx_B.max() >= self.num_samples):
             raise IndexError(f"row indices must lie in [0, {self.num_samples}); got {idx_B.min()}..{idx_B.max()}")
-        names = list(teachers or self.teachers)
+        gathers, available_cols = self._read_plan(tuple(kinds), tuple(teachers or self.teachers))
         out: dict[str, Any] = {kind: {} for kind in kinds}
-        single: list[tuple[str, str]] = []  # arrays gathered one by one
-        by_file: dict[str, list[tuple[str, str, list[int]]]] = {}
-        for kind in kinds:
-            for t in names:
-                spec = self._entry(t)["arrays"].get(kind, {})
-                if "columns" in spec and len(spec["shape"]) == 2:
-                    by_file.setdefault(spec["file"], []).append((kind, t, spec["columns"]))
-                else:
-                    single.append((kind, t))
-        for file, parts in by_file.items():
-            whole = self._whole(file)
-            if 2 * sum(b - a for _, _, (a, b) in parts) < whole.shape[1]:  # a small part of each row: gather it alone
-                single += [(kind, t) for kind, t, _ in parts]
-                continue
-            block = np.take(whole, idx_B, axis=0)  # whole rows, once
-            for kind, t, (a, b) in parts:
-                out[kind][t] = block[:, a:b]
-        for kind, t in single:
-            out[kind][t] = np.take(self._plain(t, kind), idx_B, axis=0)
-        available = np.empty((idx_B.size, len(names)), dtype=bool)
-        for j, t in enumerate(names):
-            np.take(self._plain(t, "available"), idx_B, axis=0, out=available[:, j])
-        out["available"] = available
+        for source, parts in gathers:
+            gathered = np.take(source, idx_B, axis=0)
+            for kind, t, cols in parts:
+                out[kind][t] = gathered if cols is None else gathered[:, cols]
+        # fancy indexing of a strided 1-D column is ~2x faster than `take(..., out=column)`
+        out["available"] = np.stack([col[idx_B] for col in available_cols], axis=1) if available_cols \
+            else np.zeros((idx_B.size, 0), bool)
         return out
+
+    def _read_plan(self, kinds: tuple[str, ...], names: tuple[str, ...]) -> tuple[list[Any], list[np.ndarray]]:
+        """What `rows` gathers for these kinds and teachers: `[(array, [(kind, teacher, columns or None)])]`
+        (a shared features file is gathered once when the batch needs at least half of each row) and
+        each teacher's `available` column."""
+        key = ("plan", kinds, names)
+        if key not in self._plans:
+            gathers: list[tuple[np.ndarray, list[tuple[str, str, slice | None]]]] = []
+            by_file: dict[str, list[tuple[str, str, list[int]]]] = {}
+            for kind in kinds:
+                for t in names:
+                    spec = self._entry(t)["arrays"].get(kind, {})
+                    if "columns" in spec and len(spec["shape"]) == 2:
+                        by_file.setdefault(spec["file"], []).append((kind, t, spec["columns"]))
+                    else:
+                        gathers.append((self._plain(t, kind), [(kind, t, None)]))
+            for file, parts in by_file.items():
+                whole = self._whole(file)
+                if 2 * sum(b - a for _, _, (a, b) in parts) < whole.shape[1]:  # a small part of each row: alone
+                    gathers += [(self._plain(t, kind), [(kind, t, None)]) for kind, t, _ in parts]
+                else:  # whole rows, once
+                    gathers.append((whole, [(kind, t, slice(a, b)) for kind, t, (a, b) in parts]))
+            self._plans[key] = (gathers, [self._plain(t, "available") for t in names])
+        return self._plans[key]
 
     def _plain(self, name: str, kind: str) -> np.ndarray:
         """The mapped array as a plain ndarray view (indexing a `numpy.memmap` goes through Python)."""
