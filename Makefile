@@ -28,8 +28,11 @@ RUN ?= runs/evidence
 docs-results: $(STAMP)
 	$(PY) docs/results/publish.py $(RUN)
 
+# The suite is mostly short CLI runs in subprocesses, each starting Python and torch on one core; two pytest
+# workers (pytest-xdist), each given whole test files, keep both cores busy. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) -m pytest -q -x --timeout 900
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -x --timeout 900 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench
