@@ -398,8 +398,9 @@ class FeatureStore:
         idx_B = np.asarray(indices, dtype=np.int64)
         if idx_B.size and (idx_B.min() < 0 or idx_B.max() >= self.num_samples):
             raise IndexError(f"row indices must lie in [0, {self.num_samples}); got {idx_B.min()}..{idx_B.max()}")
-        gathers, available_cols = self._read_plan(tuple(kinds), tuple(teachers or self.teachers))
-        out: dict[str, Any] = {kind: {} for kind in kinds}
+        names = tuple(teachers or self.teachers)
+        gathers, available_cols = self._read_plan(tuple(kinds), names)
+        out: dict[str, Any] = {kind: dict.fromkeys(names) for kind in kinds}  # teachers in the order asked
         for source, parts in gathers:
             gathered = np.take(source, idx_B, axis=0)
             for kind, t, cols in parts:
