@@ -7,7 +7,8 @@ The reference projects every row of every teacher one row at a time through the 
 modules (`proj[t]`, then `encode(t, x, modality)` for linear+mlp), normalises them, and computes each
 teacher's FD and ICL over its own rows with plain torch (squared differences, `F.cross_entropy` over
 the rows' similarity matrix; the authors' form over every taught row with the policy's mix of targets),
-weighted by the teacher's share of the taught rows: a plain loop, nothing from mmkd.losses.distill.
+weighted by the teacher's share of the taught rows, and the CLIP term as the symmetric cross-entropy: a plain
+loop, nothing from mmkd.losses.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import torch.nn.functional as F
 from helpers import pairs_with_unit_store
 from mmkd.config import build_config
 from mmkd.data.pairs import Batch
-from mmkd.losses.contrastive import clip_loss
 from mmkd.models.student import create_student
 from mmkd.training.stage2 import DistillTask
 
@@ -78,7 +78,9 @@ def _reference_terms(task: DistillTask, outputs, weights: np.ndarray, dense_imag
     image, text, temperature = outputs["image"], outputs["text"], outputs["icl_temperature"]
     taught_B = w_BT.sum(1) > 0
     num_taught = int(taught_B.sum())
-    terms = clip_loss(image, text, outputs["logit_scale"])
+    clip_temperature = 1 / outputs["logit_scale"]  # CLIP's symmetric cross-entropy, both directions averaged
+    terms = {"clip": (_info_nce(image, text, clip_temperature).mean()
+                      + _info_nce(text, image, clip_temperature).mean()) / 2}
     fd_total, icl_total = 0.0, 0.0
     if d.icl_form == "paper":  # one matrix over every taught row, each row's targets mixed by its weights
         mix_image = (w_BT.unsqueeze(-1) * target_image).sum(1)[taught_B]
