@@ -282,7 +282,7 @@ class FeatureStore:
         self._sample_ids: list[str] | None = None
         self._row_of: dict[str, int] | None = None
         self._available: np.ndarray | None = None
-        self._plans: dict[tuple[Any, ...], tuple[list[Any], list[np.ndarray]]] = {}
+        self._plans: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[list[Any], list[np.ndarray]]] = {}
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, num_samples={self.num_samples}, teachers={self.teachers})"
@@ -391,9 +391,9 @@ class FeatureStore:
              teachers: Sequence[str] | None = None) -> dict[str, Any]:
         """Features of a batch of rows: `{kind: {teacher: [B, D] float16}, "available": [B, T] bool}`.
 
-        One gather per file, straight into the order asked (`numpy.take` on the mapped file: no
-        sorting and reordering copy, and no per-call `numpy.memmap` overhead); which arrays come from
-        which file is worked out once per `(kinds, teachers)`.
+        One gather of whole rows per features file the batch needs most of, else one per array, straight
+        into the order asked (`numpy.take` on the mapped file: no sorting and reordering copy, and no
+        per-call `numpy.memmap` overhead); which is which is worked out once per `(kinds, teachers)`.
         """
         idx_B = np.asarray(indices, dtype=np.int64)
         if idx_B.size and (idx_B.min() < 0 or idx_B.max() >= self.num_samples):
@@ -414,7 +414,7 @@ class FeatureStore:
         """What `rows` gathers for these kinds and teachers: `[(array, [(kind, teacher, columns or None)])]`
         (a shared features file is gathered once when the batch needs at least half of each row) and
         each teacher's `available` column."""
-        key = ("plan", kinds, names)
+        key = (kinds, names)
         if key not in self._plans:
             gathers: list[tuple[np.ndarray, list[tuple[str, str, slice | None]]]] = []
             by_file: dict[str, list[tuple[str, str, list[int]]]] = {}
