@@ -28,10 +28,10 @@ def load_model(spec: str, device: str = "cpu", name: str | None = None) -> ClipE
     path = Path(spec)
     if path.is_dir() and is_mmkd_checkpoint(path):
         from mmkd.models.student import create_student
-        from mmkd.utils.runs import require_weights
+        from mmkd.utils.runs import read_newest_checkpoint
 
-        ckpt = require_weights(path, "--model").parent  # never a silent random init
-        student = create_student(str(ckpt))
+        # never a silent random init (require_weights); a run still training may prune the checkpoint mid-read
+        student = read_newest_checkpoint(path, lambda ckpt: create_student(str(ckpt)), "--model")
         return OpenClipEncoder(student.model, student.eval_transform, student.tokenizer,
                                name=name or path.name, provenance={"spec": spec, **student.source}, device=device)
     from mmkd.teachers import load_teacher

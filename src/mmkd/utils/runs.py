@@ -11,6 +11,9 @@ folder is renamed into place whole; see mmkd.training.checkpoint).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 STATE_FILE = "train_state.json"
 MODEL_FILE = "open_clip_model.safetensors"
@@ -57,3 +60,29 @@ def require_weights(folder: str | Path, option: str = "--model") -> Path:
     raise UsageError(f"{option}: {str(ckpt)!r} has a model config but no weights file {MODEL_FILE}{found}; "
                      f"refusing to use randomly initialised weights. Point {option} at a complete checkpoint "
                      f"(RUN/checkpoints/step_*) or export")
+
+
+def read_newest_checkpoint(folder: str | Path, read: Callable[[Path], T], option: str = "--model",
+                           attempts: int = 5) -> T:
+    """`read(checkpoint folder)` for the checkpoint `require_weights` picks in `folder`.
+
+    A run that is still training keeps only its newest checkpoints and removes older ones as it saves
+    (`mmkd.training.checkpoint.save_checkpoint`, `keep`), so the newest one can go while it is read.
+    Given a run folder, the read then starts again from the run's newest checkpoint (up to `attempts`
+    times); given a checkpoint folder that goes, the error names the run folder to give instead."""
+    from mmkd.errors import UsageError
+
+    folder = Path(folder)
+    for _ in range(attempts):
+        ckpt = require_weights(folder, option).parent
+        try:
+            return read(ckpt)
+        except Exception:  # a missing file, or a folder no longer a checkpoint, depending on when it went
+            if ckpt.is_dir():
+                raise  # not removed by a run's pruning: a real error
+            if ckpt == folder:
+                raise UsageError(f"{option}: the checkpoint {str(ckpt)!r} was removed while it was read (the run "
+                                 f"still training keeps only its newest checkpoints); give the run folder "
+                                 f"{str(ckpt.parent.parent)!r} to read its newest") from None
+    raise UsageError(f"{option}: {str(folder)!r} is still training and removed each of {attempts} newest "
+                     f"checkpoints while it was read; try again, or copy a checkpoint folder out of it first")
