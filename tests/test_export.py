@@ -329,3 +329,52 @@ def test_hf_export_can_name_a_hub_id_for_publishing(tmp_path):
     assert text_cfg["hf_model_name"] == hub_id == text_cfg["hf_tokenizer_name"]
     assert manifest["parity"]["passed"]  # checked offline with the config.json shipped in the folder
     assert (tmp_path / "pub" / "config.json").is_file()
+
+
+def _save_during_verify(monkeypatch, run_dir: Path, picked: list) -> None:
+    """The first parity check is preceded by the run saving a newer checkpoint with keep=1, which removes the
+    one being exported, as a run still training does between an export's start and its check."""
+    from mmkd.export import exporter
+    from mmkd.models.student import create_student
+    from mmkd.training.checkpoint import save_checkpoint
+
+    check = exporter._verify
+
+    def verify(source, hf_folder, out):
+        picked.append(source.checkpoint.name)
+        if len(picked) == 1:
+            student = create_student("mmkd-tiny-vit", seed=7)
+            save_checkpoint(run_dir, 9, student.model, student.open_clip_config(), None, {"config": {}}, keep=1)
+            assert not source.checkpoint.exists()
+        return check(source, hf_folder, out)
+
+    monkeypatch.setattr(exporter, "_verify", verify)
+
+
+def test_export_of_a_run_that_removes_its_checkpoint_meanwhile_exports_the_newest(tmp_path, monkeypatch):
+    from mmkd.export.exporter import export
+    from mmkd.utils.io import sha256_file
+
+    run_dir = make_run(tmp_path, step=5)
+    picked: list[str] = []
+    _save_during_verify(monkeypatch, run_dir, picked)
+    manifest = export(run_dir, tmp_path / "out")
+    newest = run_dir / "checkpoints" / "step_00000009"
+    assert picked == ["step_00000005", "step_00000009"]
+    assert manifest["source_checkpoint"] == str(newest.resolve()) and manifest["parity"]["passed"]
+    assert manifest["weights_sha256"] == sha256_file(newest / "open_clip_model.safetensors")
+    assert sha256_file(tmp_path / "out" / "open_clip_model.safetensors") == manifest["weights_sha256"]
+    assert_open_clip_parity(run_dir, tmp_path / "out")
+
+
+def test_export_of_a_named_checkpoint_removed_meanwhile_leaves_no_folder(tmp_path, monkeypatch):
+    from mmkd.errors import UsageError
+    from mmkd.export.exporter import export
+
+    run_dir = make_run(tmp_path, step=5)
+    _save_during_verify(monkeypatch, run_dir, [])
+    with pytest.raises(UsageError, match="removed while it was read") as e:
+        export(run_dir / "checkpoints" / "step_00000005", tmp_path / "out")
+    assert repr(str(run_dir)) in str(e.value)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary folder left either

@@ -83,6 +83,7 @@ def read_newest_checkpoint(folder: str | Path, read: Callable[[Path], T], option
             if ckpt == folder:
                 raise UsageError(f"{option}: the checkpoint {str(ckpt)!r} was removed while it was read (the run "
                                  f"still training keeps only its newest checkpoints); give the run folder "
-                                 f"{str(ckpt.parent.parent)!r} to read its newest") from None
+                                 f"{str(ckpt.parent.parent)!r} to read its newest (if you gave that folder, run "
+                                 f"the command again: it picks the newest anew)") from None
     raise UsageError(f"{option}: {str(folder)!r} is still training and removed each of {attempts} newest "
                      f"checkpoints while it was read; try again, or copy a checkpoint folder out of it first")
