@@ -178,3 +178,12 @@ def pairs_with_unit_store(root: Path, n: int, dims: dict[str, int], available_NT
     raw = write_unit_store(root / "store", [r.sample_id for r in records], dims, available_NT, rng, latent_dim,
                            alignment_seed)
     return table, records, raw
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a torchrun rendezvous)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import free_port
 
 WORKER = Path(__file__).with_name("local_loss_worker.py")
 SPLIT = [4, 4]
@@ -58,20 +59,12 @@ def _reference(spec, local_keys_constant: bool) -> dict[str, np.ndarray]:
     return {k: v.grad.numpy() for k, v in w.items()}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_authors_local_loss_gradient_on_two_processes(tmp_path):
     spec = {**_spec(), "cases": {"authors": [True, False], "mmkd": [False, True]}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(WORKER), str(tmp_path / "spec.json"), str(tmp_path)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]

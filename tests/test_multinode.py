@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,20 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import assert_same_store
+from helpers import assert_same_store, free_port
 from mmkd.cli import main
 from mmkd.synth.biomedica import write_shards
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_nodes(*args: str, timeout: float = 600) -> list[subprocess.CompletedProcess]:
     """`torchrun --nnodes 2 --nproc_per_node 1` twice, rendezvous c10d on localhost, gloo."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
            "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", f"mmkd-test-{port}",

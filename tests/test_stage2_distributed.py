@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from helpers import COLORS, SHAPES, make_pairs, write_store
+from helpers import COLORS, SHAPES, free_port, make_pairs, write_store
 from mmkd.data.feature_store import FeatureStore
 from mmkd.models.alignment import WEIGHTS_FILE, AlignmentAE, save_alignment
 from mmkd.teachers.testing import make_open_clip_teacher
@@ -54,14 +54,6 @@ def setup(tmp_path_factory):
     return root, {"common": common, "indices": list(range(16)), "split": [9, 7]}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(root: Path, spec: dict, cases: tuple[str, ...], world_size: int, tag: str = "",
          case_args: dict[str, list[str]] | None = None) -> Path:
     """Run the worker; `case_args` gives the cases' tokens directly instead of naming `CASES`."""
@@ -71,7 +63,7 @@ def _run(root: Path, spec: dict, cases: tuple[str, ...], world_size: int, tag: s
     spec_file.write_text(json.dumps({**spec, "cases": case_args or {c: CASES[c] for c in cases}}))
     launcher = [sys.executable] if world_size == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world_size), "--master_port",
-        str(_free_port())]
+        str(free_port())]
     r = subprocess.run([*launcher, str(WORKER), str(spec_file), str(out)], capture_output=True, text=True,
                        env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
     assert r.returncode == 0, r.stderr[:6000]

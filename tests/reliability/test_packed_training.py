@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import write_originals
+from helpers import free_port, write_originals
 from shard_order_worker import OPEN_SHARDS
 from mmkd.cli import main
 from rel_helpers import (_child, assert_same_run, cli, kill_when, latest_step, one_thread, run_stage1, stage1_args,
@@ -94,12 +94,8 @@ def test_pack_extract_distill_matches_the_originals_and_their_stores_are_told_ap
 
 @pytest.mark.slow
 def test_shard_ordered_reading_covers_every_sample_once_per_epoch_under_torchrun(packed_world, tmp_path):
-    import socket
-
     _, packed = packed_world
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                         str(port), str(WORKER), str(packed), str(tmp_path)], capture_output=True, text=True,
                        env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
