@@ -29,6 +29,7 @@ CLAIM = ("overall (frozen tasks): mean paired difference to the control > 0 with
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(18 * 3600)  # its two demo runs' own limits; `make test-slow`'s --timeout 3600 would cut it
 def test_the_frozen_variant_beats_the_control_on_the_test_sets(tmp_path):
     out = Path(os.environ.get("MMKD_DISTILL_DEMO_DIR") or tmp_path / "demo")
     r = run_cli("demo", "--eval-split", "val", "--student-seeds", ",".join(map(str, SELECTION_SEEDS)),
