@@ -2,10 +2,12 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,6 +113,55 @@ def test_distill_resume_after_sigkill_equals_uninterrupted(setup):
         a = load_file(str(latest_checkpoint(root / "ref") / f))
         b = load_file(str(latest_checkpoint(out) / f))
         assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, f
+
+
+def _kill_at(cmd: list[str], checkpoint: Path) -> None:
+    """Run `cmd` and SIGKILL it once `checkpoint` exists (a preempted job, no chance to save)."""
+    proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_distill_resumes_after_its_init_run_trained_on_and_after_it_went(setup, tmp_path):
+    """A requeued stage-2 job resumes from its own checkpoint even when the stage-1 run it started from has
+    trained on (its newest checkpoint is another, the one --init named pruned) or has been deleted, and ends
+    where an uninterrupted run ends."""
+    root, table, store = setup
+    s1 = tmp_path / "s1"
+    shutil.copytree(root / "s1", s1)
+    args = ["--data", str(table), "--store", str(store), "--init", str(s1), "--batch-size", "16", "--epochs", "4",
+            "--lr", "1e-3", "--train.log_every", "1", "--train.progress", "false", "--distill.target_space",
+            "adaptor", "--train.save_every", "2", "--seed", "5"]
+    ref = run_cli("distill", *args, "--out", str(tmp_path / "ref"), env={"OMP_NUM_THREADS": "1"})
+    assert ref.returncode == 0, ref.stderr
+    started_from = latest_checkpoint(s1)
+    out = tmp_path / "killed"
+    _kill_at([sys.executable, "-m", "mmkd", "distill", *args, "--out", str(out)], out / "checkpoints" / "step_00000006")
+    assert not (out / "summary.json").exists(), "the run finished before it could be killed"
+
+    more = run_cli("pretrain", "--data", str(table), "--out", str(s1), "--batch-size", "16", "--epochs", "4",
+                   "--lr", "1e-3", "--optim.warmup_steps", "2", "--train.progress", "false", "--resume", "latest")
+    assert more.returncode == 0, more.stderr
+    assert not started_from.exists() and latest_checkpoint(s1) != started_from  # stage 1 trained on and pruned
+    _kill_at([sys.executable, "-m", "mmkd", "distill", *args, "--out", str(out), "--resume", "latest"],
+             out / "checkpoints" / "step_00000012")
+    assert not (out / "summary.json").exists(), "the resumed run finished before it could be killed"
+    assert latest_checkpoint(out).name >= "step_00000008", "the resume did not train"
+
+    shutil.rmtree(s1)  # then the stage-1 run is cleaned up
+    r = run_cli("distill", *args, "--out", str(out), "--resume", "latest", env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    for f in ("open_clip_model.safetensors", "extra.safetensors", "optimizer.safetensors"):
+        a = load_file(str(latest_checkpoint(tmp_path / "ref") / f))
+        b = load_file(str(latest_checkpoint(out) / f))
+        assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, f
+    s_ref, s_out = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "ref", out))
+    assert s_out["num_steps"] == s_ref["num_steps"] == 16
+    assert s_out["init"] == s_ref["init"] and str(started_from) in json.dumps(s_ref["init"])
 
 
 def test_decision_distillation_on_image_only_samples(tmp_path):

@@ -170,3 +170,37 @@ def test_a_metrics_line_that_cannot_be_written_warns_once_and_training_goes_on(t
     assert len(lost) == 1, "one warning, for the first lost line only"
     assert logger.lines_lost == 2
     logger.close()
+
+
+def test_checkpoints_carry_the_hf_text_files_so_the_run_resumes_and_exports_without_the_folder(tmp_path):
+    """A student with a Hugging Face text tower: every checkpoint holds the tower's config.json and tokenizer,
+    so that a requeued job resumes, and the run exports (open_clip parity), after the folder the run started
+    from is gone (a purged scratch disk)."""
+    import shutil
+
+    from test_export import build_tiny_bert
+
+    bert = build_tiny_bert(tmp_path / "bert")
+    data = make_pairs(tmp_path / "data", n=32)
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(data), "--out", str(run), "--model", "mmkd-tiny-vit-hf",
+            "--model.hf_text_path", str(bert), "--batch-size", "8", "--epochs", "2", "--lr", "1e-3",
+            "--train.save_every", "1", "--train.progress", "false"]
+    r = run_cli(*args, "--max-steps", "2")
+    assert r.returncode == 0, r.stderr
+    hf_files = {p.name for p in bert.iterdir() if p.name == "config.json" or p.name.startswith("tokenizer")
+                or p.name in ("vocab.txt", "special_tokens_map.json")}
+    assert {"config.json", "vocab.txt"} <= hf_files
+    assert hf_files <= {p.name for p in latest_checkpoint(run).iterdir()}
+
+    shutil.rmtree(bert)
+    r = run_cli(*args, "--max-steps", "4", "--resume", "latest")
+    assert r.returncode == 0, r.stderr
+    newest = latest_checkpoint(run)
+    assert newest.name == "step_00000004" and hf_files <= {p.name for p in newest.iterdir()}
+    config = json.loads((newest / "open_clip_config.json").read_text())
+    assert config["model_cfg"]["text_cfg"]["hf_model_name"] == str(bert)  # where the run's text tower came from
+    r = run_cli("export", "--checkpoint", str(run), "--out", str(tmp_path / "export"))
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "export" / "mmkd_export.json").read_text())
+    assert manifest["parity"]["passed"] and manifest["source_checkpoint"] == str(newest.resolve())

@@ -112,7 +112,8 @@ def is_hf_text(model_cfg: dict[str, Any]) -> bool:
 
 def find_hf_folder(source: SourceCheckpoint, model_cfg: dict[str, Any], hf_text_path: str = "") -> Path:
     """The folder with the HF text model's config.json and tokenizer: --hf-text-path, the checkpoint
-    itself (the trainer copies them there), or the folder named in the model config."""
+    itself (every training checkpoint carries them: `loop.hf_text_files`), or the folder named in the
+    model config."""
     candidates = [Path(hf_text_path)] if hf_text_path else []
     candidates += [source.checkpoint, Path(model_cfg["text_cfg"].get("hf_model_name") or "")]
     for folder in candidates:

@@ -41,15 +41,23 @@ def student_from_init(cfg) -> None:
     a checkpoint or an export folder); a --model that differs from it is refused, and one that agrees
     (a recipe's `model.name: mmkd-b16`) is built from that config too unless --model.hf_text_path is
     given, so a Hugging Face text tower is found where the run found it. Without --init the
-    student starts from random weights, which is almost never meant: warn.
+    student starts from random weights, which is almost never meant: warn. A resume of the run's own
+    checkpoint takes the student from that checkpoint (`loop.student_of_checkpoint`): --init is not read again.
     """
     import sys
     from pathlib import Path
 
     from mmkd.errors import UsageError
     from mmkd.models.student import CHECKPOINT_CONFIG
+    from mmkd.training.checkpoint import read_train_state
+    from mmkd.training.loop import own_resume_checkpoint
     from mmkd.utils.runs import latest_checkpoint
 
+    own = own_resume_checkpoint(cfg)
+    if own is not None:  # a resume of this run: its student is the one its checkpoints hold (the --init run may
+        # have trained on or been cleaned up since), as the run's config names it
+        cfg.model.name = read_train_state(own).get("config", {}).get("model", {}).get("name") or cfg.model.name
+        return
     if not cfg.model.init:
         print("mmkd distill: warning: no --init, so the student starts from random weights; stage 2 is meant to "
               "start from a stage-1 run (--init RUN)", file=sys.stderr)

@@ -35,11 +35,12 @@ def starting_point(cfg: Config, run_dir: Path, resume_from: Path | None, saved: 
     """The `init` input: carried over on a resume of this run, the checkpoint of another run, or --init."""
     from mmkd.utils.runs import MODEL_FILE
 
-    if saved is not None and (saved.get("inputs") or {}).get("init"):
-        own = resume_from is not None and resume_from.resolve().parent.parent == run_dir.resolve()
-        if own:
-            return saved["inputs"]["init"]
-    if resume_from is not None and resume_from.resolve().parent.parent != run_dir.resolve():
+    from mmkd.utils.runs import is_own_checkpoint
+
+    own = resume_from is not None and is_own_checkpoint(resume_from, run_dir)
+    if own:  # carried from checkpoint to checkpoint: --init is not read again (it may have moved on or gone)
+        return ((saved or {}).get("inputs") or {}).get("init")
+    if resume_from is not None:
         weights = resume_from / MODEL_FILE
         return {"path": str(resume_from.resolve()), "from_checkpoint": True,
                 "sha256": _sha256(weights) if weights.is_file() else None}

@@ -43,6 +43,7 @@ from mmkd.training.validation import Validator
 from mmkd.utils import dist as dist_utils
 from mmkd.utils.io import atomic_write_json
 from mmkd.utils.locks import writer_lock
+from mmkd.utils.runs import is_own_checkpoint
 from mmkd.utils.signals import StopFlag
 
 
@@ -106,6 +107,49 @@ def resolve_resume(cfg: Config) -> Path | None:
         raise UsageError(f"--resume: {resume!r} is not a checkpoint folder (no {ckpt_io.STATE_FILE}); "
                          f"use 'latest' or a RUN/checkpoints/step_* folder")
     return path
+
+
+def own_resume_checkpoint(cfg: Config) -> Path | None:
+    """The checkpoint a resume continues when it is one of this run's own (`--resume latest`, or a
+    RUN/checkpoints/step_* of the same --out); None for a fresh start or another run's checkpoint."""
+    resume_from = resolve_resume(cfg)
+    return resume_from if resume_from is not None and is_own_checkpoint(resume_from, Path(cfg.train.out)) else None
+
+
+def student_of_checkpoint(ckpt: Path, cfg: Config, saved: dict[str, Any]) -> Student:
+    """The student of a run resumed from its own checkpoint, built from that checkpoint alone: its model config,
+    the Hugging Face text files it carries and its weights. What the run started from (--init, a stage-1 run
+    that trains on or was cleaned up, --model.image_init, the text tower's folder) is not read again, so a
+    requeued job does not depend on it; the checkpoint's weights replace the starting ones anyway."""
+    import json
+
+    recorded = json.loads((ckpt / ckpt_io.CONFIG_FILE).read_text())["model_cfg"].get("text_cfg", {})
+    given = cfg.model.hf_text_path if cfg.model.hf_text_path and (Path(cfg.model.hf_text_path) / "config.json"
+                                                                  ).is_file() else ""
+    student = create_student(str(ckpt), hf_text_path=given, seed=cfg.train.seed)
+    text = student.model_cfg.get("text_cfg", {})
+    if "hf_model_name" in text and Path(text["hf_model_name"]).resolve() == ckpt.resolve():
+        # the checkpoint's own copy of the text files: later checkpoints record where the run's text tower came
+        # from, not a checkpoint folder that pruning removes (they carry the files themselves)
+        text["hf_model_name"] = recorded.get("hf_model_name", text["hf_model_name"])
+        text["hf_tokenizer_name"] = recorded.get("hf_tokenizer_name", text["hf_model_name"])
+    student.source = saved.get("source") or {"name": saved.get("config", {}).get("model", {}).get("name"),
+                                             **({"init": saved["inputs"]["init"]}
+                                                if (saved.get("inputs") or {}).get("init") else {})}
+    return student
+
+
+def hf_text_files(student: Student, run_dir: Path) -> str | None:
+    """Where a checkpoint copies the student's Hugging Face text files from (config.json, tokenizer), so that it
+    loads, exports and resumes without the folder the run started from: that folder, or when it is gone, the
+    run's newest checkpoint, which carries them. None for an open_clip text tower."""
+    name = student.model_cfg.get("text_cfg", {}).get("hf_model_name")
+    if not name:
+        return None
+    if (Path(name) / "config.json").is_file():
+        return str(name)
+    newest = ckpt_io.latest_checkpoint(run_dir)
+    return str(newest) if newest is not None and (newest / "config.json").is_file() else None
 
 
 def check_resume_compatible(saved: dict[str, Any], cfg: Config) -> None:
@@ -286,6 +330,11 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed % 2 ** 32)
+    if student is None and resume_from is not None and saved is not None and is_own_checkpoint(resume_from, run_dir):
+        student = student_of_checkpoint(resume_from, cfg, saved)
+        if info.is_main:
+            print(f"mmkd {command}: init: the student of {resume_from} (resuming; what the run started from is not "
+                  f"read again)", file=sys.stderr)
     if student is None:
         student = create_student(cfg.model.name, cfg.model.init, cfg.model.hf_text_path, cfg.model.context_length,
                                  seed=cfg.train.seed, image_init=cfg.model.image_init,
@@ -374,8 +423,9 @@ def _fit(cfg: Config, make_task, student, info, device_type: str, device, micro_
             path = ckpt_io.save_checkpoint(
                 run_dir, state.step, student.model, student.open_clip_config(), optimizer,
                 {"run_state": run_state, "config": to_dict(cfg), "reason": reason, "task": task.name,
-                 "inputs": inputs, **task.checkpoint_info()},
-                extra_modules=task.extra_modules(), keep=cfg.train.keep_checkpoints)
+                 "inputs": inputs, "source": student.source, **task.checkpoint_info()},
+                extra_modules=task.extra_modules(), keep=cfg.train.keep_checkpoints,
+                tokenizer_dir=hf_text_files(student, run_dir))
         dist_utils.barrier()
         return path
 

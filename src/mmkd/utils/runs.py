@@ -40,6 +40,11 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def is_own_checkpoint(ckpt: str | Path, run_dir: str | Path) -> bool:
+    """Is `ckpt` one of the checkpoint folders of the run in `run_dir`?"""
+    return Path(ckpt).resolve().parent.parent == Path(run_dir).resolve()
+
+
 def require_weights(folder: str | Path, option: str = "--model") -> Path:
     """The weights file of a checkpoint folder, export folder or run directory (its latest checkpoint).
 
