@@ -257,7 +257,7 @@ def test_distill_init_of_a_run_with_an_hf_text_tower_needs_no_text_path(sources,
                 "--train.progress", "false")
     assert r.returncode == 0, r.stderr
     model = SimpleNamespace(name="mmkd-tiny-vit-hf", init=str(tmp_path / "run"), context_length=0, hf_text_path="")
-    student_from_init(SimpleNamespace(model=model))
+    student_from_init(SimpleNamespace(model=model, train=SimpleNamespace(resume="", out=str(tmp_path / "s2"))))
     student = create_student(model.name, model.init, model.hf_text_path)
     saved = load_file(str(latest_checkpoint(tmp_path / "run") / "open_clip_model.safetensors"))
     state = student.model.state_dict()
