@@ -117,22 +117,29 @@ def own_resume_checkpoint(cfg: Config) -> Path | None:
 
 
 def student_of_checkpoint(ckpt: Path, cfg: Config, saved: dict[str, Any]) -> Student:
-    """The student of a run resumed from its own checkpoint, built from that checkpoint alone: its model config,
-    the Hugging Face text files it carries and its weights. What the run started from (--init, a stage-1 run
-    that trains on or was cleaned up, --model.image_init, the text tower's folder) is not read again, so a
-    requeued job does not depend on it; the checkpoint's weights replace the starting ones anyway."""
-    import json
+    """The student of a run resumed from its own checkpoint, built from that checkpoint's model config and the
+    Hugging Face text files it carries; `load_checkpoint` then loads its weights. What the run started from
+    (--init, a stage-1 run that trains on or was cleaned up, --model.image_init, the text tower's weights) is
+    not read again, so a requeued job does not depend on it: the checkpoint's weights replace it anyway."""
+    from mmkd.utils.io import read_json
 
-    recorded = json.loads((ckpt / ckpt_io.CONFIG_FILE).read_text())["model_cfg"].get("text_cfg", {})
-    given = cfg.model.hf_text_path if cfg.model.hf_text_path and (Path(cfg.model.hf_text_path) / "config.json"
-                                                                  ).is_file() else ""
-    student = create_student(str(ckpt), hf_text_path=given, seed=cfg.train.seed)
-    text = student.model_cfg.get("text_cfg", {})
-    if "hf_model_name" in text and Path(text["hf_model_name"]).resolve() == ckpt.resolve():
-        # the checkpoint's own copy of the text files: later checkpoints record where the run's text tower came
-        # from, not a checkpoint folder that pruning removes (they carry the files themselves)
-        text["hf_model_name"] = recorded.get("hf_model_name", text["hf_model_name"])
-        text["hf_tokenizer_name"] = recorded.get("hf_tokenizer_name", text["hf_model_name"])
+    try:
+        model_cfg = read_json(ckpt / ckpt_io.CONFIG_FILE)["model_cfg"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"checkpoint {ckpt}: {ckpt_io.CONFIG_FILE} is unreadable ({e}); resume from an earlier "
+                         f"checkpoint with --resume RUN/checkpoints/step_*") from None
+    text = model_cfg.get("text_cfg", {})
+    recorded = text.get("hf_model_name") or ""
+    hf_folder = ""
+    if "hf_model_name" in text:  # the folder given now, the one the run started from, or the checkpoint's copy
+        hf_folder = next((str(p) for p in (cfg.model.hf_text_path, recorded, str(ckpt))
+                          if p and (Path(p) / "config.json").is_file()), "")
+    student = create_student(str(ckpt / ckpt_io.CONFIG_FILE), hf_text_path=hf_folder, seed=cfg.train.seed,
+                             text_pretrained=False)
+    if hf_folder == str(ckpt):  # later checkpoints record where the text tower came from (and carry its files),
+        # not this folder, which pruning removes
+        student.model_cfg["text_cfg"].update(hf_model_name=recorded, hf_tokenizer_name=text.get("hf_tokenizer_name",
+                                                                                                recorded))
     student.source = saved.get("source") or {"name": saved.get("config", {}).get("model", {}).get("name"),
                                              **({"init": saved["inputs"]["init"]}
                                                 if (saved.get("inputs") or {}).get("init") else {})}
