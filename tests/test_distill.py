@@ -152,8 +152,9 @@ def test_distill_resumes_after_its_init_run_trained_on_and_after_it_went(setup, 
     assert not (out / "summary.json").exists(), "the resumed run finished before it could be killed"
     assert latest_checkpoint(out).name >= "step_00000008", "the resume did not train"
 
-    shutil.rmtree(s1)  # then the stage-1 run is cleaned up
-    r = run_cli("distill", *args, "--out", str(out), "--resume", "latest", env={"OMP_NUM_THREADS": "1"})
+    shutil.rmtree(s1)  # then the stage-1 run is cleaned up (nor is its kept best checkpoint looked for)
+    resume = [f"{s1}:best" if a == str(s1) else a for a in args]
+    r = run_cli("distill", *resume, "--out", str(out), "--resume", "latest", env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     for f in ("open_clip_model.safetensors", "extra.safetensors", "optimizer.safetensors"):
         a = load_file(str(latest_checkpoint(tmp_path / "ref") / f))

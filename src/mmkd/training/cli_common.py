@@ -128,6 +128,11 @@ def config_from_args(args: argparse.Namespace, rest: list[str], stage: str, base
     from mmkd.training.validation import resolve_init
 
     cfg = build_config(args.config, tokens + list(rest), stage=stage, base=base)
+    if cfg.train.resume:
+        from mmkd.training.loop import own_resume_checkpoint
+
+        if own_resume_checkpoint(cfg) is not None:  # the run's own checkpoint holds the student; --init is not read
+            return cfg
     cfg.model.init = resolve_init(cfg.model.init)  # RUN:best -> RUN/best
     return cfg
 
