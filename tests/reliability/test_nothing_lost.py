@@ -166,6 +166,27 @@ def test_resume_compares_resolved_data_paths(world, tmp_path, capsys, monkeypatc
     assert latest_step(out) == 4
 
 
+def test_resume_takes_the_data_from_where_it_moved_and_refuses_other_data_there(world, tmp_path, capsys):
+    """Data moved (or copied to a node's scratch) resumes: its samples are compared by digest, not by path; other
+    data under the new path is refused before anything is written."""
+    import shutil
+
+    _, data, _ = world
+    out = tmp_path / "run"
+    code, err = cli(capsys, "pretrain", *stage1_args(data, out, "--max-steps", "2"))
+    assert code == 0, err
+    moved = tmp_path / "scratch" / data.parent.name
+    shutil.copytree(data.parent, moved)
+    code, err = cli(capsys, "pretrain", *stage1_args(moved / data.name, out, "--max-steps", "3", "--resume", "latest"))
+    assert code == 0, err
+    assert latest_step(out) == 3
+    other = make_pairs(tmp_path / "other", n=40)
+    before = snapshot(out)
+    code, err = cli(capsys, "pretrain", *stage1_args(other, out, "--max-steps", "4", "--resume", "latest"))
+    clean_refusal(code, err, "the training data changed")
+    assert snapshot(out) == before
+
+
 def test_extract_warns_when_a_teacher_is_rarely_available(world, tmp_path, capsys, teachers):
     _, data, _ = world
     out = tmp_path / "store"

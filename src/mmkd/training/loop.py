@@ -160,13 +160,16 @@ def hf_text_files(student: Student, run_dir: Path) -> str | None:
 
 
 def check_resume_compatible(saved: dict[str, Any], cfg: Config) -> None:
-    """Refuse a resume whose model or data order would differ from the saved run."""
+    """Refuse a resume whose model or data order would differ from the saved run. Data given under another path
+    (moved or copied) is compared by its samples' digest once indexed (`check_resume_inputs`), when the
+    checkpoint recorded one."""
     old = saved.get("config", {})
+    by_digest = bool(((saved.get("inputs") or {}).get("data") or {}).get("sample_ids_sha256"))
     problems = []
     for section, key in (("model", "name"), ("train", "batch_size"), ("train", "accum_steps"), ("train", "seed"),
                          ("data", "path")):
         a, b = old.get(section, {}).get(key), getattr(getattr(cfg, section), key)
-        if key == "path" and a is not None and _same_path(a, b):  # ./data/x.csv is data/x.csv
+        if key == "path" and a is not None and (by_digest or _same_path(a, b)):  # ./data/x.csv is data/x.csv
             continue
         if a is not None and a != b:
             problems.append(f"{section}.{key}: the checkpoint has {a!r}, this run {b!r}")
