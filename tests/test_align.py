@@ -56,6 +56,9 @@ def test_align_and_distill_a_512d_student(data):
     assert meta["latent_dim"] == 512
     assert meta["report"]["steps"] == 3 * 3  # 3 epochs of ceil(40 / 16) batches: every row, every pass
     assert meta["report"]["teachers"]["t0"]["rows_available"] == N // 2
+    import torch
+
+    assert meta["report"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # --device auto
     out = root / "s2-512"
     r = run_cli("distill", "--data", str(table), "--store", str(store), "--model", student, "--out", str(out),
                 "--batch-size", "8", "--max-steps", "2", "--train.progress", "false", "--train.log_every", "1")
@@ -105,6 +108,7 @@ def test_a_store_without_available_rows_fails_naming_the_fix(data):
     (["--student", "mmkd-tiny-vit", "--latent-dim", "512"], ["--latent-dim"]),
     ([], ["--latent-dim", "--student"]),
     (["--student", "no-such-model"], ["--student"]),
+    (["--latent-dim", "32", "--device", "tpu", "--epochs", "0"], ["--device", "--epochs"]),
 ])
 def test_bad_values_are_clear_errors(data, args, flags, capsys):
     """Every bad option is named at once, before the store is opened (exit 2; the CLI's own main)."""
@@ -167,3 +171,23 @@ def test_project_many_equals_each_teachers_linear_and_follows_new_weights():
     other = AlignmentAE({"a": 12, "b": 12, "c": 20}, latent_dim=8)
     ae.load_state_dict(other.state_dict())
     check()
+
+
+def test_align_on_a_gpu_matches_the_cpu(data):
+    """--device cuda trains the same autoencoder as the CPU, to float tolerance (needs a GPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU visible to PyTorch")
+    from mmkd.data.feature_store import FeatureStore
+    from mmkd.models.alignment import train_alignment
+
+    root, table = data
+    store = FeatureStore(_store(root / "store-gpu", table, {"t0": np.arange(N) % 2 == 0, "t1": np.ones(N, bool)}))
+    runs = {d: train_alignment(store, 32, steps=10, batch_size=16, progress=False, device=d, lambda_nce=0.5)
+            for d in ("cpu", "cuda")}
+    (cpu, r_cpu), (gpu, r_gpu) = runs["cpu"], runs["cuda"]
+    assert r_gpu["device"] == "cuda" and all(v.device.type == "cpu" for v in gpu.state_dict().values())
+    for k, v in cpu.state_dict().items():
+        assert torch.allclose(v, gpu.state_dict()[k], atol=1e-4, rtol=1e-3), k
+    assert r_gpu["mean_pair_cosine"] == pytest.approx(r_cpu["mean_pair_cosine"], abs=1e-4)

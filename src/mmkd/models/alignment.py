@@ -96,19 +96,20 @@ def alignment_paths(store_path: str | Path, alignment: str = "") -> tuple[Path, 
 def train_alignment(store, latent_dim: int, *, epochs: int = 10, steps: int = 0, batch_size: int = 256,
                     lr: float = 1e-3, lambda_nce: float = 0.0, temperature: float = 0.07, seed: int = 0,
                     teachers: list[str] | None = None, progress: bool = True,
-                    arch: str = "mmkd") -> tuple[nn.Module, dict[str, Any]]:
+                    arch: str = "mmkd", device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Fit the autoencoder on a store's available rows; returns the model and its per-teacher report.
 
     Training passes over every row with an available teacher `epochs` times (a seeded order per
     pass), unless `steps` > 0 fixes the number of batches. A teacher available for no row is not
     trained (its projection stays at its initial values; it teaches no sample in stage 2 either)
     and is reported with `rows_available` 0. `arch`: mmkd (per-teacher means summed) or authors
-    (mmkd.models.alignment_authors: noise, dropout, every item weighed equally).
+    (mmkd.models.alignment_authors: noise, dropout, every item weighed equally). The model trains on
+    `device` (batches are read from the store on the host and copied there); it is returned on the CPU.
     """
     teachers = teachers or list(store.teachers)
     dims = {t: store.embed_dim(t) for t in teachers}
     torch.manual_seed(seed)
-    model = build_alignment(arch, dims, latent_dim)
+    model = build_alignment(arch, dims, latent_dim).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     avail = np.asarray(store.available)[:, [store.teachers.index(t) for t in teachers]]
@@ -134,7 +135,7 @@ def train_alignment(store, latent_dim: int, *, epochs: int = 10, steps: int = 0,
             if step == total:
                 break
             loss = _reconstruction_step(model, store, np.sort(order[start:start + batch]), teachers, lambda_nce,
-                                        temperature)
+                                        temperature, device)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -144,20 +145,21 @@ def train_alignment(store, latent_dim: int, *, epochs: int = 10, steps: int = 0,
                 bar.set_postfix(loss=f"{loss.item():.4f}")
     if bar is not None:
         bar.close()
-    report = evaluate_alignment(model, store, teachers, seed=seed)
+    report = evaluate_alignment(model, store, teachers, seed=seed, device=device)
     report["steps"], report["epochs"] = total, round(total / steps_per_epoch, 3)
-    return model, report
+    report["device"] = str(device)
+    return model.cpu(), report
 
 
 def _reconstruction_step(model: nn.Module, store, idx: np.ndarray, teachers: list[str], lambda_nce: float,
-                         temperature: float) -> torch.Tensor:
+                         temperature: float, device: str | torch.device = "cpu") -> torch.Tensor:
     """Reconstruction MSE of the batch's available (teacher, modality) features (+ the cross-teacher NCE).
 
     mmkd: the mean over a teacher's available rows, summed over teachers and modalities. authors: the
     mean over every available (sample, teacher, modality) item."""
     batch = store.rows(idx, teachers=teachers)
-    mask = torch.from_numpy(batch["available"])
-    loss = torch.zeros(())
+    mask = torch.from_numpy(batch["available"]).to(device)
+    loss = torch.zeros((), device=device)
     latents: dict[str, dict[str, torch.Tensor]] = {}
     items = []
     for j, t in enumerate(teachers):
@@ -165,7 +167,7 @@ def _reconstruction_step(model: nn.Module, store, idx: np.ndarray, teachers: lis
         if rows.sum() == 0:
             continue
         for modality in ("image", "text"):
-            x = torch.from_numpy(batch[modality][t].astype(np.float32))
+            x = torch.from_numpy(batch[modality][t].astype(np.float32)).to(device)
             if model.arch == "authors":
                 items.append((t, modality, x[rows]))
             else:
@@ -182,7 +184,7 @@ def _reconstruction_step(model: nn.Module, store, idx: np.ndarray, teachers: lis
 
 
 def _cross_teacher_nce(latents, mask, teachers, temperature) -> torch.Tensor:
-    total, count = torch.zeros(()), 0
+    total, count = torch.zeros((), device=mask.device), 0
     for by_teacher in latents.values():
         names = [t for t in teachers if t in by_teacher]
         for a in range(len(names)):
@@ -194,7 +196,7 @@ def _cross_teacher_nce(latents, mask, teachers, temperature) -> torch.Tensor:
                 za = F.normalize(by_teacher[names[a]][both], dim=-1)
                 zb = F.normalize(by_teacher[names[b]][both], dim=-1)
                 logits = za @ zb.T / temperature
-                labels = torch.arange(za.shape[0])
+                labels = torch.arange(za.shape[0], device=za.device)
                 total = total + (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
                 count += 1
     return total / max(count, 1)
@@ -202,7 +204,7 @@ def _cross_teacher_nce(latents, mask, teachers, temperature) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_alignment(model: nn.Module, store, teachers: list[str], max_rows: int = 4096,
-                       seed: int = 0) -> dict[str, Any]:
+                       seed: int = 0, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Per teacher: its available rows in the whole store, the relative reconstruction error on them
     (None when it has none) and the norms {min, mean, max} of its projected image and text features
     (the unnormalised targets of distill-paper.yaml); per pair: mean cosine of latents of the same
@@ -221,11 +223,11 @@ def evaluate_alignment(model: nn.Module, store, teachers: list[str], max_rows: i
         rows = mask[:, j]
         errs, norms = [], {}
         for modality in ("image", "text"):
-            x = torch.from_numpy(batch[modality][t].astype(np.float32))
+            x = torch.from_numpy(batch[modality][t].astype(np.float32)).to(device)
             z = model.encode(t, x, modality)
             recon = model.reconstruct(t, x, modality)
             if rows.any():
-                on = torch.from_numpy(rows)
+                on = torch.from_numpy(rows).to(device)
                 rel = ((recon - x) ** 2).sum(-1) / (x ** 2).sum(-1).clamp_min(1e-12)
                 errs.append(float(rel[on].mean()))
                 norm = model.proj[t](x[on]).norm(dim=-1)
@@ -235,7 +237,7 @@ def evaluate_alignment(model: nn.Module, store, teachers: list[str], max_rows: i
                                  "rows_available": int(avail[:, j].sum()), "target_norm": norms or None}
     for a in range(len(teachers)):
         for b in range(a + 1, len(teachers)):
-            both = torch.from_numpy(mask[:, a] & mask[:, b])
+            both = torch.from_numpy(mask[:, a] & mask[:, b]).to(device)
             if both.sum() == 0:
                 continue
             cos = [float((latents[(teachers[a], m)][both] * latents[(teachers[b], m)][both]).sum(-1).mean())

@@ -68,5 +68,5 @@ def authors_reconstruction_loss(model: AuthorsAlignmentAE, items: list[tuple[str
     with the available rows only; each row of each entry is one item."""
     per_item = [((model.reconstruct(t, x, m) - x.float()) ** 2).mean(dim=-1) for t, m, x in items]
     if not per_item:
-        return torch.zeros(())
+        return torch.zeros((), device=next(model.parameters()).device)
     return torch.cat(per_item).mean()

@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out (and its .json) even when they are not an earlier `mmkd align` output")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto",
+                        help="where the autoencoder trains: auto (a GPU when one is visible), cpu, cuda, cuda:N; "
+                             "the store is read on the host either way (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -98,6 +101,12 @@ def check_arguments(args: argparse.Namespace) -> int:
     check("lr", math.isfinite(args.lr) and args.lr > 0, "use a positive learning rate, e.g. 1e-3")
     check("lambda-nce", math.isfinite(args.lambda_nce) and args.lambda_nce >= 0, "use 0 (off) or a positive weight")
     check("seed", args.seed >= 0, "use a seed >= 0")
+    from mmkd.utils.dist import checked_device
+
+    try:
+        args.device = checked_device(args.device)  # auto -> cuda or cpu
+    except UsageError as e:
+        problems.append(str(e))
     if args.latent_dim is not None:
         check("latent-dim", args.latent_dim >= 1, "use the student's embedding size (e.g. 512)")
     latent = args.latent_dim
@@ -155,12 +164,14 @@ def run(args: argparse.Namespace) -> int:
     store = FeatureStore(args.store)
     model, report = train_alignment(store, latent_dim, epochs=args.epochs, steps=args.steps,
                                     batch_size=args.batch_size, lr=args.lr, lambda_nce=args.lambda_nce,
-                                    seed=args.seed, progress=not args.no_progress, arch=args.arch)
+                                    seed=args.seed, progress=not args.no_progress, arch=args.arch,
+                                    device=args.device)
     with contextlib.ExitStack() as lock:
         if not args.out:  # writing into the store: one writer at a time
             lock.enter_context(writer_lock(args.store, "--store", "feature store", command="mmkd align"))
         save_alignment(model, weights, store, report)
-    print(f"latent size {latent_dim}; {args.arch} autoencoder; {report['steps']} steps ({report['epochs']:g} epochs)")
+    print(f"latent size {latent_dim}; {args.arch} autoencoder; {report['steps']} steps ({report['epochs']:g} epochs) "
+          f"on {args.device}")
     print(f"{'teacher':<20} {'rows':>8} {'rel. recon. error':>18} {'target norm, image':>20} {'text':>8}")
     idle = []
     for t, r in report["teachers"].items():
@@ -183,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
               f"(`mmkd distill --exclude-teacher {t}`)")
     print(f"saved {weights}")
     started.add("weights", weights)
-    started.add("steps", f"{report['steps']:,} ({report['epochs']:g} epochs, batch {args.batch_size}, latent {latent_dim})")
+    started.add("steps", f"{report['steps']:,} ({report['epochs']:g} epochs, batch {args.batch_size}, latent "
+                         f"{latent_dim}, on {args.device})")
     rows = {t: r["rows_available"] for t, r in report["teachers"].items()}
     started.add("rows used", ", ".join(f"{t} {n:,}" for t, n in rows.items()))
     if report["mean_pair_cosine"] is not None:
