@@ -125,15 +125,17 @@ def config_from_args(args: argparse.Namespace, rest: list[str], stage: str, base
         tokens += [f"--{key}={value}"]
     if getattr(args, "_overwrite", False):
         tokens += ["--train.overwrite", "true"]
+    from mmkd.errors import UsageError
     from mmkd.training.validation import resolve_init
 
     cfg = build_config(args.config, tokens + list(rest), stage=stage, base=base)
-    if cfg.train.resume:
+    try:
+        cfg.model.init = resolve_init(cfg.model.init)  # RUN:best -> RUN/best
+    except UsageError:
         from mmkd.training.loop import own_resume_checkpoint
 
-        if own_resume_checkpoint(cfg) is not None:  # the run's own checkpoint holds the student; --init is not read
-            return cfg
-    cfg.model.init = resolve_init(cfg.model.init)  # RUN:best -> RUN/best
+        if not cfg.train.resume or own_resume_checkpoint(cfg) is None:
+            raise  # a resume of the run's own checkpoint does not read --init (its run may be gone)
     return cfg
 
 

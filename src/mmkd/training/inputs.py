@@ -33,9 +33,7 @@ def _sha256(path: Path) -> str:
 def starting_point(cfg: Config, run_dir: Path, resume_from: Path | None, saved: dict[str, Any] | None
                    ) -> dict[str, Any] | None:
     """The `init` input: carried over on a resume of this run, the checkpoint of another run, or --init."""
-    from mmkd.utils.runs import MODEL_FILE
-
-    from mmkd.utils.runs import is_own_checkpoint
+    from mmkd.utils.runs import MODEL_FILE, is_own_checkpoint
 
     own = resume_from is not None and is_own_checkpoint(resume_from, run_dir)
     if own:  # carried from checkpoint to checkpoint: --init is not read again (it may have moved on or gone)
