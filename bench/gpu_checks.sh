@@ -7,6 +7,8 @@
 #   extract   bench_gpu.py --stage extract (gpu_extract.py): images/s of each of the nine teachers at real size (published formats,
 #             random weights) in bf16 autocast, all nine together, and bf16 vs fp32 cosine per teacher;
 #   demo      the quick demo end to end on CUDA (extract, align, both stages, every evaluation);
+#   align     `mmkd align --device cuda` against the CPU (tests/test_align.py -k gpu: the same weights to
+#             float tolerance);
 #   compile   bench_gpu.py --compile, stage 1 (torch.compile; the longest warm-up, so it runs last).
 # Each part has its own time limit, so one slow part does not hide the others.
 #
@@ -16,7 +18,7 @@
 set -u
 LOG=${1:-runs/gpu_checks}
 shift $(($# > 0 ? 1 : 0))
-PARTS=${*:-bench extract full demo compile}
+PARTS=${*:-bench extract full demo align compile}
 PY=${PYTHON:-python3}
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1
@@ -45,7 +47,8 @@ for p in $PARTS; do
         extract) part bench_gpu_extract 300 "$PY" bench/bench_gpu.py --stage extract ;;
         full) part bench_gpu_full_context 130 "$PY" bench/bench_gpu.py --full-context ;;
         demo) part demo_quick 240 "$PY" -m mmkd demo --quick --out "${DEMO_OUT:-/tmp/mmkd-gpu-demo}" ;;
+        align) part align_gpu 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_align.py -k gpu -rs ;;
         compile) part bench_gpu_compile 300 "$PY" bench/bench_gpu.py --compile --stage 1 --steps 10 ;;
-        *) echo "unknown part $p (bench, extract, full, demo, compile)"; exit 2 ;;
+        *) echo "unknown part $p (bench, extract, full, demo, align, compile)"; exit 2 ;;
     esac
 done
