@@ -2,6 +2,10 @@
 `mmkd distill` saying when a run has no distillation signal."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +195,47 @@ def test_align_on_a_gpu_matches_the_cpu(data):
     for k, v in cpu.state_dict().items():
         assert torch.allclose(v, gpu.state_dict()[k], atol=1e-4, rtol=1e-3), k
     assert r_gpu["mean_pair_cosine"] == pytest.approx(r_cpu["mean_pair_cosine"], abs=1e-4)
+
+
+def _align(store: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mmkd", "align", "--store", str(store), "--latent-dim", "32", "--steps", "2000",
+            "--batch-size", "16", "--no-progress", "--save-every", "100", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("arch,sig", [("mmkd", signal.SIGTERM), ("authors", signal.SIGTERM), ("mmkd", signal.SIGKILL)])
+def test_a_stopped_align_continues_to_the_uninterrupted_result(data, tmp_path, arch, sig):
+    """SIGTERM (a preemption, SLURM's notice) writes the state and exits 143, SIGKILL leaves the last one written
+    every --save-every steps; the same command run again continues, and its weights are bit for bit an
+    uninterrupted run's (with --arch authors, whose noise and dropout draw from torch's generator too)."""
+    import torch
+    from safetensors.torch import load_file
+
+    root, table = data
+    store = _store(tmp_path / "store", table, {"t0": np.arange(N) % 2 == 0, "t1": np.ones(N, bool)})
+    ref = subprocess.run(_align(store, tmp_path / "ref.safetensors", "--arch", arch), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    out, state = tmp_path / "out.safetensors", tmp_path / "out.partial" / "state.json"
+    proc = subprocess.Popen(_align(store, out, "--arch", arch), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not state.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate()
+    assert not out.exists(), "the run finished before it could be stopped"
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143 and "Run the same command again" in err, err
+        assert 100 <= json.loads(state.read_text())["step"] < 2000
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    if arch == "mmkd" and sig == signal.SIGTERM:  # other settings are refused, the state kept
+        other = subprocess.run(_align(store, out, "--lr", "2e-3"), capture_output=True, text=True)
+        assert other.returncode == 2 and "other settings" in other.stderr and "lr 0.001 then, 0.002 now" in \
+            other.stderr and "out.partial" in other.stderr, other.stderr
+        assert state.is_file() and not out.exists()
+    again = subprocess.run(_align(store, out, "--arch", arch), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "continuing the stopped run" in again.stderr or sig == signal.SIGKILL
+    want, got = load_file(str(tmp_path / "ref.safetensors")), load_file(str(out))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert not (tmp_path / "out.partial").exists()

@@ -96,7 +96,8 @@ def alignment_paths(store_path: str | Path, alignment: str = "") -> tuple[Path, 
 def train_alignment(store, latent_dim: int, *, epochs: int = 10, steps: int = 0, batch_size: int = 256,
                     lr: float = 1e-3, lambda_nce: float = 0.0, temperature: float = 0.07, seed: int = 0,
                     teachers: list[str] | None = None, progress: bool = True,
-                    arch: str = "mmkd", device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+                    arch: str = "mmkd", device: str | torch.device = "cpu", state_dir: Path | None = None,
+                    save_every: int = 0, stop=None) -> tuple[nn.Module, dict[str, Any]]:
     """Fit the autoencoder on a store's available rows; returns the model and its per-teacher report.
 
     Training passes over every row with an available teacher `epochs` times (a seeded order per
@@ -105,6 +106,11 @@ def train_alignment(store, latent_dim: int, *, epochs: int = 10, steps: int = 0,
     and is reported with `rows_available` 0. `arch`: mmkd (per-teacher means summed) or authors
     (mmkd.models.alignment_authors: noise, dropout, every item weighed equally). The model trains on
     `device` (batches are read from the store on the host and copied there); it is returned on the CPU.
+
+    With `state_dir` (`mmkd.models.alignment_state`) the training state is written there every
+    `save_every` steps and when `stop.requested` turns true (a `mmkd.utils.signals.StopFlag`; then
+    `AlignmentStopped` is raised), and a state found there is continued: the result equals an
+    uninterrupted run's.
     """
     teachers = teachers or list(store.teachers)
     dims = {t: store.embed_dim(t) for t in teachers}
@@ -123,15 +129,28 @@ def train_alignment(store, latent_dim: int, *, epochs: int = 10, steps: int = 0,
     steps_per_epoch = -(-usable.size // batch)
     total = steps or epochs * steps_per_epoch
     rng = np.random.default_rng(seed)
+    device = torch.device(device)
+    step, offset = 0, 0
+    settings = {"arch": arch, "latent_dim": latent_dim, "teachers": dims, "steps": total, "batch_size": batch,
+                "lr": lr, "lambda_nce": lambda_nce, "temperature": temperature, "seed": seed,
+                "store": {"num_samples": len(store), "fingerprints": {
+                    t: store.manifest["teachers"][store.teachers.index(t)].get("fingerprint") for t in teachers}}}
+    if state_dir is not None:
+        from mmkd.models.alignment_state import AlignmentStopped, load_state, save_state
+
+        saved = load_state(state_dir, model, opt, settings, device)
+        if saved is not None:
+            step, offset = saved["step"], saved["offset"]
+            rng.bit_generator.state = saved["pass_rng"]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc="align", unit="step", dynamic_ncols=True)
-    step = 0
+        bar = tqdm(total=total, initial=step, desc="align", unit="step", dynamic_ncols=True)
     while step < total:
+        pass_rng = rng.bit_generator.state  # the pass's order is drawn again from it on a resume
         order = rng.permutation(usable)  # one pass over every usable row
-        for start in range(0, order.size, batch):
+        for start in range(offset, order.size, batch):
             if step == total:
                 break
             loss = _reconstruction_step(model, store, np.sort(order[start:start + batch]), teachers, lambda_nce,
@@ -143,6 +162,15 @@ def train_alignment(store, latent_dim: int, *, epochs: int = 10, steps: int = 0,
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+            stopping = stop is not None and stop.requested
+            if state_dir is not None and step < total and (stopping or (save_every and step % save_every == 0)):
+                save_state(state_dir, model, opt, {"step": step, "pass_rng": pass_rng, "offset": start + batch},
+                           settings, device)
+                if stopping:
+                    if bar is not None:
+                        bar.close()
+                    raise AlignmentStopped(step, total, stop.name, state_dir)
+        offset = 0
     if bar is not None:
         bar.close()
     report = evaluate_alignment(model, store, teachers, seed=seed, device=device)

@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="where the autoencoder trains: auto (a GPU when one is visible), cpu, cuda, cuda:N; "
                              "the store is read on the host either way (default: %(default)s)")
+    parser.add_argument("--save-every", type=int, default=500, metavar="STEPS",
+                        help="write the training state every STEPS steps to OUT.partial/ beside the weights (0: "
+                             "only when stopped); the same command run again continues from it, and SIGTERM, "
+                             "SIGUSR1 and SIGINT write it and exit 143/130 (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -101,6 +105,7 @@ def check_arguments(args: argparse.Namespace) -> int:
     check("lr", math.isfinite(args.lr) and args.lr > 0, "use a positive learning rate, e.g. 1e-3")
     check("lambda-nce", math.isfinite(args.lambda_nce) and args.lambda_nce >= 0, "use 0 (off) or a positive weight")
     check("seed", args.seed >= 0, "use a seed >= 0")
+    check("save-every", args.save_every >= 0, "use 0 (only when stopped) or a positive step count")
     from mmkd.utils.dist import checked_device
 
     try:
@@ -153,8 +158,12 @@ def _check_out(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import contextlib
 
+    import shutil
+
     from mmkd.data.feature_store import FeatureStore
     from mmkd.models.alignment import save_alignment, train_alignment
+    from mmkd.models.alignment_state import STATE_FILE, AlignmentStopped, state_folder
+    from mmkd.utils.signals import StopFlag
     from mmkd.utils.console import Summary
     from mmkd.utils.locks import writer_lock
 
@@ -162,14 +171,25 @@ def run(args: argparse.Namespace) -> int:
     latent_dim = check_arguments(args)
     weights, report_path = _check_out(args)
     store = FeatureStore(args.store)
-    model, report = train_alignment(store, latent_dim, epochs=args.epochs, steps=args.steps,
-                                    batch_size=args.batch_size, lr=args.lr, lambda_nce=args.lambda_nce,
-                                    seed=args.seed, progress=not args.no_progress, arch=args.arch,
-                                    device=args.device)
+    partial = state_folder(weights)
     with contextlib.ExitStack() as lock:
-        if not args.out:  # writing into the store: one writer at a time
+        if not args.out:  # writing into the store (its state folder, then the weights): one writer at a time
             lock.enter_context(writer_lock(args.store, "--store", "feature store", command="mmkd align"))
+        if (partial / STATE_FILE).is_file():
+            print(f"mmkd align: continuing the stopped run whose state is in {partial}", file=sys.stderr)
+        try:
+            with StopFlag() as stop:
+                model, report = train_alignment(store, latent_dim, epochs=args.epochs, steps=args.steps,
+                                                batch_size=args.batch_size, lr=args.lr, lambda_nce=args.lambda_nce,
+                                                seed=args.seed, progress=not args.no_progress, arch=args.arch,
+                                                device=args.device, state_dir=partial, save_every=args.save_every,
+                                                stop=stop)
+        except AlignmentStopped as e:
+            print(f"mmkd align: stopped by {e.signal_name} at step {e.step:,} of {e.total:,}; the state is in "
+                  f"{e.folder}. Run the same command again to continue", file=sys.stderr)
+            return 130 if e.signal_name == "SIGINT" else 143
         save_alignment(model, weights, store, report)
+        shutil.rmtree(partial, ignore_errors=True)
     print(f"latent size {latent_dim}; {args.arch} autoencoder; {report['steps']} steps ({report['epochs']:g} epochs) "
           f"on {args.device}")
     print(f"{'teacher':<20} {'rows':>8} {'rel. recon. error':>18} {'target norm, image':>20} {'text':>8}")
