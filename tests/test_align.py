@@ -239,3 +239,28 @@ def test_a_stopped_align_continues_to_the_uninterrupted_result(data, tmp_path, a
     want, got = load_file(str(tmp_path / "ref.safetensors")), load_file(str(out))
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     assert not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.parametrize("damage", ["state.json", "model.safetensors"])
+def test_a_damaged_align_state_is_named_not_used(data, tmp_path, damage, capsys):
+    """A state folder whose files were cut short is a usage error naming it; nothing is written."""
+    from types import SimpleNamespace
+
+    from mmkd.cli import main
+    from mmkd.data.feature_store import FeatureStore
+    from mmkd.models.alignment import train_alignment
+    from mmkd.models.alignment_state import AlignmentStopped
+
+    root, table = data
+    store = _store(tmp_path / "store", table, {"t0": np.ones(N, bool), "t1": np.ones(N, bool)})
+    partial = tmp_path / "out.partial"
+    with pytest.raises(AlignmentStopped):  # stopped after its first step, as by a signal
+        train_alignment(FeatureStore(store), 32, steps=2000, batch_size=16, progress=False, state_dir=partial,
+                        stop=SimpleNamespace(requested=True, name="SIGTERM"))
+    (partial / damage).write_bytes((partial / damage).read_bytes()[:40])
+    args = ["align", "--store", str(store), "--latent-dim", "32", "--steps", "2000", "--batch-size", "16",
+            "--no-progress", "--out", str(tmp_path / "out.safetensors")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(partial) in err and ("unreadable" in err or "damaged" in err) and "Traceback" not in err, err
+    assert not (tmp_path / "out.safetensors").exists()
