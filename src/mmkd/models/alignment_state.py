@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mmkd.errors import UsageError
+from mmkd.utils.optim_state import flatten_optimizer_state, unflatten_optimizer_state
 
 STATE_FILE = "state.json"
 MODEL_FILE = "model.safetensors"
@@ -56,14 +57,13 @@ def _set_torch_rng(state: dict[str, str], device: torch.device) -> None:
 
 def save_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any],
                settings: dict[str, Any], device: torch.device) -> None:
-    from mmkd.training.checkpoint import _flatten_optimizer
     from mmkd.utils.io import atomic_save_safetensors, atomic_write_json, fsync_dir
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
     try:
         atomic_save_safetensors(tmp / MODEL_FILE, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-        tensors, meta = _flatten_optimizer(optimizer.state_dict())
+        tensors, meta = flatten_optimizer_state(optimizer.state_dict())
         atomic_save_safetensors(tmp / OPTIM_FILE, tensors)
         atomic_write_json(tmp / STATE_FILE, {**progress, "optimizer": meta, "torch_rng": _torch_rng(device),
                                              "settings": settings})
@@ -86,7 +86,6 @@ def load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     None when there is no state. Other settings, or a damaged state, are a UsageError naming the folder."""
     from safetensors.torch import load_file
 
-    from mmkd.training.checkpoint import _unflatten_optimizer
 
     if not (folder / STATE_FILE).is_file():
         return None
@@ -102,7 +101,7 @@ def load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                          f"with the settings it had to continue, or remove the folder to start over")
     try:
         model.load_state_dict(load_file(str(folder / MODEL_FILE)), strict=True)
-        optimizer.load_state_dict(_unflatten_optimizer(load_file(str(folder / OPTIM_FILE)), state["optimizer"]))
+        optimizer.load_state_dict(unflatten_optimizer_state(load_file(str(folder / OPTIM_FILE)), state["optimizer"]))
     except Exception as e:  # a truncated or forged file: SafetensorError, RuntimeError, OSError
         raise UsageError(f"{folder}: the state of a stopped `mmkd align` is damaged ({type(e).__name__}: "
                          f"{str(e)[:200]}); remove the folder to start over") from None

@@ -26,6 +26,7 @@ import torch
 
 from mmkd.errors import UsageError
 from mmkd.utils.io import apply_dir_umask, atomic_write_json, fsync_dir, read_json
+from mmkd.utils.optim_state import flatten_optimizer_state, unflatten_optimizer_state
 from mmkd.utils.runs import (CONFIG_FILE, EXTRA_FILE, MODEL_FILE, OPTIM_FILE, STATE_FILE,  # noqa: F401
                              checkpoint_dir, latest_checkpoint, list_checkpoints)
 
@@ -34,25 +35,6 @@ class CheckpointWriteError(UsageError):
     """A checkpoint could not be written (disk full, quota, read-only folder); the previous one is intact."""
 
     exit_code = 1
-
-
-def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, scalars = {}, {}
-    for idx, pstate in state_dict["state"].items():
-        for name, value in pstate.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{idx}.{name}"] = value.detach().cpu()
-            else:
-                scalars[f"{idx}.{name}"] = value
-    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in list(tensors.items()) + list(meta.get("scalars", {}).items()):
-        idx, _, name = key.partition(".")
-        state.setdefault(int(idx), {})[name] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def rng_state() -> dict[str, Any]:
@@ -117,7 +99,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, open
         state["step"] = step
         state["rng"] = rng_state()
         if optimizer is not None:
-            tensors, meta = _flatten_optimizer(optimizer.state_dict())
+            tensors, meta = flatten_optimizer_state(optimizer.state_dict())
             atomic_save_safetensors(tmp / OPTIM_FILE, tensors)
             state["optimizer"] = meta
         if tokenizer_dir:
@@ -218,7 +200,7 @@ def load_checkpoint(ckpt: str | Path, model: torch.nn.Module | None = None,
             prefix = f"{name}."
             m.load_state_dict({k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)}, strict=True)
     if optimizer is not None and "optimizer" in state:
-        optimizer.load_state_dict(_unflatten_optimizer(load_file(str(ckpt / OPTIM_FILE)), state["optimizer"]))
+        optimizer.load_state_dict(unflatten_optimizer_state(load_file(str(ckpt / OPTIM_FILE)), state["optimizer"]))
     if restore_rng:
         set_rng_state(state["rng"])
     return state
