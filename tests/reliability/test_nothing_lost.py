@@ -187,6 +187,19 @@ def test_resume_takes_the_data_from_where_it_moved_and_refuses_other_data_there(
     assert snapshot(out) == before
 
 
+def test_resume_with_another_context_length_is_refused(world, tmp_path, capsys):
+    """The resumed student is the checkpoint's: a changed --model.context_length is refused, not ignored."""
+    _, data, _ = world
+    out = tmp_path / "run"
+    code, err = cli(capsys, "pretrain", *stage1_args(data, out, "--max-steps", "1"))
+    assert code == 0, err
+    before = snapshot(out)
+    code, err = cli(capsys, "pretrain", *stage1_args(data, out, "--max-steps", "2", "--resume", "latest",
+                                                     "--model.context_length", "8"))
+    clean_refusal(code, err, "model.context_length")
+    assert snapshot(out) == before
+
+
 def test_extract_warns_when_a_teacher_is_rarely_available(world, tmp_path, capsys, teachers):
     _, data, _ = world
     out = tmp_path / "store"

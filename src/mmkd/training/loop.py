@@ -166,8 +166,8 @@ def check_resume_compatible(saved: dict[str, Any], cfg: Config) -> None:
     old = saved.get("config", {})
     by_digest = bool(((saved.get("inputs") or {}).get("data") or {}).get("sample_ids_sha256"))
     problems = []
-    for section, key in (("model", "name"), ("train", "batch_size"), ("train", "accum_steps"), ("train", "seed"),
-                         ("data", "path")):
+    for section, key in (("model", "name"), ("model", "context_length"), ("train", "batch_size"),
+                         ("train", "accum_steps"), ("train", "seed"), ("data", "path")):
         a, b = old.get(section, {}).get(key), getattr(getattr(cfg, section), key)
         if key == "path" and a is not None and (by_digest or _same_path(a, b)):  # ./data/x.csv is data/x.csv
             continue
