@@ -56,9 +56,42 @@ class StopFlag:
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """`worker_init_fn` of every DataLoader: the worker ignores SIGTERM, SIGINT and SIGUSR1."""
+    """`worker_init_fn` of every DataLoader: the worker ignores SIGTERM, SIGINT and SIGUSR1, then unblocks them
+    (it was started with them blocked: `loader_kwargs`), which drops one that arrived meanwhile."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _start_with_stop_signals_blocked(start) -> None:
+    """Start a worker process with the stop signals blocked: a loader's worker installs torch's own SIGTERM
+    handler (which ends it) before its `worker_init_fn` can ignore the signal, so a group signal landing in
+    between killed it ("DataLoader worker exited unexpectedly", seen under load at an epoch's start). Blocked,
+    the signal waits in the worker until `ignore_stop_signals` drops it, and reaches this process on return."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+if sys.platform != "win32":
+    import multiprocessing.context as _mp
+
+    class _ForkProcessStopBlocked(_mp.ForkProcess):
+        def start(self) -> None:
+            _start_with_stop_signals_blocked(super().start)
+
+    class _SpawnProcessStopBlocked(_mp.SpawnProcess):
+        def start(self) -> None:
+            _start_with_stop_signals_blocked(super().start)
+
+    class _ForkContextStopBlocked(_mp.ForkContext):
+        Process = _ForkProcessStopBlocked
+
+    class _SpawnContextStopBlocked(_mp.SpawnContext):
+        Process = _SpawnProcessStopBlocked
 
 
 def loader_context(num_workers: int) -> str | None:
@@ -69,11 +102,14 @@ def loader_context(num_workers: int) -> str | None:
 
 
 def loader_kwargs(num_workers: int) -> dict:
-    """The DataLoader arguments every mmkd loader with workers takes (see the module docstring)."""
+    """The DataLoader arguments every mmkd loader with workers takes (see the module docstring): workers start
+    with the stop signals blocked and their `worker_init_fn` ignores, then unblocks them."""
     if num_workers == 0:
         return {"num_workers": 0}
-    return {"num_workers": num_workers, "worker_init_fn": ignore_stop_signals,
-            "multiprocessing_context": loader_context(num_workers)}
+    context: object = loader_context(num_workers)
+    if sys.platform != "win32":
+        context = _ForkContextStopBlocked() if context == "fork" else _SpawnContextStopBlocked()
+    return {"num_workers": num_workers, "worker_init_fn": ignore_stop_signals, "multiprocessing_context": context}
 
 
 def exit_code(signal_name: str | None) -> int:
