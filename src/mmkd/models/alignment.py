@@ -133,12 +133,11 @@ def train_alignment(store, latent_dim: int, *, epochs: int = 10, steps: int = 0,
     step, offset = 0, 0
     settings = {"arch": arch, "latent_dim": latent_dim, "teachers": dims, "steps": total, "batch_size": batch,
                 "lr": lr, "lambda_nce": lambda_nce, "temperature": temperature, "seed": seed,
-                "store": {"num_samples": len(store), "fingerprints": {
-                    t: store.manifest["teachers"][store.teachers.index(t)].get("fingerprint") for t in teachers}}}
+                "store": {"num_samples": len(store), "fingerprints": store_fingerprints(store, teachers)}}
     if state_dir is not None:
         from mmkd.models.alignment_state import AlignmentStopped, load_state, save_state
 
-        saved = load_state(state_dir, model, opt, settings, device)
+        saved = load_state(state_dir, model, opt, settings)
         if saved is not None:
             step, offset = saved["step"], saved["offset"]
             rng.bit_generator.state = saved["pass_rng"]
@@ -165,7 +164,7 @@ def train_alignment(store, latent_dim: int, *, epochs: int = 10, steps: int = 0,
             stopping = stop is not None and stop.requested
             if state_dir is not None and step < total and (stopping or (save_every and step % save_every == 0)):
                 save_state(state_dir, model, opt, {"step": step, "pass_rng": pass_rng, "offset": start + batch},
-                           settings, device)
+                           settings)
                 if stopping:
                     if bar is not None:
                         bar.close()
@@ -291,6 +290,11 @@ def norm_warnings(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def store_fingerprints(store, teachers: list[str]) -> dict[str, str | None]:
+    """Each teacher's fingerprint in the store's manifest: a store whose features changed has other ones."""
+    return {t: store.manifest["teachers"][store.teachers.index(t)].get("fingerprint") for t in teachers}
+
+
 def save_alignment(model: nn.Module, path: Path, store, report: dict[str, Any]) -> None:
     from mmkd.utils.io import atomic_save_safetensors, atomic_write_json
 
@@ -298,8 +302,7 @@ def save_alignment(model: nn.Module, path: Path, store, report: dict[str, Any]) 
     atomic_write_json(path.with_suffix(".json"), {
         "teacher_dims": model.teacher_dims, "latent_dim": model.latent_dim, "arch": model.arch,
         "options": model.options(),
-        "store_fingerprints": {t: store.manifest["teachers"][store.teachers.index(t)].get("fingerprint")
-                               for t in model.teacher_dims},
+        "store_fingerprints": store_fingerprints(store, list(model.teacher_dims)),
         "report": report,
     })
 
@@ -322,8 +325,7 @@ def load_alignment(path: Path, store=None) -> nn.Module:
             elif store.embed_dim(t) != d:
                 problems.append(f"teacher {t!r}: store dim {store.embed_dim(t)} != alignment dim {d}")
             else:
-                fp = store.manifest["teachers"][store.teachers.index(t)].get("fingerprint")
-                if meta.get("store_fingerprints", {}).get(t) != fp:
+                if meta.get("store_fingerprints", {}).get(t) != store_fingerprints(store, [t])[t]:
                     problems.append(f"teacher {t!r}: the store's features changed since the alignment was trained")
         if problems:
             raise UsageError("the alignment does not match the feature store: " + "; ".join(problems)

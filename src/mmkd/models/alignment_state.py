@@ -2,15 +2,14 @@
 
 A state folder (`OUT.partial/`, beside the weights) holds the autoencoder's weights, the optimizer's
 state and `state.json`: the step, where the current pass stands (the pass's seeded order is drawn again
-from the generator state saved at its start, then `offset` rows are skipped), torch's generator (noise
-and dropout of `--arch authors`) and the settings it was trained with. It is written under a temporary
-name and swapped in, so a kill leaves the previous state or the new one. A rerun with other settings
+from the generator state saved at its start, then `offset` rows are skipped), the random generators
+(torch's draws the noise and dropout of `--arch authors`) and the settings it was trained with. It is
+written under a temporary name and swapped in, so a kill leaves the previous state or the new one. A rerun with other settings
 is refused, naming what differs. Nothing here is a pickle.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from mmkd.errors import UsageError
-from mmkd.utils.optim_state import flatten_optimizer_state, unflatten_optimizer_state
+from mmkd.utils.train_state import flatten_optimizer_state, rng_state, set_rng_state, unflatten_optimizer_state
 
 STATE_FILE = "state.json"
 MODEL_FILE = "model.safetensors"
@@ -41,22 +40,8 @@ def state_folder(weights: Path) -> Path:
     return weights.with_name(weights.stem + ".partial")
 
 
-def _torch_rng(device: torch.device) -> dict[str, str]:
-    state = {"cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
-    if device.type == "cuda":
-        state["cuda"] = base64.b64encode(torch.cuda.get_rng_state(device).numpy().tobytes()).decode()
-    return state
-
-
-def _set_torch_rng(state: dict[str, str], device: torch.device) -> None:
-    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["cpu"])), dtype=torch.uint8))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["cuda"])), dtype=torch.uint8),
-                                 device)
-
-
 def save_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any],
-               settings: dict[str, Any], device: torch.device) -> None:
+               settings: dict[str, Any]) -> None:
     from mmkd.utils.io import atomic_save_safetensors, atomic_write_json, fsync_dir
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +50,7 @@ def save_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
         atomic_save_safetensors(tmp / MODEL_FILE, {k: v.detach().cpu() for k, v in model.state_dict().items()})
         tensors, meta = flatten_optimizer_state(optimizer.state_dict())
         atomic_save_safetensors(tmp / OPTIM_FILE, tensors)
-        atomic_write_json(tmp / STATE_FILE, {**progress, "optimizer": meta, "torch_rng": _torch_rng(device),
+        atomic_write_json(tmp / STATE_FILE, {**progress, "optimizer": meta, "rng": rng_state(),
                                              "settings": settings})
         fsync_dir(tmp)
         old = folder.with_name(f".old-{folder.name}")
@@ -80,9 +65,9 @@ def save_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
         raise
 
 
-def load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, settings: dict[str, Any],
-               device: torch.device) -> dict[str, Any] | None:
-    """The saved progress ({step, pass_rng, offset}) after loading the weights, optimizer and torch generator;
+def load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+               settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved progress ({step, pass_rng, offset}) after loading the weights, optimizer and random generators;
     None when there is no state. Other settings, or a damaged state, are a UsageError naming the folder."""
     from safetensors.torch import load_file
 
@@ -105,5 +90,5 @@ def load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     except Exception as e:  # a truncated or forged file: SafetensorError, RuntimeError, OSError
         raise UsageError(f"{folder}: the state of a stopped `mmkd align` is damaged ({type(e).__name__}: "
                          f"{str(e)[:200]}); remove the folder to start over") from None
-    _set_torch_rng(state["torch_rng"], device)
+    set_rng_state(state["rng"])
     return {"step": state["step"], "pass_rng": state["pass_rng"], "offset": state["offset"]}

@@ -13,20 +13,17 @@ The rename of the folder is the commit: a crash leaves at most a `.tmp-*` folder
 
 from __future__ import annotations
 
-import base64
 import os
-import random
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mmkd.errors import UsageError
 from mmkd.utils.io import apply_dir_umask, atomic_write_json, fsync_dir, read_json
-from mmkd.utils.optim_state import flatten_optimizer_state, unflatten_optimizer_state
+from mmkd.utils.train_state import flatten_optimizer_state, rng_state, set_rng_state, unflatten_optimizer_state
 from mmkd.utils.runs import (CONFIG_FILE, EXTRA_FILE, MODEL_FILE, OPTIM_FILE, STATE_FILE,  # noqa: F401
                              checkpoint_dir, latest_checkpoint, list_checkpoints)
 
@@ -35,42 +32,6 @@ class CheckpointWriteError(UsageError):
     """A checkpoint could not be written (disk full, quota, read-only folder); the previous one is intact."""
 
     exit_code = 1
-
-
-def rng_state() -> dict[str, Any]:
-    state = {
-        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-        "python": _py_state_to_json(random.getstate()),
-        "numpy": _np_state_to_json(np.random.get_state()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
-    random.setstate(_py_state_from_json(state["python"]))
-    np.random.set_state(_np_state_from_json(state["numpy"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
-                                      for s in state["cuda"]])
-
-
-def _py_state_to_json(s):
-    return [s[0], list(s[1]), s[2]]
-
-
-def _py_state_from_json(s):
-    return (s[0], tuple(s[1]), s[2])
-
-
-def _np_state_to_json(s):
-    return [s[0], s[1].tolist(), int(s[2]), int(s[3]), float(s[4])]
-
-
-def _np_state_from_json(s):
-    return (s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4])
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, open_clip_config: dict,
